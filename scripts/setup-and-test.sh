@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The README's test command: install everything, then run the whole test suite (slow e2e included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/python -m pytest -q

@@ -1,0 +1,54 @@
+"""Checkpoints that carry what made them: arch, data stats, params, parent artifact, metrics.
+
+Only tensors and JSON-able values are stored, so loading uses ``torch.load(weights_only=True)``
+(no arbitrary pickles); a JSON sidecar beside each ``.pt`` lets people and tools read the
+metadata without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import atomic_path, write_json
+from edgecompress.models import build_model
+
+
+def params_hash(params: Any) -> str:
+    """Short stable hash of a params section (what made an artifact)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, arch: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Save weights + arch + metadata atomically, plus ``<path>.json`` with everything but weights."""
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"arch": arch, "meta": json.loads(json.dumps(meta, default=str)), "state_dict": state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    write_json(Path(str(path) + ".json"), {"arch": arch, **payload["meta"]})
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint; returns (model in eval mode, metadata with 'arch')."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeCompressError(f"checkpoint {path} does not exist; run the stage that produces it (dvc repro)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        arch, meta, state = payload["arch"], payload["meta"], payload["state_dict"]
+    except Exception as e:  # torch raises many types for truncated/corrupt files
+        raise EdgeCompressError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
+                                f"delete it and re-run dvc repro") from e
+    model = build_model(arch)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise EdgeCompressError(f"checkpoint {path}: weights do not match its arch {arch}: {e}") from e
+    return model.eval(), {"arch": arch, **meta}

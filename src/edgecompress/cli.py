@@ -1,0 +1,62 @@
+"""The ``edgecompress`` command: run a target check by hand, validate targets, inspect artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgecompress.errors import EdgeCompressError, friendly_main
+
+
+def _check(ns: argparse.Namespace) -> None:
+    from edgecompress.check import main_check
+
+    name = Path(ns.target).stem
+    out_json = ns.out_json or f"reports/manual/{name}.json"
+    out_md = ns.out_md or f"reports/manual/{name}.md"
+    testset = ns.testset or str(Path(ns.artifacts) / "testset.npz")
+    main_check(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict)
+
+
+def _targets(ns: argparse.Namespace) -> None:
+    from edgecompress.targets import load_target
+
+    for path in ns.paths or sorted(Path("targets").glob("*.yaml")):
+        t = load_target(path)
+        print(f"{path}: ok ({t.name}: {t.artifact.format} {t.artifact.precision} on {t.runtime.engine}, device {t.device})")
+
+
+def _inspect(ns: argparse.Namespace) -> None:
+    path = Path(ns.artifact)
+    side = Path(str(path) + ".json")
+    if not side.exists():
+        raise EdgeCompressError(f"{side} not found: every artifact under models/ has a JSON sidecar; re-run dvc repro")
+    print(json.dumps(json.loads(side.read_text()), indent=2))
+
+
+@friendly_main
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="check one target profile's budgets (same code as the DVC stage)")
+    c.add_argument("--target", required=True, help="target profile YAML, e.g. targets/raspberry-pi.yaml")
+    c.add_argument("--artifacts", default="models/export", help="artifact directory (default models/export)")
+    c.add_argument("--testset", help="test .npz (default <artifacts>/testset.npz)")
+    c.add_argument("--out-json")
+    c.add_argument("--out-md")
+    c.add_argument("--strict", action="store_true", help="fail on a missed budget even on proxy hardware")
+    c.set_defaults(fn=_check)
+    t = sub.add_parser("targets", help="validate target profiles (default: targets/*.yaml)")
+    t.add_argument("paths", nargs="*")
+    t.set_defaults(fn=_targets)
+    i = sub.add_parser("inspect", help="print an artifact's sidecar (what made it, how to feed it)")
+    i.add_argument("artifact")
+    i.set_defaults(fn=_inspect)
+    ns = p.parse_args(argv)
+    ns.fn(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

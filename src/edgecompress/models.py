@@ -1,0 +1,176 @@
+"""Model families: a ResNet-style teacher and a MobileNet-style (depthwise-separable) student.
+
+Every model is rebuilt from a plain ``arch`` dict (``build_model(arch)``), and ``arch_of(model)``
+reads that dict back from a live module, so a structurally pruned student (fewer channels) is saved
+as weights plus the channel list that explains them; no pickled modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecompress.errors import EdgeCompressError
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; a 1x1 projection shortcut when shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNetTeacher(nn.Module):
+    """Compact ResNet: a full-resolution 3x3 stem, then one block per stride-2 stage.
+
+    Downsampling in the first block of every stage keeps the expensive 3x3 convs off the
+    full-resolution grid; that is what makes training fit a 2-core CPU budget.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, widths: list[int], blocks: list[int],
+                 stem: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.stem = _conv_bn(in_channels, stem, 3)
+        layers: list[nn.Module] = []
+        cin = stem
+        for w, n in zip(widths, blocks):
+            for i in range(n):
+                layers.append(BasicBlock(cin, w, stride=2 if i == 0 else 1))
+                cin = w
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last feature map before pooling (for feature-based distillation)."""
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
+
+
+class DSBlock(nn.Module):
+    """Depthwise 3x3 + pointwise 1x1, each followed by BN and ReLU (MobileNet v1 block)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.dw = _conv_bn(cin, cin, 3, stride=stride, groups=cin)
+        self.pw = _conv_bn(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw(self.dw(x))
+
+
+class MobileNetStudent(nn.Module):
+    """MobileNet-v1-style student: a 3x3 stem then depthwise-separable blocks.
+
+    ``channels`` is [stem, block1_out, block2_out, ...]; it is the whole architecture, so a
+    channel-pruned student is rebuilt exactly from the pruned list.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, channels: list[int], strides: list[int],
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if len(channels) != len(strides) + 1:
+            raise ValueError(f"channels has {len(channels)} entries, expected len(strides)+1 = {len(strides) + 1}")
+        self.stem = _conv_bn(in_channels, channels[0], 3)
+        self.blocks = nn.Sequential(*[DSBlock(channels[i], channels[i + 1], s) for i, s in enumerate(strides)])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels[-1], num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last feature map before pooling (for feature-based distillation)."""
+        return self.blocks(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.flatten(self.pool(self.features(x)), 1)))
+
+
+def student_channels(base: list[int], width: float) -> list[int]:
+    """Apply a MobileNet width multiplier, rounding to multiples of 4 (SIMD-friendly)."""
+    return [max(4, int(round(c * width / 4)) * 4) for c in base]
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """Build a model from its arch dict (as stored in every checkpoint)."""
+    kind = arch.get("kind")
+    kw = {k: v for k, v in arch.items() if k != "kind"}
+    try:
+        if kind == "resnet":
+            return ResNetTeacher(**kw)
+        if kind == "mobilenet":
+            return MobileNetStudent(**kw)
+    except TypeError as e:
+        raise EdgeCompressError(f"arch {arch} does not match model kind {kind!r}: {e}") from e
+    raise EdgeCompressError(f"unknown model kind {kind!r}; allowed: resnet, mobilenet")
+
+
+def arch_of(model: nn.Module, dropout: float = 0.0) -> dict[str, Any]:
+    """Read the arch dict back from a live model (after structural pruning the channels changed)."""
+    if isinstance(model, MobileNetStudent):
+        channels = [model.stem[0].out_channels] + [b.pw[0].out_channels for b in model.blocks]
+        return {"kind": "mobilenet", "in_channels": model.stem[0].in_channels,
+                "num_classes": model.fc.out_features, "channels": channels,
+                "strides": [b.dw[0].stride[0] for b in model.blocks], "dropout": model.dropout.p}
+    raise EdgeCompressError(f"arch_of does not know {type(model).__name__}")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (all of them; BN included)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass at batch 1, counted with hooks on conv/linear layers."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * m.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return int(total)

@@ -1,0 +1,45 @@
+"""Small helpers shared by the thin DVC stage scripts in stages/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecompress.checkpoint import params_hash
+from edgecompress.data import DataConfig, Dataset, load_dataset
+from edgecompress.params import load_params, section
+
+
+def setup(description: str, args: list[tuple[str, str]]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parse the stage's path arguments (given by dvc.yaml) and read params.yaml."""
+    p = argparse.ArgumentParser(description=description)
+    for flag, help_ in args:
+        p.add_argument(flag, required=True, help=help_)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    ns = p.parse_args()
+    # Reproducible and honest on small machines: fix threads to the cores we have.
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return ns, load_params(ns.params)
+
+
+def data(params: dict[str, Any]) -> Dataset:
+    """Load the dataset described by the ``data`` section."""
+    cfg = DataConfig.from_dict(section(params, "data"), where="params.yaml:data")
+    return load_dataset(cfg)
+
+
+def meta(ds: Dataset, params: dict[str, Any], stage: str, parent: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint carries: data stats, the stage's params + hash, parent, metrics."""
+    sec = {"data": section(params, "data"), stage: section(params, stage)}
+    return {"stage": stage, "data": ds.meta(), "params": sec, "params_hash": params_hash(sec),
+            "parent": parent, "metrics": metrics}
+
+
+def ensure_parent(path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

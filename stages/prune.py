@@ -1,0 +1,33 @@
+"""DVC stage: prune the student (structured channels by default) and fine-tune with KD."""
+
+from edgecompress import stage
+from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+from edgecompress.errors import EdgeCompressError, friendly_main
+from edgecompress.fileio import write_json
+from edgecompress.models import arch_of
+from edgecompress.params import section
+from edgecompress.prune import PruneConfig, prune_and_finetune
+from edgecompress.train import TrainConfig, from_dict
+
+
+@friendly_main
+def main() -> None:
+    args, params = stage.setup("Prune and fine-tune the student.", [
+        ("--student", "student checkpoint"), ("--teacher", "teacher checkpoint"),
+        ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")])
+    sec = section(params, "prune")
+    finetune = TrainConfig.from_dict(sec.pop("finetune", {}), "params.yaml:prune.finetune")
+    temperature, alpha = sec.pop("temperature", 4.0), sec.pop("alpha", 0.9)
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+        raise EdgeCompressError(f"params.yaml:prune.alpha={alpha!r}: must be a number within [0, 1]")
+    cfg = from_dict(PruneConfig, sec, "params.yaml:prune")
+    student, smeta = load_checkpoint(args.student)
+    teacher, _ = load_checkpoint(args.teacher)
+    ds = stage.data(params)
+    model, report = prune_and_finetune(student, teacher, ds, cfg, finetune, temperature, alpha)
+    save_checkpoint(args.out, model, arch_of(model), stage.meta(ds, params, "prune", args.student, report["after"]))
+    write_json(args.metrics, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Models, losses, metrics and checkpoints on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+from edgecompress.errors import EdgeCompressError
+from edgecompress.metrics import classification_metrics, expected_calibration_error
+from edgecompress.models import MobileNetStudent, arch_of, build_model, count_macs, count_params
+from edgecompress.train import TrainConfig, augment, evaluate, fit, kd_loss
+
+from conftest import trained_student
+
+
+def test_macs_of_a_single_conv_match_hand_count() -> None:
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, bias=False))
+    assert count_macs(m, (1, 8, 8)) == 8 * 8 * 4 * 9
+
+
+def test_depthwise_macs_divide_by_groups(tiny_student: MobileNetStudent) -> None:
+    # stem 1->8 @12x12 (3x3), dw 8 @6x6, pw 8->16 @6x6, dw 16 @6x6, pw 16->16, dw 16 @3x3, pw 16->32, fc 32->4
+    expected = (144 * 8 * 9 + 36 * 8 * 9 + 36 * 16 * 8 + 36 * 16 * 9 + 36 * 16 * 16
+                + 9 * 16 * 9 + 9 * 32 * 16 + 4 * 32)
+    assert count_macs(tiny_student, (1, 12, 12)) == expected
+
+
+def test_arch_roundtrip(tiny_student: MobileNetStudent) -> None:
+    rebuilt = build_model(arch_of(tiny_student))
+    rebuilt.load_state_dict(tiny_student.state_dict())
+    x = torch.randn(2, 1, 12, 12)
+    assert torch.allclose(rebuilt.eval()(x), tiny_student(x))
+
+
+def test_kd_loss_matches_hand_computation() -> None:
+    s = torch.tensor([[1.0, 0.0, -1.0]])
+    t = torch.tensor([[0.0, 2.0, 0.0]])
+    lab = torch.tensor([1])
+    T, a = 2.0, 0.7
+    p_t = torch.softmax(t / T, 1)
+    q_s = torch.softmax(s / T, 1)
+    kl = float((p_t * (p_t.log() - q_s.log())).sum())
+    ce = -math.log(float(torch.softmax(s, 1)[0, 1]))
+    expected = a * kl * T * T + (1 - a) * ce
+    assert float(kd_loss(T, a)(s, t, lab)) == pytest.approx(expected, rel=1e-5)
+    assert float(kd_loss(T, a)(s, None, lab)) == pytest.approx(ce, rel=1e-5)
+
+
+def test_ece_zero_for_a_perfectly_calibrated_predictor() -> None:
+    # Confidence 0.75 and exactly 3 of 4 right in that bin -> ECE 0.
+    probs = np.array([[0.75, 0.25]] * 4)
+    labels = np.array([0, 0, 0, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ece_of_an_overconfident_predictor() -> None:
+    probs = np.array([[0.9, 0.1]] * 10)
+    labels = np.array([0] * 5 + [1] * 5)
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.4)
+    m = classification_metrics(probs, labels)
+    assert m["accuracy"] == 0.5
+    assert m["nll"] == pytest.approx(-(5 * math.log(0.9) + 5 * math.log(0.1)) / 10)
+    assert m["brier"] == pytest.approx(0.5 * (0.01 * 2) + 0.5 * (0.81 * 2))
+
+
+def test_augment_shapes_and_flip_is_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    out = augment(x, pad=0, flip=True, fill=torch.zeros(1), gen=g)
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+    out = augment(x, pad=2, flip=False, fill=torch.full((1,), -1.0), gen=g)
+    assert out.shape == x.shape
+    # Every crop is a shifted window: its values are original pixels or the fill value.
+    assert set(out.unique().tolist()) <= set(x.unique().tolist()) | {-1.0}
+
+
+def test_fit_learns_a_separable_problem(blobs) -> None:
+    m = trained_student(blobs)
+    assert evaluate(m, *blobs)["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"epochs": 0}, "epochs"), ({"lr": -1}, "lr"), ({"momentum": 1.0}, "momentum"),
+    ({"label_smoothing": 1.5}, "label_smoothing"), ({"bogus": 1}, "unknown key"),
+])
+def test_train_config_errors(bad: dict, match: str) -> None:
+    with pytest.raises(EdgeCompressError, match=match):
+        TrainConfig.from_dict(bad, "params.yaml:x.train")
+
+
+def test_checkpoint_roundtrip_and_corrupt_file(tmp_path, tiny_student) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_student, arch_of(tiny_student), {"parent": None, "metrics": {"a": 1}})
+    model, meta = load_checkpoint(path)
+    assert meta["metrics"] == {"a": 1} and meta["arch"]["kind"] == "mobilenet"
+    assert (tmp_path / "m.pt.json").exists()
+    assert count_params(model) == count_params(tiny_student)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(EdgeCompressError, match="corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(EdgeCompressError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
