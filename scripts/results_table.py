@@ -1,0 +1,63 @@
+"""Print the README's results tables from a finished `dvc repro` (metrics/*.json).
+
+Usage: python scripts/results_table.py   (from the repository root)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load(path: str) -> dict:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def main() -> None:
+    teacher, distill, prune, export = (load(f"metrics/{n}.json") for n in ("teacher", "distill", "prune", "export"))
+    rows = ["| model | test accuracy | NLL | ECE (15 bins) | params | MACs |", "|---|---|---|---|---|---|"]
+
+    def row(name: str, t: dict, params: int | None, macs: int | None) -> None:
+        rows.append(f"| {name} | {pct(t.get('accuracy'))} | {t.get('nll', 0):.3f} | {t.get('ece', 0):.4f} | "
+                    f"{params if params is not None else '-':,} | {macs if macs is not None else '-':,} |")
+
+    if teacher:
+        row("teacher (ResNet)", teacher["test"], teacher["params"], teacher["macs"])
+    if distill.get("baseline_test"):
+        row("student, labels only", distill["baseline_test"], distill["params"], distill["macs"])
+    if distill:
+        row("student, KD", distill["test"], distill["params"], distill["macs"])
+    if prune:
+        row(f"student, KD + {prune['method']} pruned {prune['ratio']:.0%}", prune["after"]["test"],
+            prune["after"]["params"], prune["after"]["macs"])
+    print("\n".join(rows))
+    if export:
+        ref = export["pytorch"]["accuracy"]
+        print("\n| artifact | size | accuracy | vs PyTorch | top-1 agreement | NLL | ECE |")
+        print("|---|---|---|---|---|---|---|")
+        for name in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"):
+            m = export.get(name)
+            if m:
+                print(f"| {name} | {m['size_bytes'] / 1024:.1f} KiB | {pct(m['accuracy'])} | "
+                      f"{100 * (m['accuracy'] - ref):+.2f} pt | {pct(m['top1_agreement'])} | {m['nll']:.3f} | {m['ece']:.4f} |")
+    checks = sorted(Path("metrics/check").glob("*.json"))
+    if checks:
+        print("\n| target | artifact | runtime | p50 ms | p90 ms | p99 ms | accuracy | size | status |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for p in checks:
+            r = json.loads(p.read_text())
+            lat = r.get("latency_ms", {})
+            rt = r.get("runtime", {})
+            runtime = f"{rt.get('name', '?')} {rt.get('version', '')}".strip()
+            print(f"| {r.get('target')} | {Path(r.get('artifact', '?')).name} | {runtime} | {lat.get('p50', 0):.3f} | "
+                  f"{lat.get('p90', 0):.3f} | {lat.get('p99', 0):.3f} | {pct(r.get('accuracy'))} | "
+                  f"{r.get('size_bytes', 0) / 1024:.1f} KiB | {r.get('status')} |")
+
+
+if __name__ == "__main__":
+    main()

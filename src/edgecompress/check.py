@@ -1,0 +1,254 @@
+"""Check one target profile: run its artifact with its runtime, compare against its budgets.
+
+The runner runs in a subprocess so its peak RSS is the model's and the runtime's, not this
+process's (which may have torch loaded). When the machine does not look like the profile's
+hardware, the result is labelled a proxy: it says something, but not what the profile promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import write_json, write_text
+from edgecompress.targets import Hardware, TargetProfile, load_target
+
+# Active providers that count as "running on a GPU" for hardware.gpu.
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                 "MIGraphXExecutionProvider")
+_LATENCY_LABEL = {"p50": "p50 latency", "p90": "p90 latency", "p99": "p99 latency", "mean": "mean latency"}
+
+
+def runner_command(profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[str]:
+    """The runner invocation for ``profile``; absolute paths so the cwd does not matter."""
+    rt, b = profile.runtime, profile.bench
+    cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(model.resolve()),
+           "--sidecar", str(sidecar.resolve()), "--engine", rt.engine,
+           "--warmup", str(b.warmup), "--runs", str(b.runs), "--batch", str(b.batch),
+           "--max-seconds", str(b.max_seconds)]
+    if testset is not None:
+        cmd += ["--data", str(testset.resolve())]
+    if b.accuracy_samples is not None:
+        cmd += ["--accuracy-samples", str(b.accuracy_samples)]
+    if rt.threads is not None:
+        cmd += ["--threads", str(rt.threads)]
+    if rt.engine == "onnxruntime":
+        cmd += ["--providers", ",".join(rt.providers)]
+    elif not rt.xnnpack:
+        cmd.append("--no-xnnpack")
+    return cmd
+
+
+def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -> dict[str, Any]:
+    """Run the profile's artifact through the runner in a subprocess; returns the runner's JSON."""
+    if not profile.is_local:
+        raise EdgeCompressError(f"target {profile.name}: device {profile.device}: ssh devices are not "
+                                f"implemented yet; set device: local, or copy src/edgecompress/runner.py and the "
+                                f"artifact to the device and run python runner.py --model ... there")
+    artifacts_dir = Path(artifacts_dir)
+    model = artifacts_dir / profile.artifact.filename
+    sidecar = Path(f"{model}.json")
+    for path, what in ((model, "artifact"), (sidecar, "artifact sidecar")):
+        if not path.is_file():
+            raise EdgeCompressError(f"target {profile.name}: {what} {path} not found; run the export stage "
+                                    f"(dvc repro export) to produce {profile.artifact.filename}")
+    if testset is not None and not Path(testset).is_file():
+        raise EdgeCompressError(f"target {profile.name}: test set {testset} not found; the export stage writes it "
+                                f"(dvc repro export)")
+    if testset is None and profile.budgets.min_accuracy is not None:
+        raise EdgeCompressError(f"target {profile.name}: budgets.min_accuracy needs a test set")
+    cmd = runner_command(profile, model, sidecar, Path(testset) if testset is not None else None)
+    # The package may be run from a checkout without being installed: make the runner importable.
+    src = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    timeout = profile.bench.max_seconds * 3 + 60
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise EdgeCompressError(f"target {profile.name}: the runner did not finish within {timeout:g} s "
+                                f"(bench.max_seconds={profile.bench.max_seconds:g}); lower bench.runs or "
+                                f"bench.accuracy_samples") from None
+    result = _parse_runner_output(proc.stdout)
+    if result is None or "error" in (result or {}) or proc.returncode != 0:
+        why = (result or {}).get("error") or _tail(proc.stderr) or f"exit code {proc.returncode}"
+        raise EdgeCompressError(f"target {profile.name}: runner failed on {model}: {why}")
+    return result
+
+
+def _parse_runner_output(stdout: str) -> dict[str, Any] | None:
+    # The runner prints one JSON object; take the last line that parses, in case a library wrote first.
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def evaluate_budgets(profile: TargetProfile, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per budget; ``margin`` = measured - budget in the budget's unit (for min_accuracy,
+    positive is good; for the others, negative is good). An unmeasured value fails its budget."""
+    b = profile.budgets
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, label: str, unit: str, budget: float, measured: float | None, kind: str) -> None:
+        ok = measured is not None and (measured <= budget if kind == "max" else measured >= budget)
+        rows.append({"name": name, "label": label, "unit": unit, "kind": kind, "budget": budget,
+                     "measured": measured, "ok": bool(ok),
+                     "margin": None if measured is None else measured - budget})
+
+    latency = result.get("latency_ms") or {}
+    for key, budget in b.latency_ms.items():
+        row(f"latency_{key}", _LATENCY_LABEL[key], "ms", budget, latency.get(key), "max")
+    if b.size_mb is not None:
+        size = result.get("model_size_bytes")
+        row("size", "size", "MB", b.size_mb, None if size is None else size / 2**20, "max")
+    if b.peak_memory_mb is not None:
+        row("peak_memory", "peak memory", "MB", b.peak_memory_mb, (result.get("memory") or {}).get("peak_rss_mb"), "max")
+    if b.min_accuracy is not None:
+        row("accuracy", "accuracy", "", b.min_accuracy, result.get("accuracy"), "min")
+    return rows
+
+
+def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
+                     active_providers: list[str] | None = None) -> tuple[bool, list[str]]:
+    """Whether the measuring machine is the profile's hardware; reasons list every mismatch.
+
+    ``active_providers`` defaults to ``fingerprint["active_providers"]``; a GPU only counts when the
+    runtime really ran on it, not when one is merely installed.
+    """
+    reasons: list[str] = []
+    arch = fingerprint.get("arch") or "unknown"
+    if hardware.arch != "any" and arch != hardware.arch:
+        reasons.append(f"arch is {arch}, profile wants {hardware.arch}")
+    if hardware.cpu:
+        seen = " / ".join(filter(None, [fingerprint.get("cpu_model"), fingerprint.get("board")])) or "unknown"
+        if hardware.cpu.lower() not in seen.lower():
+            reasons.append(f"cpu is {seen!r}, profile wants one containing {hardware.cpu!r}")
+    if hardware.gpu:
+        active = list(active_providers if active_providers is not None else fingerprint.get("active_providers") or [])
+        if not any(p in GPU_PROVIDERS for p in active):
+            reasons.append(f"profile wants GPU {hardware.gpu!r} but the active providers are "
+                           f"{', '.join(active) or 'none'} (no CUDA/TensorRT/ROCm)")
+    if hardware.cores is not None:
+        cores = fingerprint.get("cores")
+        if not isinstance(cores, int) or cores < hardware.cores:
+            reasons.append(f"{cores} cores, profile wants at least {hardware.cores}")
+    return not reasons, reasons
+
+
+def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
+                 strict: bool = False) -> dict[str, Any]:
+    """Run and evaluate one target; ``status`` is pass, fail, proxy-pass or proxy-fail."""
+    raw = run_check(profile, Path(artifacts_dir), testset)
+    rows = evaluate_budgets(profile, raw)
+    fp = raw.get("fingerprint") or {}
+    match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
+    ok = all(r["ok"] for r in rows)
+    status = ("pass" if ok else "fail") if match else ("proxy-pass" if ok else "proxy-fail")
+    warnings = list(raw.get("warnings") or [])
+    if not match:
+        warnings.append("measured on a proxy machine, not the profile's hardware: " + "; ".join(reasons))
+    return {"target": profile.name, "description": profile.description, "device": profile.device,
+            "artifact": {"path": raw.get("model"), "format": profile.artifact.format,
+                         "precision": profile.artifact.precision, "size_bytes": raw.get("model_size_bytes")},
+            "status": status, "strict": strict, "hardware_match": match, "hardware_reasons": reasons,
+            "fingerprint": fp, "runtime": raw.get("runtime"), "bench": raw.get("bench"),
+            "latency_ms": raw.get("latency_ms"), "throughput_per_s": raw.get("throughput_per_s"),
+            "memory": raw.get("memory"), "accuracy": raw.get("accuracy"),
+            "accuracy_samples": raw.get("accuracy_samples"), "budgets": rows, "warnings": warnings}
+
+
+def gate(result: dict[str, Any], strict: bool) -> bool:
+    """True when the pipeline must fail: a real miss, or (strict) a miss on proxy hardware."""
+    return result["status"] == "fail" or (strict and result["status"] == "proxy-fail")
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "":
+        return f"{value:.4f}"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    return f"{value:.3f} {unit}"
+
+
+def _missed(rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for r in rows:
+        if r["ok"]:
+            continue
+        if r["measured"] is None:
+            parts.append(f"{r['label']} was not measured (budget {_fmt(r['budget'], r['unit'])})")
+        else:
+            op = ">" if r["kind"] == "max" else "<"
+            parts.append(f"{r['label']} {_fmt(r['measured'], r['unit'])} {op} {_fmt(r['budget'], r['unit'])} "
+                         f"({r['margin']:+.3g})")
+    return ", ".join(parts)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """A readable per-target report: the artifact, each budget vs measurement, where it ran."""
+    art, fp, rt = result["artifact"], result.get("fingerprint") or {}, result.get("runtime") or {}
+    lat = result.get("latency_ms") or {}
+    lines = [f"# Target `{result['target']}`: **{result['status'].upper()}**", ""]
+    if result.get("description"):
+        lines += [result["description"], ""]
+    size = art.get("size_bytes")
+    lines += [f"- artifact: `{art.get('path')}` ({art['precision']} {art['format']}, "
+              f"{'n/a' if size is None else f'{size / 1024:.1f} KiB'})",
+              f"- accuracy: {_fmt(result.get('accuracy'), '')} on {result.get('accuracy_samples')} test images",
+              f"- latency (batch {(result.get('bench') or {}).get('batch')}, n={lat.get('n')}): "
+              + ", ".join(f"{k} {_fmt(lat.get(k), 'ms')}" for k in ("p50", "p90", "p99", "mean", "max")),
+              f"- peak memory: {_fmt((result.get('memory') or {}).get('peak_rss_mb'), 'MB')}", "",
+              "| budget | limit | measured | margin | result |", "|---|---|---|---|---|"]
+    for r in result["budgets"]:
+        limit = ("≥ " if r["kind"] == "min" else "≤ ") + _fmt(r["budget"], r["unit"])
+        margin = "n/a" if r["margin"] is None else f"{r['margin']:+.3g}"
+        lines.append(f"| {r['label']} | {limit} | {_fmt(r['measured'], r['unit'])} | {margin} | "
+                     f"{'ok' if r['ok'] else '**MISSED**'} |")
+    providers = rt.get("active_providers")
+    lines += ["", "## Where it ran", "",
+              f"- hardware match: {'yes' if result['hardware_match'] else 'no (proxy measurement)'}"]
+    lines += [f"  - {reason}" for reason in result.get("hardware_reasons") or []]
+    lines += [f"- machine: {fp.get('hostname')}, {fp.get('arch')}, {fp.get('cpu_model')}"
+              + (f" ({fp['board']})" if fp.get("board") else "") + f", {fp.get('cores')} cores",
+              f"- os: {fp.get('os')}; python {fp.get('python')}, numpy {fp.get('numpy')}",
+              f"- runtime: {rt.get('name')} {rt.get('version')}, threads {rt.get('threads') or 'default'}"
+              + (f", providers {', '.join(providers)}" if providers else "")
+              + (f", delegate {rt['delegate']}" if rt.get("delegate") else "")]
+    if result.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
+    return "\n".join(lines) + "\n"
+
+
+def main_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
+               out_json: str | Path, out_md: str | Path, strict: bool) -> dict[str, Any]:
+    """The DVC stage: check, write JSON + markdown, print the report, raise if the gate fails."""
+    profile = load_target(target_path)
+    result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict)
+    failed = gate(result, strict)
+    result["gate_failed"] = failed
+    md = render_markdown(result)
+    # Written before raising: a failed gate is exactly when the user needs the report.
+    write_json(out_json, result)
+    write_text(out_md, md)
+    print(md)
+    if failed:
+        where = " on proxy hardware (check.strict is true)" if result["status"] == "proxy-fail" else ""
+        raise EdgeCompressError(f"target {profile.name} missed budget(s){where}: {_missed(result['budgets'])}; "
+                                f"see {out_md}")
+    return result

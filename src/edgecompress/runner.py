@@ -1,0 +1,435 @@
+"""Standalone benchmark runner: one artifact, its runtime, latency/memory/accuracy as one JSON object.
+
+This file is copied alone onto devices, so at module level it imports only the standard library and
+numpy; the runtime (onnxruntime or LiteRT) is imported inside the functions that need it.
+
+    python -m edgecompress.runner --model int8.tflite --data testset.npz --threads 4
+
+prints one JSON object on stdout; on a user-fixable error it prints {"error": "..."} and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+RUNNER_VERSION = 1
+ENGINE_FOR_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
+# ARM "CPU part" ids (implementer 0x41) -> core name; aarch64 kernels print no "model name".
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+             "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
+             "0xd49": "Neoverse-N2", "0xd4d": "Cortex-A715", "0xd4e": "Cortex-X3", "0xd4f": "Neoverse-V2",
+             "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4", "0xc07": "Cortex-A7",
+             "0xc09": "Cortex-A9", "0xc0f": "Cortex-A15"}
+
+
+class RunnerError(Exception):
+    """A failure the user can fix (missing file, runtime not installed, corrupt model)."""
+
+
+class Session:
+    """A loaded model: ``run(x)`` returns the raw output array; ``info`` describes the runtime."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: dict[str, Any],
+                 input_dtype: str, warnings: list[str]) -> None:
+        self._run = run
+        self.info = info
+        self.input_dtype = input_dtype
+        self.warnings = warnings
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x)
+
+
+def _onnx_session(model_path: str, threads: int | None, providers: list[str] | None) -> Session:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise RunnerError(f"onnxruntime is not installed ({e}); pip install onnxruntime") from None
+    requested = list(providers or ["CPUExecutionProvider"])
+    available = ort.get_available_providers()
+    warnings = [f"provider {p} was requested but this onnxruntime build does not have it "
+                f"(available: {', '.join(available)})" for p in requested if p not in available]
+    # Passing unknown providers only logs to stderr; filter them and report the fallback ourselves.
+    usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1  # one model, sequential graph: inter-op threads only add noise
+    try:
+        sess = ort.InferenceSession(model_path, sess_options=so, providers=usable)
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+        raise RunnerError(f"onnxruntime cannot load {model_path}: {e}") from None
+    active = sess.get_providers()
+    for p in usable:
+        if p not in active:
+            warnings.append(f"provider {p} is available but failed to initialize; onnxruntime fell back to "
+                            f"{', '.join(active)} (check CUDA/cuDNN libraries)")
+    fallback = any(p not in active for p in requested)
+    inp, out = sess.get_inputs()[0], sess.get_outputs()[0]
+    dtypes = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8"}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run([out.name], {inp.name: x})[0]
+
+    info = {"name": "onnxruntime", "version": ort.__version__, "threads": threads,
+            "requested_providers": requested, "active_providers": active, "available_providers": available,
+            "provider_fallback": fallback, "delegate": None, "xnnpack": None}
+    return Session(run, info, dtypes.get(inp.type, inp.type), warnings)
+
+
+def _litert_interpreter_module() -> tuple[Any, str, str]:
+    """(module with Interpreter/OpResolverType, package name, version) for the first LiteRT found."""
+    from importlib import metadata
+
+    for mod_name, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
+                           ("tflite_runtime.interpreter", "tflite-runtime"), ("tensorflow.lite", "tensorflow")):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        try:
+            return mod, dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return mod, dist, "unknown"
+    raise RunnerError("no TFLite runtime is installed; pip install ai-edge-litert "
+                      "(or tflite-runtime on older devices)")
+
+
+def _litert_session(model_path: str, threads: int | None, xnnpack: bool, batch: int) -> Session:
+    mod, dist, version = _litert_interpreter_module()
+    kwargs: dict[str, Any] = {"model_path": model_path, "num_threads": threads}
+    if not xnnpack:
+        resolver = getattr(mod, "OpResolverType", None) or mod.experimental.OpResolverType
+        kwargs["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interp = mod.Interpreter(**kwargs)
+        i_d = interp.get_input_details()[0]
+        interp.allocate_tensors()
+    except Exception as e:  # the interpreter raises ValueError/RuntimeError for bad flatbuffers
+        raise RunnerError(f"LiteRT cannot load {model_path}: {e}") from None
+    model_batch = int(i_d["shape"][0])
+    if model_batch != batch:
+        try:
+            interp.resize_tensor_input(i_d["index"], [batch, *[int(v) for v in i_d["shape"][1:]]])
+            interp.allocate_tensors()
+        except Exception as e:
+            # Converters often bake the batch into Reshape ops, so resizing the input cannot work.
+            raise RunnerError(f"{model_path} has a fixed batch size of {model_batch} and cannot run batch {batch} "
+                              f"({e}); use batch {model_batch} or export with a dynamic batch") from None
+    o_index = interp.get_output_details()[0]["index"]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        interp.set_tensor(i_d["index"], x)
+        interp.invoke()
+        return interp.get_tensor(o_index)  # get_tensor copies, so the buffer can be reused
+
+    info = {"name": dist, "version": version, "threads": threads, "requested_providers": None,
+            "active_providers": None, "available_providers": None, "provider_fallback": False,
+            # LiteRT applies XNNPACK by default; the resolver type is the only switch we control.
+            "delegate": "xnnpack" if xnnpack else "none", "xnnpack": xnnpack}
+    return Session(run, info, np.dtype(i_d["dtype"]).name, [])
+
+
+def load_session(model_path: str | Path, engine: str | None = None, threads: int | None = None,
+                 providers: list[str] | None = None, xnnpack: bool = True, batch: int = 1) -> Session:
+    """Load ``model_path`` with its runtime (engine defaults from the file extension)."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise RunnerError(f"model {path} does not exist")
+    engine = engine or ENGINE_FOR_SUFFIX.get(path.suffix)
+    if engine == "onnxruntime":
+        return _onnx_session(str(path), threads, providers)
+    if engine == "litert":
+        if providers:
+            raise RunnerError("--providers applies only to onnxruntime models")
+        return _litert_session(str(path), threads, xnnpack, batch)
+    raise RunnerError(f"cannot choose a runtime for {path}: engine {engine!r} is not onnxruntime or litert")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The export stage's JSON next to the model (input layout, normalization, int8 quantization)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunnerError(f"sidecar {path} does not exist (the export stage writes MODEL.json next to MODEL)")
+    try:
+        sc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunnerError(f"sidecar {path} is not valid JSON: {e}") from None
+    missing = [k for k in ("input_shape", "layout", "input_dtype", "mean", "std") if k not in sc]
+    if missing:
+        raise RunnerError(f"sidecar {path} lacks {', '.join(missing)}; re-run the export stage")
+    return sc
+
+
+def preprocess(x_uint8_nchw: np.ndarray, sidecar: dict[str, Any]) -> np.ndarray:
+    """Raw uint8 NCHW pixels -> the model's input: normalized, in its layout and dtype."""
+    c = x_uint8_nchw.shape[1]
+    mean = np.asarray(sidecar["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(sidecar["std"], np.float32).reshape(1, -1, 1, 1)
+    if mean.shape[1] not in (1, c) or std.shape[1] not in (1, c):
+        raise RunnerError(f"sidecar mean/std have {mean.shape[1]}/{std.shape[1]} entries but images have {c} channels")
+    x = (x_uint8_nchw.astype(np.float32) / 255.0 - mean) / std
+    if sidecar["layout"] == "NHWC":
+        x = x.transpose(0, 2, 3, 1)
+    dtype = sidecar["input_dtype"]
+    if dtype in ("int8", "uint8"):
+        q = sidecar.get("input_quant")
+        if not q:
+            raise RunnerError(f"sidecar says input_dtype {dtype} but has no input_quant scale/zero_point")
+        lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+        x = np.clip(np.round(x / q["scale"]) + q["zero_point"], lo, hi)
+    return np.ascontiguousarray(x.astype(dtype))
+
+
+def postprocess(y: np.ndarray, sidecar: dict[str, Any]) -> np.ndarray:
+    """Raw model output -> float logits (dequantized when the output is int8)."""
+    q = sidecar.get("output_quant")
+    if q and y.dtype in (np.int8, np.uint8):
+        return (y.astype(np.float32) - q["zero_point"]) * np.float32(q["scale"])
+    return y.astype(np.float32)
+
+
+def _check_shape(x: np.ndarray, sidecar: dict[str, Any]) -> None:
+    want = list(sidecar["input_shape"])[1:]
+    if list(x.shape[1:]) != want:
+        raise RunnerError(f"test images become input shape {list(x.shape[1:])} per sample but the model wants "
+                          f"{want} ({sidecar['layout']}); is the test set from the same dataset?")
+
+
+def load_testset(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(x uint8 N,C,H,W; y int64) from the export stage's testset.npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunnerError(f"test set {path} does not exist (the export stage writes testset.npz)")
+    try:
+        with np.load(path) as z:
+            x, y = z["x"], z["y"]
+    except (OSError, KeyError, ValueError) as e:
+        raise RunnerError(f"test set {path} is unreadable or lacks x/y arrays: {e}") from None
+    if x.ndim != 4 or x.dtype != np.uint8 or len(x) != len(y):
+        raise RunnerError(f"test set {path}: x must be uint8 (N,C,H,W) with one label per image; "
+                          f"got x {x.dtype} {x.shape}, y {y.shape}")
+    return x, y
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB (None where ``resource`` does not exist)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def latency_stats(ns: list[int]) -> dict[str, float]:
+    """Latency percentiles etc. in milliseconds from per-call nanoseconds."""
+    ms = np.asarray(ns, np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean()),
+            "std": float(ms.std()), "min": float(ms.min()), "max": float(ms.max()), "n": int(len(ms))}
+
+
+def accuracy(session: Session, sidecar: dict[str, Any], x: np.ndarray, y: np.ndarray, batch: int) -> float:
+    """Top-1 accuracy in batches of the benchmark's batch size (some TFLite graphs fix the batch)."""
+    correct = 0
+    for i in range(0, len(x), batch):
+        xb = preprocess(x[i:i + batch], sidecar)
+        n = len(xb)
+        if n < batch:  # pad the last batch instead of resizing the model
+            xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
+        logits = postprocess(session.run(xb), sidecar)[:n]
+        correct += int((logits.argmax(axis=1) == y[i:i + n]).sum())
+    return correct / len(x)
+
+
+def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = None, y: np.ndarray | None = None,
+              warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
+              accuracy_samples: int | None = None) -> dict[str, Any]:
+    """Warm up, time ``runs`` calls (stopping early after ``max_seconds``), then accuracy on (x, y)."""
+    warnings: list[str] = []
+    if x is not None:
+        # Real images: some int8 kernels take data-dependent paths, so random noise could mislead.
+        raw = np.resize(x[:batch], (batch, *x.shape[1:]))
+    else:
+        raw = np.random.default_rng(0).integers(0, 256, (batch, *_nchw_shape(sidecar)), dtype=np.uint8)
+    inp = preprocess(raw, sidecar)
+    _check_shape(inp, sidecar)
+    if session.input_dtype != inp.dtype.name:
+        raise RunnerError(f"sidecar says input_dtype {sidecar['input_dtype']} but the model takes "
+                          f"{session.input_dtype}; the sidecar is stale, re-run the export stage")
+    try:
+        for _ in range(warmup):
+            session.run(inp)
+        times: list[int] = []
+        deadline = time.perf_counter_ns() + int(max_seconds * 1e9)
+        stopped_by = "runs"
+        while len(times) < runs:
+            t0 = time.perf_counter_ns()
+            session.run(inp)
+            t1 = time.perf_counter_ns()
+            times.append(t1 - t0)
+            if t1 >= deadline and len(times) < runs:
+                stopped_by = "max_seconds"
+                warnings.append(f"stopped after {len(times)} of {runs} runs at the {max_seconds:g} s cap; "
+                                f"high percentiles rest on few samples")
+                break
+        acc, n_acc = None, None
+        if x is not None and y is not None:
+            n_acc = len(x) if accuracy_samples is None else min(accuracy_samples, len(x))
+            # The first N images: deterministic, and the same subset on every device.
+            acc = accuracy(session, sidecar, x[:n_acc], y[:n_acc], batch)
+    except RunnerError:
+        raise
+    except Exception as e:  # a runtime failing mid-run (bad shapes, unsupported op) is reported, not crashed
+        raise RunnerError(f"inference failed: {type(e).__name__}: {e}") from None
+    stats = latency_stats(times)
+    return {"bench": {"warmup": warmup, "runs_requested": runs, "batch": batch, "max_seconds": max_seconds,
+                      "stopped_by": stopped_by},
+            "latency_ms": stats, "throughput_per_s": batch * 1000.0 / stats["mean"],
+            "accuracy": acc, "accuracy_samples": n_acc,
+            "memory": {"peak_rss_mb": peak_rss_mb()},
+            "warnings": warnings}
+
+
+def _nchw_shape(sidecar: dict[str, Any]) -> list[int]:
+    shape = list(sidecar["input_shape"])[1:]
+    return [shape[2], shape[0], shape[1]] if sidecar["layout"] == "NHWC" else shape
+
+
+def _cpu_model() -> tuple[str, str | None]:
+    """(cpu model, board) from /proc/cpuinfo and the device tree; platform.processor() elsewhere."""
+    fields: dict[str, list[str]] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            k, sep, v = line.partition(":")
+            if sep and v.strip():
+                # Case matters: x86 "model" is a number, the Raspberry Pi's "Model" names the board.
+                fields.setdefault(k.strip(), []).append(v.strip())
+    except OSError:
+        pass
+    parts: list[str] = []
+    for key in ("model name", "Hardware"):
+        parts += fields.get(key, [])
+    if fields.get("CPU implementer", [""])[0] == "0x41":
+        parts += [ARM_PARTS[p] for p in dict.fromkeys(fields.get("CPU part", [])) if p in ARM_PARTS]
+    board = fields.get("Model", [None])[0]
+    try:
+        board = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ") or board
+    except OSError:
+        pass
+    # Dedupe while keeping order: big.LITTLE SoCs list each core type many times.
+    cpu = ", ".join(dict.fromkeys(parts)) or platform.processor() or "unknown"
+    return cpu, board
+
+
+def fingerprint(runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Which machine and software produced the numbers."""
+    cpu, board = _cpu_model()
+    fp = {"hostname": socket.gethostname(), "arch": platform.machine(), "cpu_model": cpu, "board": board,
+          "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
+          "numpy": np.__version__}
+    if runtime:
+        fp["runtime"] = runtime["name"]
+        fp["runtime_version"] = runtime["version"]
+    return fp
+
+
+def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path | None = None,
+        engine: str | None = None, threads: int | None = None, providers: list[str] | None = None,
+        xnnpack: bool = True, warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
+        accuracy_samples: int | None = None) -> dict[str, Any]:
+    """Everything the CLI does, as a function: returns the result dict (raises RunnerError)."""
+    baseline = peak_rss_mb()
+    model = Path(model)
+    if not model.is_file():
+        raise RunnerError(f"model {model} does not exist")
+    sc = read_sidecar(sidecar or f"{model}.json")
+    x, y = load_testset(data) if data else (None, None)
+    if x is not None:
+        _check_shape(preprocess(x[:1], sc), sc)
+    session = load_session(model, engine, threads, providers, xnnpack, batch)
+    res = benchmark(session, sc, x, y, warmup, runs, batch, max_seconds, accuracy_samples)
+    info = session.info
+    warnings = session.warnings + res.pop("warnings")
+    res["memory"] = {"baseline_rss_mb": baseline, **res["memory"]}
+    return {"runner_version": RUNNER_VERSION, "model": str(model), "model_size_bytes": model.stat().st_size,
+            "format": sc.get("format"), "precision": sc.get("precision"),
+            "runtime": info, "provider_fallback": info["provider_fallback"],
+            "requested_providers": info["requested_providers"], "active_providers": info["active_providers"],
+            **res,
+            "fingerprint": fingerprint(info), "warnings": warnings}
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send native and Python stdout to stderr, so runtime log lines cannot corrupt our one JSON line."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edgecompress.runner", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model file (.onnx or .tflite)")
+    p.add_argument("--sidecar", help="sidecar JSON (default: MODEL.json)")
+    p.add_argument("--data", help="testset.npz (x uint8 NCHW, y labels) for accuracy and real inputs")
+    p.add_argument("--engine", choices=("onnxruntime", "litert"), help="default: from the model's extension")
+    p.add_argument("--threads", type=int, help="runtime threads (default: the runtime's own)")
+    p.add_argument("--providers", help="onnxruntime providers, comma-separated, in priority order")
+    p.add_argument("--no-xnnpack", action="store_true", help="LiteRT: builtin kernels only, no XNNPACK")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed runs")
+    p.add_argument("--accuracy-samples", type=int, help="first N test images (default: all)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        for name, low in (("threads", 1), ("runs", 1), ("batch", 1), ("accuracy_samples", 1), ("warmup", 0)):
+            v = getattr(args, name)
+            if v is not None and v < low:
+                raise RunnerError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
+        if not args.max_seconds > 0:
+            raise RunnerError(f"--max-seconds must be > 0, got {args.max_seconds}")
+        providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+        with _stdout_to_stderr():
+            result = run(args.model, args.sidecar, args.data, args.engine, args.threads, providers,
+                         not args.no_xnnpack, args.warmup, args.runs, args.batch, args.max_seconds,
+                         args.accuracy_samples)
+    except RunnerError as e:
+        print(json.dumps({"error": str(e)}))
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Target profiles: which artifact runs on which hardware with which runtime, and its budgets.
+
+A profile is a YAML file in targets/. ``load_target`` turns it into frozen dataclasses that are
+validated at construction; every error names the file, the field, the bad value and what is
+allowed, so a typo in a profile never silently turns into a default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from edgecompress.errors import EdgeCompressError
+
+ARCHES = ("x86_64", "aarch64", "armv7l", "any")
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINES = ("onnxruntime", "litert")
+ENGINE_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
+LATENCY_KEYS = ("p50", "p90", "p99", "mean")
+# ssh://user@host[:port]; the user is required so a profile never depends on whoever runs dvc.
+SSH_DEVICE = re.compile(r"^ssh://[A-Za-z0-9._-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")
+
+
+class FieldError(EdgeCompressError):
+    """A bad value in one field; ``load_target`` prefixes the file name and the section."""
+
+    def __init__(self, field_name: str, detail: str) -> None:
+        super().__init__(f"field {field_name}: {detail}")
+        self.field_name = field_name
+        self.detail = detail
+
+    def within(self, section: str) -> FieldError:
+        return FieldError(f"{section}.{self.field_name}", self.detail)
+
+
+# --- small validators (shared by the dataclasses) ---------------------------------------------
+
+def _one_of(name: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise FieldError(name, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _opt_str(name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise FieldError(name, f"{value!r} must be a non-empty string or null")
+
+
+def _int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    # bool is an int subclass in Python: `runs: yes` must not become 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "an integer or null" if optional else "an integer"
+        raise FieldError(name, f"{value!r} must be {kind} >= {minimum}")
+    if value < minimum:
+        raise FieldError(name, f"{value!r} must be >= {minimum}")
+
+
+def _positive(name: str, value: Any, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(name, f"{value!r} must be a number > 0" + (" or null" if optional else ""))
+    if not value > 0:
+        raise FieldError(name, f"{value!r} must be > 0")
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the profile's hardware looks like; used to tell a real measurement from a proxy."""
+
+    arch: str = "any"
+    cpu: str | None = None  # case-insensitive substring of the runner's cpu_model (or board)
+    gpu: str | None = None  # any value requires an active GPU execution provider
+    cores: int | None = None  # minimum logical cores
+
+    def __post_init__(self) -> None:
+        _one_of("arch", self.arch, ARCHES)
+        _opt_str("cpu", self.cpu)
+        _opt_str("gpu", self.gpu)
+        _int("cores", self.cores, 1, optional=True)
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """Which export-stage artifact the target runs."""
+
+    format: str
+    precision: str
+
+    def __post_init__(self) -> None:
+        _one_of("format", self.format, FORMATS)
+        _one_of("precision", self.precision, PRECISIONS)
+
+    @property
+    def filename(self) -> str:
+        """Name inside the export directory, e.g. ``int8.tflite``."""
+        return f"{self.precision}.{self.format}"
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """Runtime and its settings; ``providers`` is onnxruntime-only, ``xnnpack`` litert-only."""
+
+    engine: str
+    threads: int | None = None  # None: the runtime's own default
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    xnnpack: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("engine", self.engine, ENGINES)
+        _int("threads", self.threads, 1, optional=True)
+        if not isinstance(self.providers, tuple) or not self.providers:
+            raise FieldError("providers", f"{self.providers!r} must be a non-empty list of provider names")
+        for p in self.providers:
+            # Catch "CUDA" / "cpu": onnxruntime wants the full class name.
+            if not isinstance(p, str) or not p.endswith("ExecutionProvider"):
+                raise FieldError("providers", f"{p!r} is not an onnxruntime provider name "
+                                              "(e.g. CUDAExecutionProvider, CPUExecutionProvider)")
+        if not isinstance(self.xnnpack, bool):
+            raise FieldError("xnnpack", f"{self.xnnpack!r} must be true or false")
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """How the runner measures: warm-up, timed runs (capped by time), batch, accuracy subset."""
+
+    warmup: int = 10
+    runs: int = 100
+    batch: int = 1
+    max_seconds: float = 60.0
+    accuracy_samples: int | None = None  # None: the whole test set
+
+    def __post_init__(self) -> None:
+        _int("warmup", self.warmup, 0)
+        _int("runs", self.runs, 1)
+        _int("batch", self.batch, 1)
+        _positive("max_seconds", self.max_seconds)
+        _int("accuracy_samples", self.accuracy_samples, 1, optional=True)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits the target must meet. Latency in ms per batch call; sizes in MiB (2**20 bytes)."""
+
+    latency_ms: Mapping[str, float] = field(default_factory=dict)
+    size_mb: float | None = None
+    peak_memory_mb: float | None = None  # peak RSS of the runner process
+    min_accuracy: float | None = None  # fraction in [0, 1]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.latency_ms, Mapping):
+            raise FieldError("latency_ms", f"{self.latency_ms!r} must be a mapping like {{p50: 1.0, p90: 2.0}}")
+        for k, v in self.latency_ms.items():
+            _one_of(f"latency_ms.{k}", k, LATENCY_KEYS)
+            _positive(f"latency_ms.{k}", v)
+        # Own copy: later edits to the caller's dict must not change a validated profile.
+        object.__setattr__(self, "latency_ms", dict(self.latency_ms))
+        _positive("size_mb", self.size_mb, optional=True)
+        _positive("peak_memory_mb", self.peak_memory_mb, optional=True)
+        if self.min_accuracy is not None:
+            v = self.min_accuracy
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise FieldError("min_accuracy", f"{v!r} must be a fraction between 0 and 1 (e.g. 0.88)")
+        if not self.latency_ms and self.size_mb is None and self.peak_memory_mb is None and self.min_accuracy is None:
+            raise FieldError("(all)", "no budget is set; give at least one of latency_ms, size_mb, "
+                                      "peak_memory_mb, min_accuracy")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One deployment target."""
+
+    name: str
+    description: str
+    hardware: Hardware
+    artifact: ArtifactSpec
+    runtime: RuntimeSpec
+    budgets: Budgets
+    device: str = "local"  # "local" or "ssh://user@host[:port]"
+    bench: BenchSpec = field(default_factory=BenchSpec)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise FieldError("name", f"{self.name!r} must be letters, digits, '.', '_' or '-'")
+        if not isinstance(self.description, str):
+            raise FieldError("description", f"{self.description!r} must be a string")
+        if not isinstance(self.device, str) or not (self.device == "local" or SSH_DEVICE.match(self.device)):
+            raise FieldError("device", f"{self.device!r} is not 'local' or 'ssh://user@host[:port]'")
+        want = ENGINE_FOR_FORMAT[self.artifact.format]
+        if self.runtime.engine != want:
+            raise FieldError("runtime.engine", f"{self.runtime.engine!r} cannot run artifact.format "
+                                               f"{self.artifact.format!r}; use {want}")
+
+    @property
+    def is_local(self) -> bool:
+        return self.device == "local"
+
+
+# --- YAML loading -------------------------------------------------------------------------------
+
+_TOP_KEYS = ("name", "description", "hardware", "artifact", "runtime", "device", "bench", "budgets")
+_REQUIRED = ("artifact", "runtime", "budgets")
+
+
+def _section(raw: Mapping[str, Any], key: str, allowed: Iterable[str]) -> dict[str, Any]:
+    """``raw[key]`` as a dict with only ``allowed`` keys (missing section -> {})."""
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FieldError(key, f"must be a mapping, got {type(value).__name__} {value!r}")
+    allowed = tuple(allowed)
+    for k in value:
+        if k not in allowed:
+            raise FieldError(f"{key}.{k}", f"unknown key; allowed keys: {', '.join(allowed)}")
+    return dict(value)
+
+
+def _build(cls: type, section: str, kwargs: dict[str, Any]) -> Any:
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        raise e.within(section) from None
+
+
+def _profile_from_dict(raw: Any, default_name: str) -> TargetProfile:
+    if not isinstance(raw, dict):
+        raise FieldError("(top level)", f"must be a mapping with keys {', '.join(_TOP_KEYS)}")
+    for k in raw:
+        if k not in _TOP_KEYS:
+            raise FieldError(str(k), f"unknown key; allowed keys: {', '.join(_TOP_KEYS)}")
+    for k in _REQUIRED:
+        if raw.get(k) is None:
+            raise FieldError(k, "is required")
+    if isinstance(raw["budgets"], dict) and not any(v not in (None, {}) for v in raw["budgets"].values()):
+        # A profile without budgets would always pass: that is a mistake, never an intent.
+        raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, "
+                                    "peak_memory_mb, min_accuracy")
+
+    hardware = _build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
+    artifact = _build(ArtifactSpec, "artifact", _section(raw, "artifact", ("format", "precision")))
+    rt = _section(raw, "runtime", ("engine", "threads", "providers", "xnnpack"))
+    # Settings of the other engine are a mistake in the profile, not something to ignore quietly.
+    if rt.get("engine") == "litert" and "providers" in rt:
+        raise FieldError("runtime.providers", "applies only to engine onnxruntime; remove it for litert")
+    if rt.get("engine") == "onnxruntime" and "xnnpack" in rt:
+        raise FieldError("runtime.xnnpack", "applies only to engine litert; remove it for onnxruntime")
+    if "providers" in rt:
+        if not isinstance(rt["providers"], list):
+            raise FieldError("runtime.providers", f"{rt['providers']!r} must be a list, e.g. [CPUExecutionProvider]")
+        rt["providers"] = tuple(rt["providers"])
+    runtime = _build(RuntimeSpec, "runtime", rt)
+    bench = _build(BenchSpec, "bench",
+                   _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples")))
+    budgets = _build(Budgets, "budgets",
+                     _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy")))
+    return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
+                         hardware=hardware, artifact=artifact, runtime=runtime,
+                         device=raw.get("device", "local"), bench=bench, budgets=budgets)
+
+
+def load_target(path: str | Path) -> TargetProfile:
+    """Read and validate one profile; ``name`` defaults to the file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCompressError(f"{path}: target profile not found; profiles live in targets/*.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EdgeCompressError(f"{path}: not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeCompressError(f"{path}: cannot read: {e}") from None
+    try:
+        return _profile_from_dict(raw, path.stem)
+    except FieldError as e:
+        raise EdgeCompressError(f"{path}: {e}") from None
+
+
+def load_targets(paths: Iterable[str | Path]) -> list[TargetProfile]:
+    """Load several profiles; two with the same name would overwrite each other's reports."""
+    profiles: list[TargetProfile] = []
+    seen: dict[str, Path] = {}
+    for p in paths:
+        prof = load_target(p)
+        if prof.name in seen:
+            raise EdgeCompressError(f"{p}: field name: {prof.name!r} is already used by {seen[prof.name]}")
+        seen[prof.name] = Path(p)
+        profiles.append(prof)
+    return profiles

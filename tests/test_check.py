@@ -1,0 +1,151 @@
+"""Budget evaluation, hardware matching, the gate, and one end-to-end check on a tiny ONNX model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgecompress.check import check_target, evaluate_budgets, gate, hardware_matches, main_check, render_markdown
+from edgecompress.errors import EdgeCompressError
+from edgecompress.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
+
+FP_X86 = {"hostname": "h", "arch": "x86_64", "cpu_model": "AMD EPYC 7B13", "board": None, "cores": 8,
+          "os": "Linux", "python": "3.11", "numpy": "2.0"}
+FP_PI = {**FP_X86, "arch": "aarch64", "cpu_model": "Cortex-A72", "board": "Raspberry Pi 4 Model B Rev 1.4", "cores": 4}
+
+
+def _profile(budgets: Budgets, hardware: Hardware = Hardware(), device: str = "local", name: str = "t") -> TargetProfile:
+    return TargetProfile(name=name, description="test target", hardware=hardware,
+                         artifact=ArtifactSpec("onnx", "fp32"), runtime=RuntimeSpec("onnxruntime", threads=1),
+                         budgets=budgets, device=device, bench=BenchSpec(warmup=1, runs=10, max_seconds=10))
+
+
+def _result(p50: float = 0.1, p90: float = 0.2, size: int = 60_000, rss: float | None = 50.0,
+            acc: float | None = 0.9) -> dict[str, Any]:
+    return {"latency_ms": {"p50": p50, "p90": p90, "p99": 0.5, "mean": 0.12}, "model_size_bytes": size,
+            "memory": {"peak_rss_mb": rss}, "accuracy": acc}
+
+
+BUDGETS = Budgets(latency_ms={"p50": 0.25, "p90": 0.5}, size_mb=0.125, peak_memory_mb=128, min_accuracy=0.88)
+
+
+def test_evaluate_budgets_pass() -> None:
+    rows = {r["name"]: r for r in evaluate_budgets(_profile(BUDGETS), _result())}
+    assert list(rows) == ["latency_p50", "latency_p90", "size", "peak_memory", "accuracy"]
+    assert all(r["ok"] for r in rows.values())
+    assert rows["latency_p50"]["margin"] == pytest.approx(0.1 - 0.25)
+    assert rows["size"]["measured"] == pytest.approx(60_000 / 2**20)
+    assert rows["accuracy"]["margin"] == pytest.approx(0.9 - 0.88) and rows["accuracy"]["kind"] == "min"
+
+
+def test_evaluate_budgets_fail_and_unmeasured() -> None:
+    rows = {r["name"]: r for r in evaluate_budgets(_profile(BUDGETS), _result(p90=0.8, acc=0.87, rss=None))}
+    assert not rows["latency_p90"]["ok"] and rows["latency_p90"]["margin"] == pytest.approx(0.3)
+    assert not rows["accuracy"]["ok"] and rows["accuracy"]["margin"] == pytest.approx(-0.01)
+    assert not rows["peak_memory"]["ok"] and rows["peak_memory"]["margin"] is None  # unmeasured never passes
+    assert rows["latency_p50"]["ok"] and rows["size"]["ok"]
+
+
+@pytest.mark.parametrize("hw, fp, providers, ok, reason", [
+    (Hardware(), FP_X86, None, True, None),
+    (Hardware(arch="aarch64"), FP_X86, None, False, "arch is x86_64, profile wants aarch64"),
+    (Hardware(arch="aarch64", cpu="cortex-a72", cores=4), FP_PI, None, True, None),
+    (Hardware(arch="aarch64", cpu="Raspberry Pi", cores=4), FP_PI, None, True, None),  # board name counts
+    (Hardware(cpu="Cortex-A76"), FP_PI, None, False, "profile wants one containing 'Cortex-A76'"),
+    (Hardware(cores=16), FP_X86, None, False, "8 cores, profile wants at least 16"),
+    (Hardware(gpu="NVIDIA"), FP_X86, ["CPUExecutionProvider"], False, "no CUDA/TensorRT/ROCm"),
+    (Hardware(gpu="NVIDIA"), FP_X86, ["CUDAExecutionProvider", "CPUExecutionProvider"], True, None),
+    (Hardware(gpu="NVIDIA"), {**FP_X86, "active_providers": ["TensorrtExecutionProvider"]}, None, True, None),
+])
+def test_hardware_matches(hw: Hardware, fp: dict[str, Any], providers: list[str] | None, ok: bool,
+                          reason: str | None) -> None:
+    match, reasons = hardware_matches(hw, fp, providers)
+    assert match is ok
+    assert (not reasons) if ok else any(reason in r for r in reasons)
+
+
+@pytest.mark.parametrize("status, strict, fails", [
+    ("pass", False, False), ("pass", True, False), ("fail", False, True), ("fail", True, True),
+    ("proxy-pass", True, False), ("proxy-fail", False, False), ("proxy-fail", True, True),
+])
+def test_gate(status: str, strict: bool, fails: bool) -> None:
+    assert gate({"status": status}, strict) is fails
+
+
+# --- end to end on a tiny ONNX model -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+    """export-stage-like directory: fp32.onnx (Flatten + Gemm, 1x4x4 -> 3), sidecar, testset.npz."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w, b = rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    d = tmp_path_factory.mktemp("export")
+    onnx.save(model, d / "fp32.onnx")
+    (d / "fp32.onnx.json").write_text(json.dumps({
+        "format": "onnx", "precision": "fp32", "input_name": "input", "output_name": "logits",
+        "input_shape": [1, 1, 4, 4], "layout": "NCHW", "input_dtype": "float32", "output_dtype": "float32",
+        "input_quant": None, "output_quant": None, "mean": [0.5], "std": [0.25], "num_classes": 3}))
+    x = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    y = rng.integers(0, 3, 40).astype(np.int64)
+    np.savez(d / "testset.npz", x=x, y=y)
+    logits = ((x.astype(np.float32) / 255 - 0.5) / 0.25).reshape(40, -1) @ w + b
+    return d, d / "testset.npz", float((logits.argmax(1) == y).mean())
+
+
+def test_check_target_end_to_end(artifacts: Any) -> None:
+    d, testset, acc = artifacts
+    budgets = Budgets(latency_ms={"p50": 1000.0, "p99": 1000.0}, size_mb=1.0, peak_memory_mb=100_000,
+                      min_accuracy=round(acc - 0.05, 3))
+    res = check_target(_profile(budgets), d, testset)
+    assert res["status"] == "pass" and res["hardware_match"] is True and not gate(res, strict=True)
+    assert res["accuracy"] == pytest.approx(acc) and res["accuracy_samples"] == 40
+    assert res["artifact"]["size_bytes"] == (d / "fp32.onnx").stat().st_size
+    assert res["latency_ms"]["n"] == 10 and res["runtime"]["name"] == "onnxruntime"
+    assert [r["name"] for r in res["budgets"]] == ["latency_p50", "latency_p99", "size", "peak_memory", "accuracy"]
+    md = render_markdown(res)
+    assert "**PASS**" in md and "p99 latency" in md and res["fingerprint"]["cpu_model"] in md
+
+    # Same measurement judged as a proxy: another arch than this machine's.
+    other = "aarch64" if res["fingerprint"]["arch"] != "aarch64" else "x86_64"
+    proxy = check_target(_profile(budgets, Hardware(arch=other)), d, testset)
+    assert proxy["status"] == "proxy-pass" and proxy["hardware_reasons"]
+    assert "PROXY-PASS" in render_markdown(proxy)
+
+
+def test_main_check_writes_reports_then_fails(artifacts: Any, tmp_path: Path) -> None:
+    d, testset, acc = artifacts
+    target = tmp_path / "tight.yaml"
+    target.write_text("artifact: {format: onnx, precision: fp32}\nruntime: {engine: onnxruntime}\n"
+                      "bench: {warmup: 0, runs: 5}\nbudgets: {latency_ms: {p90: 0.000001}, min_accuracy: 0.0}\n")
+    out_json, out_md = tmp_path / "m" / "tight.json", tmp_path / "r" / "tight.md"
+    with pytest.raises(EdgeCompressError, match=r"target tight missed budget\(s\): p90 latency .* ms > 0\.000 ms"):
+        main_check(target, d, testset, out_json, out_md, strict=False)
+    saved = json.loads(out_json.read_text())  # the reports exist even though the gate failed
+    assert saved["status"] == "fail" and saved["gate_failed"] is True
+    assert "**MISSED**" in out_md.read_text()
+
+
+def test_missing_artifact_and_ssh_device(artifacts: Any, tmp_path: Path) -> None:
+    d, testset, _ = artifacts
+    int8 = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
+                         runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(size_mb=1.0))
+    with pytest.raises(EdgeCompressError, match=r"int8\.onnx not found; run the export stage \(dvc repro export\)"):
+        check_target(int8, d, testset)
+    with pytest.raises(EdgeCompressError, match="ssh devices are not implemented yet"):
+        check_target(_profile(Budgets(size_mb=1.0), device="ssh://pi@raspberrypi.local"), d, testset)
+    with pytest.raises(EdgeCompressError, match="test set .* not found"):
+        check_target(_profile(Budgets(size_mb=1.0)), d, tmp_path / "none.npz")

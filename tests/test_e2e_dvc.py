@@ -1,0 +1,116 @@
+"""End to end: `dvc repro` on a tiny subset in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+TINY_HOST = """\
+name: tiny-host
+description: this machine, budgets loose enough for a one-epoch model
+hardware: {arch: any}
+artifact: {format: onnx, precision: int8}
+runtime: {engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}
+device: local
+bench: {warmup: 2, runs: 20, batch: 1, max_seconds: 10}
+budgets:
+  latency_ms: {p50: 1000.0}
+  size_mb: 10
+  min_accuracy: 0.0
+"""
+
+
+def _write_idx(folder: Path, n_train: int = 300, n_test: int = 100) -> None:
+    """Tiny learnable 10-class IDX dataset: each class lights one horizontal band."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, 2 + 2 * c:4 + 2 * c, :] = 250
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">IIII", 0x803, n, 28, 28) + x.tobytes())
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + y.tobytes())
+
+
+def _dvc(work: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # dvc.yaml runs `python`: make it this interpreter (the venv's).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
+    return subprocess.run([dvc, *args], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_dvc_repro_tiny(tmp_path: Path) -> None:
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, work / name)
+    for name in ("stages", "targets", "src"):
+        shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "targets" / "tiny-host.yaml").write_text(TINY_HOST)
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    if FMNIST.exists():
+        params["data"].update(limit=300)
+    else:
+        data = tmp_path / "idx"
+        data.mkdir()
+        _write_idx(data)
+        params["data"].update(path=str(data))
+    for stage in ("train_teacher", "distill"):
+        params[stage]["train"]["epochs"] = 1
+    params["distill"]["baseline"] = False
+    params["prune"].update(steps=1)
+    params["prune"]["finetune"]["epochs"] = 1
+    params["calibrate"]["samples"] = 32
+    params["check"]["targets"] = ["tiny-host", "mobile-cpu"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
+
+    first = _dvc(work, "repro")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    export = work / "models" / "export"
+    for name in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"):
+        assert (export / name).stat().st_size > 0
+        assert json.loads((export / f"{name}.json").read_text())["parent"] == "models/pruned.pt"
+    host = json.loads((work / "metrics/check/tiny-host.json").read_text())
+    assert host["status"] == "pass"
+    assert host["latency_ms"]["p50"] > 0
+    mobile = json.loads((work / "metrics/check/mobile-cpu.json").read_text())
+    if os.uname().machine != "aarch64":
+        assert mobile["status"].startswith("proxy")
+    assert (work / "reports/check/tiny-host.md").read_text().strip()
+    pruned = json.loads((work / "metrics/prune.json").read_text())
+    assert pruned["after"]["params"] < pruned["before"]["params"]
+
+    # Nothing changed: nothing runs.
+    again = _dvc(work, "repro")
+    assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+
+    # Tighten one target's latency budget: only that target's check re-runs, and it fails the run.
+    text = (work / "targets/tiny-host.yaml").read_text().replace("p50: 1000.0", "p50: 0.000001")
+    (work / "targets/tiny-host.yaml").write_text(text)
+    tight = _dvc(work, "repro")
+    assert tight.returncode != 0
+    ran = [line for line in tight.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'check@tiny-host':"], tight.stdout
+    assert "p50" in tight.stderr + tight.stdout
+
+    shown = _dvc(work, "metrics", "show")
+    assert shown.returncode == 0 and "metrics/export.json" in shown.stdout
