@@ -21,17 +21,20 @@ def tiny_teacher() -> ResNetTeacher:
     return ResNetTeacher(1, 4, widths=[8, 16], blocks=[1, 1], stem=8).eval()
 
 
-@pytest.fixture
-def blobs() -> tuple[torch.Tensor, torch.Tensor]:
+def make_blobs(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """A learnable 4-class problem on 1x12x12 images: the class sets which quadrant is bright."""
     g = torch.Generator().manual_seed(0)
-    n = 256
     y = torch.randint(0, 4, (n,), generator=g)
     x = torch.randn(n, 1, 12, 12, generator=g) * 0.3
     for i, c in enumerate(y.tolist()):
         r, s = divmod(c, 2)
         x[i, 0, r * 6:(r + 1) * 6, s * 6:(s + 1) * 6] += 2.0
     return x, y
+
+
+@pytest.fixture
+def blobs() -> tuple[torch.Tensor, torch.Tensor]:
+    return make_blobs()
 
 
 def trained_student(blobs: tuple[torch.Tensor, torch.Tensor]) -> MobileNetStudent:

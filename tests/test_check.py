@@ -139,13 +139,28 @@ def test_main_check_writes_reports_then_fails(artifacts: Any, tmp_path: Path) ->
     assert "**MISSED**" in out_md.read_text()
 
 
-def test_missing_artifact_and_ssh_device(artifacts: Any, tmp_path: Path) -> None:
+def test_missing_artifact_and_ssh_key(artifacts: Any, tmp_path: Path) -> None:
     d, testset, _ = artifacts
     int8 = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
                          runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(size_mb=1.0))
     with pytest.raises(EdgeCompressError, match=r"int8\.onnx not found; run the export stage \(dvc repro export\)"):
         check_target(int8, d, testset)
-    with pytest.raises(EdgeCompressError, match="ssh devices are not implemented yet"):
-        check_target(_profile(Budgets(size_mb=1.0), device="ssh://pi@raspberrypi.local"), d, testset)
+    # A missing key file is reported before any connection is tried (test_ssh.py covers real SSH).
+    with pytest.raises(EdgeCompressError, match=r"device ssh://pi@raspberrypi\.local: key file .*nokey does not exist"):
+        check_target(_profile(Budgets(size_mb=1.0)), d, testset,
+                     device={"url": "ssh://pi@raspberrypi.local", "key_file": str(tmp_path / "nokey")})
     with pytest.raises(EdgeCompressError, match="test set .* not found"):
         check_target(_profile(Budgets(size_mb=1.0)), d, tmp_path / "none.npz")
+
+
+def test_runner_args_shared_by_local_and_remote() -> None:
+    """The local command and the SSH one use the same flags; only the paths differ."""
+    from edgecompress.check import runner_args, runner_command
+
+    prof = _profile(BUDGETS)
+    local = runner_command(prof, Path("m/fp32.onnx"), Path("m/fp32.onnx.json"), Path("m/testset.npz"))
+    remote = runner_args(prof, "fp32.onnx", "fp32.onnx.json", "testset.npz")
+    assert local[1:3] == ["-m", "edgecompress.runner"] and len(local) == len(remote) + 3
+    flags = [a for a in remote if a.startswith("--")]
+    assert flags == [a for a in local if a.startswith("--")]
+    assert remote[remote.index("--threads") + 1] == "1" and remote[remote.index("--data") + 1] == "testset.npz"

@@ -13,21 +13,15 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.export import export_all, export_onnx, export_onnx_int8, io_details, run_artifact
 from edgecompress.quantize import CalibrationConfig, select_calibration
 
-from conftest import trained_student
+from conftest import make_blobs, trained_student
 
 META = {"data": {"input_shape": [1, 12, 12], "mean": [0.0], "std": [1.0], "class_names": ["a", "b", "c", "d"]}}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-
-    g = torch.Generator().manual_seed(0)
-    n = 256
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = torch.randn(n, 1, 12, 12, generator=g) * 0.3
-    for i, c in enumerate(y.tolist()):
-        r, s = divmod(c, 2)
-        x[i, 0, r * 6:(r + 1) * 6, s * 6:(s + 1) * 6] += 2.0
+    """The four artifacts of a tiny trained student, exported once for the module."""
+    x, y = make_blobs()
     model = trained_student((x, y))
     out = tmp_path_factory.mktemp("export")
     xn, yn = x.numpy(), y.numpy()

@@ -46,7 +46,7 @@ def test_defaults_and_name_from_stem(tmp_path: Path) -> None:
     assert p.name == "my-target"
     assert p.runtime.providers == ("CPUExecutionProvider",) and p.runtime.threads is None
     assert (p.bench.warmup, p.bench.runs, p.bench.batch, p.bench.max_seconds) == (10, 100, 1, 60.0)
-    assert p.device == "local"
+    assert p.device.url == "local" and p.device.is_local and str(p.device) == "local"
 
 
 def test_fp16_tflite_and_ssh_device_are_valid(tmp_path: Path) -> None:
@@ -55,6 +55,7 @@ def test_fp16_tflite_and_ssh_device_are_valid(tmp_path: Path) -> None:
                     .replace("engine: onnxruntime", "engine: litert") + "device: ssh://pi@raspberrypi.local:2222\n")
     p = load_target(path)
     assert p.artifact.filename == "fp16.tflite" and not p.is_local
+    assert (p.device.user, p.device.host, p.device.port) == ("pi", "raspberrypi.local", 2222)
 
 
 @pytest.mark.parametrize("old, new, match", [

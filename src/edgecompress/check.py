@@ -12,11 +12,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import write_json, write_text
-from edgecompress.targets import Hardware, TargetProfile, load_target
+from edgecompress.targets import DeviceSpec, Hardware, TargetProfile, load_target, resolve_device
 
 # Active providers that count as "running on a GPU" for hardware.gpu.
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
@@ -24,34 +24,35 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExec
 _LATENCY_LABEL = {"p50": "p50 latency", "p90": "p90 latency", "p99": "p99 latency", "mean": "mean latency"}
 
 
-def runner_command(profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[str]:
-    """The runner invocation for ``profile``; absolute paths so the cwd does not matter."""
+def runner_args(profile: TargetProfile, model: str, sidecar: str, testset: str | None) -> list[str]:
+    """The runner's flags for ``profile``; shared by the local and the SSH check so both measure alike."""
     rt, b = profile.runtime, profile.bench
-    cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(model.resolve()),
-           "--sidecar", str(sidecar.resolve()), "--engine", rt.engine,
-           "--warmup", str(b.warmup), "--runs", str(b.runs), "--batch", str(b.batch),
-           "--max-seconds", str(b.max_seconds)]
+    args = ["--model", model, "--sidecar", sidecar, "--engine", rt.engine,
+            "--warmup", str(b.warmup), "--runs", str(b.runs), "--batch", str(b.batch),
+            "--max-seconds", str(b.max_seconds)]
     if testset is not None:
-        cmd += ["--data", str(testset.resolve())]
+        args += ["--data", testset]
     if b.accuracy_samples is not None:
-        cmd += ["--accuracy-samples", str(b.accuracy_samples)]
+        args += ["--accuracy-samples", str(b.accuracy_samples)]
     if rt.threads is not None:
-        cmd += ["--threads", str(rt.threads)]
+        args += ["--threads", str(rt.threads)]
     if rt.engine == "onnxruntime":
-        cmd += ["--providers", ",".join(rt.providers)]
+        args += ["--providers", ",".join(rt.providers)]
     elif not rt.xnnpack:
-        cmd.append("--no-xnnpack")
-    return cmd
+        args.append("--no-xnnpack")
+    return args
 
 
-def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -> dict[str, Any]:
-    """Run the profile's artifact through the runner in a subprocess; returns the runner's JSON."""
-    if not profile.is_local:
-        raise EdgeCompressError(f"target {profile.name}: device {profile.device}: ssh devices are not "
-                                f"implemented yet; set device: local, or copy src/edgecompress/runner.py and the "
-                                f"artifact to the device and run python runner.py --model ... there")
-    artifacts_dir = Path(artifacts_dir)
-    model = artifacts_dir / profile.artifact.filename
+def runner_command(profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[str]:
+    """The local runner invocation for ``profile``; absolute paths so the cwd does not matter."""
+    return [sys.executable, "-m", "edgecompress.runner",
+            *runner_args(profile, str(model.resolve()), str(sidecar.resolve()),
+                         None if testset is None else str(testset.resolve()))]
+
+
+def _inputs(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -> tuple[Path, Path, Path | None]:
+    """(model, sidecar, testset) after checking they exist, so a remote run fails before connecting."""
+    model = Path(artifacts_dir) / profile.artifact.filename
     sidecar = Path(f"{model}.json")
     for path, what in ((model, "artifact"), (sidecar, "artifact sidecar")):
         if not path.is_file():
@@ -62,7 +63,22 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None)
                                 f"(dvc repro export)")
     if testset is None and profile.budgets.min_accuracy is not None:
         raise EdgeCompressError(f"target {profile.name}: budgets.min_accuracy needs a test set")
-    cmd = runner_command(profile, model, sidecar, Path(testset) if testset is not None else None)
+    return model, sidecar, None if testset is None else Path(testset)
+
+
+def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
+              device: DeviceSpec | None = None) -> dict[str, Any]:
+    """Run the profile's artifact through the runner (here, or on ``device`` over SSH); the runner's JSON."""
+    device = device or profile.device
+    model, sidecar, testset = _inputs(profile, Path(artifacts_dir), testset)
+    if not device.is_local:
+        from edgecompress.remote import run_remote  # remote imports parse_runner_output from here
+
+        names = runner_args(profile, model.name, f"{model.name}.json", None if testset is None else "testset.npz")
+        raw = run_remote(profile, device, model, sidecar, testset, names)
+        raw["model"] = str(model)  # the remote copy is gone; reports name the artifact that was measured
+        return raw
+    cmd = runner_command(profile, model, sidecar, testset)
     # The package may be run from a checkout without being installed: make the runner importable.
     src = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -73,14 +89,15 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None)
         raise EdgeCompressError(f"target {profile.name}: the runner did not finish within {timeout:g} s "
                                 f"(bench.max_seconds={profile.bench.max_seconds:g}); lower bench.runs or "
                                 f"bench.accuracy_samples") from None
-    result = _parse_runner_output(proc.stdout)
+    result = parse_runner_output(proc.stdout)
     if result is None or "error" in (result or {}) or proc.returncode != 0:
         why = (result or {}).get("error") or _tail(proc.stderr) or f"exit code {proc.returncode}"
         raise EdgeCompressError(f"target {profile.name}: runner failed on {model}: {why}")
     return result
 
 
-def _parse_runner_output(stdout: str) -> dict[str, Any] | None:
+def parse_runner_output(stdout: str) -> dict[str, Any] | None:
+    """The runner's one JSON object from its stdout, or None."""
     # The runner prints one JSON object; take the last line that parses, in case a library wrote first.
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
@@ -149,10 +166,15 @@ def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
     return not reasons, reasons
 
 
-def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
-                 strict: bool = False) -> dict[str, Any]:
-    """Run and evaluate one target; ``status`` is pass, fail, proxy-pass or proxy-fail."""
-    raw = run_check(profile, Path(artifacts_dir), testset)
+def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | None, strict: bool = False,
+                 device: DeviceSpec | str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run and evaluate one target; ``status`` is pass, fail, proxy-pass or proxy-fail.
+
+    ``device`` overrides the profile's (see ``resolve_device``). Over SSH the fingerprint is the
+    device's own, so a real board matches its profile and is not reported as a proxy.
+    """
+    dev = resolve_device(profile.device, device)
+    raw = run_check(profile, Path(artifacts_dir), testset, dev)
     rows = evaluate_budgets(profile, raw)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
@@ -161,7 +183,8 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     warnings = list(raw.get("warnings") or [])
     if not match:
         warnings.append("measured on a proxy machine, not the profile's hardware: " + "; ".join(reasons))
-    return {"target": profile.name, "description": profile.description, "device": profile.device,
+    return {"target": profile.name, "description": profile.description, "device": dev.url,
+            "remote": raw.get("remote"),
             "artifact": {"path": raw.get("model"), "format": profile.artifact.format,
                          "precision": profile.artifact.precision, "size_bytes": raw.get("model_size_bytes")},
             "status": status, "strict": strict, "hardware_match": match, "hardware_reasons": reasons,
@@ -222,6 +245,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                      f"{'ok' if r['ok'] else '**MISSED**'} |")
     providers = rt.get("active_providers")
     lines += ["", "## Where it ran", "",
+              f"- device: {result.get('device', 'local')}",
               f"- hardware match: {'yes' if result['hardware_match'] else 'no (proxy measurement)'}"]
     lines += [f"  - {reason}" for reason in result.get("hardware_reasons") or []]
     lines += [f"- machine: {fp.get('hostname')}, {fp.get('arch')}, {fp.get('cpu_model')}"
@@ -236,10 +260,15 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 def main_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
-               out_json: str | Path, out_md: str | Path, strict: bool) -> dict[str, Any]:
-    """The DVC stage: check, write JSON + markdown, print the report, raise if the gate fails."""
+               out_json: str | Path, out_md: str | Path, strict: bool,
+               device: DeviceSpec | str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The DVC stage: check, write JSON + markdown, print the report, raise if the gate fails.
+
+    ``device`` overrides the profile's device for a by-hand run (``edgecompress check --device``).
+    """
     profile = load_target(target_path)
-    result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict)
+    result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict,
+                          device)
     failed = gate(result, strict)
     result["gate_failed"] = failed
     md = render_markdown(result)

@@ -17,7 +17,10 @@ def _check(ns: argparse.Namespace) -> None:
     out_json = ns.out_json or f"reports/manual/{name}.json"
     out_md = ns.out_md or f"reports/manual/{name}.md"
     testset = ns.testset or str(Path(ns.artifacts) / "testset.npz")
-    main_check(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict)
+    # Only the options given override the profile's device (a bare --device keeps its key/timeout).
+    device = {k: v for k, v in (("url", ns.device), ("key_file", ns.key_file), ("python", ns.remote_python))
+              if v is not None}
+    main_check(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict, device or None)
 
 
 def _targets(ns: argparse.Namespace) -> None:
@@ -25,7 +28,8 @@ def _targets(ns: argparse.Namespace) -> None:
 
     for path in ns.paths or sorted(Path("targets").glob("*.yaml")):
         t = load_target(path)
-        print(f"{path}: ok ({t.name}: {t.artifact.format} {t.artifact.precision} on {t.runtime.engine}, device {t.device})")
+        print(f"{path}: ok ({t.name}: {t.artifact.format} {t.artifact.precision} on {t.runtime.engine}, "
+              f"device {t.device.url})")
 
 
 def _inspect(ns: argparse.Namespace) -> None:
@@ -47,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out-json")
     c.add_argument("--out-md")
     c.add_argument("--strict", action="store_true", help="fail on a missed budget even on proxy hardware")
+    c.add_argument("--device", help="run on this device instead of the profile's: local or ssh://user@host[:port]")
+    c.add_argument("--key-file", help="ssh private key for the device (default: the profile's, else ssh's own)")
+    c.add_argument("--remote-python", help="python interpreter on the device (default: the profile's, else python3)")
     c.set_defaults(fn=_check)
     t = sub.add_parser("targets", help="validate target profiles (default: targets/*.yaml)")
     t.add_argument("paths", nargs="*")

@@ -8,7 +8,7 @@ allowed, so a typo in a profile never silently turns into a default.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -23,7 +23,13 @@ ENGINES = ("onnxruntime", "litert")
 ENGINE_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
 LATENCY_KEYS = ("p50", "p90", "p99", "mean")
 # ssh://user@host[:port]; the user is required so a profile never depends on whoever runs dvc.
-SSH_DEVICE = re.compile(r"^ssh://[A-Za-z0-9._-]+@[A-Za-z0-9.-]+(:\d{1,5})?$")
+# User and host start with a letter/digit so neither can be read as an ssh option ("-oProxyCommand").
+SSH_DEVICE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)"
+                        r"(:(?P<port>\d{1,5}))?$")
+# Remote work_dir: plain characters only, so the path means the same to the remote shell, scp's
+# SFTP and legacy modes alike (quoting differs between them).
+SAFE_REMOTE_DIR = re.compile(r"^/[A-Za-z0-9._/-]*$")
+DEVICE_KEYS = ("url", "key_file", "known_hosts", "python", "work_dir", "timeout", "connect_timeout")
 
 
 class FieldError(EdgeCompressError):
@@ -176,6 +182,107 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class DeviceSpec:
+    """Where the check runs: ``local`` (this machine) or an SSH host that runs the runner itself."""
+
+    url: str = "local"  # "local" or "ssh://user@host[:port]"
+    key_file: str | None = None  # private key for ssh -i; None: ssh's own defaults/agent
+    known_hosts: str | None = None  # UserKnownHostsFile; None: ~/.ssh/known_hosts
+    python: str = "python3"  # interpreter on the device (needs numpy + the runtime)
+    work_dir: str = "/tmp/edgecompress"  # a unique sub-directory is created per run and removed after
+    timeout: float = 120.0  # seconds for the whole remote run (copy, run, clean up)
+    connect_timeout: int = 10  # ssh ConnectTimeout, seconds
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not (self.url == "local" or SSH_DEVICE.match(self.url)):
+            raise FieldError("url", f"{self.url!r} is not 'local' or 'ssh://user@host[:port]'")
+        port = self._match("port")
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise FieldError("url", f"{self.url!r}: port {port} must be between 1 and 65535")
+        _opt_str("key_file", self.key_file)
+        _opt_str("known_hosts", self.known_hosts)
+        # One word: it is quoted as a single argument on the remote shell.
+        if not isinstance(self.python, str) or not re.fullmatch(r"[^\s'\"]+", self.python):
+            raise FieldError("python", f"{self.python!r} must be one interpreter name or path without spaces, "
+                                       "e.g. python3 or /home/pi/venv/bin/python")
+        if not isinstance(self.work_dir, str) or not SAFE_REMOTE_DIR.match(self.work_dir) or self.work_dir == "/":
+            raise FieldError("work_dir", f"{self.work_dir!r} must be an absolute path of letters, digits, "
+                                         "'.', '_', '-' and '/', e.g. /tmp/edgecompress")
+        _positive("timeout", self.timeout)
+        _int("connect_timeout", self.connect_timeout, 1)
+
+    def _match(self, group: str) -> str | None:
+        m = SSH_DEVICE.match(self.url)
+        return m.group(group) if m else None
+
+    @property
+    def is_local(self) -> bool:
+        return self.url == "local"
+
+    @property
+    def user(self) -> str | None:
+        return self._match("user")
+
+    @property
+    def host(self) -> str | None:
+        return self._match("host")
+
+    @property
+    def port(self) -> int | None:
+        port = self._match("port")
+        return int(port) if port else None
+
+    def __str__(self) -> str:
+        # Old code printed profile.device as the string; keep f-strings showing the url.
+        return self.url
+
+
+def parse_device(value: Any) -> DeviceSpec:
+    """``local`` / ``ssh://...`` or a mapping with DEVICE_KEYS -> DeviceSpec (FieldErrors name device.*)."""
+    if isinstance(value, DeviceSpec):
+        return value
+    if isinstance(value, str):
+        try:
+            return DeviceSpec(url=value)
+        except FieldError as e:
+            raise FieldError("device", e.detail) from None
+    if not isinstance(value, dict):
+        raise FieldError("device", f"{value!r} must be 'local', 'ssh://user@host[:port]' or a mapping with "
+                                   f"keys {', '.join(DEVICE_KEYS)}")
+    for k in value:
+        if k not in DEVICE_KEYS:
+            raise FieldError(f"device.{k}", f"unknown key; allowed keys: {', '.join(DEVICE_KEYS)}")
+    if value.get("url") is None:
+        raise FieldError("device.url", "is required in the mapping form, e.g. url: ssh://pi@10.0.0.7")
+    return _build(DeviceSpec, "device", dict(value))
+
+
+def resolve_device(base: DeviceSpec, override: DeviceSpec | str | Mapping[str, Any] | None) -> DeviceSpec:
+    """The device a check really uses: ``override`` (a by-hand --device) wins over the profile's.
+
+    A string replaces only the url, so the profile's key, timeout, python and work_dir still apply;
+    a mapping replaces the fields it names; a DeviceSpec replaces everything.
+    """
+    if override is None:
+        return base
+    if isinstance(override, DeviceSpec):
+        return override
+    fields = {"url": override} if isinstance(override, str) else dict(override)
+    for k in fields:
+        if k not in DEVICE_KEYS:
+            raise EdgeCompressError(f"device override: unknown field {k!r}; allowed: {', '.join(DEVICE_KEYS)}")
+    try:
+        dev = replace(base, **fields)
+    except FieldError as e:
+        raise EdgeCompressError(f"device override: {e}") from None
+    extra = [k for k in ("key_file", "known_hosts", "python") if fields.get(k) is not None]
+    if dev.is_local and extra:
+        raise EdgeCompressError(f"device override: {', '.join(extra)} applies only to an ssh device; "
+                                f"also give --device ssh://user@host[:port]")
+    return dev
+
+
+@dataclass(frozen=True)
 class TargetProfile:
     """One deployment target."""
 
@@ -185,16 +292,21 @@ class TargetProfile:
     artifact: ArtifactSpec
     runtime: RuntimeSpec
     budgets: Budgets
-    device: str = "local"  # "local" or "ssh://user@host[:port]"
+    device: DeviceSpec = field(default_factory=DeviceSpec)  # a plain "local"/"ssh://..." string is accepted too
     bench: BenchSpec = field(default_factory=BenchSpec)
+    source: str | None = field(default=None, compare=False)  # the YAML file, for error messages
+
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise FieldError("name", f"{self.name!r} must be letters, digits, '.', '_' or '-'")
         if not isinstance(self.description, str):
             raise FieldError("description", f"{self.description!r} must be a string")
-        if not isinstance(self.device, str) or not (self.device == "local" or SSH_DEVICE.match(self.device)):
-            raise FieldError("device", f"{self.device!r} is not 'local' or 'ssh://user@host[:port]'")
+        object.__setattr__(self, "device", parse_device(self.device))
+        if not self.device.is_local and self.device.timeout <= self.bench.max_seconds:
+            # The timed runs alone may take max_seconds; the remote timeout would then always fire.
+            raise FieldError("device.timeout", f"{self.device.timeout!r} must be larger than bench.max_seconds "
+                                               f"({self.bench.max_seconds:g}): the timed runs alone may take that long")
         want = ENGINE_FOR_FORMAT[self.artifact.format]
         if self.runtime.engine != want:
             raise FieldError("runtime.engine", f"{self.runtime.engine!r} cannot run artifact.format "
@@ -202,7 +314,12 @@ class TargetProfile:
 
     @property
     def is_local(self) -> bool:
-        return self.device == "local"
+        return self.device.is_local
+
+    @property
+    def where(self) -> str:
+        """How messages name this profile: its file when loaded from one."""
+        return self.source or f"the target profile {self.name}"
 
 
 # --- YAML loading -------------------------------------------------------------------------------
@@ -232,7 +349,7 @@ def _build(cls: type, section: str, kwargs: dict[str, Any]) -> Any:
         raise e.within(section) from None
 
 
-def _profile_from_dict(raw: Any, default_name: str) -> TargetProfile:
+def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -> TargetProfile:
     if not isinstance(raw, dict):
         raise FieldError("(top level)", f"must be a mapping with keys {', '.join(_TOP_KEYS)}")
     for k in raw:
@@ -265,7 +382,8 @@ def _profile_from_dict(raw: Any, default_name: str) -> TargetProfile:
                      _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy")))
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
-                         device=raw.get("device", "local"), bench=bench, budgets=budgets)
+                         device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
+                         source=source)
 
 
 def load_target(path: str | Path) -> TargetProfile:
@@ -280,7 +398,7 @@ def load_target(path: str | Path) -> TargetProfile:
     except (OSError, UnicodeDecodeError) as e:
         raise EdgeCompressError(f"{path}: cannot read: {e}") from None
     try:
-        return _profile_from_dict(raw, path.stem)
+        return _profile_from_dict(raw, path.stem, str(path))
     except FieldError as e:
         raise EdgeCompressError(f"{path}: {e}") from None
 

@@ -1,0 +1,223 @@
+"""Run the standalone runner on an SSH device: copy it and the artifact over, run, parse, clean up.
+
+Only the system ``ssh`` and ``scp`` binaries are used, always with argument lists (no local shell).
+ssh joins the remote command into one string for the remote user's shell, so every word of it is
+quoted with ``shlex.quote``. The device needs python3 with numpy and the runtime, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.targets import DeviceSpec, TargetProfile
+
+RUNNER = Path(__file__).with_name("runner.py")
+# ssh's own failures (exit 255) that mean "the host or port cannot be reached".
+_UNREACHABLE = ("Connection refused", "timed out", "No route to host", "Could not resolve hostname",
+                "Network is unreachable", "Connection reset", "Connection closed by remote host")
+_RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (tflite-runtime on older boards)"}
+_CLEANUP_TIMEOUT = 15.0  # seconds; cleanup runs even after the run's deadline has passed
+
+
+class _Session:
+    """ssh/scp argument lists and a deadline for one remote run on ``device``."""
+
+    def __init__(self, profile: TargetProfile, device: DeviceSpec) -> None:
+        self.profile, self.device = profile, device
+        self.deadline = time.monotonic() + device.timeout
+        self.timed_out = False  # set once a step ran out of time: cleanup then stops the runner
+        self.dest = f"{device.user}@{device.host}"
+        self.key = str(Path(device.key_file).expanduser()) if device.key_file else None
+        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={device.connect_timeout}",
+                "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR"]
+        if device.known_hosts:
+            opts += ["-o", f"UserKnownHostsFile={Path(device.known_hosts).expanduser()}"]
+        if self.key:
+            # Only the named key: an agent's or ~/.ssh's keys must not make a wrong key_file "work".
+            opts += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        self.ssh_opts = opts + (["-p", str(device.port)] if device.port else [])
+        self.scp_opts = ["-q", *opts] + (["-P", str(device.port)] if device.port else [])
+
+    def fail(self, what: str) -> EdgeCompressError:
+        return EdgeCompressError(f"device {self.device.url}: {what}")
+
+    def run(self, argv: list[str], step: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` within the remaining time; ssh's own failures (exit 255) become clear errors."""
+        left = self.deadline - time.monotonic() if timeout is None else timeout
+        if left <= 0:
+            raise self._timeout()
+        try:
+            # stdin from /dev/null: ssh must not read the stdin of dvc or of an interactive shell.
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=left, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:  # subprocess.run has killed the child already
+            raise self._timeout() from None
+        except FileNotFoundError:
+            raise self.fail(f"{argv[0]} is not installed on this machine; install openssh-client "
+                            f"(apt-get install openssh-client)") from None
+        if proc.returncode == 255 or (argv[0] == "scp" and proc.returncode != 0):
+            self._connection_error(proc.stderr, step)
+        return proc
+
+    def ssh(self, script: str, step: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` (already quoted) in the remote user's shell."""
+        return self.run(["ssh", *self.ssh_opts, "--", self.dest, script], step, timeout)
+
+    def _timeout(self) -> EdgeCompressError:
+        self.timed_out = True
+        return self.fail(f"the remote run did not finish within {self.device.timeout:g} s; raise device.timeout "
+                         f"in {self.profile.where} or check the board (load, throttling, network)")
+
+    def _connection_error(self, stderr: str, step: str) -> None:
+        d, msg = self.device, _last_lines(stderr)
+        where = f"{d.host} port {d.port or 22}"
+        if any(s in stderr for s in _UNREACHABLE):
+            raise self.fail(f"cannot reach {where} ({msg}); check that the board is on and on the network, that "
+                            f"sshd runs there, and the host/port in device.url of {self.profile.where}")
+        if "UNPROTECTED PRIVATE KEY" in stderr or "bad permissions" in stderr:
+            raise self.fail(f"ssh ignores key file {self.key} because others can read it; run chmod 600 {self.key}")
+        if "Permission denied" in stderr:
+            key = f"key file {self.key}" if self.key else "your default ssh keys (no device.key_file set)"
+            port = f"-p {d.port} " if d.port else ""
+            ident = f"-i {self.key}.pub " if self.key else ""
+            raise self.fail(f"{self.dest} refused {key} (Permission denied); authorize it once with "
+                            f"ssh-copy-id {ident}{port}{self.dest}, or set device.key_file in {self.profile.where}")
+        if "Host key verification failed" in stderr or "HOST IDENTIFICATION HAS CHANGED" in stderr:
+            kh = f" -f {d.known_hosts}" if d.known_hosts else ""
+            raise self.fail(f"the host key of {d.host} does not match the known one; if the board was re-imaged, "
+                            f"run ssh-keygen -R {d.host}{kh} and retry")
+        raise self.fail(f"{step} failed: {msg or 'no message from ssh/scp'}")
+
+
+def _remote_command(*commands: list[str]) -> str:
+    """One shell string for ssh: each command's words quoted, commands chained with '&&'."""
+    return " && ".join(shlex.join(c) for c in commands)
+
+
+def _last_lines(text: str, n: int = 6) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-n:] if line.strip())
+
+
+def _stage(tmp: Path, profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[Path]:
+    """Local files to copy, under the names the remote command uses; a test-set subset saves bandwidth."""
+    files = {"runner.py": RUNNER, model.name: model, f"{model.name}.json": sidecar}
+    n = profile.bench.accuracy_samples
+    if testset is not None and n is not None:
+        with np.load(testset) as z:
+            x, y = z["x"], z["y"]
+        if n < len(x):
+            # The runner scores the first N images, so the first N are all the device needs.
+            np.savez(tmp / "testset.npz", x=x[:n], y=y[:n])
+            testset = None
+            files["testset.npz"] = tmp / "testset.npz"
+    if testset is not None:
+        files["testset.npz"] = testset
+    staged = []
+    for name, src in files.items():
+        dst = tmp / name
+        if dst != src:
+            try:
+                os.symlink(src.resolve(), dst)  # scp copies the file a link points to
+            except OSError:
+                shutil.copyfile(src, dst)
+        staged.append(dst)
+    return staged
+
+
+def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path, sidecar: Path,
+               testset: Path | None, runner_args: list[str]) -> dict[str, Any]:
+    """Copy, run ``python runner.py <runner_args>`` in a fresh remote dir, remove it; the runner's JSON.
+
+    ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz),
+    as staged here. The result's ``remote`` entry says where it ran and whether the dir was removed.
+    """
+    from edgecompress.check import parse_runner_output  # check imports this module lazily: no cycle
+
+    s = _Session(profile, device)
+    if s.key and not Path(s.key).is_file():
+        raise s.fail(f"key file {s.key} does not exist; fix device.key_file in {profile.where} or --key-file")
+    for tool in ("ssh", "scp"):
+        if shutil.which(tool) is None:
+            raise s.fail(f"{tool} is not installed on this machine; apt-get install openssh-client")
+    mkdir = _remote_command(["mkdir", "-p", device.work_dir], ["mktemp", "-d", f"{device.work_dir}/run.XXXXXXXX"])
+    proc = s.ssh(mkdir, "creating the remote work dir")
+    run_dir = proc.stdout.strip()
+    # Exactly <work_dir>/run.XXXXXXXX: this is the path rm -rf gets, so nothing else may pass.
+    if proc.returncode != 0 or not re.fullmatch(re.escape(device.work_dir.rstrip("/")) + r"/+run\.[A-Za-z0-9]{8}",
+                                                run_dir):
+        raise s.fail(f"cannot create a directory under {device.work_dir} ({_last_lines(proc.stderr) or run_dir!r}); "
+                     f"set device.work_dir in {profile.where} to a writable directory")
+    result: dict[str, Any] | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgecompress-ssh-") as tmp:
+            files = _stage(Path(tmp), profile, model, sidecar, testset)
+            s.run(["scp", *s.scp_opts, "--", *map(str, files), f"{s.dest}:{run_dir}/"], "copying the files")
+        # `exec` keeps the runner's pid = the shell's, written first so a timed-out run can be killed.
+        command = shlex.join([device.python, "runner.py", *runner_args])
+        script = f"cd {shlex.quote(run_dir)} && echo $$ > runner.pid && exec {command}"
+        proc = s.ssh(script, "running the runner")
+        result = _result(s, proc, run_dir, parse_runner_output(proc.stdout))
+    finally:
+        problem = _cleanup(s, run_dir, kill=s.timed_out)
+        if result is not None:
+            result["remote"]["cleaned_up"] = problem is None
+            if problem:
+                result.setdefault("warnings", []).append(problem)
+        elif problem:  # an error is on its way out; still say what is left on the device
+            print(f"edgecompress: warning: {problem}", file=sys.stderr)
+    return result
+
+
+def _result(s: _Session, proc: subprocess.CompletedProcess[str], run_dir: str,
+            result: dict[str, Any] | None) -> dict[str, Any]:
+    """The runner's JSON, or a clear error for a missing python, numpy or runtime on the device."""
+    d, engine = s.device, s.profile.runtime.engine
+    pip = f"{d.python} -m pip install"
+    err = (result or {}).get("error") or ""
+    if proc.returncode in (126, 127) and result is None:
+        raise s.fail(f"the remote python {d.python!r} was not found or cannot run "
+                     f"({_last_lines(proc.stderr, 2)}); install python3 on the device or set device.python "
+                     f"(--remote-python) in {s.profile.where} to its path")
+    if "No module named 'numpy'" in proc.stderr:
+        raise s.fail(f"numpy is missing for {d.python} on the device; run {pip} numpy there "
+                     f"(or apt-get install python3-numpy)")
+    if "not installed" in err or "no TFLite runtime" in err:
+        what = err.split("; pip install")[0]  # the runner's own hint lacks the device's interpreter
+        raise s.fail(f"{what} for {d.python} on the device; run {pip} {_RUNTIME_PACKAGES[engine]} there")
+    if result is None or err or proc.returncode != 0:
+        why = err or _last_lines(proc.stderr) or f"exit code {proc.returncode}"
+        raise s.fail(f"the runner failed on the device: {why}")
+    result["remote"] = {"host": d.host, "port": d.port or 22, "user": d.user, "python": d.python,
+                        "run_dir": run_dir, "model": result.get("model")}
+    return result
+
+
+def _cleanup(s: _Session, run_dir: str, kill: bool) -> str | None:
+    """rm -rf exactly the dir mktemp made (its name was checked); after a timeout, stop the runner first.
+
+    Returns a warning when the dir may be left behind: a failed cleanup must never hide the run's
+    own result or error.
+    """
+    script = f"rm -rf -- {shlex.quote(run_dir)}"
+    if kill:
+        pid = shlex.quote(f"{run_dir}/runner.pid")
+        # $(...) must reach the remote shell unquoted; the path inside it is quoted.
+        script = f'test -f {pid} && kill "$(cat {pid})" 2>/dev/null; {script}'
+    try:
+        proc = s.ssh(script, "cleaning up", _CLEANUP_TIMEOUT)
+    except EdgeCompressError as e:
+        return f"could not remove {run_dir} on {s.device.url}: {e}"
+    if proc.returncode != 0:
+        return f"could not remove {run_dir} on {s.device.url}: {_last_lines(proc.stderr) or proc.returncode}"
+    return None

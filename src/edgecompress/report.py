@@ -1,0 +1,68 @@
+"""The pipeline's summary: every target's check result and a latency-vs-accuracy view of all artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import EdgeCompressError
+
+ARTIFACT_ORDER = ("fp32.onnx", "int8.onnx", "fp32.tflite", "fp16.tflite", "int8.tflite", "fp16.onnx")
+
+
+def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int = 300,
+                      threads: int = 1) -> list[dict[str, Any]]:
+    """Latency (this machine, batch 1, ``threads`` threads) of every artifact, beside its test accuracy/ECE.
+
+    The runner runs in a subprocess exactly as in the check stage; the accuracy comes from the
+    export stage's full-test-set verification, so the two axes are measured independently.
+    """
+    points = []
+    for name in ARTIFACT_ORDER:
+        model = artifacts / name
+        if not model.exists():
+            continue
+        cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(model), "--threads", str(threads),
+               "--runs", str(runs), "--warmup", "50", "--max-seconds", "30"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:
+            res = json.loads(proc.stdout)
+        except json.JSONDecodeError as e:
+            raise EdgeCompressError(f"runner printed no JSON for {model}: {proc.stderr.strip()[-500:]}") from e
+        if "error" in res:
+            raise EdgeCompressError(f"runner failed on {model}: {res['error']}")
+        m = export_metrics.get(name, {})
+        points.append({"artifact": name, "p50_ms": res["latency_ms"]["p50"], "p90_ms": res["latency_ms"]["p90"],
+                       "accuracy": m.get("accuracy"), "ece": m.get("ece"), "nll": m.get("nll"),
+                       "size_kib": round(model.stat().st_size / 1024, 1), "threads": threads,
+                       "runtime": f"{res['runtime'].get('name')} {res['runtime'].get('version')}"})
+    return points
+
+
+def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]], fingerprint: dict[str, Any]) -> str:
+    """One table per concern: targets (pass/fail/proxy) and all artifacts (latency vs accuracy)."""
+    lines = ["# edgecompress report", "", "## Targets", "",
+             "| target | artifact | device | p50 ms | p90 ms | p99 ms | accuracy | size KiB | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in checks:
+        lat = r.get("latency_ms") or {}
+        art = r.get("artifact") or {}
+        acc = r.get("accuracy")
+        lines.append(f"| {r['target']} | {art.get('precision')} {art.get('format')} | {r.get('device')} | "
+                     f"{lat.get('p50', float('nan')):.4f} | {lat.get('p90', float('nan')):.4f} | "
+                     f"{lat.get('p99', float('nan')):.4f} | {'-' if acc is None else f'{acc:.4f}'} | "
+                     f"{(art.get('size_bytes') or 0) / 1024:.1f} | {r['status']} |")
+    lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report).",
+              "", "## All artifacts on this machine (batch 1, 1 thread)", "",
+              "| artifact | p50 ms | p90 ms | accuracy | ECE | NLL | size KiB | runtime |",
+              "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['artifact']} | {p['p50_ms']:.4f} | {p['p90_ms']:.4f} | {p['accuracy']:.4f} | "
+                     f"{p['ece']:.4f} | {p['nll']:.3f} | {p['size_kib']} | {p['runtime']} |")
+    cpu = fingerprint.get("cpu_model") or fingerprint.get("cpu")
+    lines += ["", f"Measured on {fingerprint.get('hostname')} ({fingerprint.get('arch')}, {cpu}, "
+              f"{fingerprint.get('cores')} cores).", ""]
+    return "\n".join(lines)

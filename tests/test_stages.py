@@ -1,0 +1,52 @@
+"""Stage entry points fail cleanly on bad params: one message naming the key, exit 1, no outputs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(tmp_path: Path, edit) -> Path:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: p["train_teacher"]["train"].update(epochz=3), r"train_teacher.train: unknown key\(s\) \['epochz'\]"),
+    (lambda p: p["train_teacher"].update(widths=[32, 64], blocks=[1]), "equal length"),
+    (lambda p: p["data"].update(format="tfrecord"), "tfrecord"),
+    (lambda p: p["data"].update(path="/nonexistent/fmnist"), "/nonexistent/fmnist"),
+    (lambda p: p["train_teacher"]["train"].update(lr=-0.1), "lr"),
+])
+def test_train_teacher_rejects_bad_params(tmp_path: Path, edit, message: str) -> None:
+    params = _params(tmp_path, edit)
+    out = tmp_path / "models" / "teacher.pt"
+    proc = subprocess.run([sys.executable, str(REPO / "stages/train_teacher.py"), "--params", str(params),
+                           "--out", str(out), "--metrics", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.startswith("edgecompress: error:")]
+    assert len(err) == 1, proc.stderr
+    assert re.search(message, err[0]), err[0]
+    assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+def test_export_stage_reports_a_missing_parent(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "stages/export.py"), "--params", str(REPO / "params.yaml"),
+                           "--model", str(tmp_path / "pruned.pt"), "--calibration", str(tmp_path / "c.npz"),
+                           "--out", str(tmp_path / "export"), "--metrics", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "pruned.pt does not exist" in proc.stderr
+    assert not (tmp_path / "export").exists()
