@@ -47,17 +47,17 @@ def main() -> None:
                       f"{100 * (m['accuracy'] - ref):+.2f} pt | {pct(m['top1_agreement'])} | {m['nll']:.3f} | {m['ece']:.4f} |")
     checks = sorted(Path("metrics/check").glob("*.json"))
     if checks:
-        print("\n| target | artifact | runtime | p50 ms | p90 ms | p99 ms | accuracy | size | status |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n| target | artifact | runtime (active provider) | p50 ms | p90 ms | p99 ms | peak RSS | accuracy | size | status |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for p in checks:
             r = json.loads(p.read_text())
-            lat = r.get("latency_ms", {})
-            rt = r.get("runtime", {})
-            runtime = f"{rt.get('name', '?')} {rt.get('version', '')}".strip()
-            print(f"| {r.get('target')} | {Path(r.get('artifact', '?')).name} | {runtime} | {lat.get('p50', 0):.3f} | "
-                  f"{lat.get('p90', 0):.3f} | {lat.get('p99', 0):.3f} | {pct(r.get('accuracy'))} | "
-                  f"{r.get('size_bytes', 0) / 1024:.1f} KiB | {r.get('status')} |")
-
+            lat, art, rt = r.get("latency_ms") or {}, r.get("artifact") or {}, r.get("runtime") or {}
+            active = ",".join(rt.get("active_providers") or []) or ("XNNPACK" if rt.get("xnnpack") else "")
+            mem = (r.get("memory") or {}).get("peak_rss_mb")
+            print(f"| {r.get('target')} | {art.get('precision')} {art.get('format')} | {rt.get('name')} {rt.get('version')} "
+                  f"({active}) | {lat.get('p50', 0):.3f} | {lat.get('p90', 0):.3f} | {lat.get('p99', 0):.3f} | "
+                  f"{'-' if mem is None else f'{mem:.0f} MB'} | {pct(r.get('accuracy'))} | "
+                  f"{(art.get('size_bytes') or 0) / 1024:.1f} KiB | {r.get('status')} |")
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,3 +52,39 @@ def trained_student(blobs: tuple[torch.Tensor, torch.Tensor]) -> MobileNetStuden
 @pytest.fixture
 def calib_data(blobs: tuple[torch.Tensor, torch.Tensor]) -> np.ndarray:
     return blobs[0][:32].numpy()
+
+
+def gemm_onnx(path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Write a Flatten + Gemm ONNX model (N x 1 x 4 x 4 -> 3 classes, dynamic batch); returns (W, B)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w, b = rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by any onnxruntime >= 1.14
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return w, b
+
+
+def tiny_export_dir(d: Path, seed: int, n_acc: int = 40) -> tuple[Path, Path, float]:
+    """An export-stage-like directory: fp32.onnx + sidecar + 40-image testset.npz.
+
+    Returns (dir, testset, accuracy on the first ``n_acc`` images computed with numpy).
+    """
+    rng = np.random.default_rng(seed)
+    w, b = gemm_onnx(d / "fp32.onnx", rng)
+    (d / "fp32.onnx.json").write_text(json.dumps({
+        "format": "onnx", "precision": "fp32", "input_name": "input", "output_name": "logits",
+        "input_shape": [1, 1, 4, 4], "layout": "NCHW", "input_dtype": "float32", "output_dtype": "float32",
+        "input_quant": None, "output_quant": None, "mean": [0.5], "std": [0.25], "num_classes": 3}))
+    x = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    y = rng.integers(0, 3, 40).astype(np.int64)
+    np.savez(d / "testset.npz", x=x, y=y)
+    logits = ((x[:n_acc].astype(np.float32) / 255 - 0.5) / 0.25).reshape(n_acc, -1) @ w + b
+    return d, d / "testset.npz", float((logits.argmax(1) == y[:n_acc]).mean())

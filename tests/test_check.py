@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import tiny_export_dir
 from edgecompress.check import check_target, evaluate_budgets, gate, hardware_matches, main_check, render_markdown
 from edgecompress.errors import EdgeCompressError
 from edgecompress.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
@@ -81,29 +82,7 @@ def test_gate(status: str, strict: bool, fails: bool) -> None:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
     """export-stage-like directory: fp32.onnx (Flatten + Gemm, 1x4x4 -> 3), sidecar, testset.npz."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(2)
-    w, b = rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    d = tmp_path_factory.mktemp("export")
-    onnx.save(model, d / "fp32.onnx")
-    (d / "fp32.onnx.json").write_text(json.dumps({
-        "format": "onnx", "precision": "fp32", "input_name": "input", "output_name": "logits",
-        "input_shape": [1, 1, 4, 4], "layout": "NCHW", "input_dtype": "float32", "output_dtype": "float32",
-        "input_quant": None, "output_quant": None, "mean": [0.5], "std": [0.25], "num_classes": 3}))
-    x = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
-    y = rng.integers(0, 3, 40).astype(np.int64)
-    np.savez(d / "testset.npz", x=x, y=y)
-    logits = ((x.astype(np.float32) / 255 - 0.5) / 0.25).reshape(40, -1) @ w + b
-    return d, d / "testset.npz", float((logits.argmax(1) == y).mean())
+    return tiny_export_dir(tmp_path_factory.mktemp("export"), seed=2)
 
 
 def test_check_target_end_to_end(artifacts: Any) -> None:

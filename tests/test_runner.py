@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import gemm_onnx
 from edgecompress import runner
 from edgecompress.runner import RunnerError
 
@@ -46,22 +47,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
     """Flatten + Gemm over N x 1 x 4 x 4, 3 classes, dynamic batch."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(1)
-    w = rng.normal(size=(16, 3)).astype(np.float32)
-    b = rng.normal(size=3).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by any onnxruntime >= 1.14
-    onnx.checker.check_model(model)
     path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
-    onnx.save(model, path)
+    w, b = gemm_onnx(path, np.random.default_rng(1))
     Path(f"{path}.json").write_text(json.dumps(_sidecar("onnx", "NCHW", [1, 1, 4, 4])))
     return path, w, b
 
