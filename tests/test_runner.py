@@ -100,6 +100,17 @@ def test_onnx_cli(onnx_model: Any, data: Any) -> None:
     assert {"hostname", "arch", "cpu_model", "cores", "os", "python", "numpy", "runtime", "runtime_version"} <= set(fp)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux-only")
+def test_peak_rss_is_the_runners_own_not_its_parents(onnx_model: Any) -> None:
+    # ru_maxrss survives exec on Linux: a runner started by a stage with torch loaded reported
+    # the stage's 220 MB instead of its own ~50 MB. Hold 400 MB here and spawn the runner.
+    ballast = np.ones(50_000_000)
+    rc, res = _cli("--model", str(onnx_model[0]), "--warmup", "1", "--runs", "3")
+    assert rc == 0, res
+    assert res["memory"]["peak_rss_mb"] < 300
+    del ballast
+
+
 def test_onnx_functions_batch_and_subset(onnx_model: Any, data: Any) -> None:
     model, w, b = onnx_model
     npz, x, y = data

@@ -229,7 +229,16 @@ def load_testset(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process in MiB (None where ``resource`` does not exist)."""
+    """Peak resident memory of this process in MiB (None where it cannot be read)."""
+    # Linux: VmHWM belongs to the current address space. ru_maxrss survives exec, so a runner
+    # started from a big parent (a DVC stage with torch loaded) would report the parent's peak.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:
