@@ -22,6 +22,7 @@ Smoke: python benchmarks/compression.py --limit 600 --epochs 1 --ratios 0.5 --ru
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -63,15 +64,22 @@ def prune_variant(student_ckpt: Path, teacher: torch.nn.Module, ds: Any, params:
 
 
 def export_variants(model: torch.nn.Module, shape: tuple[int, ...], d: Path, calib: np.ndarray | None,
-                    cfg: CalibrationConfig) -> dict[tuple[str, str], Path]:
-    """fp32 ONNX + TFLite, and (when ``calib`` is given) int8 ONNX + TFLite, into ``d``."""
+                    cfg: CalibrationConfig, val: tuple[np.ndarray, np.ndarray] | None) -> dict[tuple[str, str], Path]:
+    """fp32 ONNX + TFLite, and (when ``calib`` is given) int8 ONNX + TFLite, into ``d``.
+
+    int8 ONNX is made as the export stage makes it: accuracy-aware on ``val`` where
+    ``export_onnx_int8`` takes validation data, plain static QDQ otherwise.
+    """
     d.mkdir(parents=True, exist_ok=True)
     out = {("fp32", "onnx"): d / "fp32.onnx", ("fp32", "tflite"): d / "fp32.tflite"}
     export_onnx(model, shape, out["fp32", "onnx"])
     export_tflite(model, shape, out["fp32", "tflite"])
     if calib is not None:
         out["int8", "onnx"], out["int8", "tflite"] = d / "int8.onnx", d / "int8.tflite"
-        export_onnx_int8(out["fp32", "onnx"], out["int8", "onnx"], calib, cfg)
+        kw = {}
+        if val is not None and len(val[0]) and "x_val" in inspect.signature(export_onnx_int8).parameters:
+            kw = {"x_val": val[0], "y_val": val[1]}
+        export_onnx_int8(out["fp32", "onnx"], out["int8", "onnx"], calib, cfg, **kw)
         export_tflite(model, shape, out["int8", "tflite"], calib, cfg)
     return out
 
@@ -163,10 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(ds.input_shape)
     x_test = ds.normalize(ds.test.x)
     cal_cfg = from_dict(CalibrationConfig, section(params, "calibrate"), "params.yaml:calibrate")
-    calib = ds.normalize(ds.train.x[select_calibration(ds.train.y, cal_cfg)])
     models_dir = Path(args.models)
     teacher, _ = load_checkpoint(models_dir / "teacher.pt")
     student, _ = load_checkpoint(models_dir / "student.pt")
+    x_train = ds.normalize(ds.train.x)
+    if getattr(cal_cfg, "selection", None) == "kcenter":  # diverse images in the student's feature space
+        from edgecompress.quantize import embeddings
+
+        idx = select_calibration(ds.train.y, cal_cfg, embeddings(student, x_train))
+    else:
+        idx = select_calibration(ds.train.y, cal_cfg)
+    calib, val = x_train[idx], (ds.normalize(ds.val.x), ds.val.y)
+    del x_train
 
     variants: list[tuple[str, torch.nn.Module, bool, dict[str, Any] | None]] = [
         ("teacher", teacher, False, None), ("student", student, True, None)]
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 ref = np.concatenate([model(torch.from_numpy(x_test[j:j + 1000])).numpy()
                                       for j in range(0, len(x_test), 1000)])
-            paths = export_variants(model, shape, Path(tmp) / str(i), calib if int8 else None, cal_cfg)
+            paths = export_variants(model, shape, Path(tmp) / str(i), calib if int8 else None, cal_cfg, val)
             params_n, macs = count_params(model), count_macs(model, shape)
             for key in FORMATS:
                 if key not in paths:
