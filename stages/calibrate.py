@@ -7,7 +7,7 @@ from edgecompress.checkpoint import load_checkpoint
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import atomic_path, write_json
 from edgecompress.params import section
-from edgecompress.quantize import CalibrationConfig, select_calibration
+from edgecompress.quantize import CalibrationConfig, embeddings, select_calibration
 from edgecompress.train import from_dict
 
 
@@ -16,9 +16,13 @@ def main() -> None:
     args, params = stage.setup("Select the calibration set.", [
         ("--model", "model checkpoint to be quantized"), ("--out", "calibration .npz"), ("--metrics", "metrics JSON")])
     cfg = from_dict(CalibrationConfig, section(params, "calibrate"), "params.yaml:calibrate")
-    _, meta = load_checkpoint(args.model)  # fail early on a missing/corrupt parent
+    model, meta = load_checkpoint(args.model)  # fail early on a missing/corrupt parent
     ds = stage.data(params)
-    idx = select_calibration(ds.train.y, cfg)
+    emb = None
+    if cfg.selection == "kcenter":
+        # Diversity is measured on what the fp32 model sees: its pooled features of every training image.
+        emb = embeddings(model, ds.normalize(ds.train.x))
+    idx = select_calibration(ds.train.y, cfg, emb)
     x = ds.normalize(ds.train.x[idx])
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as f:

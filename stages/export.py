@@ -1,4 +1,7 @@
-"""DVC stage: export ONNX fp32/int8 and TFLite fp32/int8, each verified on the test set."""
+"""DVC stage: export the ONNX and TFLite artifacts of ``export.formats``, each verified on the test set.
+
+The accuracy-aware int8 ONNX check runs on the validation split (``calibrate.val_samples`` images),
+never on the test set; QAT (``export.qat.enabled``) fine-tunes on the training split."""
 
 from pathlib import Path
 
@@ -7,7 +10,7 @@ import numpy as np
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.errors import EdgeCompressError, friendly_main
-from edgecompress.export import export_all
+from edgecompress.export import ExportConfig, export_all
 from edgecompress.fileio import write_json
 from edgecompress.params import section
 from edgecompress.quantize import CalibrationConfig
@@ -20,6 +23,7 @@ def main() -> None:
         ("--model", "model checkpoint"), ("--calibration", "calibration .npz from the calibrate stage"),
         ("--out", "artifact directory"), ("--metrics", "metrics JSON")])
     cfg = from_dict(CalibrationConfig, section(params, "calibrate"), "params.yaml:calibrate")
+    ecfg = ExportConfig.from_dict(section(params, "export"), "params.yaml:export")
     model, meta = load_checkpoint(args.model)
     try:
         calib = np.load(args.calibration)["x"]
@@ -29,7 +33,10 @@ def main() -> None:
     ds = stage.data(params)
     out = Path(args.out)
     x_test = ds.normalize(ds.test.x)
-    results = export_all(model, meta, out, calib, cfg, x_test, ds.test.y, args.model, meta["params_hash"])
+    x_val, y_val = ds.normalize(ds.val.x[:cfg.val_samples]), ds.val.y[:cfg.val_samples]
+    train = (ds.normalize(ds.train.x), ds.train.y) if ecfg.qat.enabled else None
+    results = export_all(model, meta, out, calib, cfg, x_test, ds.test.y, args.model, meta["params_hash"],
+                         export_cfg=ecfg, x_val=x_val, y_val=y_val, train=train)
     from edgecompress.data import save_npz_split
     save_npz_split(out / "testset.npz", ds.test, ds.class_names)  # raw uint8 images for on-device checks
     write_json(args.metrics, results)

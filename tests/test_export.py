@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.export import export_all, export_onnx, export_onnx_int8, io_details, run_artifact
+from edgecompress.export import ARTIFACTS, export_all, export_onnx, export_onnx_int8, io_details, run_artifact
 from edgecompress.quantize import CalibrationConfig, select_calibration
 
 from conftest import make_blobs, trained_student
@@ -25,7 +25,8 @@ def exported(tmp_path_factory):
     model = trained_student((x, y))
     out = tmp_path_factory.mktemp("export")
     xn, yn = x.numpy(), y.numpy()
-    results = export_all(model, META, out, xn[:64], CalibrationConfig(samples=64), xn, yn, "parent.pt", "abc")
+    results = export_all(model, META, out, xn[:64], CalibrationConfig(samples=64), xn, yn, "parent.pt", "abc",
+                         x_val=xn[128:], y_val=yn[128:])
     with torch.no_grad():
         ref = model(x).numpy()
     return out, results, model, xn, yn, ref
@@ -33,7 +34,8 @@ def exported(tmp_path_factory):
 
 def test_all_artifacts_and_sidecars_written(exported) -> None:
     out, results, *_ = exported
-    for name in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"):
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".json")) == sorted(ARTIFACTS)
+    for name in ARTIFACTS:
         assert (out / name).stat().st_size > 0
         side = json.loads((out / f"{name}.json").read_text())
         assert side["class_names"] == ["a", "b", "c", "d"] and side["parent"] == "parent.pt"
@@ -91,10 +93,39 @@ def test_class_balanced_selection() -> None:
     assert np.array_equal(idx, select_calibration(y, CalibrationConfig(samples=20, selection="class_balanced")))
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"method": "kl"}, "allowed"), ({"percentile": 120}, r"percentile \(120\)"),
-    ({"samples": 0}, "samples"), ({"selection": "kcenter"}, "allowed"),
-])
-def test_calibration_config_errors(kw, match) -> None:
-    with pytest.raises(EdgeCompressError, match=match):
-        CalibrationConfig(**kw)
+def test_fp16_artifacts(exported) -> None:
+    out, results, _, x, _, ref = exported
+    graph = onnx.load(str(out / "fp16.onnx")).graph
+    big = [i for i in graph.initializer if np.prod(i.dims) > 1]
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big)
+    side = json.loads((out / "fp16.onnx.json").read_text())
+    assert side["keep_io_types"] is True and side["input_dtype"] == "float32" and side["precision"] == "fp16"
+    np.testing.assert_allclose(run_artifact(out / "fp16.onnx", side, x), ref, atol=1e-2, rtol=1e-2)
+    tside = json.loads((out / "fp16.tflite.json").read_text())
+    assert tside["input_dtype"] == "float32" and tside["weights"] == "float16"
+    np.testing.assert_allclose(run_artifact(out / "fp16.tflite", tside, x), ref, atol=1e-2, rtol=1e-2)
+    from ai_edge_litert.interpreter import Interpreter
+
+    dtypes = {d["dtype"] for d in Interpreter(model_path=str(out / "fp16.tflite")).get_tensor_details()}
+    assert np.float16 in dtypes
+    assert results["fp16.onnx"]["top1_agreement"] == 1.0 and results["fp16.tflite"]["top1_agreement"] == 1.0
+
+
+def test_int8_onnx_accuracy_report_in_metrics_and_sidecar(exported) -> None:
+    out, results, *_ = exported
+    side = json.loads((out / "int8.onnx.json").read_text())
+    assert side["float_layers"] == [] and results["int8.onnx"]["float_layers"] == []
+    assert results["int8.onnx"]["accuracy_aware"]["checked"] is True
+
+
+def test_runner_runs_fp16_onnx_with_float32_input(exported, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out, *_ = exported
+    cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(out / "fp16.onnx"), "--runs", "3",
+           "--warmup", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = json.loads(proc.stdout)
+    assert "error" not in res, res
+    assert res["precision"] == "fp16" and res["latency_ms"]["n"] == 3

@@ -1,62 +1,206 @@
-"""Structured pruning really removes channels; magnitude pruning really zeroes weights."""
+"""Structured pruning really removes channels consistently; magnitude pruning really zeroes weights."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import MobileNetStudent, arch_of, build_model, count_macs, count_params
-from edgecompress.prune import PruneConfig, prune_magnitude, prune_step, sparsity, step_ratios
+from edgecompress.models import MobileNetStudent, ResNetTeacher, arch_of, build_model, count_macs, count_params
+from edgecompress.prune import (APoZImportance, PruneConfig, cumulative_ratios, encoded_size, prune_magnitude,
+                                prune_step, sparse_size, sparsity, step_ratios)
+
+from conftest import make_blobs
+
+SHAPE = (1, 12, 12)
 
 
-def test_channel_pruning_shrinks_every_layer_consistently() -> None:
+def student() -> MobileNetStudent:
     torch.manual_seed(0)
-    m = MobileNetStudent(1, 4, [16, 32, 32, 64], [2, 1, 2]).eval()
-    params0, macs0 = count_params(m), count_macs(m, (1, 12, 12))
-    cfg = PruneConfig(method="l1_channel", ratio=0.5, round_to=4)
-    prune_step(m, cfg, 0.5, (1, 12, 12))
-    channels = arch_of(m)["channels"]
-    assert channels == [8, 16, 16, 32]
-    # Depthwise convs follow their producers: groups == in == out channels.
+    return MobileNetStudent(1, 4, [16, 32, 32, 64], [2, 1, 2]).eval()
+
+
+def kept(c: int, ratio: float, round_to: int) -> int:
+    """Channels a layer keeps: int(c * (1 - ratio)), floored to a multiple of round_to."""
+    k = int(c * (1 - ratio))
+    return k - k % round_to
+
+
+def assert_student_consistent(m: MobileNetStudent) -> None:
+    prev = m.stem[0].out_channels
+    assert m.stem[1].num_features == prev
     for block in m.blocks:
-        dw = block.dw[0]
-        assert dw.groups == dw.in_channels == dw.out_channels
-    assert m.fc.out_features == 4  # classes are protected
-    assert count_params(m) < 0.4 * params0 and count_macs(m, (1, 12, 12)) < 0.4 * macs0
-    # The pruned model is a plain dense model again: rebuild from arch and run.
-    rebuilt = build_model(arch_of(m))
+        dw, pw = block.dw[0], block.pw[0]
+        # Depthwise convs follow their producers: groups == in == out channels == BN width.
+        assert dw.groups == dw.in_channels == dw.out_channels == prev == block.dw[1].num_features
+        assert pw.in_channels == prev and block.pw[1].num_features == pw.out_channels
+        prev = pw.out_channels
+    assert m.fc.in_features == prev and m.fc.out_features == 4  # classes are protected
+    rebuilt = build_model(arch_of(m))  # a plain dense model again: rebuild from arch and run
     rebuilt.load_state_dict(m.state_dict())
-    assert rebuilt.eval()(torch.randn(3, 1, 12, 12)).shape == (3, 4)
+    assert rebuilt.eval()(torch.randn(3, *SHAPE)).shape == (3, 4)
 
 
-def test_round_to_keeps_channel_multiples() -> None:
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_channel_pruning_shrinks_every_layer_consistently(criterion: str) -> None:
+    m = student()
+    params0, macs0 = count_params(m), count_macs(m, SHAPE)
+    prune_step(m, PruneConfig(criterion=criterion, ratio=0.5, round_to=4), 0.5, SHAPE)
+    assert arch_of(m)["channels"] == [8, 16, 16, 32]
+    assert_student_consistent(m)
+    assert count_params(m) < 0.4 * params0 and count_macs(m, SHAPE) < 0.4 * macs0
+
+
+@pytest.mark.parametrize("ratio, round_to", [(0.3, 4), (0.3, 8), (0.6, 4), (0.25, 1)])
+def test_channel_counts_match_ratio_and_round_to(ratio: float, round_to: int) -> None:
+    m = student()
+    prune_step(m, PruneConfig(ratio=ratio, round_to=round_to), ratio, SHAPE)
+    assert arch_of(m)["channels"] == [kept(c, ratio, round_to) for c in (16, 32, 32, 64)]
+    assert_student_consistent(m)
+
+
+def test_old_method_names_are_aliases() -> None:
+    cfg = PruneConfig(method="l2_channel")
+    assert (cfg.method, cfg.criterion) == ("channel", "l2")
+    m1, m2 = student(), student()
+    prune_step(m1, PruneConfig(method="l1_channel", ratio=0.5), 0.5, SHAPE)
+    prune_step(m2, PruneConfig(method="channel", criterion="l1", ratio=0.5), 0.5, SHAPE)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_protect_first_keeps_the_stem() -> None:
+    m = student()
+    prune_step(m, PruneConfig(ratio=0.5, protect=("first", "last")), 0.5, SHAPE)
+    assert arch_of(m)["channels"] == [16, 16, 16, 32]
+    assert_student_consistent(m)
+
+
+def test_global_ranking_prunes_unevenly_but_consistently() -> None:
+    m = student()
+    n0 = sum(arch_of(m)["channels"])
+    prune_step(m, PruneConfig(ratio=0.5, round_to=1, global_ranking=True), 0.5, SHAPE)
+    assert sum(arch_of(m)["channels"]) == pytest.approx(n0 / 2, abs=2)
+    assert_student_consistent(m)
+
+
+@pytest.mark.parametrize("protect", [("last",), ("first", "last")])
+def test_resnet_teacher_residual_channels_stay_consistent(tiny_teacher: ResNetTeacher, protect: tuple) -> None:
+    x = torch.randn(2, *SHAPE)
+    macs0 = count_macs(tiny_teacher, SHAPE)
+    prune_step(tiny_teacher, PruneConfig(ratio=0.5, round_to=2, protect=protect), 0.5, SHAPE)
+    t = tiny_teacher
+    stem = t.stem[0].out_channels
+    assert stem == (8 if "first" in protect else 4)
+    prev = stem
+    for block in t.stages:
+        # The residual sum needs both branches at the same width: conv2/bn2 == shortcut projection.
+        assert block.conv1.in_channels == prev and block.shortcut[0].in_channels == prev
+        assert block.conv2.in_channels == block.conv1.out_channels == block.bn1.num_features
+        assert block.conv2.out_channels == block.bn2.num_features == block.shortcut[0].out_channels
+        assert block.shortcut[1].num_features == block.conv2.out_channels
+        prev = block.conv2.out_channels
+    assert [b.conv2.out_channels for b in t.stages] == [4, 8]
+    assert t.fc.in_features == prev and t.fc.out_features == 4
+    assert t.eval()(x).shape == (2, 4) and count_macs(t, SHAPE) < 0.5 * macs0
+
+
+def test_resnet_identity_shortcut_is_pruned_with_its_producer() -> None:
     torch.manual_seed(0)
-    m = MobileNetStudent(1, 4, [16, 32, 32, 64], [2, 1, 2]).eval()
-    prune_step(m, PruneConfig(ratio=0.3, round_to=8), 0.3, (1, 12, 12))
-    assert all(c % 8 == 0 for c in arch_of(m)["channels"])
+    t = ResNetTeacher(1, 4, widths=[8, 8], blocks=[1, 2], stem=8).eval()  # stages[2] has an identity shortcut
+    prune_step(t, PruneConfig(ratio=0.5, round_to=1), 0.5, SHAPE)
+    assert isinstance(t.stages[2].shortcut, nn.Identity)
+    assert t.stages[1].conv2.out_channels == t.stages[2].conv2.out_channels == t.stages[2].conv1.in_channels
+    assert t(torch.randn(2, *SHAPE)).shape == (2, 4)
 
 
-def test_magnitude_pruning_zeroes_weights_but_keeps_shapes(tiny_student) -> None:
+def test_apoz_scores_dead_channels_lowest_and_prunes_the_expected_count() -> None:
+    m = student()
+    x, y = make_blobs(64)
+    with torch.no_grad():  # kill 4 stem channels: BN output always negative -> ReLU zeros
+        m.stem[1].bias[:4] = -100.0
+    imp = APoZImportance()
+    imp.measure(m, x)
+    assert torch.all(imp.apoz[m.blocks[0].dw[0]][:4] == 1.0)
+    prune_step(m, PruneConfig(criterion="apoz", ratio=0.25, round_to=4), 0.25, SHAPE, batch=(x, y))
+    assert arch_of(m)["channels"] == [kept(c, 0.25, 4) for c in (16, 32, 32, 64)]
+    assert_student_consistent(m)
+    assert torch.all(m.stem[1].bias > -100.0)  # the dead channels were the ones removed
+
+
+def test_taylor_criterion_runs_on_a_batch_and_prunes_the_expected_count(tiny_teacher: ResNetTeacher) -> None:
+    x, y = make_blobs(32)
+    m = student()
+    prune_step(m, PruneConfig(criterion="taylor", ratio=0.5), 0.5, SHAPE, batch=(x, y))
+    assert arch_of(m)["channels"] == [8, 16, 16, 32]
+    assert_student_consistent(m)
+    assert all(p.grad is None for p in m.parameters())
+    prune_step(tiny_teacher, PruneConfig(criterion="taylor", ratio=0.5, round_to=2), 0.5, SHAPE, batch=(x, y))
+    assert tiny_teacher(x[:2]).shape == (2, 4)
+
+
+def test_data_criteria_need_a_batch() -> None:
+    with pytest.raises(EdgeCompressError, match="batch"):
+        prune_step(student(), PruneConfig(criterion="apoz"), 0.5, SHAPE)
+
+
+@pytest.mark.parametrize("global_ranking", [True, False])
+def test_magnitude_pruning_zeroes_weights_but_keeps_shapes(tiny_student, global_ranking: bool) -> None:
     params0 = count_params(tiny_student)
-    prune_magnitude(tiny_student, 0.6)
-    assert sparsity(tiny_student) == pytest.approx(0.6, abs=0.01)
+    fc = tiny_student.fc.weight.detach().clone()
+    prune_magnitude(tiny_student, 0.6, global_ranking=global_ranking)
+    assert sparsity(tiny_student, protect=("last",)) == pytest.approx(0.6, abs=0.01)
+    assert torch.equal(tiny_student.fc.weight, fc)  # the classifier is protected
     assert count_params(tiny_student) == params0
+    per_layer = [float((m.weight == 0).float().mean()) for m in tiny_student.modules() if isinstance(m, nn.Conv2d)]
+    if not global_ranking:
+        assert per_layer == pytest.approx([0.6] * len(per_layer), abs=0.06)
 
 
-def test_iterative_schedule_compounds_to_the_target_ratio() -> None:
+def test_sparse_size_of_a_hand_made_tensor() -> None:
+    w = torch.zeros(4, 8)
+    w[0, 1], w[0, 7], w[2, 3], w[3, 0], w[3, 5] = 1.0, -2.0, 3.0, 4.0, 5.0  # 5 nonzeros
+    e = encoded_size(w)
+    assert e["dense"] == 32 * 4
+    assert e["bitmask"] == 4 + 5 * 4  # 32 bits + 5 fp32 values
+    assert e["csr"] == 5 * 4 + 5 * (1 + 4)  # 5 int32 row pointers + 5 x (uint8 col, fp32 value)
+    lin = nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    s = sparse_size(lin)
+    assert s["dense_bytes"] == 128 + 16 and s["sparse_bytes"] == 24 + 16  # bias stays dense
+
+
+def test_schedules_reach_the_target_ratio() -> None:
     ratios = step_ratios(PruneConfig(ratio=0.75, steps=2))
     keep = 1.0
     for r in ratios:
         keep *= 1 - r
-    assert keep == pytest.approx(0.25)
-    assert step_ratios(PruneConfig(method="magnitude", ratio=0.6, steps=3)) == pytest.approx([0.2, 0.4, 0.6])
+    assert keep == pytest.approx(0.25) and ratios == pytest.approx([0.5, 0.5])
+    assert cumulative_ratios(PruneConfig(ratio=0.6, steps=3, schedule="linear")) == pytest.approx([0.2, 0.4, 0.6])
+    lin = step_ratios(PruneConfig(ratio=0.6, steps=3, schedule="linear"))
+    assert lin == pytest.approx([0.2, 0.25, 1 / 3])  # fractions of the current width
+    assert step_ratios(PruneConfig(method="magnitude", ratio=0.6, steps=3, schedule="linear")) == pytest.approx(
+        [0.2, 0.4, 0.6])
+    assert step_ratios(PruneConfig(method="magnitude", ratio=0.75, steps=2)) == pytest.approx([0.5, 0.75])
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"method": "random"}, "allowed"), ({"ratio": 1.0}, r"\[0, 1\)"), ({"ratio": -0.1}, "ratio"),
+    ({"method": "random"}, r"method='random'.*allowed \['channel', 'magnitude', 'none', 'l1_channel'"),
+    ({"criterion": "entropy"}, r"criterion='entropy'.*\['l1', 'l2', 'apoz', 'taylor'\]"),
+    ({"method": "magnitude", "criterion": "apoz"}, "allowed criterion for magnitude"),
+    ({"method": "l1_channel", "criterion": "taylor"}, "implies criterion='l1'"),
+    ({"ratio": 1.0}, r"\[0, 1\)"), ({"ratio": -0.1}, "ratio"),
     ({"steps": 0}, "steps"), ({"round_to": 0}, "round_to"),
+    ({"schedule": "cosine"}, r"schedule='cosine'.*\['geometric', 'linear'\]"),
+    ({"protect": ["stem"]}, r"protect=\['stem'\].*\['first', 'last'\]"),
+    ({"importance_samples": 0}, "importance_samples"), ({"latency_runs": -1}, "latency_runs"),
 ])
 def test_prune_config_errors(kw: dict, match: str) -> None:
     with pytest.raises(EdgeCompressError, match=match):
         PruneConfig(**kw)
+
+
+def test_protect_always_includes_the_classifier() -> None:
+    assert PruneConfig(protect=["first"]).protect == ("first", "last")
+    assert PruneConfig(protect=[]).protect == ("last",)

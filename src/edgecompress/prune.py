@@ -1,156 +1,395 @@
-"""Pruning: global magnitude (unstructured) and structured channel removal.
+"""Pruning: unstructured magnitude (zeroed weights) and structured channel removal.
 
 Structured pruning goes through torch-pruning's dependency graph, so a removed pointwise output
-channel also removes the matching depthwise filter and BN entries of the next block; the result is
-a genuinely smaller dense network (fewer params and MACs, faster on every runtime). Unstructured
-magnitude pruning only zeroes weights: dense runtimes run it no faster, and the metrics say so.
+channel also removes the matching depthwise filter and BN entries of the next block, and a channel
+of a residual sum is removed from every branch that feeds it; the result is a genuinely smaller
+dense network (fewer params and MACs, faster on every runtime). Channels are ranked by a
+criterion (L1/L2 filter norm, APoZ on a data batch, or first-order Taylor on a loss batch).
+Unstructured magnitude pruning only zeroes weights: dense runtimes run it no faster and store it
+no smaller; only a sparse encoding (counted by ``sparse_size``) shrinks it.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import count_macs, count_params
 
-METHODS = ("l1_channel", "l2_channel", "magnitude", "none")
+METHODS = ("channel", "magnitude", "none")
+CRITERIA = ("l1", "l2", "apoz", "taylor")
+SCHEDULES = ("geometric", "linear")
+PROTECTABLE = ("first", "last")
+# Old spellings kept working: method -> (method, criterion).
+METHOD_ALIASES = {"l1_channel": ("channel", "l1"), "l2_channel": ("channel", "l2")}
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     """How much and how to prune; fine-tuning settings live in the stage's ``finetune`` section."""
 
-    method: str = "l1_channel"  # l1_channel | l2_channel (structured) | magnitude (unstructured) | none
-    ratio: float = 0.5  # fraction of channels (structured) or weights (unstructured) removed
-    steps: int = 1  # iterative schedule: prune ratio/steps more at each step, fine-tune in between
+    method: str = "channel"  # channel (structured) | magnitude (unstructured) | none; l1_channel/l2_channel = aliases
+    criterion: str | None = None  # channel ranking: l1 | l2 | apoz | taylor (None = l1)
+    ratio: float = 0.5  # fraction of channels (structured) or weights (unstructured) removed in total
+    steps: int = 1  # iterative schedule: prune a step, fine-tune with KD, repeat
+    schedule: str = "geometric"  # how the removed fraction grows over steps: geometric | linear
     round_to: int = 4  # keep channel counts multiples of this (SIMD-friendly widths)
-    global_ranking: bool = False  # rank channels across layers instead of per layer
+    global_ranking: bool = False  # rank channels (or weights) across layers instead of per layer
+    protect: tuple[str, ...] = ("last",)  # never pruned: first (the stem conv), last (the classifier, always)
+    importance_samples: int = 256  # training images used by apoz/taylor to score channels
+    latency_runs: int = 200  # batch-1 fp32 ONNX runs timed per step (1 thread); 0 = skip
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise EdgeCompressError(f"invalid value method={self.method!r}: allowed {list(METHODS)}")
-        if not 0.0 <= self.ratio < 1.0:
-            raise EdgeCompressError(f"invalid value ratio={self.ratio!r}: must be within [0, 1)")
-        if self.steps < 1:
-            raise EdgeCompressError(f"invalid value steps={self.steps!r}: must be >= 1")
-        if self.round_to < 1:
-            raise EdgeCompressError(f"invalid value round_to={self.round_to!r}: must be >= 1")
+        method, criterion = self.method, self.criterion
+        if method in METHOD_ALIASES:
+            method, implied = METHOD_ALIASES[method]
+            if criterion not in (None, implied):
+                raise EdgeCompressError(f"method={self.method!r} implies criterion={implied!r} but criterion="
+                                        f"{criterion!r}; write method: channel, criterion: {criterion}")
+            criterion = implied
+        if method not in METHODS:
+            raise EdgeCompressError(f"invalid value method={self.method!r}: allowed "
+                                    f"{list(METHODS) + list(METHOD_ALIASES)}")
+        criterion = criterion or "l1"
+        if criterion not in CRITERIA:
+            raise EdgeCompressError(f"invalid value criterion={criterion!r}: allowed {list(CRITERIA)}")
+        if method == "magnitude" and criterion not in ("l1", "l2"):
+            raise EdgeCompressError(f"criterion={criterion!r} ranks channels; method=magnitude ranks single "
+                                    f"weights by |w|: allowed criterion for magnitude: ['l1', 'l2']")
+        protect = (self.protect,) if isinstance(self.protect, str) else tuple(self.protect or ())
+        bad = [p for p in protect if p not in PROTECTABLE]
+        if bad:
+            raise EdgeCompressError(f"invalid value protect={list(protect)}: allowed entries {list(PROTECTABLE)}")
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "criterion", criterion)
+        object.__setattr__(self, "protect", tuple(dict.fromkeys(protect + ("last",))))
+        checks = [("ratio", 0.0 <= self.ratio < 1.0, "must be within [0, 1)"),
+                  ("steps", self.steps >= 1, "must be >= 1"),
+                  ("schedule", self.schedule in SCHEDULES, f"allowed {list(SCHEDULES)}"),
+                  ("round_to", self.round_to >= 1, "must be >= 1"),
+                  ("importance_samples", self.importance_samples >= 1, "must be >= 1"),
+                  ("latency_runs", self.latency_runs >= 0, "must be >= 0")]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: {allowed}")
 
 
-def _protected(model: nn.Module) -> list[nn.Module]:
-    # The classifier's outputs are the classes: never prune them.
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+# ---------------------------------------------------------------- which layers may be pruned
+
+def protected_layers(model: nn.Module, protect: tuple[str, ...] = ("last",)) -> list[nn.Module]:
+    """The first conv (when ``first`` is listed) and the classifier (always: its outputs are the classes)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    out = list(linears[-1:])
+    if "first" in protect and convs:
+        out.append(convs[0])
+    return out
 
 
-def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float, norm: int = 1,
-                   round_to: int = 4, global_ranking: bool = False) -> nn.Module:
-    """Physically remove ``ratio`` of the prunable channels by L1/L2 filter norm, in place."""
+# ---------------------------------------------------------------- channel importance criteria
+
+class APoZImportance:
+    """Average Percentage of Zeros (Hu et al. 2016) of each channel's post-ReLU activations; 1 - APoZ.
+
+    ``measure`` runs a data batch and records, for every conv/linear, the fraction of zero entries per
+    *input* channel (the post-ReLU activations it consumes); a linear fed by global pooling uses the
+    pooled feature map's zeros instead (a pooled value is rarely exactly zero). A group's score for a
+    channel is the mean over the layers in the group that consume it (a depthwise conv consumes the
+    channel it outputs). Lower APoZ = more often active = more important.
+    """
+
+    def __init__(self) -> None:
+        self.apoz: dict[nn.Module, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.apoz.clear()
+        last_pool: list[torch.Tensor] = []
+
+        def zeros(inp: torch.Tensor) -> torch.Tensor:
+            return (inp == 0).float().mean(dim=(0, 2, 3)) if inp.ndim == 4 else (inp == 0).float().mean(0)
+
+        def pre(m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            inp = args[0]
+            if isinstance(m, nn.Linear) and last_pool and last_pool[-1].numel() == m.in_features:
+                self.apoz[m] = last_pool.pop()
+            elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+                last_pool.append(zeros(inp))
+            else:
+                self.apoz[m] = zeros(inp)
+
+        types = (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+        hooks = [m.register_forward_pre_hook(pre) for m in model.modules() if isinstance(m, types)]
+        try:
+            model.eval()(x)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        import torch_pruning as tp
+
+        n = len(group[0].idxs)
+        total, count = torch.zeros(n), torch.zeros(n)
+        for i, (dep, idxs) in enumerate(group):
+            layer, fn = dep.target.module, dep.handler
+            depthwise = (isinstance(layer, nn.Conv2d) and fn == tp.prune_conv_out_channels
+                         and layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1)
+            consumes = fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or depthwise
+            root = group[i].root_idxs
+            if not consumes or layer not in self.apoz or any(r is None for r in root):
+                continue
+            root_t = torch.as_tensor(root)
+            total.scatter_add_(0, root_t, 1.0 - self.apoz[layer][torch.as_tensor(idxs)])
+            count.scatter_add_(0, root_t, torch.ones(len(root)))
+        if not count.any():
+            return None
+        return total / count.clamp(min=1)
+
+
+def _importance(cfg: PruneConfig, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
+    """The torch-pruning importance for ``cfg.criterion``, primed on ``batch`` when it needs data."""
     import torch_pruning as tp  # heavy import, only needed here
+
+    if cfg.criterion in ("l1", "l2"):
+        return tp.importance.MagnitudeImportance(p=1 if cfg.criterion == "l1" else 2)
+    if batch is None:
+        raise EdgeCompressError(f"criterion={cfg.criterion!r} scores channels on data: pass a (images, labels) batch")
+    x, y = batch
+    if cfg.criterion == "apoz":
+        imp = APoZImportance()
+        imp.measure(model, x)
+        return imp
+    # Taylor (Molchanov et al. 2019): |w * dL/dw| summed per channel; gradients of the label loss
+    # on the batch, in eval mode so BN running statistics stay untouched.
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    F.cross_entropy(model(x), y).backward()
+    return tp.importance.TaylorImportance()
+
+
+def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float, cfg: PruneConfig,
+                   batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+    """Physically remove ``ratio`` of the prunable channels ranked by ``cfg.criterion``, in place.
+
+    Per layer (or globally with ``cfg.global_ranking``), kept channels are floored to multiples of
+    ``cfg.round_to``; protected layers keep their output channels.
+    """
+    import torch_pruning as tp
 
     if ratio <= 0:
         return model
     model.eval()
-    example = torch.zeros(1, *input_shape)
+    importance = _importance(cfg, model, batch)
     pruner = tp.pruner.MagnitudePruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=norm),
-        pruning_ratio=ratio, ignored_layers=_protected(model), round_to=round_to,
-        global_pruning=global_ranking)
+        model, torch.zeros(1, *input_shape), importance=importance, pruning_ratio=ratio,
+        ignored_layers=protected_layers(model, cfg.protect), round_to=cfg.round_to,
+        global_pruning=cfg.global_ranking, max_pruning_ratio=0.9 if cfg.global_ranking else 1.0)
     pruner.step()
+    model.zero_grad(set_to_none=True)
+    empty = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 0]
+    if empty:
+        raise EdgeCompressError(f"pruning ratio {ratio:.3f} with round_to={cfg.round_to} removed every channel of "
+                                f"{empty}; lower prune.ratio or prune.round_to")
     return model
 
 
-def prune_magnitude(model: nn.Module, ratio: float) -> nn.Module:
-    """Zero the globally smallest ``ratio`` of conv/linear weights (masks made permanent), in place."""
-    params = [(m, "weight") for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=ratio)
-    for m, name in params:
-        torch_prune.remove(m, name)
+# ---------------------------------------------------------------- unstructured magnitude
+
+def _weights(model: nn.Module, protect: tuple[str, ...]) -> list[nn.Module]:
+    skip = {id(m) for m in protected_layers(model, protect)}
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip]
+
+
+def prune_magnitude(model: nn.Module, ratio: float, global_ranking: bool = True,
+                    protect: tuple[str, ...] = ("last",)) -> nn.Module:
+    """Zero the smallest-|w| ``ratio`` of conv/linear weights, over all layers together or per layer.
+
+    Protected layers (the classifier; the stem with ``first``) are left dense. Masks are made
+    permanent; already-zero weights count toward ``ratio``, so cumulative ratios compose.
+    """
+    if ratio <= 0:
+        return model
+    layers = _weights(model, protect)
+    if global_ranking:
+        torch_prune.global_unstructured([(m, "weight") for m in layers], pruning_method=torch_prune.L1Unstructured,
+                                        amount=ratio)
+    else:
+        for m in layers:
+            torch_prune.l1_unstructured(m, "weight", amount=ratio)
+    for m in layers:
+        torch_prune.remove(m, "weight")
     return model
 
 
-def sparsity(model: nn.Module) -> float:
-    """Fraction of exactly-zero weights in conv/linear layers."""
-    zeros = total = 0
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            zeros += int((m.weight == 0).sum())
-            total += m.weight.numel()
-    return zeros / max(total, 1)
+def sparsity(model: nn.Module, protect: tuple[str, ...] = ()) -> float:
+    """Fraction of exactly-zero weights in conv/linear layers (excluding ``protect``ed ones when given)."""
+    layers = _weights(model, protect) if protect else [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((m.weight == 0).sum()) for m in layers)
+    return zeros / max(sum(m.weight.numel() for m in layers), 1)
+
+
+def encoded_size(w: torch.Tensor, value_bytes: int = 4) -> dict[str, int]:
+    """Bytes of one weight tensor stored dense, as bitmask + nonzeros, and as CSR over (out, rest).
+
+    CSR: int32 row pointers (rows + 1), column indices in the narrowest unsigned type that holds
+    the row length (uint8/uint16/uint32), nonzero values. Bitmask: one bit per entry + nonzeros.
+    """
+    n, nnz = w.numel(), int((w != 0).sum())
+    rows = w.shape[0] if w.ndim > 1 else 1
+    cols = n // max(rows, 1)
+    index_bytes = 1 if cols <= 2**8 else 2 if cols <= 2**16 else 4
+    return {"dense": n * value_bytes, "bitmask": math.ceil(n / 8) + nnz * value_bytes,
+            "csr": (rows + 1) * 4 + nnz * (index_bytes + value_bytes)}
+
+
+def sparse_size(model: nn.Module, value_bytes: int = 4) -> dict[str, Any]:
+    """Stored fp32 size of ``model``: dense, and with each conv/linear weight in its smaller sparse encoding.
+
+    Every other tensor (BN, biases) counts dense in both. ``sparse_bytes`` is what a sparse file
+    format would need; dense runtimes (onnxruntime, LiteRT) store and run the dense size.
+    """
+    dense = sparse = 0
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    for p in model.parameters():
+        if id(p) in weights:
+            e = encoded_size(p.detach(), value_bytes)
+            dense += e["dense"]
+            sparse += min(e["dense"], e["bitmask"], e["csr"])
+        else:
+            dense += p.numel() * value_bytes
+            sparse += p.numel() * value_bytes
+    return {"dense_bytes": dense, "sparse_bytes": sparse, "sparse_over_dense": sparse / max(dense, 1)}
+
+
+# ---------------------------------------------------------------- schedule and one step
+
+def cumulative_ratios(cfg: PruneConfig) -> list[float]:
+    """Fraction of the original channels/weights removed after each step; the last one is ``cfg.ratio``.
+
+    linear: r * i/k. geometric: the kept fraction shrinks by the same factor every step,
+    1 - (1 - r)^(i/k), so early steps (when the network is widest) remove the most.
+    """
+    k, r = cfg.steps, cfg.ratio
+    if cfg.schedule == "linear":
+        return [r * (i + 1) / k for i in range(k)]
+    return [1 - (1 - r) ** ((i + 1) / k) for i in range(k)]
 
 
 def step_ratios(cfg: PruneConfig) -> list[float]:
-    """Per-step ratios of the *current* model so the cumulative removal reaches ``cfg.ratio``.
+    """What each step asks the pruner for.
 
-    Structured: keeping (1-r)^(1/k) per step compounds to (1-r) after k steps. Unstructured
-    global magnitude: the target sparsity rises linearly (torch prunes the cumulative amount).
+    Structured: a fraction of the *current* channels, so the steps compound to the cumulative
+    schedule. Unstructured: the cumulative sparsity itself (zeros already there count toward it).
     """
-    k = cfg.steps
+    cum = cumulative_ratios(cfg)
     if cfg.method == "magnitude":
-        return [cfg.ratio * (i + 1) / k for i in range(k)]
-    keep = (1 - cfg.ratio) ** (1 / k)
-    return [1 - keep] * k
+        return cum
+    kept = [1.0] + [1 - c for c in cum]
+    return [1 - kept[i + 1] / kept[i] for i in range(len(cum))]
 
 
-def prune_step(model: nn.Module, cfg: PruneConfig, ratio: float, input_shape: tuple[int, ...]) -> nn.Module:
-    """Apply one pruning step of ``ratio`` with ``cfg.method``."""
+def prune_step(model: nn.Module, cfg: PruneConfig, ratio: float, input_shape: tuple[int, ...],
+               batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+    """Apply one pruning step of ``ratio`` with ``cfg.method`` (``batch`` feeds apoz/taylor)."""
     if cfg.method == "none":
         return model
     if cfg.method == "magnitude":
-        return prune_magnitude(model, ratio)
-    norm = 1 if cfg.method == "l1_channel" else 2
-    return prune_channels(model, input_shape, ratio, norm=norm, round_to=cfg.round_to,
-                          global_ranking=cfg.global_ranking)
+        return prune_magnitude(model, ratio, cfg.global_ranking, cfg.protect)
+    return prune_channels(model, input_shape, ratio, cfg, batch)
 
+
+# ---------------------------------------------------------------- metrics and the iterative loop
 
 def structure_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Params, MACs, weight sparsity and the non-zero parameter count of ``model``."""
+    """Params, MACs, weight sparsity, non-zero parameters and stored sizes (dense and sparse)."""
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return {"params": count_params(model), "nonzero_params": nonzero,
-            "macs": count_macs(model, input_shape), "sparsity": sparsity(model)}
+            "macs": count_macs(model, input_shape), "sparsity": sparsity(model), **sparse_size(model)}
+
+
+def onnx_latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 200, threads: int = 1) -> float:
+    """Batch-1 p50 latency (ms) of ``model`` exported to fp32 ONNX, timed by the runner's library functions."""
+    from edgecompress.export import export_onnx
+    from edgecompress.runner import benchmark, load_session
+
+    sidecar = {"input_shape": [1, *input_shape], "layout": "NCHW", "input_dtype": "float32",
+               "mean": [0.0] * input_shape[0], "std": [1.0] * input_shape[0]}
+    with tempfile.TemporaryDirectory(prefix="prune-latency-") as d:
+        path = Path(d) / "model.onnx"
+        export_onnx(model, input_shape, path)
+        session = load_session(path, "onnxruntime", threads)
+        res = benchmark(session, sidecar, warmup=min(20, runs), runs=runs)
+    model.to(memory_format=torch.channels_last)
+    return float(res["latency_ms"]["p50"])
 
 
 def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg: PruneConfig,
                        finetune: Any, temperature: float, alpha: float) -> tuple[nn.Module, dict[str, Any]]:
     """Iterative schedule: ``cfg.steps`` x (prune a step, fine-tune with the KD loss); per-step metrics.
 
-    ``finetune`` is a TrainConfig whose epochs are spent at every step.
+    ``finetune`` is a TrainConfig whose epochs are spent at every step. Every step records params,
+    MACs, sizes, val accuracy before and after fine-tuning and the fp32 ONNX batch-1 p50 latency.
     """
     from edgecompress.distill import _fill, tensors
     from edgecompress.train import evaluate, fit, kd_loss
 
     t = tensors(ds)
     shape = tuple(ds.input_shape)
-    before = {**structure_stats(model, shape), "test": evaluate(model, *t["test"])}
+    has_val = len(t["val"][0]) > 0
+
+    def latency() -> float | None:
+        return onnx_latency(model, shape, cfg.latency_runs) if cfg.latency_runs else None
+
+    gen = torch.Generator().manual_seed(finetune.seed)
+    pick = torch.randperm(len(t["train"][0]), generator=gen)[:cfg.importance_samples]
+    batch = (t["train"][0][pick], t["train"][1][pick])
+    before = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
+              "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
+              "latency_p50_ms": latency()}
     steps: list[dict[str, Any]] = []
     loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
-    for i, r in enumerate(step_ratios(cfg)):
-        prune_step(model, cfg, r, shape)
-        pruned_acc = evaluate(model, *t["val"])["accuracy"] if len(t["val"][0]) else None
+    for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg))):
+        prune_step(model, cfg, r, shape, batch)
+        pruned_acc = evaluate(model, *t["val"])["accuracy"] if has_val else None
+        hooks, masks = [], {}
         if cfg.method == "magnitude":
-            # Keep pruned weights at zero while fine-tuning: re-apply the mask after each step.
+            # Keep pruned weights at zero while fine-tuning: mask their gradients, re-apply the mask after.
             masks = {n: (p != 0).float() for n, p in model.named_parameters() if p.ndim > 1}
             hooks = [p.register_hook(lambda g, m=masks[n]: g * m) for n, p in model.named_parameters() if n in masks]
         fit(model, *t["train"], finetune, loss_fn=loss, fill=_fill(ds), val=t["val"],
             name=f"prune step {i + 1}/{cfg.steps}", teacher=teacher)
-        if cfg.method == "magnitude":
-            for h in hooks:
-                h.remove()
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in masks:
-                        p.mul_(masks[n])
-        steps.append({"step": i + 1, "step_ratio": r, **structure_stats(model, shape),
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in masks:
+                    p.mul_(masks[n])
+        steps.append({"step": i + 1, "step_ratio": r, "target_removed": cum, **structure_stats(model, shape),
                       "val_accuracy_before_finetune": pruned_acc,
-                      "val_accuracy": evaluate(model, *t["val"])["accuracy"] if len(t["val"][0]) else None})
-    after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"])}
-    report = {"method": cfg.method, "ratio": cfg.ratio, "before": before, "after": after, "steps": steps,
+                      "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
+                      "latency_p50_ms": latency()})
+    after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
+             "latency_p50_ms": steps[-1]["latency_p50_ms"] if steps else before["latency_p50_ms"]}
+    report = {"method": cfg.method, "criterion": cfg.criterion, "ratio": cfg.ratio, "schedule": cfg.schedule,
+              "global_ranking": cfg.global_ranking, "protect": list(cfg.protect),
+              "latency": {"format": "fp32 onnx", "runtime": "onnxruntime", "batch": 1, "threads": 1,
+                          "runs": cfg.latency_runs, "statistic": "p50 ms, this machine"},
+              "before": before, "after": after, "steps": steps,
               "params_ratio": after["params"] / before["params"], "macs_ratio": after["macs"] / before["macs"]}
     if cfg.method == "magnitude":
-        report["note"] = ("unstructured sparsity: dense runtimes (onnxruntime, LiteRT) run this model no "
-                          "faster and store it no smaller; only a sparse encoding shrinks it")
+        report["note"] = ("unstructured sparsity: dense runtimes (onnxruntime, LiteRT) run this model no faster "
+                          "and store it no smaller (see latency_p50_ms and dense_bytes); only a sparse encoding "
+                          f"shrinks it, to {after['sparse_bytes']} of {after['dense_bytes']} bytes here")
     return model, report
