@@ -75,10 +75,8 @@ def main() -> None:
     print("| artifact | runner p50 (ms) | plain loop median (ms) | runner / loop |")
     print("|---|---|---|---|")
     worst = 0.0
-    for name in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"):
-        model = Path(a.artifacts) / name
-        if not model.exists():
-            continue
+    for model in sorted(Path(a.artifacts).glob("*.onnx")) + sorted(Path(a.artifacts).glob("*.tflite")):
+        name = model.name
         r, l = [], []
         for _ in range(a.rounds):  # alternate so drift (thermal, other load) hits both alike
             r.append(runner(model, a.runs, a.warmup))

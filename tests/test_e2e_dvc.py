@@ -96,6 +96,10 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     if os.uname().machine != "aarch64":
         assert mobile["status"].startswith("proxy")
     assert (work / "reports/check/tiny-host.md").read_text().strip()
+    rows = json.loads((work / "reports/reliability/int8.tflite.json").read_text())
+    assert sum(r["count"] for r in rows) == (300 if FMNIST.exists() else 100)  # the whole test split
+    points = json.loads((work / "reports/latency_accuracy.json").read_text())
+    assert {p["artifact"] for p in points} >= {"fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"}
     pruned = json.loads((work / "metrics/prune.json").read_text())
     assert pruned["after"]["params"] < pruned["before"]["params"]
 

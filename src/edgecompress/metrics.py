@@ -5,13 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def confidence_bins(conf: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges, bin index per sample) for equal-width confidence bins (lo, hi]; shared by ECE and diagrams."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Confidence 0 cannot occur for a softmax, so the first bin's open lower edge is safe.
+    return edges, np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """ECE with equal-width confidence bins (Guo et al. 2017): sum_b |B|/N * |acc(B) - conf(B)|."""
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # Bins are (lo, hi]; confidence 0 cannot occur for a softmax, so the first bin's open edge is safe.
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    _, idx = confidence_bins(conf, bins)
     ece = 0.0
     n = len(labels)
     for b in range(bins):

@@ -42,6 +42,30 @@ def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int
     return points
 
 
+def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]]]:
+    """Reliability-diagram rows (15 confidence bins) of every artifact on the test set, via its own runtime."""
+    import numpy as np
+
+    from edgecompress.export import run_artifact
+    from edgecompress.metrics import softmax
+    from edgecompress.uncertainty import reliability_diagram
+
+    with np.load(testset) as d:
+        x_raw, y = d["x"], d["y"]
+    out = {}
+    for name in ARTIFACT_ORDER:
+        model = artifacts / name
+        if not model.exists():
+            continue
+        side = json.loads(Path(f"{model}.json").read_text())
+        mean = np.asarray(side["mean"], np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(side["std"], np.float32).reshape(1, -1, 1, 1)
+        x = ((x_raw.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+        probs = softmax(run_artifact(model, side, x).astype(np.float64))
+        out[name] = [{"artifact": name, **row} for row in reliability_diagram(probs, y) if row["count"]]
+    return out
+
+
 def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]], fingerprint: dict[str, Any]) -> str:
     """One table per concern: targets (pass/fail/proxy) and all artifacts (latency vs accuracy)."""
     lines = ["# edgecompress report", "", "## Targets", "",

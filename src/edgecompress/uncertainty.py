@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.metrics import classification_metrics
+from edgecompress.metrics import classification_metrics, confidence_bins
 
 _EPS = 1e-12
 
@@ -90,8 +90,7 @@ def reliability_diagram(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -
     labels = np.asarray(labels, dtype=np.int64)
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    edges, idx = confidence_bins(conf, bins)
     rows = []
     for b in range(bins):
         mask = idx == b
