@@ -22,7 +22,6 @@ Smoke: python benchmarks/compression.py --limit 600 --epochs 1 --ratios 0.5 --ru
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -77,7 +76,7 @@ def export_variants(model: torch.nn.Module, shape: tuple[int, ...], d: Path, cal
     if calib is not None:
         out["int8", "onnx"], out["int8", "tflite"] = d / "int8.onnx", d / "int8.tflite"
         kw = {}
-        if val is not None and len(val[0]) and "x_val" in inspect.signature(export_onnx_int8).parameters:
+        if val is not None and len(val[0]):
             kw = {"x_val": val[0], "y_val": val[1]}
         export_onnx_int8(out["fp32", "onnx"], out["int8", "onnx"], calib, cfg, **kw)
         export_tflite(model, shape, out["int8", "tflite"], calib, cfg)
