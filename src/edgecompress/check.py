@@ -66,6 +66,16 @@ def _inputs(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -
     return model, sidecar, None if testset is None else Path(testset)
 
 
+def _display_path(path: str | None) -> str | None:
+    """Repository-relative path when the artifact is inside the working directory (portable reports)."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
               device: DeviceSpec | None = None) -> dict[str, Any]:
     """Run the profile's artifact through the runner (here, or on ``device`` over SSH); the runner's JSON."""
@@ -185,7 +195,7 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
         warnings.append("measured on a proxy machine, not the profile's hardware: " + "; ".join(reasons))
     return {"target": profile.name, "description": profile.description, "device": dev.url,
             "remote": raw.get("remote"),
-            "artifact": {"path": raw.get("model"), "format": profile.artifact.format,
+            "artifact": {"path": _display_path(raw.get("model")), "format": profile.artifact.format,
                          "precision": profile.artifact.precision, "size_bytes": raw.get("model_size_bytes")},
             "status": status, "strict": strict, "hardware_match": match, "hardware_reasons": reasons,
             "fingerprint": fp, "runtime": raw.get("runtime"), "bench": raw.get("bench"),
