@@ -10,11 +10,13 @@ from edgecompress.params import section
 def main() -> None:
     args, params = stage.setup("Check a target's budgets.", [
         ("--target", "target profile YAML"), ("--artifacts", "artifact directory from the export stage"),
-        ("--out-json", "result JSON"), ("--out-md", "readable report")])
+        ("--out-json", "result JSON"), ("--out-md", "readable report"),
+        ("--teacher", "teacher checkpoint (reference for budgets.max_drop)")])
     strict = section(params, "check").get("strict", False)
     if not isinstance(strict, bool):
         raise EdgeCompressError(f"params.yaml:check.strict={strict!r}: must be true or false")
-    main_check(args.target, args.artifacts, f"{args.artifacts}/testset.npz", args.out_json, args.out_md, strict)
+    main_check(args.target, args.artifacts, f"{args.artifacts}/testset.npz", args.out_json, args.out_md, strict,
+               teacher=args.teacher)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import tiny_export_dir
-from edgecompress.check import check_target, evaluate_budgets, gate, hardware_matches, main_check, render_markdown
+from edgecompress.check import (check_target, evaluate_budgets, gate, hardware_matches, main_check, render_markdown,
+                               teacher_accuracy)
 from edgecompress.errors import EdgeCompressError
 from edgecompress.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
 
@@ -143,3 +145,31 @@ def test_runner_args_shared_by_local_and_remote() -> None:
     flags = [a for a in remote if a.startswith("--")]
     assert flags == [a for a in local if a.startswith("--")]
     assert remote[remote.index("--threads") + 1] == "1" and remote[remote.index("--data") + 1] == "testset.npz"
+
+
+def test_max_drop_budget_compares_with_the_teacher() -> None:
+    profile = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
+                            runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(max_drop=2.0))
+    ok = {r["name"]: r for r in evaluate_budgets(profile, {"accuracy": 0.91}, teacher_accuracy=0.925)}
+    assert ok["accuracy_drop"]["ok"] and ok["accuracy_drop"]["measured"] == pytest.approx(1.5)
+    bad = {r["name"]: r for r in evaluate_budgets(profile, {"accuracy": 0.90}, teacher_accuracy=0.925)}
+    assert not bad["accuracy_drop"]["ok"] and bad["accuracy_drop"]["margin"] == pytest.approx(0.5)
+    # Without a reference the drop is unmeasured, and an unmeasured budget fails.
+    assert not evaluate_budgets(profile, {"accuracy": 0.99})[0]["ok"]
+
+
+def test_teacher_accuracy_on_the_runner_subset(tmp_path: Path, tiny_student) -> None:
+    from edgecompress.checkpoint import save_checkpoint
+    from edgecompress.models import arch_of
+
+    save_checkpoint(tmp_path / "t.pt", tiny_student, arch_of(tiny_student),
+                    {"data": {"mean": [0.5], "std": [0.25]}})
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 1, 12, 12), dtype=np.uint8)
+    with torch.no_grad():
+        pred = tiny_student(torch.from_numpy((x.astype(np.float32) / 255 - 0.5) / 0.25)).argmax(1).numpy()
+    y = pred.copy()
+    y[:10] = (y[:10] + 1) % 4  # the first 10 are wrong
+    np.savez(tmp_path / "test.npz", x=x, y=y)
+    assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", None) == pytest.approx(20 / 30)
+    assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", 10) == 0.0

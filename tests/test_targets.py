@@ -71,6 +71,7 @@ def test_fp16_tflite_and_ssh_device_are_valid(tmp_path: Path) -> None:
     ("format: onnx", "format: tflite", r"field runtime\.engine: 'onnxruntime' cannot run artifact\.format 'tflite'; use litert"),
     ("min_accuracy: 0.88", "min_accuracy: 88", r"field budgets\.min_accuracy: 88 must be a fraction between 0 and 1"),
     ("min_accuracy: 0.88", "min_accuracy: 1.2", r"field budgets\.min_accuracy: 1\.2 must be a fraction"),
+    ("min_accuracy: 0.88", "min_accuracy: 0.88\n  max_drop: -1", r"field budgets\.max_drop: -1 must be accuracy points"),
     ("runtime: {engine: onnxruntime}", "runtime: {engine: onnxruntime, threads: two}",
      r"field runtime\.threads: 'two' must be an integer or null >= 1"),
     ("runtime: {engine: onnxruntime}", "runtime: {engine: onnxruntime, threads: 0}", r"field runtime\.threads: 0 must be >= 1"),

@@ -124,7 +124,8 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def evaluate_budgets(profile: TargetProfile, result: dict[str, Any]) -> list[dict[str, Any]]:
+def evaluate_budgets(profile: TargetProfile, result: dict[str, Any],
+                     teacher_accuracy: float | None = None) -> list[dict[str, Any]]:
     """One row per budget; ``margin`` = measured - budget in the budget's unit (for min_accuracy,
     positive is good; for the others, negative is good). An unmeasured value fails its budget."""
     b = profile.budgets
@@ -146,7 +147,31 @@ def evaluate_budgets(profile: TargetProfile, result: dict[str, Any]) -> list[dic
         row("peak_memory", "peak memory", "MB", b.peak_memory_mb, (result.get("memory") or {}).get("peak_rss_mb"), "max")
     if b.min_accuracy is not None:
         row("accuracy", "accuracy", "", b.min_accuracy, result.get("accuracy"), "min")
+    if b.max_drop is not None:
+        acc = result.get("accuracy")
+        drop = None if acc is None or teacher_accuracy is None else 100 * (teacher_accuracy - acc)
+        row("accuracy_drop", "accuracy drop vs teacher", "pt", b.max_drop, drop, "max")
     return rows
+
+
+def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int | None) -> float:
+    """The teacher's accuracy on the same first ``samples`` test images the runner scores."""
+    import numpy as np
+    import torch
+
+    from edgecompress.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    with np.load(testset) as d:
+        x, y = d["x"], d["y"]
+    if samples is not None:
+        x, y = x[:samples], y[:samples]
+    mean = np.asarray(meta["data"]["mean"], np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(meta["data"]["std"], np.float32).reshape(1, -1, 1, 1)
+    xn = torch.from_numpy(((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32))
+    with torch.no_grad():
+        pred = torch.cat([model(xn[i:i + 1000]).argmax(1) for i in range(0, len(xn), 1000)]).numpy()
+    return float((pred == y).mean())
 
 
 def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
@@ -177,7 +202,8 @@ def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
 
 
 def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | None, strict: bool = False,
-                 device: DeviceSpec | str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 device: DeviceSpec | str | Mapping[str, Any] | None = None,
+                 reference_accuracy: float | None = None) -> dict[str, Any]:
     """Run and evaluate one target; ``status`` is pass, fail, proxy-pass or proxy-fail.
 
     ``device`` overrides the profile's (see ``resolve_device``). Over SSH the fingerprint is the
@@ -185,7 +211,7 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     """
     dev = resolve_device(profile.device, device)
     raw = run_check(profile, Path(artifacts_dir), testset, dev)
-    rows = evaluate_budgets(profile, raw)
+    rows = evaluate_budgets(profile, raw, reference_accuracy)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
     ok = all(r["ok"] for r in rows)
@@ -271,14 +297,22 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def main_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
                out_json: str | Path, out_md: str | Path, strict: bool,
-               device: DeviceSpec | str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+               device: DeviceSpec | str | Mapping[str, Any] | None = None,
+               teacher: str | Path | None = None) -> dict[str, Any]:
     """The DVC stage: check, write JSON + markdown, print the report, raise if the gate fails.
 
     ``device`` overrides the profile's device for a by-hand run (``edgecompress check --device``).
     """
     profile = load_target(target_path)
+    reference = None
+    if profile.budgets.max_drop is not None:
+        if teacher is None or testset is None:
+            raise EdgeCompressError(f"{target_path}: budgets.max_drop compares with the teacher; give the teacher "
+                                    f"checkpoint (--teacher models/teacher.pt) and a test set")
+        reference = teacher_accuracy(teacher, testset, profile.bench.accuracy_samples)
     result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict,
-                          device)
+                          device, reference)
+    result["teacher_accuracy"] = reference
     failed = gate(result, strict)
     result["gate_failed"] = failed
     md = render_markdown(result)

@@ -20,7 +20,7 @@ def _check(ns: argparse.Namespace) -> None:
     # Only the options given override the profile's device (a bare --device keeps its key/timeout).
     device = {k: v for k, v in (("url", ns.device), ("key_file", ns.key_file), ("python", ns.remote_python))
               if v is not None}
-    main_check(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict, device or None)
+    main_check(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict, device or None, teacher=ns.teacher)
 
 
 def _targets(ns: argparse.Namespace) -> None:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out-json")
     c.add_argument("--out-md")
     c.add_argument("--strict", action="store_true", help="fail on a missed budget even on proxy hardware")
+    c.add_argument("--teacher", default="models/teacher.pt",
+                   help="teacher checkpoint, the reference of budgets.max_drop (default models/teacher.pt)")
     c.add_argument("--device", help="run on this device instead of the profile's: local or ssh://user@host[:port]")
     c.add_argument("--key-file", help="ssh private key for the device (default: the profile's, else ssh's own)")
     c.add_argument("--remote-python", help="python interpreter on the device (default: the profile's, else python3)")

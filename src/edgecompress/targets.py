@@ -161,6 +161,7 @@ class Budgets:
     size_mb: float | None = None
     peak_memory_mb: float | None = None  # peak RSS of the runner process
     min_accuracy: float | None = None  # fraction in [0, 1]
+    max_drop: float | None = None  # accuracy POINTS below the teacher on the same test images
 
     def __post_init__(self) -> None:
         if not isinstance(self.latency_ms, Mapping):
@@ -176,9 +177,14 @@ class Budgets:
             v = self.min_accuracy
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise FieldError("min_accuracy", f"{v!r} must be a fraction between 0 and 1 (e.g. 0.88)")
-        if not self.latency_ms and self.size_mb is None and self.peak_memory_mb is None and self.min_accuracy is None:
+        if self.max_drop is not None:
+            v = self.max_drop
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+                raise FieldError("max_drop", f"{v!r} must be accuracy points between 0 and 100 (e.g. 3.0)")
+        if (not self.latency_ms and self.size_mb is None and self.peak_memory_mb is None
+                and self.min_accuracy is None and self.max_drop is None):
             raise FieldError("(all)", "no budget is set; give at least one of latency_ms, size_mb, "
-                                      "peak_memory_mb, min_accuracy")
+                                      "peak_memory_mb, min_accuracy, max_drop")
 
 
 @dataclass(frozen=True)
@@ -360,7 +366,7 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
             raise FieldError(k, "is required")
     if isinstance(raw["budgets"], dict) and not any(v not in (None, {}) for v in raw["budgets"].values()):
         # A profile without budgets would always pass: that is a mistake, never an intent.
-        raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, "
+        raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, max_drop, "
                                     "peak_memory_mb, min_accuracy")
 
     hardware = _build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
@@ -379,7 +385,8 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
     bench = _build(BenchSpec, "bench",
                    _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples")))
     budgets = _build(Budgets, "budgets",
-                     _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy")))
+                     _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy",
+                                               "max_drop")))
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
