@@ -14,6 +14,16 @@ from edgecompress.models import MobileNetStudent, ResNetTeacher, count_macs, cou
 from edgecompress.train import TrainConfig, evaluate, fit, from_dict, kd_loss
 
 
+def _with_train(cls: Any, d: dict[str, Any], where: str, tuple_keys: tuple[str, ...]) -> Any:
+    """Build a stage config whose ``train`` sub-section is a TrainConfig; lists become tuples."""
+    d = dict(d or {})
+    train = TrainConfig.from_dict(d.pop("train", {}), f"{where}.train")
+    for k in tuple_keys:
+        if k in d:
+            d[k] = tuple(d[k])
+    return from_dict(cls, {**d, "train": train}, where)
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     """ResNet-style teacher: stem width, per-stage widths and block counts, and training."""
@@ -22,9 +32,16 @@ class TeacherConfig:
     widths: tuple[int, ...] = (48, 96, 192)
     blocks: tuple[int, ...] = (1, 1, 1)
     dropout: float = 0.0
+    init: str | None = None  # transfer learning: a local checkpoint whose matching weights start training
+    freeze: int = 0  # 0: train all; 1: freeze the stem; k: the stem and the first k-1 residual blocks
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.freeze, int) or not 0 <= self.freeze <= 1 + sum(self.blocks):
+            raise EdgeCompressError(f"invalid value freeze={self.freeze!r}: must be an integer within "
+                                    f"[0, {1 + sum(self.blocks)}] (stem + {sum(self.blocks)} blocks)")
+        if self.freeze and not self.init:
+            raise EdgeCompressError("freeze needs init: freezing randomly initialised layers only hurts")
         if len(self.widths) != len(self.blocks) or not self.widths:
             raise EdgeCompressError(f"widths {list(self.widths)} and blocks {list(self.blocks)} must be non-empty and of equal length")
         if min(self.widths) < 1 or min(self.blocks) < 1 or self.stem < 1:
@@ -32,12 +49,7 @@ class TeacherConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:train_teacher") -> "TeacherConfig":
-        d = dict(d)
-        train = TrainConfig.from_dict(d.pop("train", {}), f"{where}.train")
-        for k in ("widths", "blocks"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return from_dict(cls, {**d, "train": train}, where)
+        return _with_train(cls, d, where, ("widths", "blocks"))
 
     def arch(self, ds: Dataset) -> dict[str, Any]:
         return {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
@@ -55,6 +67,8 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the soft-target term; 1 - alpha on the labels
     baseline: bool = True  # also train the same student from labels only, to measure KD's gain
+    # Distillation kinds and weights, e.g. {response: 0.9, rkd_distance: 25.0}; None: Hinton only.
+    losses: dict[str, float] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -66,15 +80,15 @@ class DistillConfig:
             raise EdgeCompressError(f"invalid value temperature={self.temperature}: must be > 0")
         if not 0 <= self.alpha <= 1:
             raise EdgeCompressError(f"invalid value alpha={self.alpha}: must be within [0, 1]")
+        if self.losses is not None:
+            from edgecompress.kd_losses import KDLossConfig
+
+            KDLossConfig.from_dict({"losses": self.losses, "temperature": self.temperature, "alpha": self.alpha},
+                                   "losses")  # fail at load time, naming the bad kind or weight
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:distill") -> "DistillConfig":
-        d = dict(d)
-        train = TrainConfig.from_dict(d.pop("train", {}), f"{where}.train")
-        for k in ("channels", "strides"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return from_dict(cls, {**d, "train": train}, where)
+        return _with_train(cls, d, where, ("channels", "strides"))
 
     def arch(self, ds: Dataset) -> dict[str, Any]:
         return {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
@@ -100,14 +114,60 @@ def _fill(ds: Dataset) -> torch.Tensor:
     return torch.tensor([(0.0 - m) / s for m, s in zip(ds.mean, ds.std)], dtype=torch.float32)
 
 
+def load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
+    """Copy every tensor of a local checkpoint whose name and shape match ``model``'s (weights only).
+
+    Accepts our checkpoints (``{"state_dict": ...}``) and plain state dicts. Loading is
+    ``weights_only=True``: a checkpoint can carry tensors and plain data, never code. Layers that
+    differ (a new classifier for other classes) keep their fresh initialisation and are listed.
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise EdgeCompressError(f"train_teacher.init: checkpoint {path} not found; give a local .pt file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refuses code and corrupt files in many ways
+        raise EdgeCompressError(f"train_teacher.init: cannot load {path} with weights_only=True "
+                                f"({type(e).__name__}: {e}); save the weights as a state dict") from e
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise EdgeCompressError(f"train_teacher.init: {path} holds no state dict")
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
+    if not any(k.endswith("weight") for k in loaded):
+        raise EdgeCompressError(f"train_teacher.init: no weight in {path} matches this teacher's layers "
+                                f"(widths/blocks/stem must match the checkpoint's)")
+    model.load_state_dict(loaded, strict=False)
+    return {"init": path, "loaded": len(loaded), "kept_fresh": sorted(set(own) - set(loaded))}
+
+
+def _freeze(model: ResNetTeacher, n: int) -> list[str]:
+    """Freeze the stem (n >= 1) and the first n-1 residual blocks; returns the frozen parts."""
+    parts = [("stem", model.stem)] + [(f"stages.{i}", b) for i, b in enumerate(model.stages)]
+    for _, module in parts[:n]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return [name for name, _ in parts[:n]]
+
+
 def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Train the teacher from scratch; returns (model, arch, report)."""
+    """Train the teacher from scratch, or fine-tune it from ``cfg.init``; returns (model, arch, report)."""
     arch = cfg.arch(ds)
     torch.manual_seed(cfg.train.seed)
     model = ResNetTeacher(**{k: v for k, v in arch.items() if k != "kind"})
+    transfer: dict[str, Any] = {}
+    if cfg.init:
+        transfer = load_pretrained(model, cfg.init)
+        transfer["frozen"] = _freeze(model, cfg.freeze)
     t = tensors(ds)
     history = fit(model, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="teacher")
-    return model, arch, {**model_report(model, ds, t), "history": history}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    report = {**model_report(model, ds, t), "history": history}
+    if transfer:
+        report["transfer"] = transfer
+    return model, arch, report
 
 
 def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
@@ -121,9 +181,18 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig) -> tuple[nn.Mod
     torch.manual_seed(cfg.train.seed)
     student = MobileNetStudent(**kw)
     loss = kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
+    combined = None
+    if cfg.losses is not None:
+        from edgecompress.kd_losses import CombinedKDLoss, KDLossConfig
+
+        kcfg = KDLossConfig.from_dict({"losses": cfg.losses, "temperature": cfg.temperature, "alpha": cfg.alpha},
+                                      "params.yaml:distill")
+        combined = CombinedKDLoss(kcfg, student, teacher, t["train"][0][:2])
+        torch.manual_seed(cfg.train.seed)  # the adapter's init must not shift the student's batches
     history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=_fill(ds), val=t["val"],
-                  name="distill", teacher=teacher)
-    report: dict[str, Any] = {"kd": {**model_report(student, ds, t), "history": history}}
+                  name="distill", teacher=teacher, feature_loss=combined)
+    report: dict[str, Any] = {"kd": {**model_report(student, ds, t), "history": history,
+                                     "losses": cfg.losses or {"response": cfg.alpha}}}
     if cfg.baseline:
         torch.manual_seed(cfg.train.seed)
         base = MobileNetStudent(**kw)

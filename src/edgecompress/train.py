@@ -93,11 +93,13 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         loss_fn: LossFn | None = None, fill: torch.Tensor | None = None,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, name: str = "train",
-        teacher: nn.Module | None = None) -> list[dict[str, float]]:
+        teacher: nn.Module | None = None, feature_loss: nn.Module | None = None) -> list[dict[str, float]]:
     """Train ``model`` in place; returns per-epoch history (loss, lr, val accuracy).
 
     ``loss_fn(student_logits, teacher_logits_or_None, labels)`` defaults to cross-entropy; with a
     ``teacher`` it is evaluated on the same augmented batch so distillation sees matching inputs.
+    ``feature_loss`` (a kd_losses.CombinedKDLoss) replaces ``loss_fn`` when distillation also needs
+    feature maps; its own parameters (hint adapters) are trained with the model's.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -109,7 +111,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     if teacher is not None:
         teacher.eval().to(memory_format=torch.channels_last)
     decay, no_decay = [], []
-    for p in model.parameters():
+    params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
+    for p in (p for p in params if p.requires_grad):
         # BN and bias parameters are not weight-decayed: decaying them only hurts small nets.
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -121,6 +124,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     history: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
         model.train()
+        _freeze_frozen_batchnorm(model)
+        if feature_loss is not None:
+            feature_loss.train()
         t0 = time.time()
         perm = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
@@ -128,11 +134,19 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             idx = perm[i:i + cfg.batch_size]
             xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
             yb = y[idx]
-            t_logits = None
-            if teacher is not None:
+            if feature_loss is not None:
+                from edgecompress.kd_losses import forward_with_features
+
+                s_logits, s_feat = forward_with_features(model, xb)
                 with torch.no_grad():
-                    t_logits = teacher(xb)
-            loss = loss_fn(model(xb), t_logits, yb)
+                    t_logits, t_feat = forward_with_features(teacher, xb) if teacher is not None else (None, None)
+                loss = feature_loss(s_logits, s_feat, t_logits, t_feat, yb)[0]
+            else:
+                t_logits = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(xb)
+                loss = loss_fn(model(xb), t_logits, yb)
             if not torch.isfinite(loss):
                 raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -149,6 +163,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         print(f"[{name}] {msg}", file=sys.stderr, flush=True)
     model.eval()
     return history
+
+
+def _freeze_frozen_batchnorm(model: nn.Module) -> None:
+    # A frozen block (transfer learning) must keep its BN statistics too, not only its weights.
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
 
 
 def kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
