@@ -1,0 +1,268 @@
+"""Deep ensembles of teachers and their distillation into one student (groundwork, not a pipeline stage).
+
+* ``train_ensemble``    - N ResNet teachers that differ only in their seed (Lakshminarayanan et al. 2017).
+* ``distill_ensemble``  - one MobileNet student learns the members' *mean* softened distribution
+                          (kd_losses.ensemble_kd) plus (1 - alpha) cross-entropy, through train.fit.
+* ``distill_multihead`` - Ferianc & Rodrigues (2022, arXiv 2205.09526): a MultiHeadStudent with one
+                          linear head per member, trained with multihead.ferianc_loss (member i teaches
+                          head i, a cosine regulariser with a ramped weight keeps the heads diverse), so
+                          the heads' disagreement still measures epistemic uncertainty.
+
+Reports carry accuracy, NLL, Brier, ECE, predictive entropy and, where several predictions are
+averaged (ensemble, heads), mutual information and expected entropy (uncertainty.ensemble_metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgecompress.data import Dataset
+from edgecompress.distill import DistillConfig, TeacherConfig, _fill, model_report, tensors, train_teacher
+from edgecompress.errors import EdgeCompressError
+from edgecompress.kd_losses import ensemble_kd
+from edgecompress.models import MobileNetStudent, count_macs, count_params
+from edgecompress.multihead import MultiHeadKDConfig, MultiHeadStudent, lambda_schedule
+from edgecompress.train import LossFn, TrainConfig, augment, fit
+from edgecompress.uncertainty import ensemble_metrics
+
+Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+# --------------------------------------------------------------------------- the ensemble
+
+
+def train_ensemble(ds: Dataset, cfg: TeacherConfig, n: int) -> list[nn.Module]:
+    """``n`` teachers trained with seeds ``cfg.train.seed + i`` (init and batch order both differ)."""
+    if n < 1:
+        raise EdgeCompressError(f"invalid value n={n!r}: an ensemble needs at least 1 member")
+    members = []
+    for i in range(n):
+        member_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + i))
+        model, _arch, _report = train_teacher(ds, member_cfg)
+        members.append(model.eval())
+    return members
+
+
+class EnsembleTeacher(nn.Module):
+    """Frozen members behind one ``forward`` that returns their stacked logits (M, N, C).
+
+    train.fit only passes the teacher's output through to ``loss_fn``, so a loss that expects
+    (M, N, C) (``ensemble_kd_loss``) can distil the whole ensemble through the ordinary loop.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) == 0:
+            raise EdgeCompressError("EnsembleTeacher needs at least one member")
+        self.members = nn.ModuleList(members)
+        for p in self.members.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members])
+
+
+@torch.no_grad()
+def member_logits(members: Sequence[nn.Module], x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Every member's logits on ``x`` in eval mode, (M, N, C)."""
+    if len(members) == 0:
+        raise EdgeCompressError("member_logits needs at least one member")
+    outs = []
+    for m in members:
+        m.eval()
+        outs.append(torch.cat([m(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+                               for i in range(0, len(x), batch_size)]))
+    return torch.stack(outs)
+
+
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(logits.double(), -1).numpy()
+
+
+def ensemble_report(members: Sequence[nn.Module], ds: Dataset, t: Tensors | None = None) -> dict[str, Any]:
+    """The ensemble's test/val metrics (mean prediction, MI), each member's test metrics, summed size."""
+    t = t if t is not None else tensors(ds)
+    shape = tuple(ds.input_shape)
+    test_probs = _probs(member_logits(members, t["test"][0]))
+    y_test = t["test"][1].numpy()
+    report: dict[str, Any] = {
+        "test": ensemble_metrics(test_probs, y_test),
+        "val": ensemble_metrics(_probs(member_logits(members, t["val"][0])), t["val"][1].numpy())
+        if len(t["val"][0]) else None,
+        "members": [ensemble_metrics(p[None], y_test) for p in test_probs],
+        "member_params": [count_params(m) for m in members],
+        "member_macs": [count_macs(m, shape) for m in members],
+    }
+    report["params"] = sum(report["member_params"])
+    report["macs"] = sum(report["member_macs"])
+    return report
+
+
+# --------------------------------------------------------------------------- ensemble KD (one student)
+
+
+def ensemble_kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
+    """alpha * T^2 * KL(mean_m softmax(e_m/T) || softmax(s/T)) + (1 - alpha) * CE(labels).
+
+    The teacher argument is the stacked member logits (M, N, C) from ``EnsembleTeacher``.
+    """
+
+    def loss(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
+        if t is None or alpha == 0:
+            return ce
+        if t.dim() != 3:
+            raise EdgeCompressError(f"ensemble_kd_loss needs stacked member logits (M, N, C), got {tuple(t.shape)}")
+        return alpha * ensemble_kd(s, t, temperature) + (1 - alpha) * ce
+
+    return loss
+
+
+def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
+                     student_cfg: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """A MobileNet student (``student_cfg``'s architecture) distilled from the members' mean distribution.
+
+    Uses ``student_cfg.temperature``/``alpha``/``train``; ``losses`` and ``baseline`` are not used.
+    """
+    cfg = student_cfg
+    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
+    t = tensors(ds)
+    teacher = EnsembleTeacher(members)
+    torch.manual_seed(cfg.train.seed)
+    student = MobileNetStudent(**kw)
+    t0 = time.time()
+    history = fit(student, *t["train"], cfg.train, loss_fn=ensemble_kd_loss(cfg.temperature, cfg.alpha,
+                                                                             cfg.train.label_smoothing),
+                  fill=_fill(ds), val=t["val"], name="ensemble-kd", teacher=teacher)
+    report = {**model_report(student, ds, t), "history": history, "seconds": time.time() - t0,
+              "members": len(members), "temperature": cfg.temperature, "alpha": cfg.alpha}
+    return student, report
+
+
+# --------------------------------------------------------------------------- multi-head student (Ferianc)
+
+
+def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """The same SGD (Nesterov, no decay on BN/bias) and one-cycle schedule as train.fit."""
+    decay = [p for p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    return opt, sched
+
+
+def _student_parameters(model: MultiHeadStudent) -> list[nn.Parameter]:
+    """Everything but ``core.fc``, which the heads replace (it gets no gradient and is not deployed)."""
+    unused = {id(p) for p in model.core.fc.parameters()}  # type: ignore[union-attr]
+    return [p for p in model.parameters() if id(p) not in unused]
+
+
+@torch.no_grad()
+def head_probs(model: MultiHeadStudent, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+    """Per-head softmax probabilities (M, N, C) in eval mode."""
+    model.eval()
+    outs = [model.forward_heads(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
+            for i in range(0, len(x), batch_size)]
+    return _probs(torch.cat(outs, dim=1))
+
+
+def multihead_report(model: MultiHeadStudent, ds: Dataset, t: Tensors | None = None) -> dict[str, Any]:
+    """Test/val metrics of the heads' mean prediction with MI from their disagreement, per-head
+    test accuracy, and size: params without the unused ``core.fc``, MACs of all heads (forward runs all)."""
+    t = t if t is not None else tensors(ds)
+    hp = head_probs(model, t["test"][0])
+    y = t["test"][1].numpy()
+    return {"test": ensemble_metrics(hp, y),
+            "val": ensemble_metrics(head_probs(model, t["val"][0]), t["val"][1].numpy()) if len(t["val"][0]) else None,
+            "head_accuracy": [float((p.argmax(1) == y).mean()) for p in hp],
+            "params": sum(p.numel() for p in _student_parameters(model)),
+            "macs": count_macs(model, tuple(ds.input_shape))}
+
+
+def fit_multihead(model: MultiHeadStudent, members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
+                  cfg: TrainConfig, mh_cfg: MultiHeadKDConfig, fill: torch.Tensor | None = None,
+                  val: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  name: str = "multihead") -> list[dict[str, float]]:
+    """train.fit's loop (same augmentation, optimizer, schedule, seeding) with ``mh_cfg.loss``.
+
+    fit cannot express it: the loss needs the per-head logits and the global step (lambda ramp).
+    Members see the same augmented batch as the student.
+    """
+    if len(members) != model.num_heads:
+        raise EdgeCompressError(f"{len(members)} members for {model.num_heads} heads: member i teaches head i")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fill = x.amin(dim=(0, 2, 3)) if fill is None else fill
+    teacher = EnsembleTeacher(members).eval().to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    opt, sched = _optimizer(_student_parameters(model), cfg, steps_per_epoch)
+    history: list[dict[str, float]] = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.time()
+        perm = torch.randperm(len(x), generator=gen)
+        sums: dict[str, float] = {}
+        seen = 0
+        for i in range(0, len(x), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad():
+                e = teacher(xb)
+            loss, parts = mh_cfg.loss(model.forward_heads(xb), e, y[idx], model, step, total_steps)
+            if not torch.isfinite(loss):
+                raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+            seen += len(idx)
+        row: dict[str, float] = {"epoch": epoch + 1, "loss": sums["total"] / seen, "lr": opt.param_groups[0]["lr"],
+                                 "lam": lambda_schedule(step, total_steps, mh_cfg.lam_max, mh_cfg.warmup_fraction),
+                                 **{k: v / seen for k, v in sums.items() if k != "total"},
+                                 "seconds": time.time() - t0}
+        if val is not None and len(val[0]):
+            p = head_probs(model, val[0]).mean(0)
+            row["val_accuracy"] = float((p.argmax(1) == val[1].numpy()).mean())
+            model.train()
+        history.append(row)
+        msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+    model.eval()
+    return history
+
+
+def distill_multihead(members: Sequence[nn.Module], ds: Dataset, student_cfg: DistillConfig,
+                      mh_cfg: MultiHeadKDConfig) -> tuple[MultiHeadStudent, dict[str, Any]]:
+    """A MultiHeadStudent (M = len(members) heads on a ``student_cfg`` MobileNet core) trained with
+    ``ferianc_loss``; ``mh_cfg.num_heads`` is overridden by the number of members."""
+    if len(members) == 0:
+        raise EdgeCompressError("distill_multihead needs at least one member")
+    mh_cfg = dataclasses.replace(mh_cfg, num_heads=len(members))
+    cfg = student_cfg
+    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
+    t = tensors(ds)
+    torch.manual_seed(cfg.train.seed)
+    model = MultiHeadStudent(MobileNetStudent(**kw), num_heads=len(members))
+    t0 = time.time()
+    history = fit_multihead(model, members, *t["train"], cfg.train, mh_cfg, fill=_fill(ds), val=t["val"])
+    report = {**multihead_report(model, ds, t), "history": history, "seconds": time.time() - t0,
+              "config": dataclasses.asdict(mh_cfg)}
+    return model, report

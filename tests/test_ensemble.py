@@ -1,0 +1,109 @@
+"""Ensembles of teachers, ensemble KD and the multi-head (Ferianc & Rodrigues 2022) student."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_blobs
+from edgecompress.data import Dataset, Split
+from edgecompress.distill import DistillConfig, TeacherConfig
+from edgecompress.ensemble import (EnsembleTeacher, distill_ensemble, distill_multihead, ensemble_kd_loss,
+                                   ensemble_report, head_probs, member_logits, train_ensemble)
+from edgecompress.errors import EdgeCompressError
+from edgecompress.multihead import MultiHeadKDConfig
+from edgecompress.train import TrainConfig
+
+ONE_EPOCH = TrainConfig(epochs=1, batch_size=32, lr=0.05, crop_pad=0, flip=False)
+STUDENT = DistillConfig(channels=(8, 16, 16, 32), strides=(2, 1, 2), train=ONE_EPOCH)
+TEACHER = TeacherConfig(stem=8, widths=(8, 16), blocks=(1, 1), train=ONE_EPOCH)
+METRIC_KEYS = {"accuracy", "nll", "brier", "ece", "entropy"}
+
+
+def blob_dataset() -> Dataset:
+    """make_blobs' 4-class quadrant problem as uint8 images in a real Dataset (train/val/test)."""
+    x, y = make_blobs(192)
+    u8 = ((x.clamp(-1, 3) + 1) / 4 * 255).round().to(torch.uint8).numpy()
+    y = y.numpy().astype(np.int64)
+
+    def split(a: int, b: int) -> Split:
+        return Split(u8[a:b].copy(), y[a:b].copy())
+
+    return Dataset(split(0, 128), split(128, 160), split(160, 192), ["a", "b", "c", "d"], (0.3,), (0.3,))
+
+
+@pytest.fixture(scope="module")
+def ds() -> Dataset:
+    return blob_dataset()
+
+
+@pytest.fixture(scope="module")
+def members(ds: Dataset) -> list[torch.nn.Module]:
+    return train_ensemble(ds, TEACHER, 2)
+
+
+def test_members_differ_and_member_logits_shape(ds: Dataset, members: list[torch.nn.Module]) -> None:
+    x = ds.to_tensor(ds.test.x)
+    logits = member_logits(members, x, batch_size=7)  # batching must not change anything
+    assert logits.shape == (2, len(x), 4)
+    assert torch.allclose(logits, member_logits(members, x), atol=1e-5)
+    assert not torch.allclose(logits[0], logits[1])  # seeds differ -> different members
+    assert EnsembleTeacher(members)(x.contiguous(memory_format=torch.channels_last)).shape == (2, len(x), 4)
+    with pytest.raises(EdgeCompressError):
+        member_logits([], x)
+
+
+def test_ensemble_kd_loss_prefers_the_mean_distribution() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(3, 16, 5) * 2
+    y = torch.randint(0, 5, (16,))
+    temperature = 2.0
+    mean = torch.softmax(t / temperature, -1).mean(0)
+    matching = temperature * mean.log()  # softmax(matching / T) == the ensemble's mean distribution
+    loss = ensemble_kd_loss(temperature, alpha=1.0)
+    assert loss(matching, t, y).item() == pytest.approx(0.0, abs=1e-5)
+    assert loss(torch.randn(16, 5), t, y).item() > 0.01
+    # Not the mean of logits and not one member: each is further from the mean distribution.
+    assert loss(t.mean(0), t, y).item() > loss(matching, t, y).item()
+    assert loss(t[0], t, y).item() > loss(matching, t, y).item()
+    # alpha = 0 and no teacher: plain cross-entropy.
+    ce = torch.nn.functional.cross_entropy(matching, y)
+    assert ensemble_kd_loss(temperature, 0.0)(matching, t, y).item() == pytest.approx(ce.item())
+    assert ensemble_kd_loss(temperature, 0.9)(matching, None, y).item() == pytest.approx(ce.item())
+
+
+def test_ensemble_report_has_uncertainty(ds: Dataset, members: list[torch.nn.Module]) -> None:
+    rep = ensemble_report(members, ds)
+    assert METRIC_KEYS | {"mutual_information", "expected_entropy"} <= set(rep["test"])
+    assert len(rep["members"]) == 2 and rep["test"]["mutual_information"] > 0
+    assert rep["params"] == sum(rep["member_params"]) and rep["macs"] == sum(rep["member_macs"])
+
+
+def test_distill_ensemble_runs_one_epoch(ds: Dataset, members: list[torch.nn.Module]) -> None:
+    student, rep = distill_ensemble(members, ds, STUDENT)
+    assert METRIC_KEYS <= set(rep["test"]) and len(rep["history"]) == 1
+    assert rep["params"] > 0 and rep["macs"] > 0
+    assert student(ds.to_tensor(ds.test.x[:3])).shape == (3, 4)
+
+
+def test_distill_multihead_runs_and_heads_stay_diverse(ds: Dataset, members: list[torch.nn.Module]) -> None:
+    mh_cfg = MultiHeadKDConfig(num_heads=7, lam_max=1.0, warmup_fraction=0.5)  # num_heads follows the members
+    model, rep = distill_multihead(members, ds, STUDENT, mh_cfg)
+    assert model.num_heads == 2 and rep["config"]["num_heads"] == 2
+    assert METRIC_KEYS | {"mutual_information", "expected_entropy"} <= set(rep["test"])
+    assert len(rep["head_accuracy"]) == 2 and len(rep["history"]) == 1
+    assert rep["history"][0]["lam"] == pytest.approx(1.0) and "diversity" in rep["history"][0]
+    hp = head_probs(model, ds.to_tensor(ds.test.x))
+    assert hp.shape == (2, 32, 4)
+    assert np.abs(hp[0] - hp[1]).max() > 1e-3 and rep["test"]["mutual_information"] > 0
+    # Params exclude the core's unused classifier; MACs include every head.
+    core_fc = sum(p.numel() for p in model.core.fc.parameters())
+    assert rep["params"] == sum(p.numel() for p in model.parameters()) - core_fc
+    single = distill_ensemble(members, ds, STUDENT)[1]
+    assert rep["macs"] == single["macs"] + model.heads[0].in_features * 4  # one extra head's Linear
+
+
+def test_distill_multihead_needs_members(ds: Dataset) -> None:
+    with pytest.raises(EdgeCompressError):
+        distill_multihead([], ds, STUDENT, MultiHeadKDConfig())
