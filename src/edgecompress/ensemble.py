@@ -31,7 +31,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.kd_losses import ensemble_kd
 from edgecompress.models import MobileNetStudent, count_macs, count_params
 from edgecompress.multihead import MultiHeadKDConfig, MultiHeadStudent, lambda_schedule
-from edgecompress.train import LossFn, TrainConfig, augment, fit
+from edgecompress.train import LossFn, TrainConfig, augment, fit, make_optimizer
 from edgecompress.uncertainty import ensemble_metrics
 
 Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -151,18 +151,6 @@ def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
 # --------------------------------------------------------------------------- multi-head student (Ferianc)
 
 
-def _optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
-    """The same SGD (Nesterov, no decay on BN/bias) and one-cycle schedule as train.fit."""
-    decay = [p for p in params if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.15)
-    return opt, sched
-
-
 def _student_parameters(model: MultiHeadStudent) -> list[nn.Parameter]:
     """Everything but ``core.fc``, which the heads replace (it gets no gradient and is not deployed)."""
     unused = {id(p) for p in model.core.fc.parameters()}  # type: ignore[union-attr]
@@ -209,7 +197,7 @@ def fit_multihead(model: MultiHeadStudent, members: Sequence[nn.Module], x: torc
     model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    opt, sched = _optimizer(_student_parameters(model), cfg, steps_per_epoch)
+    opt, sched = make_optimizer(list(_student_parameters(model)), cfg, steps_per_epoch)
     history: list[dict[str, float]] = []
     step = 0
     for epoch in range(cfg.epochs):

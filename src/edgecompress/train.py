@@ -110,17 +110,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     model.to(memory_format=torch.channels_last)
     if teacher is not None:
         teacher.eval().to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
     params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
-    for p in (p for p in params if p.requires_grad):
-        # BN and bias parameters are not weight-decayed: decaying them only hurts small nets.
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
-                                                steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    opt, sched = make_optimizer(params, cfg, steps_per_epoch)
     history: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
         model.train()
@@ -165,6 +157,20 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     return history
 
 
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """SGD with Nesterov momentum and a one-cycle schedule over the trainable ``params``."""
+    decay, no_decay = [], []
+    for p in (p for p in params if p.requires_grad):
+        # BN and bias parameters are not weight-decayed: decaying them only hurts small nets.
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    return opt, sched
+
+
 def _freeze_frozen_batchnorm(model: nn.Module) -> None:
     # A frozen block (transfer learning) must keep its BN statistics too, not only its weights.
     for m in model.modules():
@@ -175,14 +181,13 @@ def _freeze_frozen_batchnorm(model: nn.Module) -> None:
 def kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
     """Hinton et al. (2015) distillation: alpha*T^2*KL(p_T || q_T) + (1-alpha)*CE(labels)."""
 
+    from edgecompress.kd_losses import hinton_kd  # here, not at the top: kd_losses imports this module
+
     def loss(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
         if t is None or alpha == 0:
             return ce
-        # T^2 keeps soft-target gradients on the same scale as the hard-label term.
-        kl = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1),
-                      reduction="batchmean", log_target=True) * temperature ** 2
-        return alpha * kl + (1 - alpha) * ce
+        return alpha * hinton_kd(s, t, temperature) + (1 - alpha) * ce
 
     return loss
 
