@@ -14,7 +14,13 @@ the whole ensemble's; each part is timed.
 
 Writes a markdown table to stdout and OUT/distillation.md, everything (histories too) to OUT/distillation.json.
 
+Reusing what `dvc repro` already trained (same params, same seeds, same code) saves most of the
+run: --members-from models loads the teacher and train_member@i checkpoints as the ensemble, and
+--pipeline-students metrics/distill.json takes (a) and (b) from the distill stage's labels-only
+baseline and KD student (it requires distill.source: teacher, scheme: offline); the table says so.
+
 Usage: python benchmarks/distillation.py [--members 5] [--teacher-epochs E] [--student-epochs E]
+           [--members-from models] [--pipeline-students metrics/distill.json]
            [--limit N] [--seed 0] [--lam-max 1.0] [--threads T] [--params params.yaml] [--out benchmarks/results]
 Smoke: python benchmarks/distillation.py --members 2 --teacher-epochs 1 --student-epochs 1 --limit 1000
 """
@@ -33,6 +39,7 @@ from typing import Any
 import torch
 
 from edgecompress.data import DataConfig, load_dataset
+from edgecompress.checkpoint import load_checkpoint
 from edgecompress.distill import DistillConfig, TeacherConfig, _fill, distill, model_report, tensors
 from edgecompress.ensemble import distill_ensemble, distill_multihead, ensemble_report, train_ensemble
 from edgecompress.models import MobileNetStudent
@@ -72,6 +79,37 @@ def row(name: str, rep: dict[str, Any], ens_macs: int, seconds: float | None, mi
             "train_seconds": seconds}
 
 
+def load_members(models: Path, n: int, params: dict[str, Any], args: argparse.Namespace) -> list[torch.nn.Module]:
+    """The pipeline's ensemble: models/teacher.pt (member 0) and models/members/member-i.pt, checked to be
+    trained with this params file's train_teacher settings."""
+    paths = [models / "teacher.pt"] + [models / "members" / f"member-{i}.pt" for i in range(1, n)]
+    want = {k: v for k, v in section(params, "train_teacher").items() if k not in TeacherConfig.ENSEMBLE_KEYS}
+    members = []
+    for path in paths:
+        if not path.exists():
+            raise SystemExit(f"{path} missing: set train_teacher.ensemble_size: {n} and run dvc repro train_member")
+        model, meta = load_checkpoint(path)
+        got = {k: v for k, v in meta["params"]["train_teacher"].items() if k not in TeacherConfig.ENSEMBLE_KEYS}
+        if {k: v for k, v in got.items() if k != "dropout"} != {k: v for k, v in want.items() if k != "dropout"}:
+            raise SystemExit(f"{path} was trained with other train_teacher params than {args.params}")
+        members.append(model.eval())
+    return members
+
+
+def pipeline_students(path: Path, params: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """(a) and (b) from the distill stage's metrics, after checking they match this run's settings."""
+    d = json.loads(path.read_text())
+    sec = section(params, "distill")
+    if d.get("source", "teacher") != "teacher" or d.get("scheme", "offline") != "offline" or "baseline_test" not in d:
+        raise SystemExit(f"{path}: needs distill.source teacher, scheme offline and baseline: true")
+    if args.student_epochs and args.student_epochs != sec["train"]["epochs"]:
+        raise SystemExit("--pipeline-students cannot be combined with --student-epochs")
+    if args.limit or args.seed != sec["train"].get("seed", 0):
+        raise SystemExit("--pipeline-students needs the pipeline's data and seed (no --limit/--seed)")
+    size = {"params": d["params"], "macs": d["macs"]}
+    return {"labels": {"test": d["baseline_test"], **size}, "hinton": {"test": d["test"], **size}}
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ["model", "acc %", "NLL", "ECE", "Brier", "entropy", "MI", "params", "MACs", "MACs / ensemble", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -95,6 +133,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed (members use seed..seed+N-1)")
     p.add_argument("--lam-max", type=float, default=MultiHeadKDConfig.lam_max, help="multi-head diversity weight")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--members-from", help="load the ensemble from this models/ directory (teacher.pt, members/) "
+                                          "instead of training it")
+    p.add_argument("--pipeline-students", help="take (a) and (b) from this distill-stage metrics JSON")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     if args.threads:
@@ -113,25 +154,33 @@ def main() -> None:
         f"({timings['data']:.1f} s)")
 
     t0 = time.time()
-    members = train_ensemble(ds, tcfg, args.members)
+    if args.members_from:
+        members = load_members(Path(args.members_from), args.members, params, args)
+    else:
+        members = train_ensemble(ds, tcfg, args.members)
     timings["ensemble"] = time.time() - t0
     ens = ensemble_report(members, ds, t)
     log(f"ensemble of {args.members}: {timings['ensemble']:.0f} s, test accuracy {ens['test']['accuracy']:.4f}")
 
     reports: dict[str, dict[str, Any]] = {}
-    t0 = time.time()
-    torch.manual_seed(scfg.train.seed)
-    base = MobileNetStudent(**{k: v for k, v in scfg.arch(ds).items() if k != "kind"})
-    history = fit(base, *t["train"], scfg.train, fill=_fill(ds), val=t["val"], name="labels-only")
-    reports["labels"] = {**model_report(base, ds, t), "history": history}
-    timings["labels"] = time.time() - t0
-    log(f"(a) labels only: {timings['labels']:.0f} s")
+    if args.pipeline_students:
+        reports.update(pipeline_students(Path(args.pipeline_students), params, args))
+        timings["labels"] = timings["hinton"] = None  # type: ignore[assignment]
+        log(f"(a), (b): from {args.pipeline_students}")
+    else:
+        t0 = time.time()
+        torch.manual_seed(scfg.train.seed)
+        base = MobileNetStudent(**{k: v for k, v in scfg.arch(ds).items() if k != "kind"})
+        history = fit(base, *t["train"], scfg.train, fill=_fill(ds), val=t["val"], name="labels-only")
+        reports["labels"] = {**model_report(base, ds, t), "history": history}
+        timings["labels"] = time.time() - t0
+        log(f"(a) labels only: {timings['labels']:.0f} s")
 
-    t0 = time.time()
-    _, _, kd = distill(members[0], ds, scfg)
-    reports["hinton"] = kd["kd"]
-    timings["hinton"] = time.time() - t0
-    log(f"(b) Hinton KD from member 0: {timings['hinton']:.0f} s")
+        t0 = time.time()
+        _, _, kd = distill(members[0], ds, scfg)
+        reports["hinton"] = kd["kd"]
+        timings["hinton"] = time.time() - t0
+        log(f"(b) Hinton KD from member 0: {timings['hinton']:.0f} s")
 
     t0 = time.time()
     _, reports["ensemble_kd"] = distill_ensemble(members, ds, scfg)
@@ -145,20 +194,22 @@ def main() -> None:
     timings["total"] = time.time() - start
 
     m = ens["macs"]
-    per_member = timings["ensemble"] / args.members
+    per_member = None if args.members_from else timings["ensemble"] / args.members
     rows = [row(f"member {i}", {"test": r, "params": ens["member_params"][i], "macs": ens["member_macs"][i]},
                 m, per_member, False) for i, r in enumerate(ens["members"])]
-    rows.append(row(f"ensemble of {args.members}", ens, m, timings["ensemble"], True))
-    rows.append(row("student: labels only", reports["labels"], m, timings["labels"], False))
-    rows.append(row("student: Hinton KD (member 0)", reports["hinton"], m, timings["hinton"], False))
-    rows.append(row(f"student: ensemble KD ({args.members})", reports["ensemble_kd"], m, timings["ensemble_kd"], False))
-    rows.append(row(f"multi-head student ({args.members} heads)", reports["multihead"], m, timings["multihead"], True))
+    rows.append(row(f"ensemble of {args.members}", ens, m, None if args.members_from else timings["ensemble"], True))
+    src = " (distill stage)" if args.pipeline_students else ""
+    rows.append(row(f"(a) student: labels only{src}", reports["labels"], m, timings["labels"], False))
+    rows.append(row(f"(b) student: Hinton KD (member 0 = teacher){src}", reports["hinton"], m, timings["hinton"], False))
+    rows.append(row(f"(c) student: ensemble KD ({args.members})", reports["ensemble_kd"], m, timings["ensemble_kd"], False))
+    rows.append(row(f"(d) multi-head student ({args.members} heads)", reports["multihead"], m, timings["multihead"], True))
 
     setup = (f"data {data_cfg.format} (limit {data_cfg.limit}): {len(ds.train)} train / {len(ds.test)} test; "
              f"{args.members} members x {tcfg.train.epochs} epochs; students {scfg.train.epochs} epochs, "
              f"channels {list(scfg.arch(ds)['channels'])}; KD T={scfg.temperature} alpha={scfg.alpha} "
              f"losses={scfg.losses or 'Hinton'}; multi-head {reports['multihead']['config']}; "
-             f"seed {args.seed}; torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
+             f"seed {args.seed}; ensemble {'loaded from ' + args.members_from if args.members_from else 'trained here'}; "
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
     table = markdown(rows)
     text = (f"# Ensemble and uncertainty-aware distillation\n\n{setup}\n\n"
             f"Test split. MI (mutual information, epistemic uncertainty) only where several predictions are "

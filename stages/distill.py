@@ -1,25 +1,51 @@
-"""DVC stage: distill the teacher into the depthwise-separable student."""
+"""DVC stage: distill the teacher (or the deep ensemble) into the depthwise-separable student."""
+
+from pathlib import Path
 
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.distill import DistillConfig, distill
-from edgecompress.errors import friendly_main
+from edgecompress.errors import EdgeCompressError, friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.params import section
+from edgecompress.teacher import TeacherConfig
+
+
+def load_members(directory: str, tcfg: TeacherConfig) -> list:
+    """Ensemble members 1..N-1 (train_member@i outputs), in order."""
+    members = []
+    for i in tcfg.members:
+        path = Path(directory) / f"member-{i}.pt"
+        if not path.exists():
+            raise EdgeCompressError(f"{path} missing: distill.source is ensemble; run dvc repro train_member@{i}")
+        members.append(load_checkpoint(path)[0])
+    return members
 
 
 @friendly_main
 def main() -> None:
     args, params = stage.setup("Distill the student.", [("--teacher", "teacher checkpoint"),
-                                                         ("--out", "student checkpoint"), ("--metrics", "metrics JSON")])
+                                                         ("--out", "student checkpoint"), ("--metrics", "metrics JSON")],
+                               optional=[("--members", "directory of ensemble member checkpoints")])
     cfg = DistillConfig.from_dict(section(params, "distill"))
     teacher, tmeta = load_checkpoint(args.teacher)
+    members = []
+    if cfg.source == "ensemble":
+        if not args.members:
+            raise EdgeCompressError("distill.source is ensemble but the stage got no --members directory (dvc.yaml)")
+        members = load_members(args.members, TeacherConfig.from_dict(section(params, "train_teacher")))
     ds = stage.data(params)
-    student, arch, report = distill(teacher, ds, cfg)
+    student, arch, report = distill(teacher, ds, cfg, members)
     kd = report["kd"]
     metrics = {"test": kd["test"], "val": kd["val"], "params": kd["params"], "macs": kd["macs"],
+               "scheme": cfg.scheme, "source": cfg.source, "heads": cfg.heads,
                "teacher_params": tmeta["metrics"]["params"],
                "params_fraction_of_teacher": kd["params"] / tmeta["metrics"]["params"]}
+    for key in ("assistant", "peer", "generations"):
+        if key in report:
+            metrics[key] = report[key]
+    if "head_accuracy" in kd:
+        metrics["head_accuracy"] = kd["head_accuracy"]
     if "baseline" in report:
         metrics["baseline_test"] = report["baseline"]["test"]
         metrics["kd_gain_points"] = report["kd_gain_points"]

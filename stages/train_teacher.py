@@ -1,8 +1,10 @@
-"""DVC stage: train the ResNet-style teacher. Paths come from dvc.yaml."""
+"""DVC stage: train the ResNet-style teacher, or (with --member i) ensemble member i. Paths come from dvc.yaml."""
+
+import sys
 
 from edgecompress import stage
 from edgecompress.checkpoint import save_checkpoint
-from edgecompress.distill import TeacherConfig, train_teacher
+from edgecompress.teacher import TeacherConfig, train_teacher
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.params import section
@@ -10,13 +12,27 @@ from edgecompress.params import section
 
 @friendly_main
 def main() -> None:
-    args, params = stage.setup("Train the teacher.", [("--out", "teacher checkpoint"), ("--metrics", "metrics JSON")])
-    cfg = TeacherConfig.from_dict(section(params, "train_teacher"))
+    args, params = stage.setup("Train the teacher or one ensemble member.",
+                               [("--out", "teacher checkpoint"), ("--metrics", "metrics JSON")],
+                               optional=[("--member", "ensemble member index (seed = train.seed + index); "
+                                                      "default 0, the teacher itself")])
+    sec = section(params, "train_teacher")
+    cfg = TeacherConfig.from_dict(sec)
+    member = int(args.member or 0)
+    cfg = cfg.member(member)
+    if member:
+        print(f"[teacher] ensemble member {member} of {cfg.ensemble_size} (seed {cfg.train.seed})", file=sys.stderr)
     ds = stage.data(params)
     model, arch, report = train_teacher(ds, cfg)
     metrics = {k: report[k] for k in ("test", "val", "params", "macs")}
-    save_checkpoint(args.out, model, arch, stage.meta(ds, params, "train_teacher", None, metrics))
-    write_json(args.metrics, {**metrics, "epochs": report["history"]})
+    # The checkpoint records how this model was trained; ensemble bookkeeping keys are left out so that
+    # growing the ensemble leaves the existing members byte-identical (and dvc's cache valid).
+    trained_by = {k: v for k, v in sec.items() if k not in TeacherConfig.ENSEMBLE_KEYS}
+    meta = stage.meta(ds, {**params, "train_teacher": trained_by}, "train_teacher", None, metrics)
+    if member:
+        meta["member"] = {"index": member, "seed": cfg.train.seed}
+    save_checkpoint(args.out, model, arch, meta)
+    write_json(args.metrics, {**metrics, "member": member, "seed": cfg.train.seed, "epochs": report["history"]})
 
 
 if __name__ == "__main__":

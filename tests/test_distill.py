@@ -112,3 +112,76 @@ def test_fit_trains_the_hint_adapter_with_the_student() -> None:
     assert before, "the hint term must bring a learned adapter"
     fit(student, x, y, TrainConfig(**ONE_EPOCH), teacher=teacher, feature_loss=loss)
     assert any(not torch.equal(b, p) for b, p in zip(before, loss.parameters()))
+
+
+# ---------------------------------------------------------------- schemes, sources, teacher assistant
+
+
+def _teacher(seed: int = 0) -> ResNetTeacher:
+    torch.manual_seed(seed)
+    return ResNetTeacher(1, 4, [8, 16], [1, 1], 8).eval()
+
+
+def _cfg(**kw) -> DistillConfig:
+    return DistillConfig.from_dict({"channels": [8, 12, 12], "strides": [2, 2], "baseline": False,
+                                    "train": ONE_EPOCH, **kw})
+
+
+def test_online_scheme_trains_the_peer_and_the_student_together() -> None:
+    ds, teacher = tiny_dataset(), _teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student, arch, report = distill(teacher, ds, _cfg(scheme="online"))
+    # The given teacher only lends its architecture: a fresh peer of that shape is trained.
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert report["peer"]["params"] == sum(p.numel() for p in teacher.parameters())
+    hist = report["kd"]["history"][0]
+    assert hist["student_loss"] > 0 and hist["peer_loss"] > 0
+    assert arch["kind"] == "mobilenet" and student(torch.zeros(1, 1, 12, 12)).shape == (1, 4)
+
+
+def test_born_again_trains_fresh_generations_from_the_previous_student() -> None:
+    student, _arch, report = distill(_teacher(), tiny_dataset(), _cfg(scheme="born_again", generations=2))
+    gens = report["generations"]
+    assert len(gens) == 3 and all(g["params"] == gens[0]["params"] for g in gens)
+    assert report["kd"]["test"] == gens[-1]["test"]
+
+
+def test_teacher_assistant_sits_between_teacher_and_student() -> None:
+    _student, _arch, report = distill(_teacher(), tiny_dataset(), _cfg(assistant_width=2.0))
+    assert report["kd"]["params"] < report["assistant"]["params"] < sum(p.numel() for p in _teacher().parameters())
+
+
+def test_ensemble_sources_give_ensemble_kd_or_a_multihead_student() -> None:
+    ds = tiny_dataset()
+    members = [_teacher(1), _teacher(2)]
+    student, arch, report = distill(_teacher(), ds, _cfg(source="ensemble"), members)
+    assert arch["kind"] == "mobilenet" and report["kd"]["members"] == 3
+    mh, arch, report = distill(_teacher(), ds, _cfg(source="ensemble", heads=3, multihead={"lam_max": 0.5}), members)
+    assert arch == {"kind": "multihead", "heads": 3, "core": _cfg().arch(ds)}
+    assert report["kd"]["config"]["lam_max"] == 0.5 and len(report["kd"]["head_accuracy"]) == 3
+    assert report["kd"]["test"]["mutual_information"] >= 0
+    with pytest.raises(EdgeCompressError, match="set heads: 3"):
+        distill(_teacher(), ds, _cfg(source="ensemble", heads=2), members)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"scheme": "offline-ish"}, "scheme"),
+    ({"source": "crowd"}, "source"),
+    ({"heads": 3}, "source: ensemble"),
+    ({"scheme": "online", "assistant_width": 2.0}, "deep mutual learning"),
+    ({"source": "ensemble", "losses": {"hint": 1.0}}, "losses: null"),
+    ({"source": "ensemble", "heads": 2, "multihead": {"num_heads": 2}}, "distill.heads"),
+    ({"source": "ensemble", "heads": 2, "multihead": {"beta": 1}}, "unknown key"),
+    ({"generations": 0}, "generations"),
+])
+def test_distill_config_rejects_bad_scheme_settings(kw, match) -> None:
+    with pytest.raises(EdgeCompressError, match=match):
+        _cfg(**kw)
+
+
+def test_teacher_config_checks_members_against_ensemble_size() -> None:
+    assert TeacherConfig.from_dict({"ensemble_size": 3, "members": [1, 2]}).member(2).train.seed == 2
+    with pytest.raises(EdgeCompressError, match=r"set members: \[1, 2\]"):
+        TeacherConfig.from_dict({"ensemble_size": 3, "members": [1]})
+    with pytest.raises(EdgeCompressError, match="needs dropout"):
+        TeacherConfig.from_dict({"mc_samples": 4})

@@ -63,6 +63,7 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
         shutil.copy(REPO / name, work / name)
     for name in ("stages", "targets", "src"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "models" / "members").mkdir(parents=True)  # in git as models/members/.gitkeep
     (work / "targets" / "tiny-host.yaml").write_text(TINY_HOST)
 
     params = yaml.safe_load((work / "params.yaml").read_text())
@@ -80,6 +81,7 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     params["prune"]["finetune"]["epochs"] = 1
     params["calibrate"]["samples"] = 32
     params["check"]["targets"] = ["tiny-host", "mobile-cpu"]
+    params["train_teacher"].update(ensemble_size=3, members=[1, 2])
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
 
@@ -102,6 +104,13 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     assert {p["artifact"] for p in points} >= {"fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"}
     pruned = json.loads((work / "metrics/prune.json").read_text())
     assert pruned["after"]["params"] < pruned["before"]["params"]
+    # The deep ensemble: member stages, and every PyTorch model's uncertainty with MI for the ensemble.
+    members = params["train_teacher"]["members"]
+    unc = json.loads((work / "metrics/uncertainty.json").read_text())["models"]
+    assert set(unc) == {"teacher", "ensemble", "student", "pruned", *(f"member-{i}" for i in members)}
+    assert unc["ensemble"]["mutual_information"] >= 0 and "mutual_information" not in unc["teacher"]
+    assert unc["ensemble"]["params"] == (1 + len(members)) * unc["teacher"]["params"]
+    assert (work / "reports/reliability_models/ensemble.json").exists()
 
     # Nothing changed: nothing runs.
     again = _dvc(work, "repro")

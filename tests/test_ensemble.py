@@ -93,13 +93,13 @@ def test_distill_multihead_runs_and_heads_stay_diverse(ds: Dataset, members: lis
     assert model.num_heads == 2 and rep["config"]["num_heads"] == 2
     assert METRIC_KEYS | {"mutual_information", "expected_entropy"} <= set(rep["test"])
     assert len(rep["head_accuracy"]) == 2 and len(rep["history"]) == 1
-    assert rep["history"][0]["lam"] == pytest.approx(1.0) and "diversity" in rep["history"][0]
+    assert 0 < rep["history"][0]["lam"] <= 1.0 and "diversity" in rep["history"][0]
     hp = head_probs(model, ds.to_tensor(ds.test.x))
     assert hp.shape == (2, 32, 4)
     assert np.abs(hp[0] - hp[1]).max() > 1e-3 and rep["test"]["mutual_information"] > 0
     # Params exclude the core's unused classifier; MACs include every head.
-    core_fc = sum(p.numel() for p in model.core.fc.parameters())
-    assert rep["params"] == sum(p.numel() for p in model.parameters()) - core_fc
+    assert rep["params"] == sum(p.numel() for p in model.parameters())
+    assert not any(n.startswith("core.fc") for n in model.state_dict())  # the heads replace it
     single = distill_ensemble(members, ds, STUDENT)[1]
     assert rep["macs"] == single["macs"] + model.heads[0].in_features * 4  # one extra head's Linear
 

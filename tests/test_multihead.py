@@ -19,10 +19,11 @@ def mh() -> MultiHeadStudent:
     return MultiHeadStudent(MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2]), num_heads=3).eval()
 
 
-def test_forward_is_mean_probability_and_per_head_shapes(mh: MultiHeadStudent) -> None:
+def test_forward_is_log_mean_probability_and_per_head_shapes(mh: MultiHeadStudent) -> None:
     x = torch.randn(5, 1, 12, 12)
-    probs = mh(x)
+    probs = mh(x).exp()
     assert probs.shape == (5, 4)
+    assert torch.allclose(probs, F.softmax(mh.forward_heads(x), -1).mean(0), atol=1e-6)
     assert torch.allclose(probs.sum(1), torch.ones(5), atol=1e-6)
     assert mh.forward_heads(x).shape == (3, 5, 4)
     mean, per_head = PerHeadOutputs(mh)(x)
@@ -132,4 +133,4 @@ def test_onnx_export_matches_pytorch(mh: MultiHeadStudent, tmp_path) -> None:
         want_mean, want_heads = wrapper(x)
     assert np.abs(mean - want_mean.numpy()).max() < 1e-5
     assert np.abs(per_head - want_heads.numpy()).max() < 1e-5
-    assert np.allclose(mean, mh(x).detach().numpy(), atol=1e-5)
+    assert np.allclose(mean, mh(x).exp().detach().numpy(), atol=1e-5)

@@ -1,64 +1,29 @@
-"""Teacher training and knowledge distillation into a depthwise-separable student."""
+"""Knowledge distillation of the teacher (or the ensemble) into a depthwise-separable student."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import MobileNetStudent, ResNetTeacher, count_macs, count_params, student_channels
-from edgecompress.train import TrainConfig, evaluate, fit, from_dict, kd_loss
+from edgecompress.models import MobileNetStudent, student_channels
+from edgecompress.teacher import (  # noqa: F401 (re-exported: distill is where callers used to find them)
+    TeacherConfig, _fill, _with_train, load_pretrained, model_report, tensors, train_teacher)
+from edgecompress.train import TrainConfig, fit, kd_loss
 
 
-def _with_train(cls: Any, d: dict[str, Any], where: str, tuple_keys: tuple[str, ...]) -> Any:
-    """Build a stage config whose ``train`` sub-section is a TrainConfig; lists become tuples."""
-    d = dict(d or {})
-    train = TrainConfig.from_dict(d.pop("train", {}), f"{where}.train")
-    for k in tuple_keys:
-        if k in d:
-            d[k] = tuple(d[k])
-    return from_dict(cls, {**d, "train": train}, where)
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """ResNet-style teacher: stem width, per-stage widths and block counts, and training."""
-
-    stem: int = 32
-    widths: tuple[int, ...] = (48, 96, 192)
-    blocks: tuple[int, ...] = (1, 1, 1)
-    dropout: float = 0.0
-    init: str | None = None  # transfer learning: a local checkpoint whose matching weights start training
-    freeze: int = 0  # 0: train all; 1: freeze the stem; k: the stem and the first k-1 residual blocks
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.freeze, int) or not 0 <= self.freeze <= 1 + sum(self.blocks):
-            raise EdgeCompressError(f"invalid value freeze={self.freeze!r}: must be an integer within "
-                                    f"[0, {1 + sum(self.blocks)}] (stem + {sum(self.blocks)} blocks)")
-        if self.freeze and not self.init:
-            raise EdgeCompressError("freeze needs init: freezing randomly initialised layers only hurts")
-        if len(self.widths) != len(self.blocks) or not self.widths:
-            raise EdgeCompressError(f"widths {list(self.widths)} and blocks {list(self.blocks)} must be non-empty and of equal length")
-        if min(self.widths) < 1 or min(self.blocks) < 1 or self.stem < 1:
-            raise EdgeCompressError("stem, widths and blocks must be positive integers")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:train_teacher") -> "TeacherConfig":
-        return _with_train(cls, d, where, ("widths", "blocks"))
-
-    def arch(self, ds: Dataset) -> dict[str, Any]:
-        return {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
-                "widths": list(self.widths), "blocks": list(self.blocks), "stem": self.stem, "dropout": self.dropout}
+SCHEMES = ("offline", "online", "born_again")
+SOURCES = ("teacher", "ensemble")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """MobileNet-style student and Hinton KD settings."""
+    """MobileNet-style student, what it learns from (``source``, ``scheme``) and the KD settings."""
 
     channels: tuple[int, ...] = (16, 32, 32, 64, 64, 128, 128)  # stem, then each block's output
     strides: tuple[int, ...] = (2, 1, 2, 1, 2, 1)
@@ -69,6 +34,20 @@ class DistillConfig:
     baseline: bool = True  # also train the same student from labels only, to measure KD's gain
     # Distillation kinds and weights, e.g. {response: 0.9, rkd_distance: 25.0}; None: Hinton only.
     losses: dict[str, float] | None = None
+    # offline: a trained, frozen teacher; online: deep mutual learning (a fresh teacher-sized peer and
+    # the student learn together, each from the other); born_again: after the offline step, a fresh
+    # copy of the student learns from the trained one, ``generations`` times.
+    scheme: str = "offline"
+    generations: int = 1
+    # teacher: the teacher checkpoint; ensemble: the teacher and its ensemble members (train_member).
+    source: str = "teacher"
+    # With source ensemble: 1 = ensemble KD (the members' mean distribution); M > 1 = the
+    # Ferianc & Rodrigues (2022) multi-head student, one head per member (M = ensemble size).
+    heads: int = 1
+    multihead: dict[str, float] | None = None  # MultiHeadKDConfig overrides: a, b, t_member, t_mean, lam_max, ...
+    # Teacher assistant (Mirzadeh et al. 2020): a MobileNet of this width multiplier first learns from
+    # the teacher, then teaches the student; for capacity gaps where direct KD does worse.
+    assistant_width: float | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -85,99 +64,78 @@ class DistillConfig:
 
             KDLossConfig.from_dict({"losses": self.losses, "temperature": self.temperature, "alpha": self.alpha},
                                    "losses")  # fail at load time, naming the bad kind or weight
+        if self.scheme not in SCHEMES:
+            raise EdgeCompressError(f"invalid value scheme={self.scheme!r}: allowed {list(SCHEMES)}")
+        if self.source not in SOURCES:
+            raise EdgeCompressError(f"invalid value source={self.source!r}: allowed {list(SOURCES)}")
+        if not isinstance(self.generations, int) or self.generations < 1:
+            raise EdgeCompressError(f"invalid value generations={self.generations!r}: must be an integer >= 1")
+        if not isinstance(self.heads, int) or self.heads < 1:
+            raise EdgeCompressError(f"invalid value heads={self.heads!r}: must be an integer >= 1")
+        if self.assistant_width is not None and not self.assistant_width > 0:
+            raise EdgeCompressError(f"invalid value assistant_width={self.assistant_width!r}: must be > 0 or null")
+        if self.heads > 1 and self.source != "ensemble":
+            raise EdgeCompressError(f"heads={self.heads} needs source: ensemble (head i learns from member i)")
+        if self.heads > 1 and self.scheme != "offline":
+            raise EdgeCompressError(f"heads={self.heads} works with scheme: offline only, got {self.scheme!r}")
+        if self.scheme == "online" and (self.source != "teacher" or self.losses or self.assistant_width):
+            raise EdgeCompressError("scheme online (deep mutual learning) trains one teacher-sized peer with the "
+                                    "student on soft targets: it needs source: teacher, losses: null, "
+                                    "assistant_width: null")
+        if self.source == "ensemble" and (self.losses or self.assistant_width):
+            raise EdgeCompressError("source ensemble distils the members' predictions: set losses: null and "
+                                    "assistant_width: null (feature and relation kinds need one teacher)")
+        if self.multihead is not None:
+            self.multihead_config(self.heads)  # fail at load time, naming the bad key
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:distill") -> "DistillConfig":
         return _with_train(cls, d, where, ("channels", "strides"))
 
-    def arch(self, ds: Dataset) -> dict[str, Any]:
+    def multihead_config(self, heads: int) -> Any:
+        """The MultiHeadKDConfig for ``heads`` heads with ``multihead``'s overrides."""
+        from edgecompress.multihead import MultiHeadKDConfig
+        from edgecompress.train import from_dict as build
+
+        extra = dict(self.multihead or {})
+        if "num_heads" in extra:
+            raise EdgeCompressError("multihead.num_heads: set distill.heads instead")
+        return build(MultiHeadKDConfig, {**extra, "num_heads": heads}, "params.yaml:distill.multihead")
+
+    def arch(self, ds: Dataset, width: float | None = None) -> dict[str, Any]:
+        """The student's arch (``width`` overrides the multiplier, e.g. for the teacher assistant)."""
         return {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
-                "channels": student_channels(list(self.channels), self.width), "strides": list(self.strides),
+                "channels": student_channels(list(self.channels), width or self.width), "strides": list(self.strides),
                 "dropout": self.dropout}
 
 
-def tensors(ds: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Normalized float tensors for each split."""
-    return {name: (ds.to_tensor(s.x), torch.from_numpy(s.y)) for name, s in
-            (("train", ds.train), ("val", ds.val), ("test", ds.test))}
+Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def model_report(model: nn.Module, ds: Dataset, t: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
-    """Test/val metrics plus size of ``model``."""
-    shape = tuple(ds.input_shape)
-    return {"test": evaluate(model, *t["test"]), "val": evaluate(model, *t["val"]) if len(t["val"][0]) else None,
-            "params": count_params(model), "macs": count_macs(model, shape)}
-
-
-def _fill(ds: Dataset) -> torch.Tensor:
-    # Padding value for random crops = a black pixel after normalization.
-    return torch.tensor([(0.0 - m) / s for m, s in zip(ds.mean, ds.std)], dtype=torch.float32)
-
-
-def load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
-    """Copy every tensor of a local checkpoint whose name and shape match ``model``'s (weights only).
-
-    Accepts our checkpoints (``{"state_dict": ...}``) and plain state dicts. Loading is
-    ``weights_only=True``: a checkpoint can carry tensors and plain data, never code. Layers that
-    differ (a new classifier for other classes) keep their fresh initialisation and are listed.
-    """
-    from pathlib import Path
-
-    if not Path(path).is_file():
-        raise EdgeCompressError(f"train_teacher.init: checkpoint {path} not found; give a local .pt file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling refuses code and corrupt files in many ways
-        raise EdgeCompressError(f"train_teacher.init: cannot load {path} with weights_only=True "
-                                f"({type(e).__name__}: {e}); save the weights as a state dict") from e
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise EdgeCompressError(f"train_teacher.init: {path} holds no state dict")
-    own = model.state_dict()
-    loaded = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
-    if not any(k.endswith("weight") for k in loaded):
-        raise EdgeCompressError(f"train_teacher.init: no weight in {path} matches this teacher's layers "
-                                f"(widths/blocks/stem must match the checkpoint's)")
-    model.load_state_dict(loaded, strict=False)
-    return {"init": path, "loaded": len(loaded), "kept_fresh": sorted(set(own) - set(loaded))}
-
-
-def _freeze(model: ResNetTeacher, n: int) -> list[str]:
-    """Freeze the stem (n >= 1) and the first n-1 residual blocks; returns the frozen parts."""
-    parts = [("stem", model.stem)] + [(f"stages.{i}", b) for i, b in enumerate(model.stages)]
-    for _, module in parts[:n]:
-        for p in module.parameters():
-            p.requires_grad_(False)
-    return [name for name, _ in parts[:n]]
-
-
-def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Train the teacher from scratch, or fine-tune it from ``cfg.init``; returns (model, arch, report)."""
-    arch = cfg.arch(ds)
-    torch.manual_seed(cfg.train.seed)
-    model = ResNetTeacher(**{k: v for k, v in arch.items() if k != "kind"})
-    transfer: dict[str, Any] = {}
-    if cfg.init:
-        transfer = load_pretrained(model, cfg.init)
-        transfer["frozen"] = _freeze(model, cfg.freeze)
-    t = tensors(ds)
-    history = fit(model, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="teacher")
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
     for p in model.parameters():
-        p.requires_grad_(True)
-    report = {**model_report(model, ds, t), "history": history}
-    if transfer:
-        report["transfer"] = transfer
-    return model, arch, report
-
-
-def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Train the student with Hinton KD from a frozen teacher (and optionally a labels-only baseline)."""
-    arch = cfg.arch(ds)
-    kw = {k: v for k, v in arch.items() if k != "kind"}
-    t = tensors(ds)
-    teacher.eval()
-    for p in teacher.parameters():
         p.requires_grad_(False)
+    return model
+
+
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """Same architecture, new random weights (and BN statistics), trainable."""
+    twin = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    for m in twin.modules():
+        if hasattr(m, "reset_parameters") and m is not twin:
+            m.reset_parameters()  # type: ignore[operator]
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    return twin.train()
+
+
+def _kd(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors, width: float | None = None,
+        name: str = "distill") -> tuple[nn.Module, dict[str, Any]]:
+    """One offline KD run: a fresh MobileNet (``width``) learns from the frozen ``teacher``."""
+    kw = {k: v for k, v in cfg.arch(ds, width).items() if k != "kind"}
+    _frozen(teacher)
     torch.manual_seed(cfg.train.seed)
     student = MobileNetStudent(**kw)
     loss = kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
@@ -190,10 +148,82 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig) -> tuple[nn.Mod
         combined = CombinedKDLoss(kcfg, student, teacher, t["train"][0][:2])
         torch.manual_seed(cfg.train.seed)  # the adapter's init must not shift the student's batches
     history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=_fill(ds), val=t["val"],
-                  name="distill", teacher=teacher, feature_loss=combined)
-    report: dict[str, Any] = {"kd": {**model_report(student, ds, t), "history": history,
-                                     "losses": cfg.losses or {"response": cfg.alpha}}}
+                  name=name, teacher=teacher, feature_loss=combined)
+    return student, {**model_report(student, ds, t), "history": history,
+                     "losses": cfg.losses or {"response": cfg.alpha}}
+
+
+def _mutual(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """Deep mutual learning (Zhang et al. 2018): a fresh teacher-sized peer and the student train together.
+
+    Each minimises (1 - alpha) * CE + alpha * T^2 * KL(other's softened prediction || its own), the
+    other's prediction detached, on the same augmented batch; one optimiser (``cfg.train``) steps both.
+    """
+    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
+    torch.manual_seed(cfg.train.seed)
+    student = MobileNetStudent(**kw)
+    peer = fresh_copy(teacher, cfg.train.seed + 1)
+    loss = kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
+
+    def step_loss(xb: torch.Tensor, yb: torch.Tensor, _step: int, _total: int) -> tuple[torch.Tensor, dict[str, float]]:
+        s, p = student(xb), peer(xb)
+        ls, lp = loss(s, p.detach(), yb), loss(p, s.detach(), yb)
+        return ls + lp, {"student_loss": float(ls.detach()), "peer_loss": float(lp.detach())}
+
+    history = fit(student, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="mutual",
+                  step_loss=step_loss, params=list(student.parameters()) + list(peer.parameters()),
+                  companions=(peer,))
+    peer.eval()
+    return student, peer, {**model_report(student, ds, t), "history": history, "losses": {"mutual": cfg.alpha}}
+
+
+def _summary(rep: dict[str, Any]) -> dict[str, Any]:
+    return {k: rep[k] for k in ("test", "val", "params", "macs") if k in rep}
+
+
+def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
+            members: Sequence[nn.Module] = ()) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Train the student as ``cfg`` says; returns (student, arch, report).
+
+    ``members`` are the ensemble's other members (source: ensemble; the teacher is member 0). The
+    report's "kd" entry describes the returned student; "assistant", "peer" and "generations" describe
+    the intermediate models of those schemes; "baseline" the same student trained from labels only.
+    """
+    t = tensors(ds)
+    arch = cfg.arch(ds)
+    report: dict[str, Any] = {"scheme": cfg.scheme, "source": cfg.source}
+    if cfg.scheme == "online":
+        student, peer, kd = _mutual(teacher, ds, cfg, t)
+        report["peer"] = _summary(model_report(peer, ds, t))
+    elif cfg.source == "ensemble":
+        from edgecompress.ensemble import distill_ensemble, distill_multihead
+
+        ensemble = [_frozen(teacher), *(_frozen(m) for m in members)]
+        if cfg.heads > 1:
+            if cfg.heads != len(ensemble):
+                raise EdgeCompressError(f"distill.heads={cfg.heads} but the ensemble has {len(ensemble)} members "
+                                        f"(train_teacher.ensemble_size): set heads: {len(ensemble)}")
+            student, kd = distill_multihead(ensemble, ds, cfg, cfg.multihead_config(cfg.heads))
+            arch = {"kind": "multihead", "heads": cfg.heads, "core": arch}
+        else:
+            if len(ensemble) < 2:
+                raise EdgeCompressError("source: ensemble needs train_teacher.ensemble_size >= 2")
+            student, kd = distill_ensemble(ensemble, ds, cfg)
+    else:
+        source = teacher
+        if cfg.assistant_width:
+            source, assistant = _kd(teacher, ds, cfg, t, width=cfg.assistant_width, name="assistant")
+            report["assistant"] = {**_summary(assistant), "width": cfg.assistant_width}
+        student, kd = _kd(source, ds, cfg, t)
+    if cfg.scheme == "born_again":
+        generations = [_summary(kd)]
+        for g in range(1, cfg.generations + 1):
+            student, kd = _kd(student, ds, cfg, t, name=f"born-again-{g}")
+            generations.append(_summary(kd))
+        report["generations"] = generations  # [0] is the offline student every later one descends from
+    report["kd"] = kd
     if cfg.baseline:
+        kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
         torch.manual_seed(cfg.train.seed)
         base = MobileNetStudent(**kw)
         bh = fit(base, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="baseline")

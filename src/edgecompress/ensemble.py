@@ -15,8 +15,6 @@ averaged (ensemble, heads), mutual information and expected entropy (uncertainty
 from __future__ import annotations
 
 import dataclasses
-import math
-import sys
 import time
 from typing import Any, Sequence
 
@@ -26,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.data import Dataset
-from edgecompress.distill import DistillConfig, TeacherConfig, _fill, model_report, tensors, train_teacher
+from edgecompress.distill import DistillConfig
+from edgecompress.teacher import TeacherConfig, _fill, model_report, tensors, train_teacher
 from edgecompress.errors import EdgeCompressError
 from edgecompress.kd_losses import ensemble_kd
 from edgecompress.models import MobileNetStudent, count_macs, count_params
 from edgecompress.multihead import MultiHeadKDConfig, MultiHeadStudent, lambda_schedule
-from edgecompress.train import LossFn, TrainConfig, augment, fit, make_optimizer
+from edgecompress.train import LossFn, TrainConfig, fit
 from edgecompress.uncertainty import ensemble_metrics
 
 Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -151,12 +150,6 @@ def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
 # --------------------------------------------------------------------------- multi-head student (Ferianc)
 
 
-def _student_parameters(model: MultiHeadStudent) -> list[nn.Parameter]:
-    """Everything but ``core.fc``, which the heads replace (it gets no gradient and is not deployed)."""
-    unused = {id(p) for p in model.core.fc.parameters()}  # type: ignore[union-attr]
-    return [p for p in model.parameters() if id(p) not in unused]
-
-
 @torch.no_grad()
 def head_probs(model: MultiHeadStudent, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Per-head softmax probabilities (M, N, C) in eval mode."""
@@ -168,14 +161,14 @@ def head_probs(model: MultiHeadStudent, x: torch.Tensor, batch_size: int = 1000)
 
 def multihead_report(model: MultiHeadStudent, ds: Dataset, t: Tensors | None = None) -> dict[str, Any]:
     """Test/val metrics of the heads' mean prediction with MI from their disagreement, per-head
-    test accuracy, and size: params without the unused ``core.fc``, MACs of all heads (forward runs all)."""
+    test accuracy, and size (MACs of all heads: forward runs all)."""
     t = t if t is not None else tensors(ds)
     hp = head_probs(model, t["test"][0])
     y = t["test"][1].numpy()
     return {"test": ensemble_metrics(hp, y),
             "val": ensemble_metrics(head_probs(model, t["val"][0]), t["val"][1].numpy()) if len(t["val"][0]) else None,
             "head_accuracy": [float((p.argmax(1) == y).mean()) for p in hp],
-            "params": sum(p.numel() for p in _student_parameters(model)),
+            "params": count_params(model),
             "macs": count_macs(model, tuple(ds.input_shape))}
 
 
@@ -183,58 +176,22 @@ def fit_multihead(model: MultiHeadStudent, members: Sequence[nn.Module], x: torc
                   cfg: TrainConfig, mh_cfg: MultiHeadKDConfig, fill: torch.Tensor | None = None,
                   val: tuple[torch.Tensor, torch.Tensor] | None = None,
                   name: str = "multihead") -> list[dict[str, float]]:
-    """train.fit's loop (same augmentation, optimizer, schedule, seeding) with ``mh_cfg.loss``.
-
-    fit cannot express it: the loss needs the per-head logits and the global step (lambda ramp).
-    Members see the same augmented batch as the student.
-    """
+    """train.fit with ``mh_cfg.loss`` as its step loss (it needs the per-head logits and the global
+    step for the lambda ramp); members see the same augmented batch as the student."""
     if len(members) != model.num_heads:
         raise EdgeCompressError(f"{len(members)} members for {model.num_heads} heads: member i teaches head i")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    fill = x.amin(dim=(0, 2, 3)) if fill is None else fill
     teacher = EnsembleTeacher(members).eval().to(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    opt, sched = make_optimizer(list(_student_parameters(model)), cfg, steps_per_epoch)
-    history: list[dict[str, float]] = []
-    step = 0
-    for epoch in range(cfg.epochs):
-        model.train()
-        t0 = time.time()
-        perm = torch.randperm(len(x), generator=gen)
-        sums: dict[str, float] = {}
-        seen = 0
-        for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
-            with torch.no_grad():
-                e = teacher(xb)
-            loss, parts = mh_cfg.loss(model.forward_heads(xb), e, y[idx], model, step, total_steps)
-            if not torch.isfinite(loss):
-                raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-            seen += len(idx)
-        row: dict[str, float] = {"epoch": epoch + 1, "loss": sums["total"] / seen, "lr": opt.param_groups[0]["lr"],
-                                 "lam": lambda_schedule(step, total_steps, mh_cfg.lam_max, mh_cfg.warmup_fraction),
-                                 **{k: v / seen for k, v in sums.items() if k != "total"},
-                                 "seconds": time.time() - t0}
-        if val is not None and len(val[0]):
-            p = head_probs(model, val[0]).mean(0)
-            row["val_accuracy"] = float((p.argmax(1) == val[1].numpy()).mean())
-            model.train()
-        history.append(row)
-        msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-        print(f"[{name}] {msg}", file=sys.stderr, flush=True)
-    model.eval()
-    return history
+
+    def step_loss(xb: torch.Tensor, yb: torch.Tensor, step: int, total: int) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            e = teacher(xb)
+        loss, parts = mh_cfg.loss(model.forward_heads(xb), e, yb, model, step, total)
+        parts.pop("total", None)
+        # The history shows the epoch's mean lambda.
+        parts["lam"] = lambda_schedule(step, total, mh_cfg.lam_max, mh_cfg.warmup_fraction)
+        return loss, parts
+
+    return fit(model, x, y, cfg, fill=fill, val=val, name=name, step_loss=step_loss)
 
 
 def distill_multihead(members: Sequence[nn.Module], ds: Dataset, student_cfg: DistillConfig,

@@ -340,8 +340,83 @@ def export_all(model: nn.Module, meta: dict[str, Any], out_dir: Path, calib: np.
             steps[name](path)
             results[name] = _sidecar_and_verify(path, name, meta, cfg, calib, parent, phash, x_test, y_test, ref,
                                                 extra.get(name, {}))
+        from edgecompress.multihead import MultiHeadStudent
+
+        if isinstance(model, MultiHeadStudent):
+            results.update(export_heads(model, meta, out_dir, x_test, parent, phash))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+HEAD_ARTIFACTS = ("heads.onnx", "heads.tflite")
+
+
+def _run_heads(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean probabilities (N, C), per-head probabilities (N, M, C)) of a heads artifact, told apart by rank."""
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs = [sess.run(None, {"input": x[i:i + 500]}) for i in range(0, len(x), 500)]
+        both = [np.concatenate([o[j] for o in outs]) for j in range(2)]
+    else:
+        interp = _tflite_interpreter(path)
+        i_d, o_ds = interp.get_input_details()[0], interp.get_output_details()
+        rows: list[list[np.ndarray]] = [[], []]
+        for k in range(len(x)):
+            interp.set_tensor(i_d["index"], np.ascontiguousarray(x[k:k + 1].transpose(0, 2, 3, 1)))
+            interp.invoke()
+            for j, d in enumerate(o_ds):
+                rows[j].append(interp.get_tensor(d["index"]))
+        both = [np.concatenate(r) for r in rows]
+    mean = next(o for o in both if o.ndim == 2)
+    heads = next(o for o in both if o.ndim == 3)
+    return mean, heads
+
+
+def export_heads(model: nn.Module, meta: dict[str, Any], out_dir: Path, x_test: np.ndarray,
+                 parent: str, phash: str, samples: int = 1000) -> dict[str, Any]:
+    """fp32 ONNX and TFLite of a multi-head student with two outputs: the mean probabilities (N, C)
+    and every head's probabilities (N, M, C), so a device can also compute the heads' disagreement
+    (mutual information). Each is verified against PyTorch on the first ``samples`` test images."""
+    from edgecompress.multihead import PerHeadOutputs
+    from edgecompress.uncertainty import uncertainty_decomposition
+
+    input_shape = tuple(meta["data"]["input_shape"])
+    wrapper = PerHeadOutputs(model.eval().to(memory_format=torch.contiguous_format)).eval()  # type: ignore[arg-type]
+    x = x_test[:samples]
+    with torch.no_grad():
+        want_mean, want_heads = (t.numpy() for t in wrapper(torch.from_numpy(x)))
+    results: dict[str, Any] = {}
+    for name in HEAD_ARTIFACTS:
+        path = out_dir / name
+        print(f"[export] {name} (mean and per-head probabilities) ...", file=sys.stderr, flush=True)
+        if name.endswith(".onnx"):
+            with atomic_path(path) as tmp, _quiet():
+                torch.onnx.export(wrapper, (torch.zeros(1, *input_shape),), str(tmp), input_names=["input"],
+                                  output_names=["probs", "head_probs"], opset_version=17, dynamo=False,
+                                  dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}, "head_probs": {0: "batch"}})
+        else:
+            export_tflite(wrapper, input_shape, path)
+        mean, heads = _run_heads(path, x)
+        mi = uncertainty_decomposition(heads.transpose(1, 0, 2))["mutual_information"]
+        want_mi = uncertainty_decomposition(want_heads.transpose(1, 0, 2))["mutual_information"]
+        check = {"samples": len(x), "max_abs_mean_prob_diff": float(np.abs(mean - want_mean).max()),
+                 "max_abs_head_prob_diff": float(np.abs(heads - want_heads).max()),
+                 "mutual_information": float(mi.mean()), "pytorch_mutual_information": float(want_mi.mean())}
+        fmt = name.split(".")[1]
+        write_json(Path(str(path) + ".json"), {
+            "format": fmt, "precision": "fp32", "outputs": {
+                "probs": "mean over heads of the softmax probabilities (N, C)",
+                "head_probs": f"each head's softmax probabilities (N, {heads.shape[1]}, C)"},
+            "input_layout": "NCHW" if fmt == "onnx" else "NHWC",
+            "mean": meta["data"]["mean"], "std": meta["data"]["std"], "class_names": meta["data"]["class_names"],
+            "parent": parent, "params_hash": phash, "verification": check})
+        results[name] = {**check, "size_bytes": path.stat().st_size}
+        print(f"[export] {name}: max |p - p_torch| {check['max_abs_mean_prob_diff']:.2e}, "
+              f"MI {check['mutual_information']:.4f} (PyTorch {check['pytorch_mutual_information']:.4f})",
+              file=sys.stderr, flush=True)
     return results
 
 

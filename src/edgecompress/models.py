@@ -125,17 +125,27 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
             return ResNetTeacher(**kw)
         if kind == "mobilenet":
             return MobileNetStudent(**kw)
-    except TypeError as e:
+        if kind == "multihead":
+            from edgecompress.multihead import MultiHeadStudent  # multihead builds on this module
+
+            return MultiHeadStudent(build_model(kw["core"]), num_heads=kw["heads"])
+    except (TypeError, KeyError) as e:
         raise EdgeCompressError(f"arch {arch} does not match model kind {kind!r}: {e}") from e
-    raise EdgeCompressError(f"unknown model kind {kind!r}; allowed: resnet, mobilenet")
+    raise EdgeCompressError(f"unknown model kind {kind!r}; allowed: resnet, mobilenet, multihead")
 
 
 def arch_of(model: nn.Module, dropout: float = 0.0) -> dict[str, Any]:
     """Read the arch dict back from a live model (after structural pruning the channels changed)."""
+    from edgecompress.multihead import MultiHeadStudent
+
+    if isinstance(model, MultiHeadStudent):
+        core = arch_of(model.core)
+        return {"kind": "multihead", "heads": model.num_heads, "core": {**core, "num_classes": model.num_classes}}
     if isinstance(model, MobileNetStudent):
         channels = [model.stem[0].out_channels] + [b.pw[0].out_channels for b in model.blocks]
+        classes = model.fc.out_features if isinstance(model.fc, nn.Linear) else None
         return {"kind": "mobilenet", "in_channels": model.stem[0].in_channels,
-                "num_classes": model.fc.out_features, "channels": channels,
+                "num_classes": classes, "channels": channels,
                 "strides": [b.dw[0].stride[0] for b in model.blocks], "dropout": model.dropout.p}
     raise EdgeCompressError(f"arch_of does not know {type(model).__name__}")
 

@@ -23,10 +23,12 @@ from edgecompress.errors import EdgeCompressError
 class MultiHeadStudent(nn.Module):
     """A shared core (``core.features(x)``, then global average pooling) and M linear heads.
 
-    ``forward`` returns the mean of the heads' *probabilities* (N, C), not logits: the mean of
-    probabilities is the ensemble prediction, and exporting it keeps the ONNX/TFLite graph a single
-    output that runtimes can use as-is. ``core.fc`` is not used (the heads replace it); the core's
-    ``dropout`` is applied before the heads when it has one, so MC dropout still works.
+    ``forward`` returns log of the heads' mean probability, log(mean_m softmax(z_m)) (N, C): the mean
+    of probabilities is the ensemble prediction, and its log is a valid logit vector
+    (softmax(log p) = p), so pruning, quantization, export, the runners and every metric treat a
+    multi-head student exactly like a one-head one; exp() of the output gives the mean probabilities.
+    ``PerHeadOutputs`` adds the per-head probabilities. The core's ``fc`` is replaced by the heads
+    (set to Identity); its ``dropout`` is applied before the heads, so MC dropout still works.
     """
 
     def __init__(self, core: nn.Module, num_heads: int, num_classes: int | None = None) -> None:
@@ -37,14 +39,20 @@ class MultiHeadStudent(nn.Module):
         if not isinstance(fc, nn.Linear) or not hasattr(core, "features"):
             raise EdgeCompressError(f"MultiHeadStudent needs a core with .features() and a Linear .fc; "
                                     f"got {type(core).__name__}")
-        self.core = core
         classes = num_classes if num_classes is not None else fc.out_features
         # Independent default initialisations: the heads start diverse, the regulariser keeps them so.
-        self.heads = nn.ModuleList([nn.Linear(fc.in_features, classes) for _ in range(num_heads)])
+        heads = [nn.Linear(fc.in_features, classes) for _ in range(num_heads)]
+        core.fc = nn.Identity()  # the heads replace it: no dead weights in checkpoints or exports
+        self.core = core
+        self.heads = nn.ModuleList(heads)
 
     @property
     def num_heads(self) -> int:
         return len(self.heads)
+
+    @property
+    def num_classes(self) -> int:
+        return self.heads[0].out_features
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled shared features (N, D) that every head reads."""
@@ -58,8 +66,8 @@ class MultiHeadStudent(nn.Module):
         return torch.stack([h(e) for h in self.heads])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean over heads of softmax probabilities, (N, C); rows sum to 1."""
-        return F.softmax(self.forward_heads(x), dim=-1).mean(0)
+        """log(mean over heads of softmax probabilities), (N, C); exp() rows sum to 1."""
+        return _log_mean_softmax(self.forward_heads(x), 1.0)
 
 
 class PerHeadOutputs(nn.Module):

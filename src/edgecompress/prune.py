@@ -86,10 +86,12 @@ class PruneConfig:
 # ---------------------------------------------------------------- which layers may be pruned
 
 def protected_layers(model: nn.Module, protect: tuple[str, ...] = ("last",)) -> list[nn.Module]:
-    """The first conv (when ``first`` is listed) and the classifier (always: its outputs are the classes)."""
+    """The first conv (when ``first`` is listed) and the classifier (always: its outputs are the classes;
+    a multi-head student's every head)."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    heads = getattr(model, "heads", None)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    out = list(linears[-1:])
+    out = list(heads) if isinstance(heads, nn.ModuleList) else list(linears[-1:])
     if "first" in protect and convs:
         out.append(convs[0])
     return out

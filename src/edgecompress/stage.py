@@ -14,11 +14,14 @@ from edgecompress.data import DataConfig, Dataset, load_dataset
 from edgecompress.params import load_params, section
 
 
-def setup(description: str, args: list[tuple[str, str]]) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """Parse the stage's path arguments (given by dvc.yaml) and read params.yaml."""
+def setup(description: str, args: list[tuple[str, str]],
+          optional: list[tuple[str, str]] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parse the stage's path arguments (given by dvc.yaml; ``optional`` ones default to None) and read params.yaml."""
     p = argparse.ArgumentParser(description=description)
     for flag, help_ in args:
         p.add_argument(flag, required=True, help=help_)
+    for flag, help_ in optional or []:
+        p.add_argument(flag, help=help_)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     ns = p.parse_args()
     # Reproducible and honest on small machines: fix threads to the cores we have.

@@ -88,18 +88,27 @@ def augment(x: torch.Tensor, pad: int, flip: bool, fill: torch.Tensor, gen: torc
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# step_loss(augmented batch, labels, global step, total steps) -> (loss, {part name: float}).
+StepLoss = Callable[[torch.Tensor, torch.Tensor, int, int], "tuple[torch.Tensor, dict[str, float]]"]
 
 
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         loss_fn: LossFn | None = None, fill: torch.Tensor | None = None,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, name: str = "train",
-        teacher: nn.Module | None = None, feature_loss: nn.Module | None = None) -> list[dict[str, float]]:
-    """Train ``model`` in place; returns per-epoch history (loss, lr, val accuracy).
+        teacher: nn.Module | None = None, feature_loss: nn.Module | None = None,
+        step_loss: StepLoss | None = None, params: list[nn.Parameter] | None = None,
+        companions: tuple[nn.Module, ...] = ()) -> list[dict[str, float]]:
+    """Train ``model`` in place; returns per-epoch history (loss, lr, val metrics).
 
     ``loss_fn(student_logits, teacher_logits_or_None, labels)`` defaults to cross-entropy; with a
     ``teacher`` it is evaluated on the same augmented batch so distillation sees matching inputs.
     ``feature_loss`` (a kd_losses.CombinedKDLoss) replaces ``loss_fn`` when distillation also needs
     feature maps; its own parameters (hint adapters) are trained with the model's.
+
+    Schemes the per-sample losses above cannot express (multi-head students, whose loss needs the
+    global step for its lambda ramp; deep mutual learning, which trains two networks) pass
+    ``step_loss`` instead, with the ``params`` to optimise (default: the model's) and the other
+    trained ``companions`` (put in train mode each epoch). Its parts are averaged into the history.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -108,25 +117,37 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     if fill is None:
         fill = x.amin(dim=(0, 2, 3))
     model.to(memory_format=torch.channels_last)
+    for c in companions:
+        c.to(memory_format=torch.channels_last)
     if teacher is not None:
         teacher.eval().to(memory_format=torch.channels_last)
-    params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
+    if params is None:
+        params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
     opt, sched = make_optimizer(params, cfg, steps_per_epoch)
     history: list[dict[str, float]] = []
+    step = 0
     for epoch in range(cfg.epochs):
         model.train()
         _freeze_frozen_batchnorm(model)
         if feature_loss is not None:
             feature_loss.train()
+        for c in companions:
+            c.train()
         t0 = time.time()
         perm = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
+        sums: dict[str, float] = {}
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
             yb = y[idx]
-            if feature_loss is not None:
+            if step_loss is not None:
+                loss, parts = step_loss(xb, yb, step, total_steps)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+            elif feature_loss is not None:
                 from edgecompress.kd_losses import forward_with_features
 
                 s_logits, s_feat = forward_with_features(model, xb)
@@ -145,9 +166,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
             total += loss.item() * len(idx)
             seen += len(idx)
-        row = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+        row = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
+               **{k: v / seen for k, v in sums.items()}, "seconds": time.time() - t0}
         if val is not None and len(val[0]):
             row["val_accuracy"] = evaluate(model, val[0], val[1])["accuracy"]
         history.append(row)

@@ -129,3 +129,57 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, outputs: s
             m.training = training
     stacked = torch.stack(outs)
     return torch.softmax(stacked, dim=-1) if outputs == "logits" else stacked
+
+
+def model_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+    """Test-time probabilities: (N, C) for one network, (M, N, C) per head for a multi-head student."""
+    from edgecompress.multihead import MultiHeadStudent
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].contiguous(memory_format=torch.channels_last)
+            if isinstance(model, MultiHeadStudent):
+                outs.append(torch.softmax(model.forward_heads(xb).double(), -1))
+            else:
+                outs.append(torch.softmax(model(xb).double(), -1))
+    dim = 1 if isinstance(model, MultiHeadStudent) else 0
+    return torch.cat(outs, dim=dim).numpy()
+
+
+def evaluate_models(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, input_shape: tuple[int, ...],
+                    ensemble: list[str] | None = None, mc_model: str | None = None,
+                    mc_samples: int = 0) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Metrics (accuracy, NLL, Brier, ECE, entropy; MI where several predictions are averaged), size
+    and a reliability diagram per model; plus "ensemble" (the mean of the ``ensemble`` models) and
+    "<mc_model>-mc-dropout" (``mc_samples`` stochastic passes of that model) when asked."""
+    from edgecompress.models import count_macs, count_params
+
+    labels = y.numpy()
+    rows: dict[str, dict[str, Any]] = {}
+    diagrams: dict[str, list[dict[str, Any]]] = {}
+    probs: dict[str, np.ndarray] = {}
+
+    def add(name: str, p: np.ndarray, params: int, macs: int) -> None:
+        m = ensemble_metrics(p, labels)
+        if p.ndim == 2:  # one prediction: MI is zero by definition, not a measurement
+            m.pop("mutual_information")
+            m.pop("expected_entropy")
+        rows[name] = {**m, "params": params, "macs": macs}
+        diagrams[name] = [{"model": name, **r} for r in reliability_diagram(p, labels) if r["count"]]
+
+    for name, model in models.items():
+        probs[name] = model_probs(model, x)
+        add(name, probs[name], count_params(model), count_macs(model, input_shape))
+    if ensemble:
+        missing = [n for n in ensemble if n not in probs]
+        if missing:
+            raise EdgeCompressError(f"ensemble members {missing} are not among the models {list(probs)}")
+        add("ensemble", np.stack([probs[n] for n in ensemble]), sum(rows[n]["params"] for n in ensemble),
+            sum(rows[n]["macs"] for n in ensemble))
+    if mc_model and mc_samples:
+        model = models[mc_model]
+        p = torch.cat([mc_dropout_probs(model, x[i:i + 1000], mc_samples).double() for i in range(0, len(x), 1000)], 1)
+        add(f"{mc_model}-mc-dropout", p.numpy(), rows[mc_model]["params"], rows[mc_model]["macs"] * mc_samples)
+    return rows, diagrams

@@ -1,0 +1,157 @@
+"""The teacher: a ResNet-style network trained from scratch or fine-tuned from a local checkpoint
+(transfer learning), and the shared helpers every training stage uses (tensors, reports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgecompress.data import Dataset
+from edgecompress.errors import EdgeCompressError
+from edgecompress.models import ResNetTeacher, count_macs, count_params
+from edgecompress.train import TrainConfig, evaluate, fit, from_dict
+
+
+def _with_train(cls: Any, d: dict[str, Any], where: str, tuple_keys: tuple[str, ...]) -> Any:
+    """Build a stage config whose ``train`` sub-section is a TrainConfig; lists become tuples."""
+    d = dict(d or {})
+    train = TrainConfig.from_dict(d.pop("train", {}), f"{where}.train")
+    for k in tuple_keys:
+        if k in d:
+            d[k] = tuple(d[k])
+    return from_dict(cls, {**d, "train": train}, where)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """ResNet-style teacher: stem width, per-stage widths and block counts, and training."""
+
+    stem: int = 32
+    widths: tuple[int, ...] = (48, 96, 192)
+    blocks: tuple[int, ...] = (1, 1, 1)
+    dropout: float = 0.0
+    init: str | None = None  # transfer learning: a local checkpoint whose matching weights start training
+    freeze: int = 0  # 0: train all; 1: freeze the stem; k: the stem and the first k-1 residual blocks
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Deep ensemble: the teacher is member 0; members 1..N-1 are dvc's train_member@i stages. DVC's
+    # foreach cannot count, so ``members`` spells the indices out and must equal 1..ensemble_size-1.
+    ensemble_size: int = 1
+    members: tuple[int, ...] = ()
+    mc_samples: int = 0  # > 0: also evaluate the teacher with that many MC-dropout passes (needs dropout)
+
+    # Keys that say how many members there are and how they are evaluated, not how one is trained.
+    ENSEMBLE_KEYS = ("ensemble_size", "members", "mc_samples")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
+            raise EdgeCompressError(f"invalid value ensemble_size={self.ensemble_size!r}: must be an integer >= 1")
+        if list(self.members) != list(range(1, self.ensemble_size)):
+            raise EdgeCompressError(
+                f"members={list(self.members)} does not match ensemble_size={self.ensemble_size}: "
+                f"set members: {list(range(1, self.ensemble_size))} (dvc.yaml's train_member stage loops over it; "
+                f"member 0 is the teacher itself)")
+        if not isinstance(self.mc_samples, int) or self.mc_samples < 0:
+            raise EdgeCompressError(f"invalid value mc_samples={self.mc_samples!r}: must be an integer >= 0")
+        if self.mc_samples and not self.dropout > 0:
+            raise EdgeCompressError(f"mc_samples={self.mc_samples} needs dropout > 0 (MC dropout samples the "
+                                    f"dropout masks); set train_teacher.dropout, e.g. 0.2, or mc_samples: 0")
+        if not isinstance(self.freeze, int) or not 0 <= self.freeze <= 1 + sum(self.blocks):
+            raise EdgeCompressError(f"invalid value freeze={self.freeze!r}: must be an integer within "
+                                    f"[0, {1 + sum(self.blocks)}] (stem + {sum(self.blocks)} blocks)")
+        if self.freeze and not self.init:
+            raise EdgeCompressError("freeze needs init: freezing randomly initialised layers only hurts")
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise EdgeCompressError(f"widths {list(self.widths)} and blocks {list(self.blocks)} must be non-empty and of equal length")
+        if min(self.widths) < 1 or min(self.blocks) < 1 or self.stem < 1:
+            raise EdgeCompressError("stem, widths and blocks must be positive integers")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:train_teacher") -> "TeacherConfig":
+        return _with_train(cls, d, where, ("widths", "blocks", "members"))
+
+    def member(self, index: int) -> "TeacherConfig":
+        """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index``."""
+        if index != 0 and index not in self.members:
+            raise EdgeCompressError(f"member {index} is not in train_teacher.members {list(self.members)}")
+        return replace(self, train=replace(self.train, seed=self.train.seed + index))
+
+    def arch(self, ds: Dataset) -> dict[str, Any]:
+        return {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
+                "widths": list(self.widths), "blocks": list(self.blocks), "stem": self.stem, "dropout": self.dropout}
+
+
+def tensors(ds: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Normalized float tensors for each split."""
+    return {name: (ds.to_tensor(s.x), torch.from_numpy(s.y)) for name, s in
+            (("train", ds.train), ("val", ds.val), ("test", ds.test))}
+
+
+def model_report(model: nn.Module, ds: Dataset, t: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """Test/val metrics plus size of ``model``."""
+    shape = tuple(ds.input_shape)
+    return {"test": evaluate(model, *t["test"]), "val": evaluate(model, *t["val"]) if len(t["val"][0]) else None,
+            "params": count_params(model), "macs": count_macs(model, shape)}
+
+
+def _fill(ds: Dataset) -> torch.Tensor:
+    # Padding value for random crops = a black pixel after normalization.
+    return torch.tensor([(0.0 - m) / s for m, s in zip(ds.mean, ds.std)], dtype=torch.float32)
+
+
+def load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
+    """Copy every tensor of a local checkpoint whose name and shape match ``model``'s (weights only).
+
+    Accepts our checkpoints (``{"state_dict": ...}``) and plain state dicts. Loading is
+    ``weights_only=True``: a checkpoint can carry tensors and plain data, never code. Layers that
+    differ (a new classifier for other classes) keep their fresh initialisation and are listed.
+    """
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise EdgeCompressError(f"train_teacher.init: checkpoint {path} not found; give a local .pt file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refuses code and corrupt files in many ways
+        raise EdgeCompressError(f"train_teacher.init: cannot load {path} with weights_only=True "
+                                f"({type(e).__name__}: {e}); save the weights as a state dict") from e
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict):
+        raise EdgeCompressError(f"train_teacher.init: {path} holds no state dict")
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and getattr(v, "shape", None) == own[k].shape}
+    if not any(k.endswith("weight") for k in loaded):
+        raise EdgeCompressError(f"train_teacher.init: no weight in {path} matches this teacher's layers "
+                                f"(widths/blocks/stem must match the checkpoint's)")
+    model.load_state_dict(loaded, strict=False)
+    return {"init": path, "loaded": len(loaded), "kept_fresh": sorted(set(own) - set(loaded))}
+
+
+def _freeze(model: ResNetTeacher, n: int) -> list[str]:
+    """Freeze the stem (n >= 1) and the first n-1 residual blocks; returns the frozen parts."""
+    parts = [("stem", model.stem)] + [(f"stages.{i}", b) for i, b in enumerate(model.stages)]
+    for _, module in parts[:n]:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return [name for name, _ in parts[:n]]
+
+
+def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Train the teacher from scratch, or fine-tune it from ``cfg.init``; returns (model, arch, report)."""
+    arch = cfg.arch(ds)
+    torch.manual_seed(cfg.train.seed)
+    model = ResNetTeacher(**{k: v for k, v in arch.items() if k != "kind"})
+    transfer: dict[str, Any] = {}
+    if cfg.init:
+        transfer = load_pretrained(model, cfg.init)
+        transfer["frozen"] = _freeze(model, cfg.freeze)
+    t = tensors(ds)
+    history = fit(model, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="teacher")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    report = {**model_report(model, ds, t), "history": history}
+    if transfer:
+        report["transfer"] = transfer
+    return model, arch, report

@@ -1,0 +1,49 @@
+"""DVC stage: accuracy, calibration and uncertainty of every PyTorch model in the chain.
+
+Teacher, each ensemble member, the ensemble (mean prediction, mutual information), the teacher
+under MC dropout (train_teacher.mc_samples), the distilled student and the pruned student; one
+reliability diagram per model for `dvc plots`. The exported artifacts get theirs in the report stage.
+"""
+
+from pathlib import Path
+
+from edgecompress import stage
+from edgecompress.checkpoint import load_checkpoint
+from edgecompress.errors import EdgeCompressError, friendly_main
+from edgecompress.fileio import write_json
+from edgecompress.params import section
+from edgecompress.teacher import TeacherConfig, tensors
+from edgecompress.uncertainty import evaluate_models
+
+
+@friendly_main
+def main() -> None:
+    args, params = stage.setup("Uncertainty of the teacher, the ensemble and the students.", [
+        ("--teacher", "teacher checkpoint"), ("--members", "directory of ensemble member checkpoints"),
+        ("--student", "distilled student checkpoint"), ("--pruned", "pruned student checkpoint"),
+        ("--metrics", "metrics JSON"), ("--plots", "directory of reliability diagrams (JSON)")])
+    tcfg = TeacherConfig.from_dict(section(params, "train_teacher"))
+    models = {"teacher": load_checkpoint(args.teacher)[0]}
+    for i in tcfg.members:
+        path = Path(args.members) / f"member-{i}.pt"
+        if not path.exists():
+            raise EdgeCompressError(f"{path} missing: run dvc repro train_member@{i}")
+        models[f"member-{i}"] = load_checkpoint(path)[0]
+    models["student"] = load_checkpoint(args.student)[0]
+    models["pruned"] = load_checkpoint(args.pruned)[0]
+    ds = stage.data(params)
+    x, y = tensors(ds)["test"]
+    ensemble = ["teacher", *(f"member-{i}" for i in tcfg.members)] if tcfg.members else []
+    rows, diagrams = evaluate_models(models, x, y, tuple(ds.input_shape), ensemble=ensemble,
+                                     mc_model="teacher" if tcfg.mc_samples else None, mc_samples=tcfg.mc_samples)
+    for name, diagram in diagrams.items():
+        write_json(Path(args.plots) / f"{name}.json", diagram)
+    write_json(args.metrics, {"split": "test", "samples": len(y), "models": rows})
+    for name, r in rows.items():
+        mi = r.get("mutual_information")
+        print(f"[uncertainty] {name:<14} acc {r['accuracy']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
+              f"Brier {r['brier']:.4f}  entropy {r['entropy']:.4f}" + (f"  MI {mi:.4f}" if mi is not None else ""))
+
+
+if __name__ == "__main__":
+    main()
