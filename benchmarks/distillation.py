@@ -182,46 +182,55 @@ def main() -> None:
         timings["hinton"] = time.time() - t0
         log(f"(b) Hinton KD from member 0: {timings['hinton']:.0f} s")
 
-    t0 = time.time()
-    _, reports["ensemble_kd"] = distill_ensemble(members, ds, scfg)
-    timings["ensemble_kd"] = time.time() - t0
-    log(f"(c) ensemble KD: {timings['ensemble_kd']:.0f} s")
+    def write() -> None:
+        """The table so far: written after every student, so a stopped run still leaves its evidence."""
+        timings["total"] = time.time() - start
+        m = ens["macs"]
+        per_member = None if args.members_from else timings["ensemble"] / args.members
+        rows = [row(f"member {i}", {"test": r, "params": ens["member_params"][i], "macs": ens["member_macs"][i]},
+                    m, per_member, False) for i, r in enumerate(ens["members"])]
+        rows.append(row(f"ensemble of {args.members}", ens, m, None if args.members_from else timings["ensemble"], True))
+        src = " (distill stage)" if args.pipeline_students else ""
+        names = {"labels": f"(a) student: labels only{src}", "hinton": f"(b) student: Hinton KD (member 0 = teacher){src}",
+                 "ensemble_kd": f"(c) student: ensemble KD ({args.members})",
+                 "multihead": f"(d) multi-head student ({args.members} heads)"}
+        for key, name in names.items():
+            if key in reports:
+                rows.append(row(name, reports[key], m, timings.get(key), key == "multihead"))
+        missing = [names[k] for k in names if k not in reports]
+        setup = (f"data {data_cfg.format} (limit {data_cfg.limit}): {len(ds.train)} train / {len(ds.test)} test; "
+                 f"{args.members} members x {tcfg.train.epochs} epochs; students {scfg.train.epochs} epochs, "
+                 f"channels {list(scfg.arch(ds)['channels'])}; KD T={scfg.temperature} alpha={scfg.alpha} "
+                 f"losses={scfg.losses or 'Hinton'}; multi-head {dataclasses.asdict(mh_cfg)}; seed {args.seed}; "
+                 f"ensemble {'loaded from ' + args.members_from if args.members_from else 'trained here'}; "
+                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
+        text = (f"# Ensemble and uncertainty-aware distillation\n\n{setup}\n\n"
+                f"Test split. MI (mutual information, epistemic uncertainty) only where several predictions are "
+                f"averaged. Member train s = ensemble time / members. Run time so far {timings['total']:.0f} s."
+                + (f" Not run (yet): {', '.join(missing)}." if missing else "") + f"\n\n{markdown(rows)}\n")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "distillation.md").write_text(text)
+        (out / "distillation.json").write_text(json.dumps({
+            "args": vars(args), "setup": setup, "rows": rows, "timings_s": timings,
+            "ensemble": ens, "students": reports}, indent=2, default=str))
+        log(f"wrote {out / 'distillation.md'} and {out / 'distillation.json'} ({timings['total']:.0f} s so far)")
+        if not missing:
+            print(text)
 
+    write()
+    # (d) before (c): the multi-head student is the method under test.
     t0 = time.time()
     _, reports["multihead"] = distill_multihead(members, ds, scfg, mh_cfg)
     timings["multihead"] = time.time() - t0
     log(f"(d) multi-head: {timings['multihead']:.0f} s")
-    timings["total"] = time.time() - start
+    write()
 
-    m = ens["macs"]
-    per_member = None if args.members_from else timings["ensemble"] / args.members
-    rows = [row(f"member {i}", {"test": r, "params": ens["member_params"][i], "macs": ens["member_macs"][i]},
-                m, per_member, False) for i, r in enumerate(ens["members"])]
-    rows.append(row(f"ensemble of {args.members}", ens, m, None if args.members_from else timings["ensemble"], True))
-    src = " (distill stage)" if args.pipeline_students else ""
-    rows.append(row(f"(a) student: labels only{src}", reports["labels"], m, timings["labels"], False))
-    rows.append(row(f"(b) student: Hinton KD (member 0 = teacher){src}", reports["hinton"], m, timings["hinton"], False))
-    rows.append(row(f"(c) student: ensemble KD ({args.members})", reports["ensemble_kd"], m, timings["ensemble_kd"], False))
-    rows.append(row(f"(d) multi-head student ({args.members} heads)", reports["multihead"], m, timings["multihead"], True))
-
-    setup = (f"data {data_cfg.format} (limit {data_cfg.limit}): {len(ds.train)} train / {len(ds.test)} test; "
-             f"{args.members} members x {tcfg.train.epochs} epochs; students {scfg.train.epochs} epochs, "
-             f"channels {list(scfg.arch(ds)['channels'])}; KD T={scfg.temperature} alpha={scfg.alpha} "
-             f"losses={scfg.losses or 'Hinton'}; multi-head {reports['multihead']['config']}; "
-             f"seed {args.seed}; ensemble {'loaded from ' + args.members_from if args.members_from else 'trained here'}; "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}")
-    table = markdown(rows)
-    text = (f"# Ensemble and uncertainty-aware distillation\n\n{setup}\n\n"
-            f"Test split. MI (mutual information, epistemic uncertainty) only where several predictions are "
-            f"averaged. Member train s = ensemble time / members. Total run {timings['total']:.0f} s.\n\n{table}\n")
-    print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distillation.md").write_text(text)
-    (out / "distillation.json").write_text(json.dumps({
-        "args": vars(args), "setup": setup, "rows": rows, "timings_s": timings,
-        "ensemble": ens, "students": reports}, indent=2, default=str))
-    log(f"wrote {out / 'distillation.md'} and {out / 'distillation.json'} ({timings['total']:.0f} s in all)")
+    t0 = time.time()
+    _, reports["ensemble_kd"] = distill_ensemble(members, ds, scfg)
+    timings["ensemble_kd"] = time.time() - t0
+    log(f"(c) ensemble KD: {timings['ensemble_kd']:.0f} s")
+    write()
 
 
 if __name__ == "__main__":

@@ -134,3 +134,33 @@ def test_onnx_export_matches_pytorch(mh: MultiHeadStudent, tmp_path) -> None:
     assert np.abs(mean - want_mean.numpy()).max() < 1e-5
     assert np.abs(per_head - want_heads.numpy()).max() < 1e-5
     assert np.allclose(mean, mh(x).exp().detach().numpy(), atol=1e-5)
+
+
+def test_heads_artifacts_onnx_and_tflite_match_pytorch(tmp_path) -> None:
+    """export_heads writes ONNX and TFLite with mean and per-head probabilities, verified against PyTorch."""
+    pytest.importorskip("litert_torch")
+    import json
+
+    from edgecompress.export import export_heads
+
+    torch.manual_seed(0)
+    model = MultiHeadStudent(MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2]), num_heads=3).eval()
+    meta = {"data": {"input_shape": [1, 12, 12], "mean": [0.2], "std": [0.3], "class_names": list("abcd")}}
+    x = torch.randn(20, 1, 12, 12).numpy()
+    res = export_heads(model, meta, tmp_path, x, "models/pruned.pt", "h")
+    with torch.no_grad():
+        want = F.softmax(model.forward_heads(torch.from_numpy(x)), -1)
+    for name in ("heads.onnx", "heads.tflite"):
+        assert res[name]["samples"] == 20
+        assert res[name]["max_abs_mean_prob_diff"] < 1e-5 and res[name]["max_abs_head_prob_diff"] < 1e-5
+        assert res[name]["mutual_information"] == pytest.approx(res[name]["pytorch_mutual_information"], abs=1e-5)
+        side = json.loads((tmp_path / f"{name}.json").read_text())
+        assert set(side["outputs"]) == {"probs", "head_probs"} and side["parent"] == "models/pruned.pt"
+    # Independently of export_heads' own check: the ONNX file's outputs are the heads' probabilities.
+    import onnxruntime as ort
+
+    mean, heads = ort.InferenceSession(str(tmp_path / "heads.onnx")).run(None, {"input": x})
+    assert np.abs(mean - want.mean(0).numpy()).max() < 1e-5
+    assert np.abs(heads - want.transpose(0, 1).numpy()).max() < 1e-5
+    # The main artifacts' single output is log(mean probabilities): exp gives the same mean.
+    assert np.abs(model(torch.from_numpy(x)).exp().detach().numpy() - mean).max() < 1e-5
