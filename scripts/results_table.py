@@ -45,6 +45,14 @@ def main() -> None:
             if m:
                 print(f"| {name} | {m['size_bytes'] / 1024:.1f} KiB | {pct(m['accuracy'])} | "
                       f"{100 * (m['accuracy'] - ref):+.2f} pt | {pct(m['top1_agreement'])} | {m['nll']:.3f} | {m['ece']:.4f} |")
+    unc = load("metrics/uncertainty.json").get("models", {})
+    if unc:
+        print("\n| model | accuracy | NLL | ECE | Brier | entropy | MI | params | MACs |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, r in unc.items():
+            mi = r.get("mutual_information")
+            print(f"| {name} | {pct(r['accuracy'])} | {r['nll']:.4f} | {r['ece']:.4f} | {r['brier']:.4f} | "
+                  f"{r['entropy']:.4f} | {'-' if mi is None else f'{mi:.4f}'} | {r['params']:,} | {r['macs']:,} |")
     checks = sorted(Path("metrics/check").glob("*.json"))
     if checks:
         print("\n| target | artifact | runtime (active provider) | p50 ms | p90 ms | p99 ms | peak RSS | accuracy | size | status |")
