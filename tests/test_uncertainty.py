@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics
 from edgecompress.models import MobileNetStudent
 from edgecompress.uncertainty import (ensemble_metrics, mc_dropout_probs, predictive_metrics,
@@ -75,3 +76,40 @@ def test_mc_dropout_varies_with_dropout_and_restores_modes() -> None:
     same = mc_dropout_probs(plain, x, samples=3)
     assert torch.equal(same[0], same[1]) and torch.equal(same[1], same[2])
     assert all(m.training for m in plain.modules())  # train mode restored too
+
+
+def test_calibration_metrics_match_torchmetrics() -> None:
+    """Our ECE (15 bins) and NLL agree with torchmetrics' on random, deliberately miscalibrated predictions."""
+    tm = pytest.importorskip("torchmetrics.classification")
+    from edgecompress.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(10, 0.3), size=4000)
+    labels = np.where(rng.random(4000) < 0.6, probs.argmax(1), rng.integers(0, 10, 4000))
+    ours = classification_metrics(probs, labels)
+    p, y = torch.from_numpy(probs).float(), torch.from_numpy(labels)
+    ece = tm.MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")(p, y).item()
+    assert ours["ece"] == pytest.approx(ece, abs=1e-5) and ours["ece"] > 0.05
+    assert ours["nll"] == pytest.approx(torch.nn.functional.nll_loss(p.double().log(), y).item(), rel=1e-6)
+    assert ours["accuracy"] == pytest.approx(tm.MulticlassAccuracy(num_classes=10, average="micro")(p, y).item())
+
+
+def test_evaluate_models_reports_members_ensemble_and_mc_dropout() -> None:
+    from edgecompress.models import MobileNetStudent
+    from edgecompress.multihead import MultiHeadStudent
+    from edgecompress.uncertainty import evaluate_models
+
+    torch.manual_seed(0)
+    nets = {f"m{i}": MobileNetStudent(1, 3, [4, 8], [2], dropout=0.5).eval() for i in range(3)}
+    nets["mh"] = MultiHeadStudent(MobileNetStudent(1, 3, [4, 8], [2]), num_heads=2).eval()
+    x, y = torch.randn(40, 1, 8, 8), torch.randint(0, 3, (40,))
+    rows, diagrams = evaluate_models(nets, x, y, (1, 8, 8), ensemble=["m0", "m1", "m2"], mc_model="m0", mc_samples=4)
+    assert set(rows) == {"m0", "m1", "m2", "mh", "ensemble", "m0-mc-dropout"}
+    assert "mutual_information" not in rows["m0"]  # one prediction: no epistemic part to measure
+    for name in ("ensemble", "mh", "m0-mc-dropout"):
+        assert rows[name]["mutual_information"] > 0
+    assert rows["ensemble"]["params"] == 3 * rows["m0"]["params"]
+    assert rows["m0-mc-dropout"]["macs"] == 4 * rows["m0"]["macs"]
+    assert sum(r["count"] for r in diagrams["ensemble"]) == 40
+    with pytest.raises(EdgeCompressError, match="not among"):
+        evaluate_models(nets, x, y, (1, 8, 8), ensemble=["m0", "m9"])
