@@ -55,8 +55,8 @@ def _dvc(work: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([dvc, *args], cwd=work, env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
-def test_dvc_repro_tiny(tmp_path: Path) -> None:
+def _tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the repository (code, stages, targets + tiny-host) and one-epoch params on a tiny subset."""
     work = tmp_path / "repo"
     work.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
@@ -80,6 +80,35 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     params["prune"].update(steps=1)
     params["prune"]["finetune"]["epochs"] = 1
     params["calibrate"]["samples"] = 32
+    return work, params
+
+
+@pytest.mark.slow
+def test_dvc_repro_multihead_student(tmp_path: Path) -> None:
+    """distill.source: ensemble + heads: the multi-head student goes through prune, export and check."""
+    work, params = _tiny_repo(tmp_path)
+    params["train_teacher"].update(ensemble_size=2, members=[1])
+    params["distill"].update(source="ensemble", heads=2)
+    params["export"]["formats"] = ["fp32.onnx", "int8.onnx", "fp32.tflite"]
+    params["check"]["targets"] = ["tiny-host"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
+    run = _dvc(work, "repro")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pruned = json.loads((work / "models/pruned.pt.json").read_text())["arch"]
+    assert pruned["kind"] == "multihead" and pruned["heads"] == 2
+    export = json.loads((work / "metrics/export.json").read_text())
+    assert export["int8.onnx"]["top1_agreement"] > 0.9
+    for name in ("heads.onnx", "heads.tflite"):
+        assert export[name]["max_abs_mean_prob_diff"] < 1e-4 and export[name]["max_abs_head_prob_diff"] < 1e-4
+    unc = json.loads((work / "metrics/uncertainty.json").read_text())["models"]
+    assert unc["student"]["mutual_information"] >= 0 and unc["pruned"]["mutual_information"] >= 0
+    assert json.loads((work / "metrics/check/tiny-host.json").read_text())["status"] == "pass"
+
+
+@pytest.mark.slow
+def test_dvc_repro_tiny(tmp_path: Path) -> None:
+    work, params = _tiny_repo(tmp_path)
     params["check"]["targets"] = ["tiny-host", "mobile-cpu"]
     params["train_teacher"].update(ensemble_size=3, members=[1, 2])
     (work / "params.yaml").write_text(yaml.safe_dump(params))
