@@ -7,7 +7,7 @@ In ONE run, on the data of params.yaml's data section, with fixed seeds:
       (b) with Hinton KD from member 0 (distill.distill, params' temperature/alpha/losses),
       (c) with ensemble KD from all members (mean of their softened distributions),
       (d) as a multi-head student, one head per member, with the Ferianc & Rodrigues (2022) loss
-          (multihead.MultiHeadKDConfig defaults; --lam-max sets the diversity weight).
+          (multihead.MultiHeadKDConfig defaults; --multihead a=0.5,lam_max=0.1 overrides them).
 Every model gets test accuracy, NLL, ECE, Brier, predictive entropy, mutual information (ensemble
 and multi-head: from the members'/heads' disagreement), parameters, MACs and MACs as a fraction of
 the whole ensemble's; each part is timed.
@@ -21,7 +21,7 @@ baseline and KD student (it requires distill.source: teacher, scheme: offline); 
 
 Usage: python benchmarks/distillation.py [--members 5] [--teacher-epochs E] [--student-epochs E]
            [--members-from models] [--pipeline-students metrics/distill.json]
-           [--limit N] [--seed 0] [--lam-max 1.0] [--threads T] [--params params.yaml] [--out benchmarks/results]
+           [--limit N] [--seed 0] [--multihead k=v,...] [--students d,c] [--threads T] [--params params.yaml] [--out benchmarks/results]
 Smoke: python benchmarks/distillation.py --members 2 --teacher-epochs 1 --student-epochs 1 --limit 1000
 """
 
@@ -131,7 +131,8 @@ def main() -> None:
     p.add_argument("--student-epochs", type=int, help="override distill.train.epochs (all four students)")
     p.add_argument("--limit", type=int, help="data subset per split (quick smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="training seed (members use seed..seed+N-1)")
-    p.add_argument("--lam-max", type=float, default=MultiHeadKDConfig.lam_max, help="multi-head diversity weight")
+    p.add_argument("--multihead", default="", help="MultiHeadKDConfig overrides for (d), e.g. a=0.5,lam_max=0.1")
+    p.add_argument("--students", default="d,c", help="which of the trained students (c, d) to run, in order")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--members-from", help="load the ensemble from this models/ directory (teacher.pt, members/) "
                                           "instead of training it")
@@ -142,7 +143,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     data_cfg, tcfg, scfg = configs(params, args)
-    mh_cfg = MultiHeadKDConfig(num_heads=args.members, lam_max=args.lam_max)
+    overrides = {k: float(v) for k, v in (kv.split("=") for kv in args.multihead.split(",") if kv)}
+    mh_cfg = MultiHeadKDConfig(**{**dataclasses.asdict(MultiHeadKDConfig()), **overrides, "num_heads": args.members})
+    students = [x.strip() for x in args.students.split(",") if x.strip()]
     timings: dict[str, float] = {}
     start = time.time()
 
@@ -197,7 +200,8 @@ def main() -> None:
         for key, name in names.items():
             if key in reports:
                 rows.append(row(name, reports[key], m, timings.get(key), key == "multihead"))
-        missing = [names[k] for k in names if k not in reports]
+        wanted = {"labels", "hinton"} | {{"c": "ensemble_kd", "d": "multihead"}[x] for x in students}
+        missing = [names[k] for k in names if k not in reports and k in wanted]
         setup = (f"data {data_cfg.format} (limit {data_cfg.limit}): {len(ds.train)} train / {len(ds.test)} test; "
                  f"{args.members} members x {tcfg.train.epochs} epochs; students {scfg.train.epochs} epochs, "
                  f"channels {list(scfg.arch(ds)['channels'])}; KD T={scfg.temperature} alpha={scfg.alpha} "
@@ -219,18 +223,20 @@ def main() -> None:
             print(text)
 
     write()
-    # (d) before (c): the multi-head student is the method under test.
-    t0 = time.time()
-    _, reports["multihead"] = distill_multihead(members, ds, scfg, mh_cfg)
-    timings["multihead"] = time.time() - t0
-    log(f"(d) multi-head: {timings['multihead']:.0f} s")
-    write()
-
-    t0 = time.time()
-    _, reports["ensemble_kd"] = distill_ensemble(members, ds, scfg)
-    timings["ensemble_kd"] = time.time() - t0
-    log(f"(c) ensemble KD: {timings['ensemble_kd']:.0f} s")
-    write()
+    # Default order (d) before (c): the multi-head student is the method under test.
+    for which in students:
+        t0 = time.time()
+        if which == "d":
+            _, reports["multihead"] = distill_multihead(members, ds, scfg, mh_cfg)
+            timings["multihead"] = time.time() - t0
+            log(f"(d) multi-head: {timings['multihead']:.0f} s")
+        elif which == "c":
+            _, reports["ensemble_kd"] = distill_ensemble(members, ds, scfg)
+            timings["ensemble_kd"] = time.time() - t0
+            log(f"(c) ensemble KD: {timings['ensemble_kd']:.0f} s")
+        else:
+            raise SystemExit(f"--students: unknown {which!r}; use c and/or d")
+        write()
 
 
 if __name__ == "__main__":
