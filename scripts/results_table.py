@@ -31,9 +31,13 @@ def main() -> None:
     if distill.get("baseline_test"):
         row("student, labels only", distill["baseline_test"], distill["params"], distill["macs"])
     if distill:
-        row("student, KD", distill["test"], distill["params"], distill["macs"])
+        how = {"teacher": "KD", "ensemble": f"ensemble KD" if distill.get("heads", 1) == 1 else
+               f"multi-head ({distill['heads']} heads)"}.get(distill.get("source", "teacher"), "KD")
+        scheme = distill.get("scheme", "offline")
+        row(f"student, {how}" + ("" if scheme == "offline" else f" ({scheme})"), distill["test"],
+            distill["params"], distill["macs"])
     if prune:
-        row(f"student, KD + {prune['method']} pruned {prune['ratio']:.0%}", prune["after"]["test"],
+        row(f"student + {prune['method']} pruned {prune['ratio']:.0%}", prune["after"]["test"],
             prune["after"]["params"], prune["after"]["macs"])
     print("\n".join(rows))
     if export:
