@@ -16,8 +16,9 @@ Writes a markdown table to stdout and OUT/distillation.md, everything (histories
 
 Reusing what `dvc repro` already trained (same params, same seeds, same code) saves most of the
 run: --members-from models loads the teacher and train_member@i checkpoints as the ensemble, and
---pipeline-students metrics/distill.json takes (a) and (b) from the distill stage's labels-only
-baseline and KD student (it requires distill.source: teacher, scheme: offline); the table says so.
+--pipeline-students metrics/distill.json takes (a) from the distill stage's labels-only baseline and
+its KD student as (b) (distill.source: teacher) or (c) (source: ensemble, heads: 1); scheme offline.
+The script trains the rest; the table says which came from the stage.
 
 Usage: python benchmarks/distillation.py [--members 5] [--teacher-epochs E] [--student-epochs E]
            [--members-from models] [--pipeline-students metrics/distill.json]
@@ -68,7 +69,9 @@ def configs(params: dict[str, Any], args: argparse.Namespace) -> tuple[DataConfi
     if args.student_epochs:
         s_over["epochs"] = args.student_epochs
     tcfg = dataclasses.replace(tcfg, train=dataclasses.replace(tcfg.train, **t_over))
-    scfg = dataclasses.replace(scfg, train=dataclasses.replace(scfg.train, **s_over), baseline=False)
+    # The benchmark picks each student's teacher signal itself: (b) is always Hinton KD from member 0.
+    scfg = dataclasses.replace(scfg, train=dataclasses.replace(scfg.train, **s_over), baseline=False,
+                               source="teacher", heads=1)
     return data, tcfg, scfg
 
 
@@ -97,17 +100,24 @@ def load_members(models: Path, n: int, params: dict[str, Any], args: argparse.Na
 
 
 def pipeline_students(path: Path, params: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """(a) and (b) from the distill stage's metrics, after checking they match this run's settings."""
+    """(a) and, by distill.source, (b) or (c) from the distill stage's metrics, after checking they
+    match this run's settings; the script trains whichever of (a)-(c) the stage did not."""
     d = json.loads(path.read_text())
     sec = section(params, "distill")
-    if d.get("source", "teacher") != "teacher" or d.get("scheme", "offline") != "offline" or "baseline_test" not in d:
-        raise SystemExit(f"{path}: needs distill.source teacher, scheme offline and baseline: true")
+    key = {("teacher", 1): "hinton", ("ensemble", 1): "ensemble_kd"}.get((d.get("source", "teacher"), d.get("heads", 1)))
+    if key is None or d.get("scheme", "offline") != "offline" or "baseline_test" not in d:
+        raise SystemExit(f"{path}: needs an offline distill stage with baseline: true and source teacher or "
+                         "ensemble KD (heads: 1)")
+    stage_members = 1 + len(section(params, "train_teacher").get("members") or [])
+    if key == "ensemble_kd" and stage_members != args.members:
+        raise SystemExit(f"{path}: the distill stage distilled {stage_members} members, this run uses --members "
+                         f"{args.members}")
     if args.student_epochs and args.student_epochs != sec["train"]["epochs"]:
         raise SystemExit("--pipeline-students cannot be combined with --student-epochs")
     if args.limit or args.seed != sec["train"].get("seed", 0):
         raise SystemExit("--pipeline-students needs the pipeline's data and seed (no --limit/--seed)")
     size = {"params": d["params"], "macs": d["macs"]}
-    return {"labels": {"test": d["baseline_test"], **size}, "hinton": {"test": d["test"], **size}}
+    return {"labels": {"test": d["baseline_test"], **size}, key: {"test": d["test"], **size}}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -168,9 +178,11 @@ def main() -> None:
     reports: dict[str, dict[str, Any]] = {}
     if args.pipeline_students:
         reports.update(pipeline_students(Path(args.pipeline_students), params, args))
-        timings["labels"] = timings["hinton"] = None  # type: ignore[assignment]
-        log(f"(a), (b): from {args.pipeline_students}")
-    else:
+        for key in reports:
+            timings[key] = None  # type: ignore[assignment]
+        log(f"{', '.join(reports)}: from {args.pipeline_students}")
+    from_stage = set(reports)
+    if "labels" not in reports:
         t0 = time.time()
         torch.manual_seed(scfg.train.seed)
         base = MobileNetStudent(**{k: v for k, v in scfg.arch(ds).items() if k != "kind"})
@@ -178,7 +190,7 @@ def main() -> None:
         reports["labels"] = {**model_report(base, ds, t), "history": history}
         timings["labels"] = time.time() - t0
         log(f"(a) labels only: {timings['labels']:.0f} s")
-
+    if "hinton" not in reports:
         t0 = time.time()
         _, _, kd = distill(members[0], ds, scfg)
         reports["hinton"] = kd["kd"]
@@ -193,10 +205,10 @@ def main() -> None:
         rows = [row(f"member {i}", {"test": r, "params": ens["member_params"][i], "macs": ens["member_macs"][i]},
                     m, per_member, False) for i, r in enumerate(ens["members"])]
         rows.append(row(f"ensemble of {args.members}", ens, m, None if args.members_from else timings["ensemble"], True))
-        src = " (distill stage)" if args.pipeline_students else ""
-        names = {"labels": f"(a) student: labels only{src}", "hinton": f"(b) student: Hinton KD (member 0 = teacher){src}",
+        names = {"labels": "(a) student: labels only", "hinton": "(b) student: Hinton KD (member 0 = teacher)",
                  "ensemble_kd": f"(c) student: ensemble KD ({args.members})",
                  "multihead": f"(d) multi-head student ({args.members} heads)"}
+        names = {k: v + (" (distill stage)" if k in from_stage else "") for k, v in names.items()}
         for key, name in names.items():
             if key in reports:
                 rows.append(row(name, reports[key], m, timings.get(key), key == "multihead"))
@@ -225,6 +237,8 @@ def main() -> None:
     write()
     # Default order (d) before (c): the multi-head student is the method under test.
     for which in students:
+        if {"c": "ensemble_kd", "d": "multihead"}.get(which) in from_stage:
+            continue  # the distill stage trained it with these settings
         t0 = time.time()
         if which == "d":
             _, reports["multihead"] = distill_multihead(members, ds, scfg, mh_cfg)

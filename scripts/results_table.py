@@ -42,13 +42,15 @@ def main() -> None:
     print("\n".join(rows))
     if export:
         ref = export["pytorch"]["accuracy"]
-        print("\n| artifact | size | accuracy | vs PyTorch | top-1 agreement | NLL | ECE |")
-        print("|---|---|---|---|---|---|---|")
-        for name in ("fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"):
-            m = export.get(name)
-            if m:
-                print(f"| {name} | {m['size_bytes'] / 1024:.1f} KiB | {pct(m['accuracy'])} | "
-                      f"{100 * (m['accuracy'] - ref):+.2f} pt | {pct(m['top1_agreement'])} | {m['nll']:.3f} | {m['ece']:.4f} |")
+        print("\n| artifact | size | accuracy | vs PyTorch | top-1 agreement | NLL | ECE | Brier | entropy |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        # Every exported artifact, in the order the export stage wrote them (heads.* carry no accuracy row).
+        for name, m in export.items():
+            if name == "pytorch" or "accuracy" not in m:
+                continue
+            print(f"| {name} | {m['size_bytes'] / 1024:.1f} KiB | {pct(m['accuracy'])} | "
+                  f"{100 * (m['accuracy'] - ref):+.2f} pt | {pct(m['top1_agreement'])} | {m['nll']:.3f} | "
+                  f"{m['ece']:.4f} | {m['brier']:.4f} | {m['entropy']:.4f} |")
     unc = load("metrics/uncertainty.json").get("models", {})
     if unc:
         print("\n| model | accuracy | NLL | ECE | Brier | entropy | MI | params | MACs |")
