@@ -1,25 +1,12 @@
 """DVC stage: distill the teacher (or the deep ensemble) into the depthwise-separable student."""
 
-from pathlib import Path
-
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.distill import DistillConfig, distill
-from edgecompress.errors import EdgeCompressError, friendly_main
+from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.params import section
 from edgecompress.teacher import TeacherConfig
-
-
-def load_members(directory: str, tcfg: TeacherConfig) -> list:
-    """Ensemble members 1..N-1 (train_member@i outputs), in order."""
-    members = []
-    for i in tcfg.members:
-        path = Path(directory) / f"member-{i}.pt"
-        if not path.exists():
-            raise EdgeCompressError(f"{path} missing: distill.source is ensemble; run dvc repro train_member@{i}")
-        members.append(load_checkpoint(path)[0])
-    return members
 
 
 @friendly_main
@@ -31,9 +18,8 @@ def main() -> None:
     teacher, tmeta = load_checkpoint(args.teacher)
     members = []
     if cfg.source == "ensemble":
-        if not args.members:
-            raise EdgeCompressError("distill.source is ensemble but the stage got no --members directory (dvc.yaml)")
-        members = load_members(args.members, TeacherConfig.from_dict(section(params, "train_teacher")))
+        tcfg = TeacherConfig.from_dict(section(params, "train_teacher"))
+        members = list(stage.load_members(args.members, tcfg.members, "distill.source: ensemble").values())
     ds = stage.data(params)
     student, arch, report = distill(teacher, ds, cfg, members)
     kd = report["kd"]

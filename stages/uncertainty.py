@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint
-from edgecompress.errors import EdgeCompressError, friendly_main
+from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.params import section
 from edgecompress.teacher import TeacherConfig, tensors
@@ -24,11 +24,7 @@ def main() -> None:
         ("--metrics", "metrics JSON"), ("--plots", "directory of reliability diagrams (JSON)")])
     tcfg = TeacherConfig.from_dict(section(params, "train_teacher"))
     models = {"teacher": load_checkpoint(args.teacher)[0]}
-    for i in tcfg.members:
-        path = Path(args.members) / f"member-{i}.pt"
-        if not path.exists():
-            raise EdgeCompressError(f"{path} missing: run dvc repro train_member@{i}")
-        models[f"member-{i}"] = load_checkpoint(path)[0]
+    models.update(stage.load_members(args.members, tcfg.members, "the uncertainty stage (train_teacher.members)"))
     models["student"] = load_checkpoint(args.student)[0]
     models["pruned"] = load_checkpoint(args.pruned)[0]
     ds = stage.data(params)

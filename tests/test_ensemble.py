@@ -107,3 +107,39 @@ def test_distill_multihead_runs_and_heads_stay_diverse(ds: Dataset, members: lis
 def test_distill_multihead_needs_members(ds: Dataset) -> None:
     with pytest.raises(EdgeCompressError):
         distill_multihead([], ds, STUDENT, MultiHeadKDConfig())
+
+
+def _pruned_channels(model: torch.nn.Module) -> list[int]:
+    core = getattr(model, "core", model)
+    return [b.pw[0].out_channels for b in core.blocks]
+
+
+def test_prune_finetunes_from_the_whole_ensemble(ds: Dataset, members: list[torch.nn.Module]) -> None:
+    """prune.source ensemble: the fine-tune distils teacher + members, and that changes what is learned."""
+    import copy
+
+    from edgecompress.prune import PruneConfig, prune_and_finetune
+
+    student, _ = distill_ensemble(members, ds, STUDENT)
+    cfg = PruneConfig(ratio=0.5, steps=1, latency_runs=0)
+    from_ensemble, report = prune_and_finetune(copy.deepcopy(student), members[0], ds, cfg, ONE_EPOCH, 4.0, 0.9,
+                                               members=members[1:])
+    from_teacher, alone = prune_and_finetune(copy.deepcopy(student), members[0], ds, cfg, ONE_EPOCH, 4.0, 0.9)
+    assert report["finetune_teacher"] == "ensemble of 2" and alone["finetune_teacher"] == "teacher"
+    assert _pruned_channels(from_ensemble) == _pruned_channels(from_teacher) < _pruned_channels(student)
+    assert not torch.allclose(from_ensemble.fc.weight, from_teacher.fc.weight)
+
+
+def test_prune_keeps_the_multihead_loss_and_the_heads(ds: Dataset, members: list[torch.nn.Module]) -> None:
+    from edgecompress.multihead import MultiHeadStudent
+    from edgecompress.prune import PruneConfig, prune_and_finetune
+
+    mh, _ = distill_multihead(members, ds, STUDENT, MultiHeadKDConfig())
+    width = mh.heads[0].in_features
+    pruned, report = prune_and_finetune(mh, members[0], ds, PruneConfig(ratio=0.5, steps=1, latency_runs=0),
+                                        ONE_EPOCH, 4.0, 0.9, members=members[1:],
+                                        multihead=MultiHeadKDConfig(num_heads=2))
+    assert report["finetune_teacher"] == "multi-head ensemble of 2"
+    assert isinstance(pruned, MultiHeadStudent) and pruned.num_heads == 2
+    assert pruned.heads[0].in_features == pruned.heads[1].in_features < width  # heads follow the pruned core
+    assert head_probs(pruned, torch.zeros(3, 1, 12, 12)).shape == (2, 3, 4)

@@ -50,3 +50,34 @@ def test_export_stage_reports_a_missing_parent(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "pruned.pt does not exist" in proc.stderr
     assert not (tmp_path / "export").exists()
+
+
+def _prune_stage(tmp_path: Path, params: Path, members: Path | None) -> subprocess.CompletedProcess:
+    """The prune stage on tiny student/teacher checkpoints written here."""
+    from edgecompress.checkpoint import save_checkpoint
+    from edgecompress.models import MobileNetStudent, arch_of
+
+    model = MobileNetStudent(1, 4, [8, 16], [2])
+    for name in ("student", "teacher"):  # any classifier can teach: the stage only needs its logits
+        save_checkpoint(tmp_path / f"{name}.pt", model, arch_of(model), {})
+    cmd = [sys.executable, str(REPO / "stages/prune.py"), "--params", str(params), "--student", str(tmp_path / "student.pt"),
+           "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "m.json")]
+    if members is not None:
+        cmd += ["--members", str(members)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("source, members, message", [
+    ("ensembel", "members", r"prune.source='ensembel': allowed \['teacher', 'ensemble'\]"),
+    ("ensemble", None, r"prune.source: ensemble needs the ensemble members .*--members models/members"),
+    ("ensemble", "members", r"member-1.pt missing \(prune.source: ensemble\): run `dvc repro train_member@1`"),
+])
+def test_prune_stage_names_a_bad_source_or_missing_members(tmp_path: Path, source: str, members: str | None,
+                                                           message: str) -> None:
+    params = _params(tmp_path, lambda p: p["prune"].update(source=source))
+    (tmp_path / "members").mkdir()
+    proc = _prune_stage(tmp_path, params, tmp_path / members if members else None)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    err = [line for line in proc.stderr.splitlines() if line.startswith("edgecompress: error:")]
+    assert len(err) == 1 and re.search(message, err[0]), proc.stderr
+    assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "m.json").exists()

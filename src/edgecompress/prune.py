@@ -15,7 +15,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -337,15 +337,41 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 200
     return float(res["latency_ms"]["p50"])
 
 
+def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn.Module], finetune: Any,
+               temperature: float, alpha: float, multihead: Any) -> Callable[..., Any]:
+    """``fit`` bound to the loss the student should keep learning from while it is pruned.
+
+    With ``members`` the teacher is the whole ensemble (``teacher`` is member 0): ensemble KD, or, for
+    a multi-head student and a ``multihead`` config, the Ferianc & Rodrigues loss (head i <- member i).
+    """
+    from edgecompress.train import fit, kd_loss
+
+    if not members:
+        loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
+        return lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=teacher, **kw)
+    from edgecompress.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
+
+    if teacher is None:
+        raise EdgeCompressError("ensemble fine-tuning needs the teacher (member 0) as well as the members")
+    ensemble = [teacher, *members]
+    if multihead is not None:
+        return lambda *a, **kw: fit_multihead(model, ensemble, *a, finetune, multihead, **kw)
+    loss = ensemble_kd_loss(temperature, alpha, finetune.label_smoothing)
+    return lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=EnsembleTeacher(ensemble), **kw)
+
+
 def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg: PruneConfig,
-                       finetune: Any, temperature: float, alpha: float) -> tuple[nn.Module, dict[str, Any]]:
+                       finetune: Any, temperature: float, alpha: float, members: Sequence[nn.Module] = (),
+                       multihead: Any = None) -> tuple[nn.Module, dict[str, Any]]:
     """Iterative schedule: ``cfg.steps`` x (prune a step, fine-tune with the KD loss); per-step metrics.
 
-    ``finetune`` is a TrainConfig whose epochs are spent at every step. Every step records params,
-    MACs, sizes, val accuracy before and after fine-tuning and the fp32 ONNX batch-1 p50 latency.
+    ``finetune`` is a TrainConfig whose epochs are spent at every step. With ``members`` (the ensemble
+    beside ``teacher``) fine-tuning distils the ensemble, as the distill stage did (``multihead``: a
+    MultiHeadKDConfig for a multi-head student). Every step records params, MACs, sizes, val
+    accuracy before and after fine-tuning and the fp32 ONNX batch-1 p50 latency.
     """
     from edgecompress.distill import _fill, tensors
-    from edgecompress.train import evaluate, fit, kd_loss
+    from edgecompress.train import evaluate
 
     t = tensors(ds)
     shape = tuple(ds.input_shape)
@@ -361,7 +387,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
               "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
               "latency_p50_ms": latency()}
     steps: list[dict[str, Any]] = []
-    loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
+    tune = _finetuner(model, teacher, members, finetune, temperature, alpha, multihead)
     for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg))):
         prune_step(model, cfg, r, shape, batch)
         pruned_acc = evaluate(model, *t["val"])["accuracy"] if has_val else None
@@ -370,8 +396,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
             # Keep pruned weights at zero while fine-tuning: mask their gradients, re-apply the mask after.
             masks = {n: (p != 0).float() for n, p in model.named_parameters() if p.ndim > 1}
             hooks = [p.register_hook(lambda g, m=masks[n]: g * m) for n, p in model.named_parameters() if n in masks]
-        fit(model, *t["train"], finetune, loss_fn=loss, fill=_fill(ds), val=t["val"],
-            name=f"prune step {i + 1}/{cfg.steps}", teacher=teacher)
+        tune(*t["train"], fill=_fill(ds), val=t["val"], name=f"prune step {i + 1}/{cfg.steps}")
         for h in hooks:
             h.remove()
         with torch.no_grad():
@@ -385,6 +410,8 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
     after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
              "latency_p50_ms": steps[-1]["latency_p50_ms"] if steps else before["latency_p50_ms"]}
     report = {"method": cfg.method, "criterion": cfg.criterion, "ratio": cfg.ratio, "schedule": cfg.schedule,
+              "finetune_teacher": ("multi-head ensemble" if multihead is not None else "ensemble")
+              + f" of {1 + len(members)}" if members else "teacher" if teacher is not None else "labels",
               "global_ranking": cfg.global_ranking, "protect": list(cfg.protect),
               "latency": {"format": "fp32 onnx", "runtime": "onnxruntime", "batch": 1, "threads": 1,
                           "runs": cfg.latency_runs, "statistic": "p50 ms, this machine"},

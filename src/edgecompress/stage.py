@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from edgecompress.checkpoint import params_hash
+from edgecompress.checkpoint import load_checkpoint, params_hash
 from edgecompress.data import DataConfig, Dataset, load_dataset
+from edgecompress.errors import EdgeCompressError
 from edgecompress.params import load_params, section
 
 
@@ -33,6 +34,23 @@ def data(params: dict[str, Any]) -> Dataset:
     """Load the dataset described by the ``data`` section."""
     cfg = DataConfig.from_dict(section(params, "data"), where="params.yaml:data")
     return load_dataset(cfg)
+
+
+def load_members(directory: str | None, indices: list[int] | tuple[int, ...], why: str) -> dict[str, torch.nn.Module]:
+    """Deep-ensemble members ``member-<i>`` (the train_member@i outputs) in ``indices`` order.
+
+    ``why`` names the setting that needs them, so a missing file or directory says what to change.
+    """
+    if not directory:
+        raise EdgeCompressError(f"{why} needs the ensemble members but the stage got no --members directory; "
+                                "add `--members models/members` to its cmd in dvc.yaml")
+    members = {}
+    for i in indices:
+        path = Path(directory) / f"member-{i}.pt"
+        if not path.exists():
+            raise EdgeCompressError(f"{path} missing ({why}): run `dvc repro train_member@{i}`")
+        members[f"member-{i}"] = load_checkpoint(path)[0]
+    return members
 
 
 def meta(ds: Dataset, params: dict[str, Any], stage: str, parent: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
