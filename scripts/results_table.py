@@ -31,7 +31,7 @@ def main() -> None:
     if distill.get("baseline_test"):
         row("student, labels only", distill["baseline_test"], distill["params"], distill["macs"])
     if distill:
-        how = {"teacher": "KD", "ensemble": f"ensemble KD" if distill.get("heads", 1) == 1 else
+        how = {"teacher": "KD", "ensemble": "ensemble KD" if distill.get("heads", 1) == 1 else
                f"multi-head ({distill['heads']} heads)"}.get(distill.get("source", "teacher"), "KD")
         scheme = distill.get("scheme", "offline")
         row(f"student, {how}" + ("" if scheme == "offline" else f" ({scheme})"), distill["test"],

@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 
-from edgecompress.errors import EdgeCompressError
 from edgecompress.export import ARTIFACTS, export_all, export_onnx, export_onnx_int8, io_details, run_artifact
 from edgecompress.quantize import CalibrationConfig, select_calibration
 

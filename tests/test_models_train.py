@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics, expected_calibration_error
 from edgecompress.models import MobileNetStudent, arch_of, build_model, count_macs, count_params
-from edgecompress.train import TrainConfig, augment, evaluate, fit, kd_loss
+from edgecompress.train import TrainConfig, augment, evaluate, kd_loss
 
 from conftest import trained_student
 

@@ -18,7 +18,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
 
 from conftest import tiny_export_dir

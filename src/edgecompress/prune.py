@@ -6,12 +6,11 @@ of a residual sum is removed from every branch that feeds it; the result is a ge
 dense network (fewer params and MACs, faster on every runtime). Channels are ranked by a
 criterion (L1/L2 filter norm, APoZ on a data batch, or first-order Taylor on a loss batch).
 Unstructured magnitude pruning only zeroes weights: dense runtimes run it no faster and store it
-no smaller; only a sparse encoding (counted by ``sparse_size``) shrinks it.
+no smaller; only a sparse encoding (counted by ``edgecompress.sparse``) shrinks it.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.nn.utils import prune as torch_prune
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import count_macs, count_params
+from edgecompress.sparse import sparse_size
 
 METHODS = ("channel", "magnitude", "none")
 CRITERIA = ("l1", "l2", "apoz", "taylor")
@@ -240,39 +240,6 @@ def sparsity(model: nn.Module, protect: tuple[str, ...] = ()) -> float:
     layers = _weights(model, protect) if protect else [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     zeros = sum(int((m.weight == 0).sum()) for m in layers)
     return zeros / max(sum(m.weight.numel() for m in layers), 1)
-
-
-def encoded_size(w: torch.Tensor, value_bytes: int = 4) -> dict[str, int]:
-    """Bytes of one weight tensor stored dense, as bitmask + nonzeros, and as CSR over (out, rest).
-
-    CSR: int32 row pointers (rows + 1), column indices in the narrowest unsigned type that holds
-    the row length (uint8/uint16/uint32), nonzero values. Bitmask: one bit per entry + nonzeros.
-    """
-    n, nnz = w.numel(), int((w != 0).sum())
-    rows = w.shape[0] if w.ndim > 1 else 1
-    cols = n // max(rows, 1)
-    index_bytes = 1 if cols <= 2**8 else 2 if cols <= 2**16 else 4
-    return {"dense": n * value_bytes, "bitmask": math.ceil(n / 8) + nnz * value_bytes,
-            "csr": (rows + 1) * 4 + nnz * (index_bytes + value_bytes)}
-
-
-def sparse_size(model: nn.Module, value_bytes: int = 4) -> dict[str, Any]:
-    """Stored fp32 size of ``model``: dense, and with each conv/linear weight in its smaller sparse encoding.
-
-    Every other tensor (BN, biases) counts dense in both. ``sparse_bytes`` is what a sparse file
-    format would need; dense runtimes (onnxruntime, LiteRT) store and run the dense size.
-    """
-    dense = sparse = 0
-    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    for p in model.parameters():
-        if id(p) in weights:
-            e = encoded_size(p.detach(), value_bytes)
-            dense += e["dense"]
-            sparse += min(e["dense"], e["bitmask"], e["csr"])
-        else:
-            dense += p.numel() * value_bytes
-            sparse += p.numel() * value_bytes
-    return {"dense_bytes": dense, "sparse_bytes": sparse, "sparse_over_dense": sparse / max(dense, 1)}
 
 
 # ---------------------------------------------------------------- schedule and one step
