@@ -89,7 +89,6 @@ def test_dvc_repro_multihead_student(tmp_path: Path) -> None:
     work, params = _tiny_repo(tmp_path)
     params["train_teacher"].update(ensemble_size=2, members=[1])
     params["distill"].update(source="ensemble", heads=2)
-    params["prune"].update(source="ensemble")
     params["export"]["formats"] = ["fp32.onnx", "int8.onnx", "fp32.tflite"]
     params["check"]["targets"] = ["tiny-host"]
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -98,7 +97,7 @@ def test_dvc_repro_multihead_student(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     pruned = json.loads((work / "models/pruned.pt.json").read_text())["arch"]
     assert pruned["kind"] == "multihead" and pruned["heads"] == 2
-    # prune.source: ensemble keeps fine-tuning each head on its member.
+    # prune.source: auto (the default) keeps fine-tuning each head on its member.
     assert json.loads((work / "metrics/prune.json").read_text())["finetune_teacher"] == "multi-head ensemble of 2"
     export = json.loads((work / "metrics/export.json").read_text())
     assert export["int8.onnx"]["top1_agreement"] > 0.9
@@ -136,6 +135,7 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     assert {p["artifact"] for p in points} >= {"fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"}
     pruned = json.loads((work / "metrics/prune.json").read_text())
     assert pruned["after"]["params"] < pruned["before"]["params"]
+    assert pruned["finetune_teacher"] == "teacher"  # prune.source auto, single-head student
     # The deep ensemble: member stages, and every PyTorch model's uncertainty with MI for the ensemble.
     members = params["train_teacher"]["members"]
     unc = json.loads((work / "metrics/uncertainty.json").read_text())["models"]

@@ -68,7 +68,7 @@ def _prune_stage(tmp_path: Path, params: Path, members: Path | None) -> subproce
 
 
 @pytest.mark.parametrize("source, members, message", [
-    ("ensembel", "members", r"prune.source='ensembel': allowed \['teacher', 'ensemble'\]"),
+    ("ensembel", "members", r"prune.source='ensembel': allowed \['teacher', 'ensemble', 'auto'\]"),
     ("ensemble", None, r"prune.source: ensemble needs the ensemble members .*--members models/members"),
     ("ensemble", "members", r"member-1.pt missing \(prune.source: ensemble\): run `dvc repro train_member@1`"),
 ])
