@@ -42,7 +42,12 @@ def main() -> None:
         members = list(stage.load_members(args.members, tcfg.members, "prune.source: ensemble").values())
         if isinstance(student, MultiHeadStudent):
             # Keep the loss the student was distilled with: its distill params travel in the checkpoint.
-            made_by = DistillConfig.from_dict(smeta["params"]["distill"], f"{args.student} (its distill params)")
+            distilled = (smeta.get("params") or {}).get("distill")
+            if distilled is None:
+                raise EdgeCompressError(f"{args.student} is a multi-head student without the distill params that "
+                                        "made it (params.distill in its metadata); re-run `dvc repro distill`, "
+                                        "or set prune.source: teacher")
+            made_by = DistillConfig.from_dict(distilled, f"{args.student} (its distill params)")
             multihead = made_by.multihead_config(student.num_heads)
     ds = stage.data(params)
     model, report = prune_and_finetune(student, teacher, ds, cfg, finetune, temperature, alpha,

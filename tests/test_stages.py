@@ -81,3 +81,25 @@ def test_prune_stage_names_a_bad_source_or_missing_members(tmp_path: Path, sourc
     err = [line for line in proc.stderr.splitlines() if line.startswith("edgecompress: error:")]
     assert len(err) == 1 and re.search(message, err[0]), proc.stderr
     assert not (tmp_path / "pruned.pt").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_prune_stage_names_a_multihead_student_without_its_distill_params(tmp_path: Path) -> None:
+    from edgecompress.checkpoint import save_checkpoint
+    from edgecompress.models import MobileNetStudent, arch_of
+    from edgecompress.multihead import MultiHeadStudent
+
+    mh = MultiHeadStudent(MobileNetStudent(1, 4, [8, 16], [2]), num_heads=2)
+    save_checkpoint(tmp_path / "student.pt", mh, arch_of(mh), {})
+    teacher = MobileNetStudent(1, 4, [8, 16], [2])
+    (tmp_path / "members").mkdir()
+    for path in (tmp_path / "teacher.pt", tmp_path / "members" / "member-1.pt"):
+        save_checkpoint(path, teacher, arch_of(teacher), {})
+    params = _params(tmp_path, lambda p: p["train_teacher"].update(ensemble_size=2, members=[1]))
+    proc = subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(params),
+                           "--student", str(tmp_path / "student.pt"), "--teacher", str(tmp_path / "teacher.pt"),
+                           "--members", str(tmp_path / "members"), "--out", str(tmp_path / "pruned.pt"),
+                           "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "without the distill params" in proc.stderr and "prune.source: teacher" in proc.stderr
+    assert not (tmp_path / "pruned.pt").exists()
+
