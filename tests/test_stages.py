@@ -52,14 +52,19 @@ def test_export_stage_reports_a_missing_parent(tmp_path: Path) -> None:
     assert not (tmp_path / "export").exists()
 
 
-def _prune_stage(tmp_path: Path, params: Path, members: Path | None) -> subprocess.CompletedProcess:
-    """The prune stage on tiny student/teacher checkpoints written here."""
+def _prune_stage(tmp_path: Path, params: Path, members: Path | None, student=None,
+                 member_ids: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """The prune stage on tiny checkpoints written here: ``student`` (default a plain MobileNet), a
+    MobileNet teacher, and that teacher again as ``members/member-<i>.pt`` for each of ``member_ids``."""
     from edgecompress.checkpoint import save_checkpoint
     from edgecompress.models import MobileNetStudent, arch_of
 
-    model = MobileNetStudent(1, 4, [8, 16], [2])
-    for name in ("student", "teacher"):  # any classifier can teach: the stage only needs its logits
-        save_checkpoint(tmp_path / f"{name}.pt", model, arch_of(model), {})
+    teacher = MobileNetStudent(1, 4, [8, 16], [2])  # any classifier can teach: the stage only needs its logits
+    student = student if student is not None else teacher
+    save_checkpoint(tmp_path / "student.pt", student, arch_of(student), {})
+    save_checkpoint(tmp_path / "teacher.pt", teacher, arch_of(teacher), {})
+    for i in member_ids:
+        save_checkpoint(members / f"member-{i}.pt", teacher, arch_of(teacher), {})
     cmd = [sys.executable, str(REPO / "stages/prune.py"), "--params", str(params), "--student", str(tmp_path / "student.pt"),
            "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "m.json")]
     if members is not None:
@@ -84,22 +89,13 @@ def test_prune_stage_names_a_bad_source_or_missing_members(tmp_path: Path, sourc
 
 
 def test_prune_stage_names_a_multihead_student_without_its_distill_params(tmp_path: Path) -> None:
-    from edgecompress.checkpoint import save_checkpoint
-    from edgecompress.models import MobileNetStudent, arch_of
+    from edgecompress.models import MobileNetStudent
     from edgecompress.multihead import MultiHeadStudent
 
     mh = MultiHeadStudent(MobileNetStudent(1, 4, [8, 16], [2]), num_heads=2)
-    save_checkpoint(tmp_path / "student.pt", mh, arch_of(mh), {})
-    teacher = MobileNetStudent(1, 4, [8, 16], [2])
     (tmp_path / "members").mkdir()
-    for path in (tmp_path / "teacher.pt", tmp_path / "members" / "member-1.pt"):
-        save_checkpoint(path, teacher, arch_of(teacher), {})
     params = _params(tmp_path, lambda p: p["train_teacher"].update(ensemble_size=2, members=[1]))
-    proc = subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(params),
-                           "--student", str(tmp_path / "student.pt"), "--teacher", str(tmp_path / "teacher.pt"),
-                           "--members", str(tmp_path / "members"), "--out", str(tmp_path / "pruned.pt"),
-                           "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
+    proc = _prune_stage(tmp_path, params, tmp_path / "members", student=mh, member_ids=(1,))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "without the distill params" in proc.stderr and "prune.source: teacher" in proc.stderr
     assert not (tmp_path / "pruned.pt").exists()
-

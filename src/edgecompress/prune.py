@@ -305,8 +305,8 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 200
 
 
 def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn.Module], finetune: Any,
-               temperature: float, alpha: float, multihead: Any) -> Callable[..., Any]:
-    """``fit`` bound to the loss the student should keep learning from while it is pruned.
+               temperature: float, alpha: float, multihead: Any) -> tuple[Callable[..., Any], str]:
+    """``fit`` bound to the loss the student should keep learning from while it is pruned, and its name.
 
     With ``members`` the teacher is the whole ensemble (``teacher`` is member 0): ensemble KD, or, for
     a multi-head student and a ``multihead`` config, the Ferianc & Rodrigues loss (head i <- member i).
@@ -315,16 +315,19 @@ def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn
 
     if not members:
         loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
-        return lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=teacher, **kw)
+        return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=teacher, **kw),
+                "teacher" if teacher is not None else "labels")
     from edgecompress.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
 
     if teacher is None:
         raise EdgeCompressError("ensemble fine-tuning needs the teacher (member 0) as well as the members")
     ensemble = [teacher, *members]
     if multihead is not None:
-        return lambda *a, **kw: fit_multihead(model, ensemble, *a, finetune, multihead, **kw)
+        return (lambda *a, **kw: fit_multihead(model, ensemble, *a, finetune, multihead, **kw),
+                f"multi-head ensemble of {len(ensemble)}")
     loss = ensemble_kd_loss(temperature, alpha, finetune.label_smoothing)
-    return lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=EnsembleTeacher(ensemble), **kw)
+    return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=EnsembleTeacher(ensemble), **kw),
+            f"ensemble of {len(ensemble)}")
 
 
 def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg: PruneConfig,
@@ -354,7 +357,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
               "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
               "latency_p50_ms": latency()}
     steps: list[dict[str, Any]] = []
-    tune = _finetuner(model, teacher, members, finetune, temperature, alpha, multihead)
+    tune, tuned_from = _finetuner(model, teacher, members, finetune, temperature, alpha, multihead)
     for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg))):
         prune_step(model, cfg, r, shape, batch)
         pruned_acc = evaluate(model, *t["val"])["accuracy"] if has_val else None
@@ -377,8 +380,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
     after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
              "latency_p50_ms": steps[-1]["latency_p50_ms"] if steps else before["latency_p50_ms"]}
     report = {"method": cfg.method, "criterion": cfg.criterion, "ratio": cfg.ratio, "schedule": cfg.schedule,
-              "finetune_teacher": ("multi-head ensemble" if multihead is not None else "ensemble")
-              + f" of {1 + len(members)}" if members else "teacher" if teacher is not None else "labels",
+              "finetune_teacher": tuned_from,
               "global_ranking": cfg.global_ranking, "protect": list(cfg.protect),
               "latency": {"format": "fp32 onnx", "runtime": "onnxruntime", "batch": 1, "threads": 1,
                           "runs": cfg.latency_runs, "statistic": "p50 ms, this machine"},
