@@ -35,13 +35,12 @@ import torch
 
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.data import DataConfig, load_dataset
-from edgecompress.export import export_onnx, export_onnx_int8, export_tflite, io_details, verify
+from edgecompress.compression.export import export_onnx, export_onnx_int8, export_tflite, io_details, verify
 from edgecompress.models import count_macs, count_params
-from edgecompress.params import load_params, section
-from edgecompress.prune import PruneConfig, prune_and_finetune
-from edgecompress.quantize import CalibrationConfig, select_calibration
-from edgecompress.runner import benchmark, fingerprint, load_session
-from edgecompress.train import TrainConfig, from_dict
+from edgecompress.config import from_dict, load_params, section
+from edgecompress.compression.prune import PruneConfig, prune_and_finetune
+from edgecompress.compression.calibrate import CalibrationConfig, select_calibration
+from edgecompress.deploy.runner import benchmark, fingerprint, load_session
 
 FORMATS = (("fp32", "onnx"), ("fp32", "tflite"), ("int8", "onnx"), ("int8", "tflite"))
 
@@ -53,12 +52,11 @@ def log(msg: str) -> None:
 def prune_variant(student_ckpt: Path, teacher: torch.nn.Module, ds: Any, params: dict[str, Any],
                   ratio: float, epochs: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student pruned by ``ratio`` in one step with the params' criterion, then KD fine-tuned."""
-    sec = dict(section(params, "prune"))
-    finetune = TrainConfig.from_dict({**sec.pop("finetune", {}), "epochs": epochs}, "params.yaml:prune.finetune")
-    temperature, alpha = sec.pop("temperature", 4.0), sec.pop("alpha", 0.9)
-    cfg = from_dict(PruneConfig, {**sec, "ratio": ratio, "steps": 1, "latency_runs": 0}, "params.yaml:prune")
+    sec = section(params, "prune")
+    cfg = from_dict(PruneConfig, {**sec, "finetune": {**(sec.get("finetune") or {}), "epochs": epochs},
+                                  "ratio": ratio, "steps": 1, "latency_runs": 0}, "params.yaml:prune")
     student, _ = load_checkpoint(student_ckpt)
-    model, report = prune_and_finetune(student, teacher, ds, cfg, finetune, temperature, alpha)
+    model, report = prune_and_finetune(student, teacher, ds, cfg)  # fine-tuned from the teacher
     return model.eval(), report
 
 
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     data_sec = dict(section(params, "data"))
     if args.limit:
         data_sec["limit"] = args.limit
-    ds = load_dataset(DataConfig.from_dict(data_sec, "params.yaml:data"))
+    ds = load_dataset(from_dict(DataConfig, data_sec, "params.yaml:data"))
     shape = tuple(ds.input_shape)
     x_test = ds.normalize(ds.test.x)
     cal_cfg = from_dict(CalibrationConfig, section(params, "calibrate"), "params.yaml:calibrate")
@@ -175,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     student, _ = load_checkpoint(models_dir / "student.pt")
     x_train = ds.normalize(ds.train.x)
     if getattr(cal_cfg, "selection", None) == "kcenter":  # diverse images in the student's feature space
-        from edgecompress.quantize import embeddings
+        from edgecompress.compression.calibrate import embeddings
 
         idx = select_calibration(ds.train.y, cal_cfg, embeddings(student, x_train))
     else:

@@ -41,12 +41,13 @@ import torch
 
 from edgecompress.data import DataConfig, load_dataset
 from edgecompress.checkpoint import load_checkpoint
-from edgecompress.distill import DistillConfig, TeacherConfig, _fill, distill, model_report, tensors
-from edgecompress.ensemble import distill_ensemble, distill_multihead, ensemble_report, train_ensemble
+from edgecompress.config import from_dict, load_params, section
 from edgecompress.models import MobileNetStudent
-from edgecompress.multihead import MultiHeadKDConfig
-from edgecompress.params import load_params, section
-from edgecompress.train import fit
+from edgecompress.training.distill import DistillConfig, distill, distill_ensemble, distill_multihead
+from edgecompress.training.ensemble import ensemble_report, train_ensemble
+from edgecompress.training.loop import crop_fill, fit, model_report, tensors
+from edgecompress.training.multihead import MultiHeadKDConfig
+from edgecompress.training.teacher import TeacherConfig
 
 COLUMNS = ("accuracy", "nll", "ece", "brier", "entropy", "mutual_information")
 
@@ -59,9 +60,9 @@ def configs(params: dict[str, Any], args: argparse.Namespace) -> tuple[DataConfi
     data_sec = section(params, "data")
     if args.limit:
         data_sec["limit"] = args.limit
-    data = DataConfig.from_dict(data_sec, "params.yaml:data")
-    tcfg = TeacherConfig.from_dict(section(params, "train_teacher"))
-    scfg = DistillConfig.from_dict(section(params, "distill"))
+    data = from_dict(DataConfig, data_sec, "params.yaml:data")
+    tcfg = from_dict(TeacherConfig, section(params, "train_teacher"))
+    scfg = from_dict(DistillConfig, section(params, "distill"))
     t_over: dict[str, Any] = {"seed": args.seed}
     s_over: dict[str, Any] = {"seed": args.seed}
     if args.teacher_epochs:
@@ -186,7 +187,7 @@ def main() -> None:
         t0 = time.time()
         torch.manual_seed(scfg.train.seed)
         base = MobileNetStudent(**{k: v for k, v in scfg.arch(ds).items() if k != "kind"})
-        history = fit(base, *t["train"], scfg.train, fill=_fill(ds), val=t["val"], name="labels-only")
+        history = fit(base, *t["train"], scfg.train, fill=crop_fill(ds), val=t["val"], name="labels-only")
         reports["labels"] = {**model_report(base, ds, t), "history": history}
         timings["labels"] = time.time() - t0
         log(f"(a) labels only: {timings['labels']:.0f} s")

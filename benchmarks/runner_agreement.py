@@ -1,7 +1,7 @@
 """Does the runner measure what a plain timing loop measures? (evidence, not a test)
 
 For each exported artifact, in the same run and alternating rounds, time batch-1 inference
-(a) with the runner, exactly as the check stage calls it (a subprocess, `python -m edgecompress.runner`),
+(a) with the runner, exactly as the check stage calls it (a subprocess, `python -m edgecompress.deploy.runner`),
 (b) with a plain loop over the same runtime, written here without any runner code.
 Both use 1 thread. Prints a markdown table of the medians and their ratio.
 
@@ -59,7 +59,7 @@ def plain_loop(model: Path, runs: int, warmup: int) -> float:
 
 def runner(model: Path, runs: int, warmup: int) -> float:
     """p50 ms reported by the runner subprocess (no accuracy pass)."""
-    cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(model), "--threads", "1",
+    cmd = [sys.executable, "-m", "edgecompress.deploy.runner", "--model", str(model), "--threads", "1",
            "--runs", str(runs), "--warmup", str(warmup), "--max-seconds", "120"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out)["latency_ms"]["p50"]

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+# The layering (pyproject.toml [tool.importlinter]): wings over the ground, no cycles, a standalone runner.
+.venv/bin/lint-imports
 .venv/bin/python -m pytest -q

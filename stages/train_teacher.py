@@ -4,10 +4,10 @@ import sys
 
 from edgecompress import stage
 from edgecompress.checkpoint import save_checkpoint
-from edgecompress.teacher import TeacherConfig, train_teacher
+from edgecompress.training.teacher import TeacherConfig, train_teacher
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
-from edgecompress.params import section
+from edgecompress.config import read, section
 
 
 @friendly_main
@@ -17,7 +17,7 @@ def main() -> None:
                                optional=[("--member", "ensemble member index (seed = train.seed + index); "
                                                       "default 0, the teacher itself")])
     sec = section(params, "train_teacher")
-    cfg = TeacherConfig.from_dict(sec)
+    cfg = read(params, "train_teacher", TeacherConfig)
     member = int(args.member or 0)
     cfg = cfg.member(member)
     if member:

@@ -11,8 +11,8 @@ from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
-from edgecompress.params import section
-from edgecompress.teacher import TeacherConfig, tensors
+from edgecompress.config import read
+from edgecompress.training.teacher import TeacherConfig, tensors
 from edgecompress.uncertainty import evaluate_models
 
 
@@ -22,7 +22,7 @@ def main() -> None:
         ("--teacher", "teacher checkpoint"), ("--members", "directory of ensemble member checkpoints"),
         ("--student", "distilled student checkpoint"), ("--pruned", "pruned student checkpoint"),
         ("--metrics", "metrics JSON"), ("--plots", "directory of reliability diagrams (JSON)")])
-    tcfg = TeacherConfig.from_dict(section(params, "train_teacher"))
+    tcfg = read(params, "train_teacher", TeacherConfig)
     models = {"teacher": load_checkpoint(args.teacher)[0]}
     models.update(stage.load_members(args.members, tcfg.members, "the uncertainty stage (train_teacher.members)"))
     models["student"] = load_checkpoint(args.student)[0]

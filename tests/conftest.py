@@ -41,7 +41,7 @@ def blobs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def trained_student(blobs: tuple[torch.Tensor, torch.Tensor]) -> MobileNetStudent:
-    from edgecompress.train import TrainConfig, fit
+    from edgecompress.training.loop import TrainConfig, fit
 
     torch.manual_seed(0)
     m = MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2])

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import tiny_export_dir
-from edgecompress.check import (check_target, evaluate_budgets, gate, hardware_matches, main_check, render_markdown,
+from edgecompress.deploy.check import (check_target, evaluate_budgets, gate, hardware_matches, render_markdown,
                                teacher_accuracy)
 from edgecompress.errors import EdgeCompressError
-from edgecompress.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
+from edgecompress.gate import check_and_report as main_check
+from edgecompress.deploy.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
 
 FP_X86 = {"hostname": "h", "arch": "x86_64", "cpu_model": "AMD EPYC 7B13", "board": None, "cores": 8,
           "os": "Linux", "python": "3.11", "numpy": "2.0"}
@@ -136,12 +137,12 @@ def test_missing_artifact_and_ssh_key(artifacts: Any, tmp_path: Path) -> None:
 
 def test_runner_args_shared_by_local_and_remote() -> None:
     """The local command and the SSH one use the same flags; only the paths differ."""
-    from edgecompress.check import runner_args, runner_command
+    from edgecompress.deploy.check import runner_args, runner_command
 
     prof = _profile(BUDGETS)
     local = runner_command(prof, Path("m/fp32.onnx"), Path("m/fp32.onnx.json"), Path("m/testset.npz"))
     remote = runner_args(prof, "fp32.onnx", "fp32.onnx.json", "testset.npz")
-    assert local[1:3] == ["-m", "edgecompress.runner"] and len(local) == len(remote) + 3
+    assert local[1:3] == ["-m", "edgecompress.deploy.runner"] and len(local) == len(remote) + 3
     flags = [a for a in remote if a.startswith("--")]
     assert flags == [a for a in local if a.startswith("--")]
     assert remote[remote.index("--threads") + 1] == "1" and remote[remote.index("--data") + 1] == "testset.npz"

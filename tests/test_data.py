@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from edgecompress.data import (FASHION_MNIST_CLASSES, DataConfig, Dataset, Split, load_dataset,
-                               save_npz_split)
+from edgecompress.data import DataConfig, Dataset, Split, load_dataset, save_npz_split
+from edgecompress.data.formats import FASHION_MNIST_CLASSES
 from edgecompress.errors import EdgeCompressError
+from edgecompress.config import from_dict
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -227,10 +228,10 @@ def test_split_and_dataset_validate() -> None:
 # ---- config and error messages -----------------------------------------------------------------
 
 def test_from_dict() -> None:
-    cfg = DataConfig.from_dict({"format": "npz", "path": "/d", "val_fraction": 0, "limit": 50, "seed": 2})
+    cfg = from_dict(DataConfig, {"format": "npz", "path": "/d", "val_fraction": 0, "limit": 50, "seed": 2})
     assert cfg == DataConfig(format="npz", path="/d", val_fraction=0.0, limit=50, seed=2)
-    assert DataConfig.from_dict({}) == DataConfig()
-    assert DataConfig.from_dict(None) == DataConfig()
+    assert from_dict(DataConfig, {}) == DataConfig()
+    assert from_dict(DataConfig, None) == DataConfig()
 
 
 def _truncated(tmp_path: Path) -> DataConfig:
@@ -335,7 +336,7 @@ CONFIG_ERRORS = {
 def test_config_errors(case: str) -> None:
     d, pattern = CONFIG_ERRORS[case]
     with pytest.raises(EdgeCompressError, match=pattern):
-        DataConfig.from_dict(d)  # type: ignore[arg-type]
+        from_dict(DataConfig, d, "params.yaml:data")  # type: ignore[arg-type]
 
 
 def test_direct_construction_errors_say_dataconfig() -> None:

@@ -10,9 +10,12 @@ import torch
 
 from edgecompress.checkpoint import save_checkpoint
 from edgecompress.data import Dataset, Split
-from edgecompress.distill import DistillConfig, TeacherConfig, distill, load_pretrained, train_teacher
+from edgecompress.training.distill import DistillConfig, distill
+from edgecompress.training.losses import CombinedKDLoss, kd_loss_config
+from edgecompress.training.teacher import TeacherConfig, load_pretrained, train_teacher
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import ResNetTeacher
+from edgecompress.config import from_dict
 
 TINY_TEACHER = {"stem": 8, "widths": [8, 16], "blocks": [1, 1]}
 ONE_EPOCH = {"epochs": 1, "batch_size": 32, "lr": 0.05, "crop_pad": 0, "flip": False}
@@ -69,7 +72,7 @@ def test_freeze_keeps_frozen_weights_and_bn_statistics(tmp_path) -> None:
     torch.manual_seed(2)
     source = ResNetTeacher(1, 4, [8, 16], [1, 1], 8)
     save_checkpoint(tmp_path / "src.pt", source, {"kind": "resnet"}, {})
-    cfg = TeacherConfig.from_dict({**TINY_TEACHER, "init": str(tmp_path / "src.pt"), "freeze": 2, "train": ONE_EPOCH})
+    cfg = from_dict(TeacherConfig, {**TINY_TEACHER, "init": str(tmp_path / "src.pt"), "freeze": 2, "train": ONE_EPOCH})
     model, _, report = train_teacher(ds, cfg)
     assert report["transfer"]["frozen"] == ["stem", "stages.0"]
     sd, src = model.state_dict(), source.state_dict()
@@ -83,7 +86,7 @@ def test_distill_with_feature_and_relation_losses_runs_and_records_them() -> Non
     ds = tiny_dataset()
     torch.manual_seed(0)
     teacher = ResNetTeacher(1, 4, [8, 16], [1, 1], 8).eval()
-    cfg = DistillConfig.from_dict({"channels": [8, 12, 12], "strides": [2, 2], "baseline": False,
+    cfg = from_dict(DistillConfig, {"channels": [8, 12, 12], "strides": [2, 2], "baseline": False,
                                    "losses": {"response": 0.9, "hint": 1.0, "rkd_distance": 1.0, "attention": 1.0},
                                    "train": ONE_EPOCH})
     student, arch, report = distill(teacher, ds, cfg)
@@ -94,20 +97,19 @@ def test_distill_with_feature_and_relation_losses_runs_and_records_them() -> Non
 
 def test_distill_config_rejects_unknown_kind() -> None:
     with pytest.raises(EdgeCompressError, match="allowed"):
-        DistillConfig.from_dict({"losses": {"dark_knowledge": 1.0}})
+        from_dict(DistillConfig, {"losses": {"dark_knowledge": 1.0}})
 
 
 def test_fit_trains_the_hint_adapter_with_the_student() -> None:
-    from edgecompress.kd_losses import CombinedKDLoss, KDLossConfig
     from edgecompress.models import MobileNetStudent
-    from edgecompress.train import TrainConfig, fit
+    from edgecompress.training.loop import TrainConfig, fit
 
     ds = tiny_dataset()
     x, y = ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y)
     torch.manual_seed(0)
     teacher = ResNetTeacher(1, 4, [8, 16], [1, 1], 8).eval()
     student = MobileNetStudent(1, 4, [8, 12, 12], [2, 2])
-    loss = CombinedKDLoss(KDLossConfig.from_dict({"losses": {"response": 0.9, "hint": 1.0}}, "t"), student, teacher, x[:2])
+    loss = CombinedKDLoss(kd_loss_config({"losses": {"response": 0.9, "hint": 1.0}}, "t"), student, teacher, x[:2])
     before = [p.detach().clone() for p in loss.parameters()]
     assert before, "the hint term must bring a learned adapter"
     fit(student, x, y, TrainConfig(**ONE_EPOCH), teacher=teacher, feature_loss=loss)
@@ -123,7 +125,7 @@ def _teacher(seed: int = 0) -> ResNetTeacher:
 
 
 def _cfg(**kw) -> DistillConfig:
-    return DistillConfig.from_dict({"channels": [8, 12, 12], "strides": [2, 2], "baseline": False,
+    return from_dict(DistillConfig, {"channels": [8, 12, 12], "strides": [2, 2], "baseline": False,
                                     "train": ONE_EPOCH, **kw})
 
 
@@ -180,8 +182,8 @@ def test_distill_config_rejects_bad_scheme_settings(kw, match) -> None:
 
 
 def test_teacher_config_checks_members_against_ensemble_size() -> None:
-    assert TeacherConfig.from_dict({"ensemble_size": 3, "members": [1, 2]}).member(2).train.seed == 2
+    assert from_dict(TeacherConfig, {"ensemble_size": 3, "members": [1, 2]}).member(2).train.seed == 2
     with pytest.raises(EdgeCompressError, match=r"set members: \[1, 2\]"):
-        TeacherConfig.from_dict({"ensemble_size": 3, "members": [1]})
+        from_dict(TeacherConfig, {"ensemble_size": 3, "members": [1]})
     with pytest.raises(EdgeCompressError, match="needs dropout"):
-        TeacherConfig.from_dict({"mc_samples": 4})
+        from_dict(TeacherConfig, {"mc_samples": 4})

@@ -8,12 +8,13 @@ import torch
 
 from conftest import make_blobs
 from edgecompress.data import Dataset, Split
-from edgecompress.distill import DistillConfig, TeacherConfig
-from edgecompress.ensemble import (EnsembleTeacher, distill_ensemble, distill_multihead, ensemble_kd_loss,
-                                   ensemble_report, head_probs, member_logits, train_ensemble)
+from edgecompress.training.distill import DistillConfig, distill_ensemble, distill_multihead
+from edgecompress.training.ensemble import (EnsembleTeacher, ensemble_kd_loss, ensemble_report, head_probs,
+                                            member_logits, train_ensemble)
+from edgecompress.training.teacher import TeacherConfig
 from edgecompress.errors import EdgeCompressError
-from edgecompress.multihead import MultiHeadKDConfig
-from edgecompress.train import TrainConfig
+from edgecompress.training.multihead import MultiHeadKDConfig
+from edgecompress.training.loop import TrainConfig
 
 ONE_EPOCH = TrainConfig(epochs=1, batch_size=32, lr=0.05, crop_pad=0, flip=False)
 STUDENT = DistillConfig(channels=(8, 16, 16, 32), strides=(2, 1, 2), train=ONE_EPOCH)
@@ -118,26 +119,26 @@ def test_prune_finetunes_from_the_whole_ensemble(ds: Dataset, members: list[torc
     """prune.source ensemble: the fine-tune distils teacher + members, and that changes what is learned."""
     import copy
 
-    from edgecompress.prune import PruneConfig, prune_and_finetune
+    from edgecompress.compression.prune import PruneConfig, prune_and_finetune
 
     student, _ = distill_ensemble(members, ds, STUDENT)
-    cfg = PruneConfig(ratio=0.5, steps=1, latency_runs=0)
-    from_ensemble, report = prune_and_finetune(copy.deepcopy(student), members[0], ds, cfg, ONE_EPOCH, 4.0, 0.9,
+    cfg = PruneConfig(ratio=0.5, steps=1, latency_runs=0, finetune=ONE_EPOCH)
+    from_ensemble, report = prune_and_finetune(copy.deepcopy(student), members[0], ds, cfg,
                                                members=members[1:])
-    from_teacher, alone = prune_and_finetune(copy.deepcopy(student), members[0], ds, cfg, ONE_EPOCH, 4.0, 0.9)
+    from_teacher, alone = prune_and_finetune(copy.deepcopy(student), members[0], ds, cfg)
     assert report["finetune_teacher"] == "ensemble of 2" and alone["finetune_teacher"] == "teacher"
     assert _pruned_channels(from_ensemble) == _pruned_channels(from_teacher) < _pruned_channels(student)
     assert not torch.allclose(from_ensemble.fc.weight, from_teacher.fc.weight)
 
 
 def test_prune_keeps_the_multihead_loss_and_the_heads(ds: Dataset, members: list[torch.nn.Module]) -> None:
-    from edgecompress.multihead import MultiHeadStudent
-    from edgecompress.prune import PruneConfig, prune_and_finetune
+    from edgecompress.models import MultiHeadStudent
+    from edgecompress.compression.prune import PruneConfig, prune_and_finetune
 
     mh, _ = distill_multihead(members, ds, STUDENT, MultiHeadKDConfig())
     width = mh.heads[0].in_features
-    pruned, report = prune_and_finetune(mh, members[0], ds, PruneConfig(ratio=0.5, steps=1, latency_runs=0),
-                                        ONE_EPOCH, 4.0, 0.9, members=members[1:],
+    pruned, report = prune_and_finetune(mh, members[0], ds, PruneConfig(ratio=0.5, steps=1, latency_runs=0,
+                                                                          finetune=ONE_EPOCH), members=members[1:],
                                         multihead=MultiHeadKDConfig(num_heads=2))
     assert report["finetune_teacher"] == "multi-head ensemble of 2"
     assert isinstance(pruned, MultiHeadStudent) and pruned.num_heads == 2

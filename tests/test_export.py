@@ -9,8 +9,10 @@ import onnx
 import pytest
 import torch
 
-from edgecompress.export import ARTIFACTS, export_all, export_onnx, export_onnx_int8, io_details, run_artifact
-from edgecompress.quantize import CalibrationConfig, select_calibration
+from edgecompress.artifacts import DEFAULT_FORMATS as ARTIFACTS
+from edgecompress.compression.export import export_all, io_details, run_artifact
+from edgecompress.compression.onnx import export_onnx, export_onnx_int8
+from edgecompress.compression.calibrate import CalibrationConfig, select_calibration
 
 from conftest import make_blobs, trained_student
 
@@ -122,7 +124,7 @@ def test_runner_runs_fp16_onnx_with_float32_input(exported, tmp_path) -> None:
     import sys
 
     out, *_ = exported
-    cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(out / "fp16.onnx"), "--runs", "3",
+    cmd = [sys.executable, "-m", "edgecompress.deploy.runner", "--model", str(out / "fp16.onnx"), "--runs", "3",
            "--warmup", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     res = json.loads(proc.stdout)

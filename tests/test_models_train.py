@@ -12,7 +12,9 @@ from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics, expected_calibration_error
 from edgecompress.models import MobileNetStudent, arch_of, build_model, count_macs, count_params
-from edgecompress.train import TrainConfig, augment, evaluate, kd_loss
+from edgecompress.training.loop import TrainConfig, augment, evaluate
+from edgecompress.training.losses import kd_loss
+from edgecompress.config import from_dict
 
 from conftest import trained_student
 
@@ -90,7 +92,7 @@ def test_fit_learns_a_separable_problem(blobs) -> None:
 ])
 def test_train_config_errors(bad: dict, match: str) -> None:
     with pytest.raises(EdgeCompressError, match=match):
-        TrainConfig.from_dict(bad, "params.yaml:x.train")
+        from_dict(TrainConfig, bad, "params.yaml:x.train")
 
 
 def test_checkpoint_roundtrip_and_corrupt_file(tmp_path, tiny_student) -> None:

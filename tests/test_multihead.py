@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import MobileNetStudent
-from edgecompress.multihead import (MultiHeadKDConfig, MultiHeadStudent, PerHeadOutputs, diversity_regulariser,
-                                    ferianc_loss, head_parameter_vectors, lambda_schedule)
+from edgecompress.models import MobileNetStudent, MultiHeadStudent, PerHeadOutputs
+from edgecompress.training.multihead import (MultiHeadKDConfig, diversity_regulariser, ferianc_loss,
+                                             head_parameter_vectors, lambda_schedule)
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_heads_artifacts_onnx_and_tflite_match_pytorch(tmp_path) -> None:
     pytest.importorskip("litert_torch")
     import json
 
-    from edgecompress.export import export_heads
+    from edgecompress.compression.export import export_heads
 
     torch.manual_seed(0)
     model = MultiHeadStudent(MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2]), num_heads=3).eval()

@@ -8,9 +8,10 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher, arch_of, build_model, count_macs, count_params
-from edgecompress.prune import (APoZImportance, PruneConfig, cumulative_ratios, prune_magnitude, prune_step,
-                                sparsity, step_ratios)
-from edgecompress.sparse import encoded_size, sparse_size
+from edgecompress.compression.importance import APoZImportance
+from edgecompress.compression.prune import (PruneConfig, cumulative_ratios, prune_magnitude, prune_step, sparsity,
+                                            step_ratios)
+from edgecompress.compression.sparse import encoded_size, sparse_size
 
 from conftest import make_blobs
 

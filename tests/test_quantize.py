@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.export import ExportConfig, export_all, export_onnx, export_onnx_dynamic, export_onnx_int8
-from edgecompress.qat import QATConfig
-from edgecompress.quantize import CalibrationConfig, embeddings, kcenter_greedy, select_calibration
+from edgecompress.compression.export import ExportConfig, export_all, export_onnx, export_onnx_dynamic, export_onnx_int8
+from edgecompress.compression.qat import QATConfig
+from edgecompress.compression.calibrate import CalibrationConfig, embeddings, kcenter_greedy, select_calibration
+from edgecompress.config import from_dict
 
 from conftest import make_blobs, trained_student
 
@@ -131,7 +132,7 @@ def test_qat_int8_tflite_runs_and_agrees(student, tmp_path) -> None:
 
 
 def test_export_config_from_dict() -> None:
-    cfg = ExportConfig.from_dict({"formats": ["fp32.onnx", "fp16.tflite"], "dynamic": True,
+    cfg = from_dict(ExportConfig, {"formats": ["fp32.onnx", "fp16.tflite"], "dynamic": True,
                                   "qat": {"enabled": True, "epochs": 2, "lr": 0.001}})
     assert cfg.artifacts == ("fp32.onnx", "dynamic.onnx", "fp16.tflite")
     assert cfg.qat == QATConfig(enabled=True, epochs=2, lr=0.001)
@@ -157,9 +158,10 @@ def test_export_config_from_dict() -> None:
     (lambda: ExportConfig(formats="fp32.onnx"), "non-empty"),
     (lambda: ExportConfig(formats=("fp32.onnx", "fp32.onnx")), "twice"),
     (lambda: ExportConfig(dynamic="yes"), "dynamic"),
-    (lambda: ExportConfig.from_dict({"qat": {"epoch": 1}}), r"params.yaml:export.qat: unknown key\(s\) \['epoch'\]"),
-    (lambda: ExportConfig.from_dict({"qat": True}), "qat=True: must be a mapping"),
-    (lambda: ExportConfig.from_dict({"format": []}), r"unknown key\(s\) \['format'\]"),
+    (lambda: from_dict(ExportConfig, {"qat": {"epoch": 1}}, "params.yaml:export"),
+     r"params.yaml:export.qat: unknown key 'epoch' \(did you mean 'epochs'\?\)"),
+    (lambda: from_dict(ExportConfig, {"qat": True}), "qat=True: must be a mapping"),
+    (lambda: from_dict(ExportConfig, {"format": []}), r"unknown key 'format' \(did you mean 'formats'\?\)"),
 ])
 def test_config_errors(build, match) -> None:
     with pytest.raises(EdgeCompressError, match=match):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import gemm_onnx
-from edgecompress import runner
-from edgecompress.runner import RunnerError
+from edgecompress.deploy import runner
+from edgecompress.deploy.runner import RunnerError
 
 MEAN, STD = [0.3], [0.4]
 RESULT_KEYS = {"runner_version", "model", "model_size_bytes", "runtime", "provider_fallback", "requested_providers",
@@ -69,7 +69,7 @@ def tflite_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
 
 
 def _cli(*args: str) -> tuple[int, dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "edgecompress.runner", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "edgecompress.deploy.runner", *args], capture_output=True, text=True,
                           timeout=120)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout + proc.stderr  # exactly one JSON object on stdout

@@ -21,10 +21,12 @@ from typing import Any, Iterator
 import pytest
 
 from conftest import tiny_export_dir
-from edgecompress.check import check_target, main_check
+from edgecompress.deploy.check import check_target
+from edgecompress.gate import check_and_report as main_check
 from edgecompress.errors import EdgeCompressError
-from edgecompress.targets import (ArtifactSpec, BenchSpec, Budgets, DeviceSpec, Hardware, RuntimeSpec, TargetProfile,
-                                  load_target, resolve_device)
+from edgecompress.deploy.devices import DeviceSpec, resolve_device
+from edgecompress.deploy.targets import (ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile,
+                                         load_target)
 
 SSHD = "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not (Path(SSHD).is_file() and shutil.which("ssh") and shutil.which("scp")

@@ -22,7 +22,7 @@ def _params(tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda p: p["train_teacher"]["train"].update(epochz=3), r"train_teacher.train: unknown key\(s\) \['epochz'\]"),
+    (lambda p: p["train_teacher"]["train"].update(epochz=3), r"train_teacher.train: unknown key 'epochz' \(did you mean 'epochs'\?\)"),
     (lambda p: p["train_teacher"].update(widths=[32, 64], blocks=[1]), "equal length"),
     (lambda p: p["data"].update(format="tfrecord"), "tfrecord"),
     (lambda p: p["data"].update(path="/nonexistent/fmnist"), "/nonexistent/fmnist"),
@@ -73,7 +73,7 @@ def _prune_stage(tmp_path: Path, params: Path, members: Path | None, student=Non
 
 
 @pytest.mark.parametrize("source, members, message", [
-    ("ensembel", "members", r"prune.source='ensembel': allowed \['teacher', 'ensemble', 'auto'\]"),
+    ("ensembel", "members", r"params.yaml:prune: invalid value source='ensembel': allowed \['teacher', 'ensemble', 'auto'\]"),
     ("ensemble", None, r"prune.source: ensemble needs the ensemble members .*--members models/members"),
     ("ensemble", "members", r"member-1.pt missing \(prune.source: ensemble\): run `dvc repro train_member@1`"),
 ])
@@ -90,7 +90,7 @@ def test_prune_stage_names_a_bad_source_or_missing_members(tmp_path: Path, sourc
 
 def test_prune_stage_names_a_multihead_student_without_its_distill_params(tmp_path: Path) -> None:
     from edgecompress.models import MobileNetStudent
-    from edgecompress.multihead import MultiHeadStudent
+    from edgecompress.training.multihead import MultiHeadStudent
 
     mh = MultiHeadStudent(MobileNetStudent(1, 4, [8, 16], [2]), num_heads=2)
     (tmp_path / "members").mkdir()

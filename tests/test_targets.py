@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.targets import (ArtifactSpec, Budgets, Hardware, RuntimeSpec, TargetProfile, load_target,
+from edgecompress.deploy.targets import (ArtifactSpec, Budgets, Hardware, RuntimeSpec, TargetProfile, load_target,
                                   load_targets)
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -63,7 +63,7 @@ def test_fp16_tflite_and_ssh_device_are_valid(tmp_path: Path) -> None:
     ("runtime: {engine: onnxruntime}", "runtime: {engine: onnxruntime, thread: 2}",
      r"field runtime\.thread: unknown key; allowed keys: engine, threads"),
     ("engine: onnxruntime", "engine: tensorrt", r"field runtime\.engine: 'tensorrt' is not one of onnxruntime, litert"),
-    ("precision: int8", "precision: int4", r"field artifact\.precision: 'int4' is not one of fp32, fp16, int8"),
+    ("precision: int8", "precision: int4", r"field artifact\.precision: 'int4' is not one of fp32, int8, fp16, dynamic"),
     ("arch: any", "arch: arm64", r"field hardware\.arch: 'arm64' is not one of x86_64, aarch64"),
     ("{p50: 1.0}", "{p50: -1.0}", r"field budgets\.latency_ms\.p50: -1\.0 must be > 0"),
     ("min_accuracy: 0.88", "min_accuracy: 0.88\n  size_mb: -2", r"field budgets\.size_mb: -2 must be > 0"),

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.metrics import classification_metrics
+from edgecompress.metrics import classification_metrics, ensemble_metrics, predictive_metrics, reliability_diagram
 from edgecompress.models import MobileNetStudent
-from edgecompress.uncertainty import (ensemble_metrics, mc_dropout_probs, predictive_metrics,
-                                      reliability_diagram)
+from edgecompress.uncertainty import mc_dropout_probs
 
 LABELS = np.array([0, 1, 2])
 
@@ -96,7 +95,7 @@ def test_calibration_metrics_match_torchmetrics() -> None:
 
 def test_evaluate_models_reports_members_ensemble_and_mc_dropout() -> None:
     from edgecompress.models import MobileNetStudent
-    from edgecompress.multihead import MultiHeadStudent
+    from edgecompress.models import MultiHeadStudent
     from edgecompress.uncertainty import evaluate_models
 
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from edgecompress.errors import EdgeCompressError, friendly_main
 
 
 def _check(ns: argparse.Namespace) -> None:
-    from edgecompress.check import main_check
+    from edgecompress.gate import check_and_report
 
     name = Path(ns.target).stem
     out_json = ns.out_json or f"reports/manual/{name}.json"
@@ -20,11 +20,11 @@ def _check(ns: argparse.Namespace) -> None:
     # Only the options given override the profile's device (a bare --device keeps its key/timeout).
     device = {k: v for k, v in (("url", ns.device), ("key_file", ns.key_file), ("python", ns.remote_python))
               if v is not None}
-    main_check(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict, device or None, teacher=ns.teacher)
+    check_and_report(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict, device or None, teacher=ns.teacher)
 
 
 def _targets(ns: argparse.Namespace) -> None:
-    from edgecompress.targets import load_target
+    from edgecompress.deploy.targets import load_target
 
     for path in ns.paths or sorted(Path("targets").glob("*.yaml")):
         t = load_target(path)

@@ -1,4 +1,5 @@
-"""Model families: a ResNet-style teacher and a MobileNet-style (depthwise-separable) student.
+"""Model families: a ResNet-style teacher, a MobileNet-style (depthwise-separable) student, and the
+multi-head student (Ferianc & Rodrigues 2022) that wraps a student core with one head per ensemble member.
 
 Every model is rebuilt from a plain ``arch`` dict (``build_model(arch)``), and ``arch_of(model)``
 reads that dict back from a live module, so a structurally pruned student (fewer channels) is saved
@@ -7,9 +8,11 @@ as weights plus the channel list that explains them; no pickled modules.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
@@ -126,8 +129,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
         if kind == "mobilenet":
             return MobileNetStudent(**kw)
         if kind == "multihead":
-            from edgecompress.multihead import MultiHeadStudent  # multihead builds on this module
-
             return MultiHeadStudent(build_model(kw["core"]), num_heads=kw["heads"])
     except (TypeError, KeyError) as e:
         raise EdgeCompressError(f"arch {arch} does not match model kind {kind!r}: {e}") from e
@@ -136,8 +137,6 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
 
 def arch_of(model: nn.Module, dropout: float = 0.0) -> dict[str, Any]:
     """Read the arch dict back from a live model (after structural pruning the channels changed)."""
-    from edgecompress.multihead import MultiHeadStudent
-
     if isinstance(model, MultiHeadStudent):
         core = arch_of(model.core)
         return {"kind": "multihead", "heads": model.num_heads, "core": {**core, "num_classes": model.num_classes}}
@@ -184,3 +183,88 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             h.remove()
         model.train(was_training)
     return int(total)
+
+
+class MultiHeadStudent(nn.Module):
+    """A shared core (``core.features(x)``, then global average pooling) and M linear heads.
+
+    ``forward`` returns log of the heads' mean probability, log(mean_m softmax(z_m)) (N, C): the mean
+    of probabilities is the ensemble prediction, and its log is a valid logit vector
+    (softmax(log p) = p), so pruning, quantization, export, the runners and every metric treat a
+    multi-head student exactly like a one-head one; exp() of the output gives the mean probabilities.
+    ``PerHeadOutputs`` adds the per-head probabilities. The core's ``fc`` is replaced by the heads
+    (set to Identity); its ``dropout`` is applied before the heads, so MC dropout still works.
+    """
+
+    def __init__(self, core: nn.Module, num_heads: int, num_classes: int | None = None) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise EdgeCompressError(f"invalid value num_heads={num_heads!r}: must be >= 1")
+        fc = getattr(core, "fc", None)
+        if not isinstance(fc, nn.Linear) or not hasattr(core, "features"):
+            raise EdgeCompressError(f"MultiHeadStudent needs a core with .features() and a Linear .fc; "
+                                    f"got {type(core).__name__}")
+        classes = num_classes if num_classes is not None else fc.out_features
+        # Independent default initialisations: the heads start diverse, the regulariser keeps them so.
+        heads = [nn.Linear(fc.in_features, classes) for _ in range(num_heads)]
+        core.fc = nn.Identity()  # the heads replace it: no dead weights in checkpoints or exports
+        self.core = core
+        self.heads = nn.ModuleList(heads)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.heads)
+
+    @property
+    def num_classes(self) -> int:
+        return self.heads[0].out_features
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled shared features (N, D) that every head reads."""
+        e = torch.flatten(F.adaptive_avg_pool2d(self.core.features(x), 1), 1)  # type: ignore[operator]
+        dropout = getattr(self.core, "dropout", None)
+        return dropout(e) if dropout is not None else e
+
+    def forward_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head logits, (M, N, C)."""
+        e = self.embedding(x)
+        return torch.stack([h(e) for h in self.heads])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log(mean over heads of softmax probabilities), (N, C); exp() rows sum to 1."""
+        return log_mean_softmax(self.forward_heads(x), 1.0)
+
+
+class PerHeadOutputs(nn.Module):
+    """Export wrapper: ``forward(x) -> (mean_probs (N, C), per_head_probs (N, M, C))``.
+
+    Batch-first per-head output so the exported graph has one dynamic batch axis; a device can then
+    compute mutual information (edgecompress.uncertainty) from the heads' disagreement.
+    """
+
+    def __init__(self, model: MultiHeadStudent) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = F.softmax(self.model.forward_heads(x), dim=-1)
+        return probs.mean(0), probs.transpose(0, 1)
+
+
+def log_mean_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # log(mean_m softmax(z_m / T)) = logsumexp_m log_softmax(z_m / T) - log M, without ever taking
+    # the log of a probability that underflowed to 0.
+    return torch.logsumexp(F.log_softmax(logits / temperature, dim=-1), dim=0) - math.log(logits.shape[0])
+
+
+def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, last feature map) in one pass for models with ``features``/``pool``/``dropout``/``fc``.
+
+    Calling ``model(x)`` and ``model.features(x)`` separately would run the backbone twice.
+    """
+    feat = model.features(x)  # type: ignore[operator]
+    pooled = torch.flatten(model.pool(feat), 1)  # type: ignore[operator]
+    dropout = getattr(model, "dropout", None)
+    if dropout is not None:
+        pooled = dropout(pooled)
+    return model.fc(pooled), feat  # type: ignore[operator]

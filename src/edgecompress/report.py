@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from edgecompress.artifacts import REGISTRY
+from edgecompress.deploy.bench import local_command, run_local
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import read_json
 
-ARTIFACT_ORDER = ("fp32.onnx", "int8.onnx", "fp32.tflite", "fp16.tflite", "int8.tflite", "fp16.onnx")
+
+def load_checks(directory: str | Path, targets: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each target's check result (metrics/check/<name>.json), in ``check.targets`` order."""
+    checks = []
+    for name in targets:
+        path = Path(directory) / f"{name}.json"
+        if not path.exists():
+            raise EdgeCompressError(f"{path} missing: check@{name} has not run (dvc repro)")
+        checks.append(read_json(path, f"check result of {name}"))
+    return checks
 
 
 def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int = 300,
@@ -21,19 +30,12 @@ def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int
     export stage's full-test-set verification, so the two axes are measured independently.
     """
     points = []
-    for name in ARTIFACT_ORDER:
+    for name in REGISTRY:
         model = artifacts / name
         if not model.exists():
             continue
-        cmd = [sys.executable, "-m", "edgecompress.runner", "--model", str(model), "--threads", str(threads),
-               "--runs", str(runs), "--warmup", "50", "--max-seconds", "30"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        try:
-            res = json.loads(proc.stdout)
-        except json.JSONDecodeError as e:
-            raise EdgeCompressError(f"runner printed no JSON for {model}: {proc.stderr.strip()[-500:]}") from e
-        if "error" in res:
-            raise EdgeCompressError(f"runner failed on {model}: {res['error']}")
+        res = run_local(local_command(["--model", str(model), "--threads", str(threads), "--runs", str(runs),
+                                       "--warmup", "50", "--max-seconds", "30"]), model, 300, "report")
         m = export_metrics.get(name, {})
         points.append({"artifact": name, "p50_ms": res["latency_ms"]["p50"], "p90_ms": res["latency_ms"]["p90"],
                        "accuracy": m.get("accuracy"), "ece": m.get("ece"), "nll": m.get("nll"),
@@ -46,18 +48,17 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
     """Reliability-diagram rows (15 confidence bins) of every artifact on the test set, via its own runtime."""
     import numpy as np
 
-    from edgecompress.export import run_artifact
-    from edgecompress.metrics import softmax
-    from edgecompress.uncertainty import reliability_diagram
+    from edgecompress.compression.export import run_artifact
+    from edgecompress.metrics import reliability_diagram, softmax
 
     with np.load(testset) as d:
         x_raw, y = d["x"], d["y"]
     out = {}
-    for name in ARTIFACT_ORDER:
+    for name in REGISTRY:
         model = artifacts / name
         if not model.exists():
             continue
-        side = json.loads(Path(f"{model}.json").read_text())
+        side = read_json(f"{model}.json", "artifact sidecar")
         mean = np.asarray(side["mean"], np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(side["std"], np.float32).reshape(1, -1, 1, 1)
         x = ((x_raw.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)

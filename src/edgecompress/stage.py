@@ -12,7 +12,7 @@ import torch
 from edgecompress.checkpoint import load_checkpoint, params_hash
 from edgecompress.data import DataConfig, Dataset, load_dataset
 from edgecompress.errors import EdgeCompressError
-from edgecompress.params import load_params, section
+from edgecompress.config import load_params, read, section
 
 
 def setup(description: str, args: list[tuple[str, str]],
@@ -32,8 +32,7 @@ def setup(description: str, args: list[tuple[str, str]],
 
 def data(params: dict[str, Any]) -> Dataset:
     """Load the dataset described by the ``data`` section."""
-    cfg = DataConfig.from_dict(section(params, "data"), where="params.yaml:data")
-    return load_dataset(cfg)
+    return load_dataset(read(params, "data", DataConfig))
 
 
 def load_members(directory: str | None, indices: list[int] | tuple[int, ...], why: str) -> dict[str, torch.nn.Module]:
@@ -59,8 +58,3 @@ def meta(ds: Dataset, params: dict[str, Any], stage: str, parent: str | None, me
     return {"stage": stage, "data": ds.meta(), "params": sec, "params_hash": params_hash(sec),
             "parent": parent, "metrics": metrics}
 
-
-def ensure_parent(path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path

@@ -1,9 +1,7 @@
-"""Predictive uncertainty of ensembles, multi-head students and MC dropout, from probabilities.
+"""Accuracy, calibration and uncertainty of every PyTorch model in the chain (the uncertainty stage).
 
-Total uncertainty H(mean_m p_m) splits into an aleatoric part, the expected entropy
-mean_m H(p_m), and an epistemic part, the mutual information between prediction and member,
-H(mean) - mean_m H(p_m) (Depeweg et al. 2018; Malinin & Gales 2018). Accuracy, NLL, Brier, ECE
-come from ``edgecompress.metrics.classification_metrics`` on the mean prediction.
+Members, the ensemble's mean prediction, multi-head students (their heads' disagreement) and MC
+dropout; the formulas live in ``edgecompress.metrics``.
 """
 
 from __future__ import annotations
@@ -15,90 +13,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.metrics import classification_metrics, confidence_bins
-
-_EPS = 1e-12
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) over the last axis."""
-    p = np.asarray(probs, dtype=np.float64)
-    return -(p * np.log(np.clip(p, _EPS, 1.0))).sum(axis=-1)
-
-
-def _as_members(probs: np.ndarray) -> np.ndarray:
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 2:
-        return p[None]
-    if p.ndim != 3:
-        raise EdgeCompressError(f"probabilities must be (N, C) or (M, N, C); got shape {p.shape}")
-    return p
-
-
-def uncertainty_decomposition(member_probs: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-sample (N,) total, aleatoric (expected entropy) and epistemic (mutual information) parts."""
-    p = _as_members(member_probs)
-    total = entropy(p.mean(axis=0))
-    expected = entropy(p).mean(axis=0)
-    # MI >= 0 by Jensen; clip the tiny negatives that rounding can produce when members agree.
-    return {"total": total, "expected_entropy": expected, "mutual_information": np.clip(total - expected, 0.0, None)}
-
-
-def predictive_metrics(probs: np.ndarray) -> dict[str, float]:
-    """Mean total uncertainty H(mean prediction); for (M, N, C) input also its decomposition.
-
-    ``probs`` is one model's (N, C) or members'/heads'/MC samples' (M, N, C) probabilities.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    parts = uncertainty_decomposition(p)
-    out = {"predictive_entropy": float(parts["total"].mean())}
-    if p.ndim == 3:
-        out["expected_entropy"] = float(parts["expected_entropy"].mean())
-        out["mutual_information"] = float(parts["mutual_information"].mean())
-    return out
-
-
-def ensemble_metrics(member_probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, float]:
-    """classification_metrics of the mean prediction plus ``mutual_information`` and ``expected_entropy``.
-
-    ``entropy`` (from classification_metrics) is the total uncertainty; it equals
-    mutual_information + expected_entropy up to rounding.
-    """
-    p = _as_members(member_probs)
-    labels = np.asarray(labels, dtype=np.int64)
-    if p.shape[1] != len(labels):
-        raise EdgeCompressError(f"member_probs has {p.shape[1]} samples but labels has {len(labels)}")
-    out = classification_metrics(p.mean(axis=0), labels, bins)
-    parts = uncertainty_decomposition(p)
-    out["mutual_information"] = float(parts["mutual_information"].mean())
-    out["expected_entropy"] = float(parts["expected_entropy"].mean())
-    return out
-
-
-def reliability_diagram(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict[str, Any]]:
-    """Per confidence bin: lower, upper, count, confidence (mean), accuracy; JSON-able for ``dvc plots``.
-
-    Bins are equal-width and (lower, upper], exactly as in metrics.expected_calibration_error, so the
-    count-weighted |confidence - accuracy| over these rows is the reported ECE. Empty bins are kept
-    (count 0, confidence and accuracy None -> JSON null) so every diagram has the same rows.
-    """
-    if bins < 1:
-        raise EdgeCompressError(f"invalid value bins={bins!r}: must be >= 1")
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 3:
-        p = p.mean(axis=0)
-    labels = np.asarray(labels, dtype=np.int64)
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == labels).astype(np.float64)
-    edges, idx = confidence_bins(conf, bins)
-    rows = []
-    for b in range(bins):
-        mask = idx == b
-        n = int(mask.sum())
-        rows.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
-                     "confidence": float(conf[mask].mean()) if n else None,
-                     "accuracy": float(correct[mask].mean()) if n else None})
-    return rows
+from edgecompress.metrics import ensemble_metrics, reliability_diagram
 
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -133,7 +48,7 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, outputs: s
 
 def model_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Test-time probabilities: (N, C) for one network, (M, N, C) per head for a multi-head student."""
-    from edgecompress.multihead import MultiHeadStudent
+    from edgecompress.training.multihead import MultiHeadStudent
 
     model.eval()
     outs = []

@@ -11,18 +11,10 @@ from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import ResNetTeacher, count_macs, count_params
-from edgecompress.train import TrainConfig, evaluate, fit, from_dict
+from edgecompress.models import ResNetTeacher
+from edgecompress.training.loop import TrainConfig, crop_fill, fit, model_report, tensors
 
 
-def _with_train(cls: Any, d: dict[str, Any], where: str, tuple_keys: tuple[str, ...]) -> Any:
-    """Build a stage config whose ``train`` sub-section is a TrainConfig; lists become tuples."""
-    d = dict(d or {})
-    train = TrainConfig.from_dict(d.pop("train", {}), f"{where}.train")
-    for k in tuple_keys:
-        if k in d:
-            d[k] = tuple(d[k])
-    return from_dict(cls, {**d, "train": train}, where)
 
 
 @dataclass(frozen=True)
@@ -68,9 +60,6 @@ class TeacherConfig:
         if min(self.widths) < 1 or min(self.blocks) < 1 or self.stem < 1:
             raise EdgeCompressError("stem, widths and blocks must be positive integers")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:train_teacher") -> "TeacherConfig":
-        return _with_train(cls, d, where, ("widths", "blocks", "members"))
 
     def member(self, index: int) -> "TeacherConfig":
         """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index``."""
@@ -81,24 +70,6 @@ class TeacherConfig:
     def arch(self, ds: Dataset) -> dict[str, Any]:
         return {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
                 "widths": list(self.widths), "blocks": list(self.blocks), "stem": self.stem, "dropout": self.dropout}
-
-
-def tensors(ds: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Normalized float tensors for each split."""
-    return {name: (ds.to_tensor(s.x), torch.from_numpy(s.y)) for name, s in
-            (("train", ds.train), ("val", ds.val), ("test", ds.test))}
-
-
-def model_report(model: nn.Module, ds: Dataset, t: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
-    """Test/val metrics plus size of ``model``."""
-    shape = tuple(ds.input_shape)
-    return {"test": evaluate(model, *t["test"]), "val": evaluate(model, *t["val"]) if len(t["val"][0]) else None,
-            "params": count_params(model), "macs": count_macs(model, shape)}
-
-
-def _fill(ds: Dataset) -> torch.Tensor:
-    # Padding value for random crops = a black pixel after normalization.
-    return torch.tensor([(0.0 - m) / s for m, s in zip(ds.mean, ds.std)], dtype=torch.float32)
 
 
 def load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
@@ -148,7 +119,7 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str,
         transfer = load_pretrained(model, cfg.init)
         transfer["frozen"] = _freeze(model, cfg.freeze)
     t = tensors(ds)
-    history = fit(model, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="teacher")
+    history = fit(model, *t["train"], cfg.train, fill=crop_fill(ds), val=t["val"], name="teacher")
     for p in model.parameters():
         p.requires_grad_(True)
     report = {**model_report(model, ds, t), "history": history}

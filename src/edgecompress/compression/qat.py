@@ -135,7 +135,8 @@ def export_tflite_qat(model: nn.Module, input_shape: tuple[int, ...], path: Path
     import litert_torch
     from litert_torch.quantize import quant_config
 
-    from edgecompress.export import NHWCWrapper, _quiet
+    from edgecompress.compression.onnx import quiet
+    from edgecompress.compression.tflite import NHWCWrapper
     from edgecompress.fileio import atomic_path
 
     c, h, w = input_shape
@@ -143,7 +144,7 @@ def export_tflite_qat(model: nn.Module, input_shape: tuple[int, ...], path: Path
     nhwc = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))
     converted, quantizer, history = qat_pt2e(wrapped, nhwc, y, cfg, per_channel)
     try:
-        with _quiet():
+        with quiet():
             edge = litert_torch.convert(converted, (torch.zeros(1, h, w, c),),
                                         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
             with atomic_path(path) as tmp:

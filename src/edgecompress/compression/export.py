@@ -1,7 +1,7 @@
 """Export to ONNX (fp32, int8 QDQ, fp16, dynamic int8) and TFLite (fp32, full-integer int8, fp16), each verified.
 
 ``export.formats`` chooses the artifacts. int8.onnx is accuracy-aware (see
-:func:`edgecompress.quantize.quantize_onnx_accuracy_aware`); int8.tflite is post-training
+:func:`edgecompress.compression.onnx.quantize_onnx_accuracy_aware`); int8.tflite is post-training
 quantized, or quantization-aware trained with ``export.qat.enabled``; fp16 artifacts (float16
 weights, float32 I/O) target GPUs; dynamic.onnx has int8 weights and run-time activation scales.
 
@@ -12,13 +12,9 @@ evaluated on the test set with its own runtime against the PyTorch model it came
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import shutil
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,23 +23,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress.artifacts import DEFAULT_FORMATS, HEAD_ARTIFACTS, REGISTRY
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.onnx import (export_onnx, export_onnx_dynamic, export_onnx_fp16, export_onnx_int8,
+                                           quiet)
+from edgecompress.compression.qat import QATConfig
+from edgecompress.compression.tflite import export_tflite, export_tflite_fp16, tflite_interpreter, tflite_observer
+from edgecompress.data import Dataset, save_npz_split
 from edgecompress.fileio import atomic_path, write_json
-from edgecompress.metrics import classification_metrics, softmax
-from edgecompress.qat import QATConfig
-from edgecompress.quantize import (CalibrationConfig, quantize_onnx, quantize_onnx_accuracy_aware,
-                                   quantize_onnx_dynamic, quantize_pt2e, tflite_observer)
+from edgecompress.errors import EdgeCompressError
+from edgecompress.metrics import classification_metrics, softmax, uncertainty_decomposition
+from edgecompress.models import MultiHeadStudent, PerHeadOutputs
 
-# Every artifact export_all can write, in the order it writes them.
-ALL_ARTIFACTS = ("fp32.onnx", "int8.onnx", "fp16.onnx", "dynamic.onnx", "fp32.tflite", "int8.tflite", "fp16.tflite")
-ARTIFACTS = ("fp32.onnx", "int8.onnx", "fp16.onnx", "fp32.tflite", "int8.tflite", "fp16.tflite")  # default formats
 
 
 @dataclass(frozen=True)
 class ExportConfig:
     """``export`` in params.yaml: which artifacts to write and the optional quantization variants."""
 
-    formats: tuple[str, ...] = ARTIFACTS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     dynamic: bool = False  # also write dynamic.onnx (int8 weights, activations quantized at run time)
     qat: QATConfig = field(default_factory=QATConfig)  # quantization-aware training for int8.tflite
 
@@ -51,10 +49,10 @@ class ExportConfig:
         formats = self.formats
         if isinstance(formats, str) or not isinstance(formats, (list, tuple)) or not formats:
             raise EdgeCompressError(f"invalid value formats={formats!r}: must be a non-empty list of "
-                                    f"{list(ALL_ARTIFACTS)}")
-        bad = [f for f in formats if f not in ALL_ARTIFACTS]
+                                    f"{list(REGISTRY)}")
+        bad = [f for f in formats if f not in REGISTRY]
         if bad:
-            raise EdgeCompressError(f"invalid value formats: unknown artifact(s) {bad}; allowed {list(ALL_ARTIFACTS)}")
+            raise EdgeCompressError(f"invalid value formats: unknown artifact(s) {bad}; allowed {list(REGISTRY)}")
         if len(set(formats)) != len(formats):
             raise EdgeCompressError(f"invalid value formats={list(formats)}: an artifact is listed twice")
         if not isinstance(self.dynamic, bool):
@@ -67,12 +65,12 @@ class ExportConfig:
     def artifacts(self) -> tuple[str, ...]:
         """The artifacts to write, in writing order (``dynamic: true`` adds dynamic.onnx)."""
         wanted = set(self.formats) | ({"dynamic.onnx"} if self.dynamic else set())
-        return tuple(a for a in ALL_ARTIFACTS if a in wanted)
+        return tuple(a for a in REGISTRY if a in wanted)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "params.yaml:export") -> "ExportConfig":
         """Build from the params section; unknown keys and bad values name ``where``."""
-        from edgecompress.train import from_dict
+        from edgecompress.training.loop import from_dict
 
         d = dict(d or {})
         qat = d.pop("qat", None)
@@ -81,127 +79,6 @@ class ExportConfig:
         if qat is not None:
             d["qat"] = from_dict(QATConfig, qat, f"{where}.qat")
         return from_dict(cls, d, where)
-
-
-class NHWCWrapper(nn.Module):
-    """Takes NHWC input, the layout TFLite kernels and mobile camera pipelines use natively."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.permute(0, 3, 1, 2))
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    # The converters print pages of MLIR progress and deprecation warnings; keep stage logs readable.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-
-
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
-    """fp32 ONNX, single file (no external data), dynamic batch, input 'input' / output 'logits'."""
-    model = model.eval().to(memory_format=torch.contiguous_format)
-    example = torch.zeros(1, *input_shape)
-    with atomic_path(path) as tmp, _quiet():
-        # The TorchScript exporter writes one self-contained file; opset 17 runs on every ORT >= 1.14.
-        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-
-
-def export_onnx_int8(fp32_path: Path, path: Path, calib: np.ndarray, cfg: CalibrationConfig,
-                     x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> dict[str, Any]:
-    """int8 QDQ ONNX from the fp32 ONNX, calibrated on ``calib`` (normalized NCHW).
-
-    With validation data it is accuracy-aware (layers kept in float while int8 loses more than
-    ``cfg.max_drop`` points); returns that report (``float_layers`` and the measurements).
-    """
-    with atomic_path(path) as tmp:
-        if x_val is None:
-            quantize_onnx(fp32_path, tmp, calib, cfg)
-            return {"max_drop_points": cfg.max_drop, "float_layers": [], "checked": False,
-                    "reason": "no validation data"}
-        return quantize_onnx_accuracy_aware(fp32_path, tmp, calib, cfg, x_val, y_val)
-
-
-def export_onnx_fp16(fp32_path: Path, path: Path) -> None:
-    """fp16 ONNX for GPU targets: float16 weights and compute, float32 input/output (keep_io_types).
-
-    Clients keep feeding float32 (Cast nodes at the graph edges), so the runner and every sidecar
-    consumer treat it like fp32.onnx.
-    """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    try:
-        model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    except Exception as e:
-        raise EdgeCompressError(f"fp16 conversion of {fp32_path} failed: {type(e).__name__}: {e}") from e
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-
-
-def export_onnx_dynamic(fp32_path: Path, path: Path, per_channel: bool = True) -> None:
-    """Dynamic int8 ONNX (int8 weights; activations quantized per batch at run time)."""
-    with atomic_path(path) as tmp:
-        quantize_onnx_dynamic(fp32_path, tmp, per_channel)
-
-
-def export_tflite_fp16(fp32_tflite: Path, path: Path) -> None:
-    """fp16 TFLite from the fp32 one: float16 weights (ai_edge_quantizer float casting), float32 I/O.
-
-    The standard TFLite "float16 quantization": conv/depthwise/fully-connected weights are stored as
-    float16 behind DEQUANTIZE ops; the GPU delegate computes in fp16, the CPU dequantizes to fp32.
-    """
-    from ai_edge_quantizer import qtyping, quantizer
-
-    fp16 = qtyping.OpQuantizationConfig(
-        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
-    try:
-        q = quantizer.Quantizer(str(fp32_tflite))
-        for op in (qtyping.TFLOperationName.CONV_2D, qtyping.TFLOperationName.DEPTHWISE_CONV_2D,
-                   qtyping.TFLOperationName.FULLY_CONNECTED):
-            q.update_quantization_recipe(regex=".*", operation_name=op, op_config=fp16,
-                                         algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING)
-        with _quiet():
-            result = q.quantize(enable_progress_report=False)
-    except Exception as e:
-        raise EdgeCompressError(f"fp16 TFLite conversion of {fp32_tflite} failed: {type(e).__name__}: {e}") from e
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(bytes(result.quantized_model))
-
-
-def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path,
-                  calib: np.ndarray | None = None, cfg: CalibrationConfig | None = None) -> None:
-    """TFLite through litert-torch: fp32, or full-integer int8 (int8 I/O) when ``calib`` is given."""
-    import litert_torch
-    from litert_torch.quantize import quant_config
-
-    c, h, w = input_shape
-    wrapped = NHWCWrapper(model.eval().to(memory_format=torch.contiguous_format)).eval()
-    example = (torch.zeros(1, h, w, c),)
-    try:
-        with _quiet():
-            if calib is None:
-                edge = litert_torch.convert(wrapped, example)
-            else:
-                assert cfg is not None
-                nhwc = np.ascontiguousarray(calib.transpose(0, 2, 3, 1))
-                qmodel, quantizer = quantize_pt2e(wrapped, example, nhwc, cfg)
-                edge = litert_torch.convert(qmodel, example,
-                                            quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-            with atomic_path(path) as tmp:
-                edge.export(str(tmp))
-    except EdgeCompressError:
-        raise
-    except Exception as e:
-        raise EdgeCompressError(f"TFLite conversion to {path} failed: {type(e).__name__}: {e}") from e
 
 
 def io_details(path: Path) -> dict[str, Any]:
@@ -215,7 +92,7 @@ def io_details(path: Path) -> dict[str, Any]:
         return {"input_name": i.name, "output_name": o.name, "input_shape": [1, *i.shape[1:]],
                 "layout": "NCHW", "input_dtype": dt.get(i.type, i.type), "output_dtype": dt.get(o.type, o.type),
                 "input_quant": None, "output_quant": None}
-    interp = _tflite_interpreter(path)
+    interp = tflite_interpreter(path)
     i, o = interp.get_input_details()[0], interp.get_output_details()[0]
 
     def quant(d: dict[str, Any]) -> dict[str, float] | None:
@@ -227,14 +104,6 @@ def io_details(path: Path) -> dict[str, Any]:
             "input_quant": quant(i), "output_quant": quant(o)}
 
 
-def _tflite_interpreter(path: Path) -> Any:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
-    interp.allocate_tensors()
-    return interp
-
-
 def run_artifact(path: Path, sidecar: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """Logits (float) of an artifact on normalized NCHW float ``x``, through its own runtime."""
     if path.suffix == ".onnx":
@@ -243,7 +112,7 @@ def run_artifact(path: Path, sidecar: dict[str, Any], x: np.ndarray) -> np.ndarr
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return np.concatenate([sess.run(None, {sidecar["input_name"]: x[i:i + 500]})[0]
                                for i in range(0, len(x), 500)])
-    interp = _tflite_interpreter(path)
+    interp = tflite_interpreter(path)
     i_d, o_d = interp.get_input_details()[0], interp.get_output_details()[0]
     xs = x.transpose(0, 2, 3, 1)
     iq, oq = sidecar["input_quant"], sidecar["output_quant"]
@@ -315,7 +184,7 @@ def export_all(model: nn.Module, meta: dict[str, Any], out_dir: Path, calib: np.
 
     def int8_tflite(p: Path) -> None:
         if export_cfg.qat.enabled:
-            from edgecompress.qat import export_tflite_qat
+            from edgecompress.compression.qat import export_tflite_qat
 
             assert train is not None
             history = export_tflite_qat(model, input_shape, p, train[0], train[1], export_cfg.qat, cfg.per_channel)
@@ -340,16 +209,11 @@ def export_all(model: nn.Module, meta: dict[str, Any], out_dir: Path, calib: np.
             steps[name](path)
             results[name] = _sidecar_and_verify(path, name, meta, cfg, calib, parent, phash, x_test, y_test, ref,
                                                 extra.get(name, {}))
-        from edgecompress.multihead import MultiHeadStudent
-
         if isinstance(model, MultiHeadStudent):
             results.update(export_heads(model, meta, out_dir, x_test, parent, phash))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results
-
-
-HEAD_ARTIFACTS = ("heads.onnx", "heads.tflite")
 
 
 def _run_heads(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -361,7 +225,7 @@ def _run_heads(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outs = [sess.run(None, {"input": x[i:i + 500]}) for i in range(0, len(x), 500)]
         both = [np.concatenate([o[j] for o in outs]) for j in range(2)]
     else:
-        interp = _tflite_interpreter(path)
+        interp = tflite_interpreter(path)
         i_d, o_ds = interp.get_input_details()[0], interp.get_output_details()
         rows: list[list[np.ndarray]] = [[], []]
         for k in range(len(x)):
@@ -380,9 +244,6 @@ def export_heads(model: nn.Module, meta: dict[str, Any], out_dir: Path, x_test: 
     """fp32 ONNX and TFLite of a multi-head student with two outputs: the mean probabilities (N, C)
     and every head's probabilities (N, M, C), so a device can also compute the heads' disagreement
     (mutual information). Each is verified against PyTorch on the first ``samples`` test images."""
-    from edgecompress.multihead import PerHeadOutputs
-    from edgecompress.uncertainty import uncertainty_decomposition
-
     input_shape = tuple(meta["data"]["input_shape"])
     wrapper = PerHeadOutputs(model.eval().to(memory_format=torch.contiguous_format)).eval()  # type: ignore[arg-type]
     x = x_test[:samples]
@@ -393,7 +254,7 @@ def export_heads(model: nn.Module, meta: dict[str, Any], out_dir: Path, x_test: 
         path = out_dir / name
         print(f"[export] {name} (mean and per-head probabilities) ...", file=sys.stderr, flush=True)
         if name.endswith(".onnx"):
-            with atomic_path(path) as tmp, _quiet():
+            with atomic_path(path) as tmp, quiet():
                 torch.onnx.export(wrapper, (torch.zeros(1, *input_shape),), str(tmp), input_names=["input"],
                                   output_names=["probs", "head_probs"], opset_version=17, dynamo=False,
                                   dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}, "head_probs": {0: "batch"}})
@@ -454,3 +315,37 @@ def _sidecar_and_verify(path: Path, name: str, meta: dict[str, Any], cfg: Calibr
     print(f"[export] {name}: {m['size_bytes'] / 1024:.1f} KiB, accuracy {m['accuracy']:.4f}, "
           f"agreement {m['top1_agreement']:.4f}", file=sys.stderr, flush=True)
     return m
+
+
+def load_calibration(path: str | Path) -> np.ndarray:
+    """The normalized calibration images the calibrate stage saved."""
+    try:
+        with np.load(path) as d:
+            return d["x"]
+    except (OSError, KeyError, ValueError, EOFError) as e:
+        raise EdgeCompressError(f"calibration set {path} is missing or corrupt ({e}); "
+                                f"re-run the calibrate stage (dvc repro calibrate)") from e
+
+
+def export_directory(model: nn.Module, meta: dict[str, Any], parent: str, ds: Dataset, calib: np.ndarray,
+                     cfg: CalibrationConfig, export_cfg: ExportConfig, out: str | Path) -> dict[str, Any]:
+    """The export stage: every configured artifact plus the raw test set, swapped into ``out`` whole.
+
+    Everything is built in a scratch dir beside ``out`` and renamed onto it at the end, so a failed
+    export never leaves a half-written artifact directory behind. The accuracy-aware int8 ONNX check
+    runs on the validation split (``cfg.val_samples`` images), never on the test set.
+    """
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    x_val, y_val = ds.normalize(ds.val.x[:cfg.val_samples]), ds.val.y[:cfg.val_samples]
+    train = (ds.normalize(ds.train.x), ds.train.y) if export_cfg.qat.enabled else None
+    try:
+        results = export_all(model, meta, tmp, calib, cfg, ds.normalize(ds.test.x), ds.test.y, parent,
+                             meta["params_hash"], export_cfg=export_cfg, x_val=x_val, y_val=y_val, train=train)
+        save_npz_split(tmp / "testset.npz", ds.test, ds.class_names)  # raw uint8 images for on-device checks
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return results

@@ -6,24 +6,33 @@ of a residual sum is removed from every branch that feeds it; the result is a ge
 dense network (fewer params and MACs, faster on every runtime). Channels are ranked by a
 criterion (L1/L2 filter norm, APoZ on a data batch, or first-order Taylor on a loss batch).
 Unstructured magnitude pruning only zeroes weights: dense runtimes run it no faster and store it
-no smaller; only a sparse encoding (counted by ``edgecompress.sparse``) shrinks it.
+no smaller; only a sparse encoding (counted by ``edgecompress.compression.sparse``) shrinks it.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from edgecompress.compression.importance import channel_importance, protected_layers
+from edgecompress.compression.onnx import export_onnx
+from edgecompress.compression.sparse import sparse_size
+from edgecompress.deploy.runner import benchmark, load_session
+from edgecompress.config import from_dict
+from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import count_macs, count_params
-from edgecompress.sparse import sparse_size
+from edgecompress.models import MultiHeadStudent, count_macs, count_params
+from edgecompress.training.distill import SOURCES, DistillConfig
+from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
+from edgecompress.training.loop import TrainConfig, crop_fill, evaluate, fit, tensors
+from edgecompress.training.multihead import MultiHeadKDConfig
+from edgecompress.training.losses import kd_loss
 
 METHODS = ("channel", "magnitude", "none")
 CRITERIA = ("l1", "l2", "apoz", "taylor")
@@ -35,7 +44,7 @@ METHOD_ALIASES = {"l1_channel": ("channel", "l1"), "l2_channel": ("channel", "l2
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """How much and how to prune; fine-tuning settings live in the stage's ``finetune`` section."""
+    """How much and how to prune, and what the KD fine-tune after each step learns from."""
 
     method: str = "channel"  # channel (structured) | magnitude (unstructured) | none; l1_channel/l2_channel = aliases
     criterion: str | None = None  # channel ranking: l1 | l2 | apoz | taylor (None = l1)
@@ -47,6 +56,11 @@ class PruneConfig:
     protect: tuple[str, ...] = ("last",)  # never pruned: first (the stem conv), last (the classifier, always)
     importance_samples: int = 256  # training images used by apoz/taylor to score channels
     latency_runs: int = 200  # batch-1 fp32 ONNX runs timed per step (1 thread); 0 = skip
+    # What the fine-tune distils: teacher | ensemble (teacher + members) | auto (see finetune_plan).
+    source: str = "auto"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    finetune: TrainConfig = field(default_factory=TrainConfig)  # epochs are spent at every step
 
     def __post_init__(self) -> None:
         method, criterion = self.method, self.criterion
@@ -77,7 +91,11 @@ class PruneConfig:
                   ("schedule", self.schedule in SCHEDULES, f"allowed {list(SCHEDULES)}"),
                   ("round_to", self.round_to >= 1, "must be >= 1"),
                   ("importance_samples", self.importance_samples >= 1, "must be >= 1"),
-                  ("latency_runs", self.latency_runs >= 0, "must be >= 0")]
+                  ("latency_runs", self.latency_runs >= 0, "must be >= 0"),
+                  ("source", self.source in (*SOURCES, "auto"), f"allowed {[*SOURCES, 'auto']} (what the pruned "
+                                                                 "student is fine-tuned from)"),
+                  ("temperature", self.temperature > 0, "must be > 0 (softmax(z / T))"),
+                  ("alpha", 0 <= self.alpha <= 1, "must be within [0, 1]")]
         for name, ok, allowed in checks:
             if not ok:
                 raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: {allowed}")
@@ -85,100 +103,8 @@ class PruneConfig:
 
 # ---------------------------------------------------------------- which layers may be pruned
 
-def protected_layers(model: nn.Module, protect: tuple[str, ...] = ("last",)) -> list[nn.Module]:
-    """The first conv (when ``first`` is listed) and the classifier (always: its outputs are the classes;
-    a multi-head student's every head)."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    heads = getattr(model, "heads", None)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    out = list(heads) if isinstance(heads, nn.ModuleList) else list(linears[-1:])
-    if "first" in protect and convs:
-        out.append(convs[0])
-    return out
-
 
 # ---------------------------------------------------------------- channel importance criteria
-
-class APoZImportance:
-    """Average Percentage of Zeros (Hu et al. 2016) of each channel's post-ReLU activations; 1 - APoZ.
-
-    ``measure`` runs a data batch and records, for every conv/linear, the fraction of zero entries per
-    *input* channel (the post-ReLU activations it consumes); a linear fed by global pooling uses the
-    pooled feature map's zeros instead (a pooled value is rarely exactly zero). A group's score for a
-    channel is the mean over the layers in the group that consume it (a depthwise conv consumes the
-    channel it outputs). Lower APoZ = more often active = more important.
-    """
-
-    def __init__(self) -> None:
-        self.apoz: dict[nn.Module, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def measure(self, model: nn.Module, x: torch.Tensor) -> None:
-        self.apoz.clear()
-        last_pool: list[torch.Tensor] = []
-
-        def zeros(inp: torch.Tensor) -> torch.Tensor:
-            return (inp == 0).float().mean(dim=(0, 2, 3)) if inp.ndim == 4 else (inp == 0).float().mean(0)
-
-        def pre(m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            inp = args[0]
-            if isinstance(m, nn.Linear) and last_pool and last_pool[-1].numel() == m.in_features:
-                self.apoz[m] = last_pool.pop()
-            elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
-                last_pool.append(zeros(inp))
-            else:
-                self.apoz[m] = zeros(inp)
-
-        types = (nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
-        hooks = [m.register_forward_pre_hook(pre) for m in model.modules() if isinstance(m, types)]
-        try:
-            model.eval()(x)
-        finally:
-            for h in hooks:
-                h.remove()
-
-    def __call__(self, group: Any) -> torch.Tensor | None:
-        import torch_pruning as tp
-
-        n = len(group[0].idxs)
-        total, count = torch.zeros(n), torch.zeros(n)
-        for i, (dep, idxs) in enumerate(group):
-            layer, fn = dep.target.module, dep.handler
-            depthwise = (isinstance(layer, nn.Conv2d) and fn == tp.prune_conv_out_channels
-                         and layer.groups == layer.in_channels == layer.out_channels and layer.groups > 1)
-            consumes = fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels) or depthwise
-            root = group[i].root_idxs
-            if not consumes or layer not in self.apoz or any(r is None for r in root):
-                continue
-            root_t = torch.as_tensor(root)
-            total.scatter_add_(0, root_t, 1.0 - self.apoz[layer][torch.as_tensor(idxs)])
-            count.scatter_add_(0, root_t, torch.ones(len(root)))
-        if not count.any():
-            return None
-        return total / count.clamp(min=1)
-
-
-def _importance(cfg: PruneConfig, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor] | None) -> Any:
-    """The torch-pruning importance for ``cfg.criterion``, primed on ``batch`` when it needs data."""
-    import torch_pruning as tp  # heavy import, only needed here
-
-    if cfg.criterion in ("l1", "l2"):
-        return tp.importance.MagnitudeImportance(p=1 if cfg.criterion == "l1" else 2)
-    if batch is None:
-        raise EdgeCompressError(f"criterion={cfg.criterion!r} scores channels on data: pass a (images, labels) batch")
-    x, y = batch
-    if cfg.criterion == "apoz":
-        imp = APoZImportance()
-        imp.measure(model, x)
-        return imp
-    # Taylor (Molchanov et al. 2019): |w * dL/dw| summed per channel; gradients of the label loss
-    # on the batch, in eval mode so BN running statistics stay untouched.
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    F.cross_entropy(model(x), y).backward()
-    return tp.importance.TaylorImportance()
 
 
 def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float, cfg: PruneConfig,
@@ -193,7 +119,7 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
     if ratio <= 0:
         return model
     model.eval()
-    importance = _importance(cfg, model, batch)
+    importance = channel_importance(cfg.criterion, model, batch)
     pruner = tp.pruner.MagnitudePruner(
         model, torch.zeros(1, *input_shape), importance=importance, pruning_ratio=ratio,
         ignored_layers=protected_layers(model, cfg.protect), round_to=cfg.round_to,
@@ -290,9 +216,6 @@ def structure_stats(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
 
 def onnx_latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 200, threads: int = 1) -> float:
     """Batch-1 p50 latency (ms) of ``model`` exported to fp32 ONNX, timed by the runner's library functions."""
-    from edgecompress.export import export_onnx
-    from edgecompress.runner import benchmark, load_session
-
     sidecar = {"input_shape": [1, *input_shape], "layout": "NCHW", "input_dtype": "float32",
                "mean": [0.0] * input_shape[0], "std": [1.0] * input_shape[0]}
     with tempfile.TemporaryDirectory(prefix="prune-latency-") as d:
@@ -304,21 +227,43 @@ def onnx_latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 200
     return float(res["latency_ms"]["p50"])
 
 
-def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn.Module], finetune: Any,
-               temperature: float, alpha: float, multihead: Any) -> tuple[Callable[..., Any], str]:
+def finetune_plan(cfg: PruneConfig, student: nn.Module, student_meta: dict[str, Any],
+                  where: str) -> tuple[str, MultiHeadKDConfig | None]:
+    """(source, multi-head loss config) for fine-tuning ``student``: resolves ``source: auto``.
+
+    Measured (README): heads fine-tuned on the mean alone drift apart (spurious MI, 1.8x the ECE),
+    so a multi-head student keeps distilling the ensemble with the Ferianc loss it was distilled
+    with (read from its checkpoint, ``where``); a single-head student gains nothing from the
+    ensemble at 3x the fine-tuning time, so ``auto`` gives it the teacher.
+    """
+    multi = isinstance(student, MultiHeadStudent)
+    source = cfg.source
+    if source == "auto":
+        source = "ensemble" if multi else "teacher"
+        print(f"[prune] source auto: fine-tuning from the {source}", flush=True)
+    if source != "ensemble" or not multi:
+        return source, None
+    distilled = (student_meta.get("params") or {}).get("distill")
+    if distilled is None:
+        raise EdgeCompressError(f"{where} is a multi-head student without the distill params that made it "
+                                "(params.distill in its metadata); re-run `dvc repro distill`, or set "
+                                "prune.source: teacher")
+    made_by = from_dict(DistillConfig, distilled, f"{where} (its distill params)")
+    return source, made_by.multihead_config(student.num_heads)  # type: ignore[union-attr]
+
+
+def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn.Module], finetune: TrainConfig,
+               temperature: float, alpha: float,
+               multihead: MultiHeadKDConfig | None) -> tuple[Callable[..., Any], str]:
     """``fit`` bound to the loss the student should keep learning from while it is pruned, and its name.
 
     With ``members`` the teacher is the whole ensemble (``teacher`` is member 0): ensemble KD, or, for
     a multi-head student and a ``multihead`` config, the Ferianc & Rodrigues loss (head i <- member i).
     """
-    from edgecompress.train import fit, kd_loss
-
     if not members:
         loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
         return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=teacher, **kw),
                 "teacher" if teacher is not None else "labels")
-    from edgecompress.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
-
     if teacher is None:
         raise EdgeCompressError("ensemble fine-tuning needs the teacher (member 0) as well as the members")
     ensemble = [teacher, *members]
@@ -330,19 +275,16 @@ def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn
             f"ensemble of {len(ensemble)}")
 
 
-def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg: PruneConfig,
-                       finetune: Any, temperature: float, alpha: float, members: Sequence[nn.Module] = (),
-                       multihead: Any = None) -> tuple[nn.Module, dict[str, Any]]:
+def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset, cfg: PruneConfig,
+                       members: Sequence[nn.Module] = (),
+                       multihead: MultiHeadKDConfig | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Iterative schedule: ``cfg.steps`` x (prune a step, fine-tune with the KD loss); per-step metrics.
 
-    ``finetune`` is a TrainConfig whose epochs are spent at every step. With ``members`` (the ensemble
+    ``cfg.finetune``'s epochs are spent at every step. With ``members`` (the ensemble
     beside ``teacher``) fine-tuning distils the ensemble, as the distill stage did (``multihead``: a
     MultiHeadKDConfig for a multi-head student). Every step records params, MACs, sizes, val
     accuracy before and after fine-tuning and the fp32 ONNX batch-1 p50 latency.
     """
-    from edgecompress.distill import _fill, tensors
-    from edgecompress.train import evaluate
-
     t = tensors(ds)
     shape = tuple(ds.input_shape)
     has_val = len(t["val"][0]) > 0
@@ -350,6 +292,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
     def latency() -> float | None:
         return onnx_latency(model, shape, cfg.latency_runs) if cfg.latency_runs else None
 
+    finetune = cfg.finetune
     gen = torch.Generator().manual_seed(finetune.seed)
     pick = torch.randperm(len(t["train"][0]), generator=gen)[:cfg.importance_samples]
     batch = (t["train"][0][pick], t["train"][1][pick])
@@ -357,7 +300,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
               "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
               "latency_p50_ms": latency()}
     steps: list[dict[str, Any]] = []
-    tune, tuned_from = _finetuner(model, teacher, members, finetune, temperature, alpha, multihead)
+    tune, tuned_from = _finetuner(model, teacher, members, finetune, cfg.temperature, cfg.alpha, multihead)
     for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg))):
         prune_step(model, cfg, r, shape, batch)
         pruned_acc = evaluate(model, *t["val"])["accuracy"] if has_val else None
@@ -366,7 +309,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Any, cfg
             # Keep pruned weights at zero while fine-tuning: mask their gradients, re-apply the mask after.
             masks = {n: (p != 0).float() for n, p in model.named_parameters() if p.ndim > 1}
             hooks = [p.register_hook(lambda g, m=masks[n]: g * m) for n, p in model.named_parameters() if n in masks]
-        tune(*t["train"], fill=_fill(ds), val=t["val"], name=f"prune step {i + 1}/{cfg.steps}")
+        tune(*t["train"], fill=crop_fill(ds), val=t["val"], name=f"prune step {i + 1}/{cfg.steps}")
         for h in hooks:
             h.remove()
         with torch.no_grad():

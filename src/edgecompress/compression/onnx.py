@@ -1,135 +1,32 @@
-"""Static int8 quantization calibrated on representative data, for ONNX Runtime and LiteRT.
+"""ONNX artifacts: fp32 export, static int8 QDQ (accuracy-aware), fp16 and dynamic int8.
 
-One calibration set (chosen once by the calibrate stage and saved) feeds both backends, so the
-int8 ONNX and the int8 TFLite models are calibrated on exactly the same images.
-
-The set is chosen at random, class-balanced, or diverse (greedy k-center on the fp32 model's pooled
-features). The int8 ONNX export is accuracy-aware: when it loses more than ``max_drop`` accuracy
-points against fp32 on a validation subset, a per-layer sensitivity analysis ranks the quantized
-layers by the harm they do and keeps the worst ones in float until the drop is within bounds.
+The int8 export is accuracy-aware: when it loses more than ``max_drop`` accuracy points against
+fp32 on a validation subset, a per-layer sensitivity analysis ranks the quantized layers by the
+harm they do and keeps the worst ones in float until the drop is within bounds.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import io
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from torch import nn
 
+from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import atomic_path
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-SELECTIONS = ("random", "class_balanced", "kcenter")
+
 # ONNX ops the sensitivity analysis may keep in float (the ones carrying weights).
 SENSITIVE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-
-
-@dataclass(frozen=True)
-class CalibrationConfig:
-    """Calibration set and range-estimation method for static int8 quantization."""
-
-    samples: int = 512
-    method: str = "minmax"  # activation range estimation: minmax | entropy | percentile
-    percentile: float = 99.999  # only for method=percentile
-    per_channel: bool = True  # per-output-channel weight scales (needed for depthwise convs)
-    selection: str = "class_balanced"  # random | class_balanced | kcenter (diverse, on fp32 embeddings)
-    seed: int = 0
-    # Accuracy-aware int8 ONNX: the largest accepted drop of int8 below fp32 validation accuracy, in
-    # accuracy *points* (percentage points: 0.5 = 0.5 %, i.e. 0.005 in fraction); null disables the
-    # check. A negative value always triggers the fallback (diagnostics and tests).
-    max_drop: float | None = 1.0
-    val_samples: int = 2000  # validation images the drop is measured on (never the test set)
-    max_float_layers: int = 4  # at most this many layers are kept in float by the fallback
-
-    def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise EdgeCompressError(f"invalid value samples={self.samples!r}: must be an integer >= 1")
-        if self.method not in CALIBRATION_METHODS:
-            raise EdgeCompressError(f"invalid value method={self.method!r}: allowed {list(CALIBRATION_METHODS)}")
-        if not 0 < self.percentile <= 100:
-            raise EdgeCompressError(f"invalid value percentile ({self.percentile}) should be within (0, 100]")
-        if self.selection not in SELECTIONS:
-            raise EdgeCompressError(f"invalid value selection={self.selection!r}: allowed {list(SELECTIONS)}")
-        if self.max_drop is not None and (isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float))
-                                          or not np.isfinite(self.max_drop)):
-            raise EdgeCompressError(f"invalid value max_drop={self.max_drop!r}: must be a number of accuracy "
-                                    f"points (e.g. 0.5) or null")
-        for name in ("val_samples", "max_float_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise EdgeCompressError(f"invalid value {name}={v!r}: must be an integer >= 1")
-
-
-def embeddings(model: Any, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Pooled features of ``model`` (``model.features(x)`` then global average pool) on normalized NCHW ``x``."""
-    import torch
-
-    if not hasattr(model, "features"):
-        raise EdgeCompressError(f"selection=kcenter needs a model with a features() method; "
-                                f"{type(model).__name__} has none")
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            f = model.features(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)))
-            out.append(f.mean(dim=tuple(range(2, f.ndim))).reshape(len(f), -1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def kcenter_greedy(emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """Greedy k-center (Gonzalez): each pick is the point farthest from everything picked so far.
-
-    Starts from a seeded random point; covers the embedding space (every cluster gets a centre before
-    any cluster gets a second one), which random sampling does not guarantee for rare modes.
-    """
-    emb = np.asarray(emb, np.float32).reshape(len(emb), -1)
-    n = len(emb)
-    k = min(k, n)
-    rng = np.random.default_rng(seed)
-    first = int(rng.integers(n))
-    picked = [first]
-    dist = ((emb - emb[first]) ** 2).sum(1)
-    while len(picked) < k:
-        i = int(dist.argmax())
-        if dist[i] <= 0:  # only duplicates of picked points remain: fill at random
-            rest = np.setdiff1d(np.arange(n), picked)
-            picked += rng.choice(rest, size=k - len(picked), replace=False).tolist()
-            break
-        picked.append(i)
-        dist = np.minimum(dist, ((emb - emb[i]) ** 2).sum(1))
-    return np.sort(np.array(picked, dtype=np.int64))
-
-
-def select_calibration(y: np.ndarray, cfg: CalibrationConfig, embeddings: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the calibration images among the training labels ``y`` (seeded).
-
-    ``selection=kcenter`` needs ``embeddings`` (one row per training image, e.g. from
-    :func:`embeddings` on the fp32 model) and picks a diverse set by greedy k-center on them.
-    """
-    rng = np.random.default_rng(cfg.seed)
-    n = min(cfg.samples, len(y))
-    if cfg.selection == "kcenter":
-        if embeddings is None:
-            raise EdgeCompressError("selection=kcenter needs the fp32 model's embeddings of the training images")
-        if len(embeddings) != len(y):
-            raise EdgeCompressError(f"kcenter: {len(embeddings)} embeddings for {len(y)} labels")
-        return kcenter_greedy(embeddings, n, cfg.seed)
-    if cfg.selection == "random":
-        return np.sort(rng.choice(len(y), size=n, replace=False))
-    # Class-balanced: round-robin over classes so rare classes still set the activation ranges.
-    classes = np.unique(y)
-    pools = [list(rng.permutation(np.flatnonzero(y == c))) for c in classes]
-    picked: list[int] = []
-    while len(picked) < n:
-        for pool in pools:
-            if pool and len(picked) < n:
-                picked.append(int(pool.pop()))
-    return np.sort(np.array(picked, dtype=np.int64))
 
 
 def _reader(calib: np.ndarray, input_name: str) -> Any:
@@ -293,35 +190,59 @@ def quantize_onnx_accuracy_aware(fp32_path: Path, out_path: Path, calib: np.ndar
     return report
 
 
-def quantize_pt2e(module: Any, example: tuple[Any, ...], calib: np.ndarray, cfg: CalibrationConfig) -> tuple[Any, Any]:
-    """PT2E int8 quantization for LiteRT: returns (converted module, quantizer).
+@contextlib.contextmanager
+def quiet() -> Any:
+    # The converters print pages of MLIR progress and deprecation warnings; keep stage logs readable.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
 
-    Weights symmetric int8 (per channel if configured), activations int8 observed on ``calib``
-    one image at a time (the exported graph is specialised to batch 1). torchao has no entropy or
-    percentile observer: both map to its histogram observer, which also clips outliers (it picks
-    the range minimising quantization error); ``tflite_observer(cfg)`` names what was used.
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """fp32 ONNX, single file (no external data), dynamic batch, input 'input' / output 'logits'."""
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(1, *input_shape)
+    with atomic_path(path) as tmp, quiet():
+        # The TorchScript exporter writes one self-contained file; opset 17 runs on every ORT >= 1.14.
+        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+
+
+def export_onnx_int8(fp32_path: Path, path: Path, calib: np.ndarray, cfg: CalibrationConfig,
+                     x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> dict[str, Any]:
+    """int8 QDQ ONNX from the fp32 ONNX, calibrated on ``calib`` (normalized NCHW).
+
+    With validation data it is accuracy-aware (layers kept in float while int8 loses more than
+    ``cfg.max_drop`` points); returns that report (``float_layers`` and the measurements).
     """
-    import torch
-    from litert_torch.quantize import pt2e_quantizer
-    from torchao.quantization.pt2e import quantize_pt2e as qpt2e
-
-    exported = torch.export.export(module, example).module()
-    qconfig = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=cfg.per_channel)
-    if cfg.method == "minmax":
-        # LiteRT's default activation observer is a histogram (L2-optimal clipping); honour minmax.
-        from torchao.quantization.pt2e.observer import MinMaxObserver
-
-        act = dataclasses.replace(qconfig.input_activation,
-                                  observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
-        qconfig = dataclasses.replace(qconfig, input_activation=act, output_activation=act)
-    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(qconfig)
-    prepared = qpt2e.prepare_pt2e(exported, quantizer)
-    with torch.no_grad():
-        for i in range(len(calib)):
-            prepared(torch.from_numpy(calib[i:i + 1]))
-    return qpt2e.convert_pt2e(prepared, fold_quantize=False), quantizer
+    with atomic_path(path) as tmp:
+        if x_val is None:
+            quantize_onnx(fp32_path, tmp, calib, cfg)
+            return {"max_drop_points": cfg.max_drop, "float_layers": [], "checked": False,
+                    "reason": "no validation data"}
+        return quantize_onnx_accuracy_aware(fp32_path, tmp, calib, cfg, x_val, y_val)
 
 
-def tflite_observer(cfg: CalibrationConfig) -> str:
-    """The activation observer the TFLite int8 export actually uses for ``cfg.method``."""
-    return "MinMaxObserver" if cfg.method == "minmax" else "HistogramObserver"
+def export_onnx_fp16(fp32_path: Path, path: Path) -> None:
+    """fp16 ONNX for GPU targets: float16 weights and compute, float32 input/output (keep_io_types).
+
+    Clients keep feeding float32 (Cast nodes at the graph edges), so the runner and every sidecar
+    consumer treat it like fp32.onnx.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    except Exception as e:
+        raise EdgeCompressError(f"fp16 conversion of {fp32_path} failed: {type(e).__name__}: {e}") from e
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def export_onnx_dynamic(fp32_path: Path, path: Path, per_channel: bool = True) -> None:
+    """Dynamic int8 ONNX (int8 weights; activations quantized per batch at run time)."""
+    with atomic_path(path) as tmp:
+        quantize_onnx_dynamic(fp32_path, tmp, per_channel)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics
+from edgecompress.models import count_macs, count_params, forward_with_features
 
 
 @dataclass(frozen=True)
@@ -49,25 +51,8 @@ class TrainConfig:
             if not ok:
                 raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: must be {allowed}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str) -> "TrainConfig":
-        """Build from a params section, rejecting unknown keys by name."""
-        return from_dict(cls, d, where)
 
 
-def from_dict(cls: Any, d: dict[str, Any] | None, where: str) -> Any:
-    """Construct dataclass ``cls`` from ``d``; unknown keys or bad values name ``where``."""
-    d = dict(d or {})
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise EdgeCompressError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    try:
-        return cls(**d)
-    except EdgeCompressError as e:
-        raise EdgeCompressError(f"{where}: {e}") from None
-    except TypeError as e:
-        raise EdgeCompressError(f"{where}: {e}") from None
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, fill: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -148,8 +133,6 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
             elif feature_loss is not None:
-                from edgecompress.kd_losses import forward_with_features
-
                 s_logits, s_feat = forward_with_features(model, xb)
                 with torch.no_grad():
                     t_logits, t_feat = forward_with_features(teacher, xb) if teacher is not None else (None, None)
@@ -201,20 +184,6 @@ def _freeze_frozen_batchnorm(model: nn.Module) -> None:
             m.eval()
 
 
-def kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
-    """Hinton et al. (2015) distillation: alpha*T^2*KL(p_T || q_T) + (1-alpha)*CE(labels)."""
-
-    from edgecompress.kd_losses import hinton_kd  # here, not at the top: kd_losses imports this module
-
-    def loss(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
-        if t is None or alpha == 0:
-            return ce
-        return alpha * hinton_kd(s, t, temperature) + (1 - alpha) * ce
-
-    return loss
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Logits of ``model`` on ``x`` in eval mode."""
@@ -228,3 +197,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, fl
     logits = predict_logits(model, x)
     probs = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
     return classification_metrics(probs, y.numpy())
+
+
+Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def tensors(ds: Dataset) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Normalized float tensors for each split."""
+    return {name: (ds.to_tensor(s.x), torch.from_numpy(s.y)) for name, s in
+            (("train", ds.train), ("val", ds.val), ("test", ds.test))}
+
+
+def model_report(model: nn.Module, ds: Dataset, t: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """Test/val metrics plus size of ``model``."""
+    shape = tuple(ds.input_shape)
+    return {"test": evaluate(model, *t["test"]), "val": evaluate(model, *t["val"]) if len(t["val"][0]) else None,
+            "params": count_params(model), "macs": count_macs(model, shape)}
+
+
+def crop_fill(ds: Dataset) -> torch.Tensor:
+    # Padding value for random crops = a black pixel after normalization.
+    return torch.tensor([(0.0 - m) / s for m, s in zip(ds.mean, ds.std)], dtype=torch.float32)

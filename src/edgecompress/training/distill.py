@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from edgecompress.config import from_dict
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import MobileNetStudent, student_channels
-from edgecompress.teacher import (  # noqa: F401 (re-exported: distill is where callers used to find them)
-    TeacherConfig, _fill, _with_train, load_pretrained, model_report, tensors, train_teacher)
-from edgecompress.train import TrainConfig, fit, kd_loss
+from edgecompress.models import MobileNetStudent, MultiHeadStudent, student_channels
+from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead, multihead_report
+from edgecompress.training.loop import Tensors, TrainConfig, crop_fill, fit, model_report, tensors
+from edgecompress.training.losses import CombinedKDLoss, kd_loss, kd_loss_config
+from edgecompress.training.multihead import MultiHeadKDConfig
 
 
 SCHEMES = ("offline", "online", "born_again")
@@ -60,10 +64,8 @@ class DistillConfig:
         if not 0 <= self.alpha <= 1:
             raise EdgeCompressError(f"invalid value alpha={self.alpha}: must be within [0, 1]")
         if self.losses is not None:
-            from edgecompress.kd_losses import KDLossConfig
-
-            KDLossConfig.from_dict({"losses": self.losses, "temperature": self.temperature, "alpha": self.alpha},
-                                   "losses")  # fail at load time, naming the bad kind or weight
+            kd_loss_config({"losses": self.losses, "temperature": self.temperature, "alpha": self.alpha},
+                           "losses")  # fail at load time, naming the bad kind or weight
         if self.scheme not in SCHEMES:
             raise EdgeCompressError(f"invalid value scheme={self.scheme!r}: allowed {list(SCHEMES)}")
         if self.source not in SOURCES:
@@ -88,28 +90,19 @@ class DistillConfig:
         if self.multihead is not None:
             self.multihead_config(self.heads)  # fail at load time, naming the bad key
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "params.yaml:distill") -> "DistillConfig":
-        return _with_train(cls, d, where, ("channels", "strides"))
 
     def multihead_config(self, heads: int) -> Any:
         """The MultiHeadKDConfig for ``heads`` heads with ``multihead``'s overrides."""
-        from edgecompress.multihead import MultiHeadKDConfig
-        from edgecompress.train import from_dict as build
-
         extra = dict(self.multihead or {})
         if "num_heads" in extra:
             raise EdgeCompressError("multihead.num_heads: set distill.heads instead")
-        return build(MultiHeadKDConfig, {**extra, "num_heads": heads}, "params.yaml:distill.multihead")
+        return from_dict(MultiHeadKDConfig, {**extra, "num_heads": heads}, "params.yaml:distill.multihead")
 
     def arch(self, ds: Dataset, width: float | None = None) -> dict[str, Any]:
         """The student's arch (``width`` overrides the multiplier, e.g. for the teacher assistant)."""
         return {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
                 "channels": student_channels(list(self.channels), width or self.width), "strides": list(self.strides),
                 "dropout": self.dropout}
-
-
-Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -141,13 +134,11 @@ def _kd(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors, width: 
     loss = kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
     combined = None
     if cfg.losses is not None:
-        from edgecompress.kd_losses import CombinedKDLoss, KDLossConfig
-
-        kcfg = KDLossConfig.from_dict({"losses": cfg.losses, "temperature": cfg.temperature, "alpha": cfg.alpha},
-                                      "params.yaml:distill")
+        kcfg = kd_loss_config({"losses": cfg.losses, "temperature": cfg.temperature, "alpha": cfg.alpha},
+                              "params.yaml:distill")
         combined = CombinedKDLoss(kcfg, student, teacher, t["train"][0][:2])
         torch.manual_seed(cfg.train.seed)  # the adapter's init must not shift the student's batches
-    history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=_fill(ds), val=t["val"],
+    history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=crop_fill(ds), val=t["val"],
                   name=name, teacher=teacher, feature_loss=combined)
     return student, {**model_report(student, ds, t), "history": history,
                      "losses": cfg.losses or {"response": cfg.alpha}}
@@ -170,7 +161,7 @@ def _mutual(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors) -> 
         ls, lp = loss(s, p.detach(), yb), loss(p, s.detach(), yb)
         return ls + lp, {"student_loss": float(ls.detach()), "peer_loss": float(lp.detach())}
 
-    history = fit(student, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="mutual",
+    history = fit(student, *t["train"], cfg.train, fill=crop_fill(ds), val=t["val"], name="mutual",
                   step_loss=step_loss, params=list(student.parameters()) + list(peer.parameters()),
                   companions=(peer,))
     peer.eval()
@@ -196,8 +187,6 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
         student, peer, kd = _mutual(teacher, ds, cfg, t)
         report["peer"] = _summary(model_report(peer, ds, t))
     elif cfg.source == "ensemble":
-        from edgecompress.ensemble import distill_ensemble, distill_multihead
-
         ensemble = [_frozen(teacher), *(_frozen(m) for m in members)]
         if cfg.heads > 1:
             if cfg.heads != len(ensemble):
@@ -226,7 +215,64 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
         kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
         torch.manual_seed(cfg.train.seed)
         base = MobileNetStudent(**kw)
-        bh = fit(base, *t["train"], cfg.train, fill=_fill(ds), val=t["val"], name="baseline")
+        bh = fit(base, *t["train"], cfg.train, fill=crop_fill(ds), val=t["val"], name="baseline")
         report["baseline"] = {**model_report(base, ds, t), "history": bh}
         report["kd_gain_points"] = 100 * (report["kd"]["test"]["accuracy"] - report["baseline"]["test"]["accuracy"])
     return student, arch, report
+
+
+def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
+                     student_cfg: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
+    """A MobileNet student (``student_cfg``'s architecture) distilled from the members' mean distribution.
+
+    Uses ``student_cfg.temperature``/``alpha``/``train``; ``losses`` and ``baseline`` are not used.
+    """
+    cfg = student_cfg
+    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
+    t = tensors(ds)
+    teacher = EnsembleTeacher(members)
+    torch.manual_seed(cfg.train.seed)
+    student = MobileNetStudent(**kw)
+    t0 = time.time()
+    history = fit(student, *t["train"], cfg.train, loss_fn=ensemble_kd_loss(cfg.temperature, cfg.alpha,
+                                                                             cfg.train.label_smoothing),
+                  fill=crop_fill(ds), val=t["val"], name="ensemble-kd", teacher=teacher)
+    report = {**model_report(student, ds, t), "history": history, "seconds": time.time() - t0,
+              "members": len(members), "temperature": cfg.temperature, "alpha": cfg.alpha}
+    return student, report
+
+
+def distill_multihead(members: Sequence[nn.Module], ds: Dataset, student_cfg: DistillConfig,
+                      mh_cfg: MultiHeadKDConfig) -> tuple[MultiHeadStudent, dict[str, Any]]:
+    """A MultiHeadStudent (M = len(members) heads on a ``student_cfg`` MobileNet core) trained with
+    ``ferianc_loss``; ``mh_cfg.num_heads`` is overridden by the number of members."""
+    if len(members) == 0:
+        raise EdgeCompressError("distill_multihead needs at least one member")
+    mh_cfg = dataclasses.replace(mh_cfg, num_heads=len(members))
+    cfg = student_cfg
+    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
+    t = tensors(ds)
+    torch.manual_seed(cfg.train.seed)
+    model = MultiHeadStudent(MobileNetStudent(**kw), num_heads=len(members))
+    t0 = time.time()
+    history = fit_multihead(model, members, *t["train"], cfg.train, mh_cfg, fill=crop_fill(ds), val=t["val"])
+    report = {**multihead_report(model, ds, t), "history": history, "seconds": time.time() - t0,
+              "config": dataclasses.asdict(mh_cfg)}
+    return model, report
+
+
+def distill_metrics(report: dict[str, Any], cfg: DistillConfig, teacher_params: int) -> dict[str, Any]:
+    """The distill stage's metrics from ``distill``'s report: the student's, and how it compares."""
+    kd = report["kd"]
+    metrics = {"test": kd["test"], "val": kd["val"], "params": kd["params"], "macs": kd["macs"],
+               "scheme": cfg.scheme, "source": cfg.source, "heads": cfg.heads, "teacher_params": teacher_params,
+               "params_fraction_of_teacher": kd["params"] / teacher_params}
+    for key in ("assistant", "peer", "generations"):
+        if key in report:
+            metrics[key] = report[key]
+    if "head_accuracy" in kd:
+        metrics["head_accuracy"] = kd["head_accuracy"]
+    if "baseline" in report:
+        metrics["baseline_test"] = report["baseline"]["test"]
+        metrics["kd_gain_points"] = report["kd_gain_points"]
+    return metrics

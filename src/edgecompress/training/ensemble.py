@@ -15,7 +15,6 @@ averaged (ensemble, heads), mutual information and expected entropy (uncertainty
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,17 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.data import Dataset
-from edgecompress.distill import DistillConfig
-from edgecompress.teacher import TeacherConfig, _fill, model_report, tensors, train_teacher
 from edgecompress.errors import EdgeCompressError
-from edgecompress.kd_losses import ensemble_kd
-from edgecompress.models import MobileNetStudent, count_macs, count_params
-from edgecompress.multihead import MultiHeadKDConfig, MultiHeadStudent, lambda_schedule
-from edgecompress.train import LossFn, TrainConfig, fit
-from edgecompress.uncertainty import ensemble_metrics
-
-Tensors = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
+from edgecompress.metrics import ensemble_metrics
+from edgecompress.models import MultiHeadStudent, count_macs, count_params
+from edgecompress.training.loop import LossFn, Tensors, TrainConfig, fit, tensors
+from edgecompress.training.losses import ensemble_kd
+from edgecompress.training.multihead import MultiHeadKDConfig, lambda_schedule
+from edgecompress.training.teacher import TeacherConfig, train_teacher
 
 # --------------------------------------------------------------------------- the ensemble
 
@@ -126,27 +121,6 @@ def ensemble_kd_loss(temperature: float, alpha: float, label_smoothing: float = 
     return loss
 
 
-def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
-                     student_cfg: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """A MobileNet student (``student_cfg``'s architecture) distilled from the members' mean distribution.
-
-    Uses ``student_cfg.temperature``/``alpha``/``train``; ``losses`` and ``baseline`` are not used.
-    """
-    cfg = student_cfg
-    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
-    t = tensors(ds)
-    teacher = EnsembleTeacher(members)
-    torch.manual_seed(cfg.train.seed)
-    student = MobileNetStudent(**kw)
-    t0 = time.time()
-    history = fit(student, *t["train"], cfg.train, loss_fn=ensemble_kd_loss(cfg.temperature, cfg.alpha,
-                                                                             cfg.train.label_smoothing),
-                  fill=_fill(ds), val=t["val"], name="ensemble-kd", teacher=teacher)
-    report = {**model_report(student, ds, t), "history": history, "seconds": time.time() - t0,
-              "members": len(members), "temperature": cfg.temperature, "alpha": cfg.alpha}
-    return student, report
-
-
 # --------------------------------------------------------------------------- multi-head student (Ferianc)
 
 
@@ -194,20 +168,3 @@ def fit_multihead(model: MultiHeadStudent, members: Sequence[nn.Module], x: torc
     return fit(model, x, y, cfg, fill=fill, val=val, name=name, step_loss=step_loss)
 
 
-def distill_multihead(members: Sequence[nn.Module], ds: Dataset, student_cfg: DistillConfig,
-                      mh_cfg: MultiHeadKDConfig) -> tuple[MultiHeadStudent, dict[str, Any]]:
-    """A MultiHeadStudent (M = len(members) heads on a ``student_cfg`` MobileNet core) trained with
-    ``ferianc_loss``; ``mh_cfg.num_heads`` is overridden by the number of members."""
-    if len(members) == 0:
-        raise EdgeCompressError("distill_multihead needs at least one member")
-    mh_cfg = dataclasses.replace(mh_cfg, num_heads=len(members))
-    cfg = student_cfg
-    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
-    t = tensors(ds)
-    torch.manual_seed(cfg.train.seed)
-    model = MultiHeadStudent(MobileNetStudent(**kw), num_heads=len(members))
-    t0 = time.time()
-    history = fit_multihead(model, members, *t["train"], cfg.train, mh_cfg, fill=_fill(ds), val=t["val"])
-    report = {**multihead_report(model, ds, t), "history": history, "seconds": time.time() - t0,
-              "config": dataclasses.asdict(mh_cfg)}
-    return model, report

@@ -7,47 +7,36 @@ hardware, the result is labelled a proxy: it says something, but not what the pr
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import write_json, write_text
-from edgecompress.targets import DeviceSpec, Hardware, TargetProfile, load_target, resolve_device
+from edgecompress.deploy.bench import run_local, runner_args, runner_command
+from edgecompress.deploy.remote import run_remote
+from edgecompress.deploy.devices import DeviceSpec, resolve_device
+from edgecompress.deploy.targets import Hardware, TargetProfile, load_target, valid_name
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """The ``check`` section: which profiles (targets/<name>.yaml) the pipeline checks, and how strictly."""
+
+    targets: tuple[str, ...] = ()
+    strict: bool = False  # true: a budget missed on proxy hardware also fails the pipeline
+
+    def __post_init__(self) -> None:
+        bad = [n for n in self.targets if not valid_name(n)]
+        if bad:
+            raise EdgeCompressError(f"invalid value targets: {bad} are not target names (letters, digits, '.', "
+                                    f"'_' or '-', naming targets/<name>.yaml)")
+        if len(set(self.targets)) != len(self.targets):
+            raise EdgeCompressError(f"invalid value targets={list(self.targets)}: a target is listed twice")
+
 
 # Active providers that count as "running on a GPU" for hardware.gpu.
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider")
 _LATENCY_LABEL = {"p50": "p50 latency", "p90": "p90 latency", "p99": "p99 latency", "mean": "mean latency"}
-
-
-def runner_args(profile: TargetProfile, model: str, sidecar: str, testset: str | None) -> list[str]:
-    """The runner's flags for ``profile``; shared by the local and the SSH check so both measure alike."""
-    rt, b = profile.runtime, profile.bench
-    args = ["--model", model, "--sidecar", sidecar, "--engine", rt.engine,
-            "--warmup", str(b.warmup), "--runs", str(b.runs), "--batch", str(b.batch),
-            "--max-seconds", str(b.max_seconds)]
-    if testset is not None:
-        args += ["--data", testset]
-    if b.accuracy_samples is not None:
-        args += ["--accuracy-samples", str(b.accuracy_samples)]
-    if rt.threads is not None:
-        args += ["--threads", str(rt.threads)]
-    if rt.engine == "onnxruntime":
-        args += ["--providers", ",".join(rt.providers)]
-    elif not rt.xnnpack:
-        args.append("--no-xnnpack")
-    return args
-
-
-def runner_command(profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[str]:
-    """The local runner invocation for ``profile``; absolute paths so the cwd does not matter."""
-    return [sys.executable, "-m", "edgecompress.runner",
-            *runner_args(profile, str(model.resolve()), str(sidecar.resolve()),
-                         None if testset is None else str(testset.resolve()))]
 
 
 def _inputs(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -> tuple[Path, Path, Path | None]:
@@ -82,46 +71,12 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
     device = device or profile.device
     model, sidecar, testset = _inputs(profile, Path(artifacts_dir), testset)
     if not device.is_local:
-        from edgecompress.remote import run_remote  # remote imports parse_runner_output from here
-
         names = runner_args(profile, model.name, f"{model.name}.json", None if testset is None else "testset.npz")
         raw = run_remote(profile, device, model, sidecar, testset, names)
         raw["model"] = str(model)  # the remote copy is gone; reports name the artifact that was measured
         return raw
-    cmd = runner_command(profile, model, sidecar, testset)
-    # The package may be run from a checkout without being installed: make the runner importable.
-    src = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    timeout = profile.bench.max_seconds * 3 + 60
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise EdgeCompressError(f"target {profile.name}: the runner did not finish within {timeout:g} s "
-                                f"(bench.max_seconds={profile.bench.max_seconds:g}); lower bench.runs or "
-                                f"bench.accuracy_samples") from None
-    result = parse_runner_output(proc.stdout)
-    if result is None or "error" in (result or {}) or proc.returncode != 0:
-        why = (result or {}).get("error") or _tail(proc.stderr) or f"exit code {proc.returncode}"
-        raise EdgeCompressError(f"target {profile.name}: runner failed on {model}: {why}")
-    return result
-
-
-def parse_runner_output(stdout: str) -> dict[str, Any] | None:
-    """The runner's one JSON object from its stdout, or None."""
-    # The runner prints one JSON object; take the last line that parses, in case a library wrote first.
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                return obj
-    return None
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+    return run_local(runner_command(profile, model, sidecar, testset), model, profile.bench.max_seconds * 3 + 60, f"target {profile.name}",
+                     f" (bench.max_seconds={profile.bench.max_seconds:g}); lower bench.runs or bench.accuracy_samples")
 
 
 def evaluate_budgets(profile: TargetProfile, result: dict[str, Any],
@@ -295,13 +250,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
-               out_json: str | Path, out_md: str | Path, strict: bool,
-               device: DeviceSpec | str | Mapping[str, Any] | None = None,
-               teacher: str | Path | None = None) -> dict[str, Any]:
-    """The DVC stage: check, write JSON + markdown, print the report, raise if the gate fails.
+def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
+                     strict: bool, device: DeviceSpec | str | Mapping[str, Any] | None = None,
+                     teacher: str | Path | None = None) -> dict[str, Any]:
+    """Load the profile, measure its artifact and judge its budgets; the result, with ``gate_failed``.
 
-    ``device`` overrides the profile's device for a by-hand run (``edgecompress check --device``).
+    ``device`` overrides the profile's device for a by-hand run (``edgecompress check --device``);
+    ``teacher`` is the reference checkpoint of ``budgets.max_drop``.
     """
     profile = load_target(target_path)
     reference = None
@@ -313,15 +268,14 @@ def main_check(target_path: str | Path, artifacts_dir: str | Path, testset: str 
     result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict,
                           device, reference)
     result["teacher_accuracy"] = reference
-    failed = gate(result, strict)
-    result["gate_failed"] = failed
-    md = render_markdown(result)
-    # Written before raising: a failed gate is exactly when the user needs the report.
-    write_json(out_json, result)
-    write_text(out_md, md)
-    print(md)
-    if failed:
-        where = " on proxy hardware (check.strict is true)" if result["status"] == "proxy-fail" else ""
-        raise EdgeCompressError(f"target {profile.name} missed budget(s){where}: {_missed(result['budgets'])}; "
-                                f"see {out_md}")
+    result["gate_failed"] = gate(result, strict)
     return result
+
+
+def gate_error(result: dict[str, Any], report_path: str | Path) -> EdgeCompressError | None:
+    """The error that fails the pipeline for this result (None when the gate passes)."""
+    if not result["gate_failed"]:
+        return None
+    where = " on proxy hardware (check.strict is true)" if result["status"] == "proxy-fail" else ""
+    return EdgeCompressError(f"target {result['target']} missed budget(s){where}: {_missed(result['budgets'])}; "
+                             f"see {report_path}")

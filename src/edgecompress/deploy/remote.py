@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.targets import DeviceSpec, TargetProfile
+from edgecompress.deploy.bench import RUNNER, parse_runner_output
+from edgecompress.deploy.devices import DeviceSpec
+from edgecompress.deploy.targets import TargetProfile
 
-RUNNER = Path(__file__).with_name("runner.py")
 # ssh's own failures (exit 255) that mean "the host or port cannot be reached".
 _UNREACHABLE = ("Connection refused", "timed out", "No route to host", "Could not resolve hostname",
                 "Network is unreachable", "Connection reset", "Connection closed by remote host")
@@ -142,8 +143,6 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path, sidecar:
     ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz),
     as staged here. The result's ``remote`` entry says where it ran and whether the dir was removed.
     """
-    from edgecompress.check import parse_runner_output  # check imports this module lazily: no cycle
-
     s = _Session(profile, device)
     if s.key and not Path(s.key).is_file():
         raise s.fail(f"key file {s.key} does not exist; fix device.key_file in {profile.where} or --key-file")

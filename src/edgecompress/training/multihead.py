@@ -9,92 +9,20 @@ heads' weights from collapsing onto each other, so the heads' disagreement still
 
 from __future__ import annotations
 
-import math
+
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-
-
-class MultiHeadStudent(nn.Module):
-    """A shared core (``core.features(x)``, then global average pooling) and M linear heads.
-
-    ``forward`` returns log of the heads' mean probability, log(mean_m softmax(z_m)) (N, C): the mean
-    of probabilities is the ensemble prediction, and its log is a valid logit vector
-    (softmax(log p) = p), so pruning, quantization, export, the runners and every metric treat a
-    multi-head student exactly like a one-head one; exp() of the output gives the mean probabilities.
-    ``PerHeadOutputs`` adds the per-head probabilities. The core's ``fc`` is replaced by the heads
-    (set to Identity); its ``dropout`` is applied before the heads, so MC dropout still works.
-    """
-
-    def __init__(self, core: nn.Module, num_heads: int, num_classes: int | None = None) -> None:
-        super().__init__()
-        if num_heads < 1:
-            raise EdgeCompressError(f"invalid value num_heads={num_heads!r}: must be >= 1")
-        fc = getattr(core, "fc", None)
-        if not isinstance(fc, nn.Linear) or not hasattr(core, "features"):
-            raise EdgeCompressError(f"MultiHeadStudent needs a core with .features() and a Linear .fc; "
-                                    f"got {type(core).__name__}")
-        classes = num_classes if num_classes is not None else fc.out_features
-        # Independent default initialisations: the heads start diverse, the regulariser keeps them so.
-        heads = [nn.Linear(fc.in_features, classes) for _ in range(num_heads)]
-        core.fc = nn.Identity()  # the heads replace it: no dead weights in checkpoints or exports
-        self.core = core
-        self.heads = nn.ModuleList(heads)
-
-    @property
-    def num_heads(self) -> int:
-        return len(self.heads)
-
-    @property
-    def num_classes(self) -> int:
-        return self.heads[0].out_features
-
-    def embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled shared features (N, D) that every head reads."""
-        e = torch.flatten(F.adaptive_avg_pool2d(self.core.features(x), 1), 1)  # type: ignore[operator]
-        dropout = getattr(self.core, "dropout", None)
-        return dropout(e) if dropout is not None else e
-
-    def forward_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-head logits, (M, N, C)."""
-        e = self.embedding(x)
-        return torch.stack([h(e) for h in self.heads])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """log(mean over heads of softmax probabilities), (N, C); exp() rows sum to 1."""
-        return _log_mean_softmax(self.forward_heads(x), 1.0)
-
-
-class PerHeadOutputs(nn.Module):
-    """Export wrapper: ``forward(x) -> (mean_probs (N, C), per_head_probs (N, M, C))``.
-
-    Batch-first per-head output so the exported graph has one dynamic batch axis; a device can then
-    compute mutual information (edgecompress.uncertainty) from the heads' disagreement.
-    """
-
-    def __init__(self, model: MultiHeadStudent) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = F.softmax(self.model.forward_heads(x), dim=-1)
-        return probs.mean(0), probs.transpose(0, 1)
+from edgecompress.models import MultiHeadStudent, log_mean_softmax
 
 
 def head_parameter_vectors(model: MultiHeadStudent) -> list[torch.Tensor]:
     """theta_m for every head: its weight and bias flattened into one vector (keeps the graph)."""
     return [torch.cat([p.flatten() for p in h.parameters()]) for h in model.heads]
-
-
-def _log_mean_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    # log(mean_m softmax(z_m / T)) = logsumexp_m log_softmax(z_m / T) - log M, without ever taking
-    # the log of a probability that underflowed to 0.
-    return torch.logsumexp(F.log_softmax(logits / temperature, dim=-1), dim=0) - math.log(logits.shape[0])
 
 
 def diversity_regulariser(head_weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -127,13 +55,13 @@ def ferianc_loss(head_logits: torch.Tensor, member_logits: torch.Tensor, labels:
         raise EdgeCompressError(f"head_logits {tuple(head_logits.shape)} and member_logits "
                                 f"{tuple(member_logits.shape)} must both be (M, N, C)")
     members = member_logits.detach()
-    ce = F.nll_loss(_log_mean_softmax(head_logits, 1.0), labels)
+    ce = F.nll_loss(log_mean_softmax(head_logits, 1.0), labels)
     total = (1 - a) * ce
     parts = {"ce": float(ce.detach())}
     if a > 0:
         # Mean-to-mean term: the student's averaged prediction matches the ensemble's.
         p_ens = F.softmax(members / t_mean, dim=-1).mean(0)
-        kl_mean = F.kl_div(_log_mean_softmax(head_logits, t_mean), p_ens, reduction="batchmean") * t_mean ** 2
+        kl_mean = F.kl_div(log_mean_softmax(head_logits, t_mean), p_ens, reduction="batchmean") * t_mean ** 2
         # Head-to-member term: head m imitates member m, which carries the ensemble's diversity.
         kl_heads = torch.stack([
             F.kl_div(F.log_softmax(z / t_member, -1), F.log_softmax(e / t_member, -1),

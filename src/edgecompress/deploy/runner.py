@@ -3,7 +3,7 @@
 This file is copied alone onto devices, so at module level it imports only the standard library and
 numpy; the runtime (onnxruntime or LiteRT) is imported inside the functions that need it.
 
-    python -m edgecompress.runner --model int8.tflite --data testset.npz --threads 4
+    python -m edgecompress.deploy.runner --model int8.tflite --data testset.npz --threads 4
 
 prints one JSON object on stdout; on a user-fixable error it prints {"error": "..."} and exits 2.
 """
@@ -403,7 +403,7 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgecompress.runner", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edgecompress.deploy.runner", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model file (.onnx or .tflite)")
     p.add_argument("--sidecar", help="sidecar JSON (default: MODEL.json)")
     p.add_argument("--data", help="testset.npz (x uint8 NCHW, y labels) for accuracy and real inputs")

@@ -8,73 +8,25 @@ allowed, so a typo in a profile never silently turns into a default.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
+from edgecompress.artifacts import ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
+from edgecompress.deploy.devices import DeviceSpec, parse_device
+from edgecompress.deploy.fields import FieldError, build, integer, one_of, opt_str, positive
 from edgecompress.errors import EdgeCompressError
 
 ARCHES = ("x86_64", "aarch64", "armv7l", "any")
-FORMATS = ("onnx", "tflite")
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINES = ("onnxruntime", "litert")
-ENGINE_FOR_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
+ENGINES = tuple(ENGINE_FOR_FORMAT.values())
 LATENCY_KEYS = ("p50", "p90", "p99", "mean")
-# ssh://user@host[:port]; the user is required so a profile never depends on whoever runs dvc.
-# User and host start with a letter/digit so neither can be read as an ssh option ("-oProxyCommand").
-SSH_DEVICE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)"
-                        r"(:(?P<port>\d{1,5}))?$")
-# Remote work_dir: plain characters only, so the path means the same to the remote shell, scp's
-# SFTP and legacy modes alike (quoting differs between them).
-SAFE_REMOTE_DIR = re.compile(r"^/[A-Za-z0-9._/-]*$")
-DEVICE_KEYS = ("url", "key_file", "known_hosts", "python", "work_dir", "timeout", "connect_timeout")
-
-
-class FieldError(EdgeCompressError):
-    """A bad value in one field; ``load_target`` prefixes the file name and the section."""
-
-    def __init__(self, field_name: str, detail: str) -> None:
-        super().__init__(f"field {field_name}: {detail}")
-        self.field_name = field_name
-        self.detail = detail
-
-    def within(self, section: str) -> FieldError:
-        return FieldError(f"{section}.{self.field_name}", self.detail)
+# Target names become file names (targets/<name>.yaml, metrics/check/<name>.json): no paths, no dots first.
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 # --- small validators (shared by the dataclasses) ---------------------------------------------
-
-def _one_of(name: str, value: Any, allowed: Iterable[str]) -> None:
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise FieldError(name, f"{value!r} is not one of {', '.join(allowed)}")
-
-
-def _opt_str(name: str, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise FieldError(name, f"{value!r} must be a non-empty string or null")
-
-
-def _int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    # bool is an int subclass in Python: `runs: yes` must not become 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        kind = "an integer or null" if optional else "an integer"
-        raise FieldError(name, f"{value!r} must be {kind} >= {minimum}")
-    if value < minimum:
-        raise FieldError(name, f"{value!r} must be >= {minimum}")
-
-
-def _positive(name: str, value: Any, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FieldError(name, f"{value!r} must be a number > 0" + (" or null" if optional else ""))
-    if not value > 0:
-        raise FieldError(name, f"{value!r} must be > 0")
 
 
 # --- schema -------------------------------------------------------------------------------------
@@ -89,10 +41,10 @@ class Hardware:
     cores: int | None = None  # minimum logical cores
 
     def __post_init__(self) -> None:
-        _one_of("arch", self.arch, ARCHES)
-        _opt_str("cpu", self.cpu)
-        _opt_str("gpu", self.gpu)
-        _int("cores", self.cores, 1, optional=True)
+        one_of("arch", self.arch, ARCHES)
+        opt_str("cpu", self.cpu)
+        opt_str("gpu", self.gpu)
+        integer("cores", self.cores, 1, optional=True)
 
 
 @dataclass(frozen=True)
@@ -103,8 +55,11 @@ class ArtifactSpec:
     precision: str
 
     def __post_init__(self) -> None:
-        _one_of("format", self.format, FORMATS)
-        _one_of("precision", self.precision, PRECISIONS)
+        one_of("format", self.format, FORMATS)
+        one_of("precision", self.precision, PRECISIONS)
+        if self.filename not in REGISTRY:
+            raise FieldError("precision", f"{self.precision!r} has no {self.format} artifact; the export stage "
+                                          f"writes {', '.join(REGISTRY)}")
 
     @property
     def filename(self) -> str:
@@ -122,8 +77,8 @@ class RuntimeSpec:
     xnnpack: bool = True
 
     def __post_init__(self) -> None:
-        _one_of("engine", self.engine, ENGINES)
-        _int("threads", self.threads, 1, optional=True)
+        one_of("engine", self.engine, ENGINES)
+        integer("threads", self.threads, 1, optional=True)
         if not isinstance(self.providers, tuple) or not self.providers:
             raise FieldError("providers", f"{self.providers!r} must be a non-empty list of provider names")
         for p in self.providers:
@@ -146,11 +101,11 @@ class BenchSpec:
     accuracy_samples: int | None = None  # None: the whole test set
 
     def __post_init__(self) -> None:
-        _int("warmup", self.warmup, 0)
-        _int("runs", self.runs, 1)
-        _int("batch", self.batch, 1)
-        _positive("max_seconds", self.max_seconds)
-        _int("accuracy_samples", self.accuracy_samples, 1, optional=True)
+        integer("warmup", self.warmup, 0)
+        integer("runs", self.runs, 1)
+        integer("batch", self.batch, 1)
+        positive("max_seconds", self.max_seconds)
+        integer("accuracy_samples", self.accuracy_samples, 1, optional=True)
 
 
 @dataclass(frozen=True)
@@ -167,12 +122,12 @@ class Budgets:
         if not isinstance(self.latency_ms, Mapping):
             raise FieldError("latency_ms", f"{self.latency_ms!r} must be a mapping like {{p50: 1.0, p90: 2.0}}")
         for k, v in self.latency_ms.items():
-            _one_of(f"latency_ms.{k}", k, LATENCY_KEYS)
-            _positive(f"latency_ms.{k}", v)
+            one_of(f"latency_ms.{k}", k, LATENCY_KEYS)
+            positive(f"latency_ms.{k}", v)
         # Own copy: later edits to the caller's dict must not change a validated profile.
         object.__setattr__(self, "latency_ms", dict(self.latency_ms))
-        _positive("size_mb", self.size_mb, optional=True)
-        _positive("peak_memory_mb", self.peak_memory_mb, optional=True)
+        positive("size_mb", self.size_mb, optional=True)
+        positive("peak_memory_mb", self.peak_memory_mb, optional=True)
         if self.min_accuracy is not None:
             v = self.min_accuracy
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
@@ -185,107 +140,6 @@ class Budgets:
                 and self.min_accuracy is None and self.max_drop is None):
             raise FieldError("(all)", "no budget is set; give at least one of latency_ms, size_mb, "
                                       "peak_memory_mb, min_accuracy, max_drop")
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """Where the check runs: ``local`` (this machine) or an SSH host that runs the runner itself."""
-
-    url: str = "local"  # "local" or "ssh://user@host[:port]"
-    key_file: str | None = None  # private key for ssh -i; None: ssh's own defaults/agent
-    known_hosts: str | None = None  # UserKnownHostsFile; None: ~/.ssh/known_hosts
-    python: str = "python3"  # interpreter on the device (needs numpy + the runtime)
-    work_dir: str = "/tmp/edgecompress"  # a unique sub-directory is created per run and removed after
-    timeout: float = 120.0  # seconds for the whole remote run (copy, run, clean up)
-    connect_timeout: int = 10  # ssh ConnectTimeout, seconds
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.url, str) or not (self.url == "local" or SSH_DEVICE.match(self.url)):
-            raise FieldError("url", f"{self.url!r} is not 'local' or 'ssh://user@host[:port]'")
-        port = self._match("port")
-        if port is not None and not 1 <= int(port) <= 65535:
-            raise FieldError("url", f"{self.url!r}: port {port} must be between 1 and 65535")
-        _opt_str("key_file", self.key_file)
-        _opt_str("known_hosts", self.known_hosts)
-        # One word: it is quoted as a single argument on the remote shell.
-        if not isinstance(self.python, str) or not re.fullmatch(r"[^\s'\"]+", self.python):
-            raise FieldError("python", f"{self.python!r} must be one interpreter name or path without spaces, "
-                                       "e.g. python3 or /home/pi/venv/bin/python")
-        if not isinstance(self.work_dir, str) or not SAFE_REMOTE_DIR.match(self.work_dir) or self.work_dir == "/":
-            raise FieldError("work_dir", f"{self.work_dir!r} must be an absolute path of letters, digits, "
-                                         "'.', '_', '-' and '/', e.g. /tmp/edgecompress")
-        _positive("timeout", self.timeout)
-        _int("connect_timeout", self.connect_timeout, 1)
-
-    def _match(self, group: str) -> str | None:
-        m = SSH_DEVICE.match(self.url)
-        return m.group(group) if m else None
-
-    @property
-    def is_local(self) -> bool:
-        return self.url == "local"
-
-    @property
-    def user(self) -> str | None:
-        return self._match("user")
-
-    @property
-    def host(self) -> str | None:
-        return self._match("host")
-
-    @property
-    def port(self) -> int | None:
-        port = self._match("port")
-        return int(port) if port else None
-
-    def __str__(self) -> str:
-        # Old code printed profile.device as the string; keep f-strings showing the url.
-        return self.url
-
-
-def parse_device(value: Any) -> DeviceSpec:
-    """``local`` / ``ssh://...`` or a mapping with DEVICE_KEYS -> DeviceSpec (FieldErrors name device.*)."""
-    if isinstance(value, DeviceSpec):
-        return value
-    if isinstance(value, str):
-        try:
-            return DeviceSpec(url=value)
-        except FieldError as e:
-            raise FieldError("device", e.detail) from None
-    if not isinstance(value, dict):
-        raise FieldError("device", f"{value!r} must be 'local', 'ssh://user@host[:port]' or a mapping with "
-                                   f"keys {', '.join(DEVICE_KEYS)}")
-    for k in value:
-        if k not in DEVICE_KEYS:
-            raise FieldError(f"device.{k}", f"unknown key; allowed keys: {', '.join(DEVICE_KEYS)}")
-    if value.get("url") is None:
-        raise FieldError("device.url", "is required in the mapping form, e.g. url: ssh://pi@10.0.0.7")
-    return _build(DeviceSpec, "device", dict(value))
-
-
-def resolve_device(base: DeviceSpec, override: DeviceSpec | str | Mapping[str, Any] | None) -> DeviceSpec:
-    """The device a check really uses: ``override`` (a by-hand --device) wins over the profile's.
-
-    A string replaces only the url, so the profile's key, timeout, python and work_dir still apply;
-    a mapping replaces the fields it names; a DeviceSpec replaces everything.
-    """
-    if override is None:
-        return base
-    if isinstance(override, DeviceSpec):
-        return override
-    fields = {"url": override} if isinstance(override, str) else dict(override)
-    for k in fields:
-        if k not in DEVICE_KEYS:
-            raise EdgeCompressError(f"device override: unknown field {k!r}; allowed: {', '.join(DEVICE_KEYS)}")
-    try:
-        dev = replace(base, **fields)
-    except FieldError as e:
-        raise EdgeCompressError(f"device override: {e}") from None
-    extra = [k for k in ("key_file", "known_hosts", "python") if fields.get(k) is not None]
-    if dev.is_local and extra:
-        raise EdgeCompressError(f"device override: {', '.join(extra)} applies only to an ssh device; "
-                                f"also give --device ssh://user@host[:port]")
-    return dev
 
 
 @dataclass(frozen=True)
@@ -304,7 +158,7 @@ class TargetProfile:
 
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+        if not valid_name(self.name):
             raise FieldError("name", f"{self.name!r} must be letters, digits, '.', '_' or '-'")
         if not isinstance(self.description, str):
             raise FieldError("description", f"{self.description!r} must be a string")
@@ -348,13 +202,6 @@ def _section(raw: Mapping[str, Any], key: str, allowed: Iterable[str]) -> dict[s
     return dict(value)
 
 
-def _build(cls: type, section: str, kwargs: dict[str, Any]) -> Any:
-    try:
-        return cls(**kwargs)
-    except FieldError as e:
-        raise e.within(section) from None
-
-
 def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -> TargetProfile:
     if not isinstance(raw, dict):
         raise FieldError("(top level)", f"must be a mapping with keys {', '.join(_TOP_KEYS)}")
@@ -369,8 +216,8 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
         raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, max_drop, "
                                     "peak_memory_mb, min_accuracy")
 
-    hardware = _build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
-    artifact = _build(ArtifactSpec, "artifact", _section(raw, "artifact", ("format", "precision")))
+    hardware = build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
+    artifact = build(ArtifactSpec, "artifact", _section(raw, "artifact", ("format", "precision")))
     rt = _section(raw, "runtime", ("engine", "threads", "providers", "xnnpack"))
     # Settings of the other engine are a mistake in the profile, not something to ignore quietly.
     if rt.get("engine") == "litert" and "providers" in rt:
@@ -381,16 +228,21 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
         if not isinstance(rt["providers"], list):
             raise FieldError("runtime.providers", f"{rt['providers']!r} must be a list, e.g. [CPUExecutionProvider]")
         rt["providers"] = tuple(rt["providers"])
-    runtime = _build(RuntimeSpec, "runtime", rt)
-    bench = _build(BenchSpec, "bench",
+    runtime = build(RuntimeSpec, "runtime", rt)
+    bench = build(BenchSpec, "bench",
                    _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples")))
-    budgets = _build(Budgets, "budgets",
+    budgets = build(Budgets, "budgets",
                      _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy",
                                                "max_drop")))
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
                          source=source)
+
+
+def valid_name(name: object) -> bool:
+    """Whether ``name`` may name a target (and so the files built from it)."""
+    return isinstance(name, str) and NAME_RULE.fullmatch(name) is not None
 
 
 def load_target(path: str | Path) -> TargetProfile:

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecompress.config import from_dict
 from edgecompress.errors import EdgeCompressError
+from edgecompress.training.loop import LossFn
 
 KINDS = ("response", "hint", "rkd_distance", "rkd_angle", "attention")
 FEATURE_KINDS = ("hint", "rkd_distance", "rkd_angle", "attention")
@@ -81,19 +83,6 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 def pooled_embedding(feat: torch.Tensor) -> torch.Tensor:
     """Global average pool of an (N, C, H, W) map to an (N, C) embedding (what RKD relates)."""
     return feat.mean(dim=(-2, -1)) if feat.dim() == 4 else feat.flatten(1)
-
-
-def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, last feature map) in one pass for models with ``features``/``pool``/``dropout``/``fc``.
-
-    Calling ``model(x)`` and ``model.features(x)`` separately would run the backbone twice.
-    """
-    feat = model.features(x)  # type: ignore[operator]
-    pooled = torch.flatten(model.pool(feat), 1)  # type: ignore[operator]
-    dropout = getattr(model, "dropout", None)
-    if dropout is not None:
-        pooled = dropout(pooled)
-    return model.fc(pooled), feat  # type: ignore[operator]
 
 
 # --------------------------------------------------------------------------- hint (FitNets)
@@ -252,24 +241,22 @@ class KDLossConfig:
         """Whether the training loop must supply feature maps (see ``forward_with_features``)."""
         return any(k in FEATURE_KINDS for k in self.kinds)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str) -> "KDLossConfig":
-        """Build from a params section; ``losses`` may be a {kind: weight} mapping or [kind, weight] pairs."""
-        from edgecompress.train import from_dict  # local: train imports nothing from here, keep it lazy
 
-        d = dict(d or {})
-        if "losses" in d:
-            raw = d["losses"]
-            if isinstance(raw, dict):
-                pairs = list(raw.items())
-            elif isinstance(raw, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in raw):
-                pairs = [tuple(p) for p in raw]
-            else:
-                raise EdgeCompressError(f"{where}: invalid value losses={raw!r}: expected a mapping kind -> weight "
-                                        f"with kinds from {list(KINDS)}")
-            d["losses"] = tuple((str(k), float(w) if isinstance(w, int) and not isinstance(w, bool) else w)
-                                for k, w in pairs)
-        return from_dict(cls, d, where)
+def kd_loss_config(d: dict[str, Any] | None, where: str) -> KDLossConfig:
+    """Build from a params section; ``losses`` may be a {kind: weight} mapping or [kind, weight] pairs."""
+    d = dict(d or {})
+    if "losses" in d:
+        raw = d["losses"]
+        if isinstance(raw, dict):
+            pairs = list(raw.items())
+        elif isinstance(raw, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in raw):
+            pairs = [tuple(p) for p in raw]
+        else:
+            raise EdgeCompressError(f"{where}: invalid value losses={raw!r}: expected a mapping kind -> weight "
+                                    f"with kinds from {list(KINDS)}")
+        d["losses"] = tuple((str(k), float(w) if isinstance(w, int) and not isinstance(w, bool) else w)
+                            for k, w in pairs)
+    return from_dict(KDLossConfig, d, where)
 
 
 def _probe_features(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
@@ -328,3 +315,15 @@ class CombinedKDLoss(nn.Module):
             parts[kind] = float(value.detach())
         parts["total"] = float(total.detach())
         return total, parts
+
+
+def kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
+    """Hinton et al. (2015) distillation: alpha*T^2*KL(p_T || q_T) + (1-alpha)*CE(labels)."""
+
+    def loss(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
+        if t is None or alpha == 0:
+            return ce
+        return alpha * hinton_kd(s, t, temperature) + (1 - alpha) * ce
+
+    return loss

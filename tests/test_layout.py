@@ -1,0 +1,91 @@
+"""The house stays as drawn: every stage's dvc.yaml deps cover the code it runs, and params it reads.
+
+The import closure of each ``stages/<name>.py`` (through grimp, the graph import-linter uses, so
+imports inside functions count too) must be covered by that stage's deps in dvc.yaml: a file, or a
+folder above it. A stage that starts the runner in a subprocess (``deploy.bench``) depends on it too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+
+
+@pytest.fixture(scope="module")
+def graph():  # type: ignore[no-untyped-def]
+    grimp = pytest.importorskip("grimp")
+    return grimp.build_graph("edgecompress")
+
+
+def _direct_imports(script: Path, modules: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "edgecompress":
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "edgecompress"}
+    return found - {"edgecompress"}
+
+
+def stage_closure(graph, script: Path) -> set[Path]:  # type: ignore[no-untyped-def]
+    """Repository-relative source files the stage script imports, directly or not."""
+    modules = set(graph.modules)
+    closure = set()
+    for m in _direct_imports(script, modules):
+        closure |= {m, *graph.find_upstream_modules(m)}
+    if "edgecompress.deploy.bench" in closure:
+        closure.add("edgecompress.deploy.runner")  # run as `python -m edgecompress.deploy.runner`
+    files = set()
+    for m in closure - {"edgecompress"}:
+        base = SRC / m.replace(".", "/")
+        files.add((base / "__init__.py") if base.is_dir() else base.with_suffix(".py"))
+    return {f.relative_to(ROOT) for f in files}
+
+
+def _stages() -> dict[str, dict]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: (s.get("do") or s) for name, s in stages.items()}
+
+
+def _script(stage: dict) -> Path:
+    return ROOT / stage["cmd"].split()[1]
+
+
+@pytest.mark.parametrize("name", list(_stages()))
+def test_stage_deps_cover_its_imports(graph, name: str) -> None:  # type: ignore[no-untyped-def]
+    stage = _stages()[name]
+    deps = [Path(d) for d in stage["deps"]]
+    missing = sorted(str(f) for f in stage_closure(graph, _script(stage))
+                     if not any(f == d or d in f.parents for d in deps))
+    assert not missing, f"dvc.yaml stage {name} imports code its deps do not list: {missing}"
+    unused = [str(d) for d in deps if str(d).startswith("src/") and not any(
+        f == d or d in f.parents for f in stage_closure(graph, _script(stage)))]
+    assert not unused, f"dvc.yaml stage {name} depends on code it never imports: {unused}"
+
+
+def test_every_stage_script_is_thin() -> None:
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        body = [ln for ln in script.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        assert len(body) <= 40, f"{script.name} has {len(body)} lines of code: move the work into the library"
+
+
+def test_no_module_over_400_lines() -> None:
+    runner = SRC / "edgecompress" / "deploy" / "runner.py"  # the standalone runner is one file by design
+    for path in sorted((SRC / "edgecompress").rglob("*.py")):
+        n = len(path.read_text().splitlines())
+        assert path == runner or n <= 400, f"{path.relative_to(ROOT)} has {n} lines (split it by idea)"
+
+
+def test_runner_engines_match_the_artifact_registry() -> None:
+    # The runner cannot import the registry (it is copied alone to devices): the two must agree.
+    from edgecompress.artifacts import ENGINE_FOR_FORMAT
+    from edgecompress.deploy.runner import ENGINE_FOR_SUFFIX
+
+    assert ENGINE_FOR_SUFFIX == {f".{fmt}": engine for fmt, engine in ENGINE_FOR_FORMAT.items()}
