@@ -89,3 +89,15 @@ def test_runner_engines_match_the_artifact_registry() -> None:
     from edgecompress.deploy.runner import ENGINE_FOR_SUFFIX
 
     assert ENGINE_FOR_SUFFIX == {f".{fmt}": engine for fmt, engine in ENGINE_FOR_FORMAT.items()}
+
+
+def test_normalisation_matches_the_runner() -> None:
+    # Checks and reports normalise as the device does; the runner keeps its own copy (standalone).
+    import numpy as np
+
+    from edgecompress.data import normalize_images
+    from edgecompress.deploy.runner import preprocess
+
+    x = np.random.default_rng(0).integers(0, 256, (3, 2, 5, 5), dtype=np.uint8)
+    side = {"mean": [0.2, 0.4], "std": [0.3, 0.25], "layout": "NCHW", "input_dtype": "float32"}
+    assert np.array_equal(normalize_images(x, side["mean"], side["std"]), preprocess(x, side))

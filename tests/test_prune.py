@@ -62,15 +62,6 @@ def test_channel_counts_match_ratio_and_round_to(ratio: float, round_to: int) ->
     assert_student_consistent(m)
 
 
-def test_old_method_names_are_aliases() -> None:
-    cfg = PruneConfig(method="l2_channel")
-    assert (cfg.method, cfg.criterion) == ("channel", "l2")
-    m1, m2 = student(), student()
-    prune_step(m1, PruneConfig(method="l1_channel", ratio=0.5), 0.5, SHAPE)
-    prune_step(m2, PruneConfig(method="channel", criterion="l1", ratio=0.5), 0.5, SHAPE)
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
-
-
 def test_protect_first_keeps_the_stem() -> None:
     m = student()
     prune_step(m, PruneConfig(ratio=0.5, protect=("first", "last")), 0.5, SHAPE)
@@ -188,10 +179,9 @@ def test_schedules_reach_the_target_ratio() -> None:
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"method": "random"}, r"method='random'.*allowed \['channel', 'magnitude', 'none', 'l1_channel'"),
+    ({"method": "random"}, r"method='random'.*allowed \['channel', 'magnitude', 'none'\]"),
     ({"criterion": "entropy"}, r"criterion='entropy'.*\['l1', 'l2', 'apoz', 'taylor'\]"),
     ({"method": "magnitude", "criterion": "apoz"}, "allowed criterion for magnitude"),
-    ({"method": "l1_channel", "criterion": "taylor"}, "implies criterion='l1'"),
     ({"ratio": 1.0}, r"\[0, 1\)"), ({"ratio": -0.1}, "ratio"),
     ({"steps": 0}, "steps"), ({"round_to": 0}, "round_to"),
     ({"schedule": "cosine"}, r"schedule='cosine'.*\['geometric', 'linear'\]"),

@@ -9,7 +9,7 @@ as weights plus the channel list that explains them; no pickled modules.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +147,22 @@ def arch_of(model: nn.Module, dropout: float = 0.0) -> dict[str, Any]:
                 "num_classes": classes, "channels": channels,
                 "strides": [b.dw[0].stride[0] for b in model.blocks], "dropout": model.dropout.p}
     raise EdgeCompressError(f"arch_of does not know {type(model).__name__}")
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1000,
+            channels_last: bool = True, dim: int = 0) -> torch.Tensor:
+    """``fn`` applied to ``x`` in batches without gradients, outputs concatenated along ``dim``.
+
+    ``channels_last`` feeds each batch in the memory format training used; the export reference and
+    the check's teacher run NCHW as the artifacts do. (The batch size and format are kept per caller:
+    both can change the last bits of a convolution's result.)
+    """
+    outs = [fn(x[i:i + batch_size].contiguous(memory_format=torch.channels_last) if channels_last
+               else x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    if not outs:
+        raise EdgeCompressError("batched inference on an empty input")
+    return torch.cat(outs, dim)
 
 
 def count_params(model: nn.Module) -> int:

@@ -49,6 +49,7 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
     import numpy as np
 
     from edgecompress.compression.export import run_artifact
+    from edgecompress.data import normalize_images
     from edgecompress.metrics import reliability_diagram, softmax
 
     with np.load(testset) as d:
@@ -59,9 +60,7 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
         if not model.exists():
             continue
         side = read_json(f"{model}.json", "artifact sidecar")
-        mean = np.asarray(side["mean"], np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(side["std"], np.float32).reshape(1, -1, 1, 1)
-        x = ((x_raw.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
+        x = normalize_images(x_raw, side["mean"], side["std"])
         probs = softmax(run_artifact(model, side, x).astype(np.float64))
         out[name] = [{"artifact": name, **row} for row in reliability_diagram(probs, y) if row["count"]]
     return out

@@ -14,6 +14,7 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import ensemble_metrics, reliability_diagram
+from edgecompress.models import MultiHeadStudent, batched
 
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -48,19 +49,10 @@ def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, outputs: s
 
 def model_probs(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Test-time probabilities: (N, C) for one network, (M, N, C) per head for a multi-head student."""
-    from edgecompress.training.multihead import MultiHeadStudent
-
     model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size].contiguous(memory_format=torch.channels_last)
-            if isinstance(model, MultiHeadStudent):
-                outs.append(torch.softmax(model.forward_heads(xb).double(), -1))
-            else:
-                outs.append(torch.softmax(model(xb).double(), -1))
-    dim = 1 if isinstance(model, MultiHeadStudent) else 0
-    return torch.cat(outs, dim=dim).numpy()
+    heads = isinstance(model, MultiHeadStudent)
+    forward = model.forward_heads if heads else model
+    return batched(lambda xb: torch.softmax(forward(xb).double(), -1), x, batch_size, dim=1 if heads else 0).numpy()
 
 
 def evaluate_models(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, input_shape: tuple[int, ...],
@@ -95,6 +87,6 @@ def evaluate_models(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
             sum(rows[n]["macs"] for n in ensemble))
     if mc_model and mc_samples:
         model = models[mc_model]
-        p = torch.cat([mc_dropout_probs(model, x[i:i + 1000], mc_samples).double() for i in range(0, len(x), 1000)], 1)
+        p = batched(lambda xb: mc_dropout_probs(model, xb, mc_samples).double(), x, 1000, channels_last=False, dim=1)
         add(f"{mc_model}-mc-dropout", p.numpy(), rows[mc_model]["params"], rows[mc_model]["macs"] * mc_samples)
     return rows, diagrams

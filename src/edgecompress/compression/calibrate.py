@@ -16,6 +16,7 @@ import numpy as np
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path
+from edgecompress.models import batched
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 SELECTIONS = ("random", "class_balanced", "kcenter")
@@ -64,13 +65,16 @@ def embeddings(model: Any, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     if not hasattr(model, "features"):
         raise EdgeCompressError(f"selection=kcenter needs a model with a features() method; "
                                 f"{type(model).__name__} has none")
+    if len(x) == 0:
+        return np.zeros((0, 0), np.float32)
     model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            f = model.features(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)))
-            out.append(f.mean(dim=tuple(range(2, f.ndim))).reshape(len(f), -1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def pooled(xb: torch.Tensor) -> torch.Tensor:
+        f = model.features(xb)
+        return f.mean(dim=tuple(range(2, f.ndim))).reshape(len(f), -1)
+
+    return batched(pooled, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), batch_size,
+                   channels_last=False).numpy()
 
 
 def kcenter_greedy(emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -26,14 +26,14 @@ from torch import nn
 from edgecompress.artifacts import DEFAULT_FORMATS, HEAD_ARTIFACTS, REGISTRY
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.onnx import (export_onnx, export_onnx_dynamic, export_onnx_fp16, export_onnx_int8,
-                                           quiet)
+                                           ort_session, quiet, run_onnx)
 from edgecompress.compression.qat import QATConfig
 from edgecompress.compression.tflite import export_tflite, export_tflite_fp16, tflite_interpreter, tflite_observer
 from edgecompress.data import Dataset, save_npz_split
 from edgecompress.fileio import atomic_path, write_json
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics, softmax, uncertainty_decomposition
-from edgecompress.models import MultiHeadStudent, PerHeadOutputs
+from edgecompress.models import MultiHeadStudent, PerHeadOutputs, batched
 
 
 
@@ -84,9 +84,7 @@ class ExportConfig:
 def io_details(path: Path) -> dict[str, Any]:
     """Input/output name, shape, dtype and int8 quantization of an artifact, read from the file."""
     if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort_session(path)
         i, o = sess.get_inputs()[0], sess.get_outputs()[0]
         dt = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
         return {"input_name": i.name, "output_name": o.name, "input_shape": [1, *i.shape[1:]],
@@ -107,11 +105,7 @@ def io_details(path: Path) -> dict[str, Any]:
 def run_artifact(path: Path, sidecar: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """Logits (float) of an artifact on normalized NCHW float ``x``, through its own runtime."""
     if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return np.concatenate([sess.run(None, {sidecar["input_name"]: x[i:i + 500]})[0]
-                               for i in range(0, len(x), 500)])
+        return run_onnx(ort_session(path), x, sidecar["input_name"])[0]
     interp = tflite_interpreter(path)
     i_d, o_d = interp.get_input_details()[0], interp.get_output_details()[0]
     xs = x.transpose(0, 2, 3, 1)
@@ -158,8 +152,7 @@ def export_all(model: nn.Module, meta: dict[str, Any], out_dir: Path, calib: np.
         raise EdgeCompressError("export.qat.enabled needs the training set (train=(x, y))")
     out_dir.mkdir(parents=True, exist_ok=True)
     input_shape = tuple(meta["data"]["input_shape"])
-    with torch.no_grad():
-        ref = np.concatenate([model(torch.from_numpy(x_test[i:i + 1000])).numpy() for i in range(0, len(x_test), 1000)])
+    ref = batched(model, torch.from_numpy(x_test), 1000, channels_last=False).numpy()
     ref_metrics = classification_metrics(softmax(ref.astype(np.float64)), y_test)
     scratch = Path(tempfile.mkdtemp(prefix="edgecompress-export."))
     # Derived artifacts start from the fp32 files; those live in scratch when not asked for.
@@ -219,11 +212,7 @@ def export_all(model: nn.Module, meta: dict[str, Any], out_dir: Path, calib: np.
 def _run_heads(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean probabilities (N, C), per-head probabilities (N, M, C)) of a heads artifact, told apart by rank."""
     if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outs = [sess.run(None, {"input": x[i:i + 500]}) for i in range(0, len(x), 500)]
-        both = [np.concatenate([o[j] for o in outs]) for j in range(2)]
+        both = run_onnx(ort_session(path), x, "input")
     else:
         interp = tflite_interpreter(path)
         i_d, o_ds = interp.get_input_details()[0], interp.get_output_details()

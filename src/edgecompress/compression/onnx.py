@@ -101,13 +101,23 @@ def quantize_onnx_dynamic(fp32_path: Path, out_path: Path, per_channel: bool = T
         pre.unlink(missing_ok=True)
 
 
-def _onnx_logits(path: Path, x: np.ndarray, input_name: str = "input") -> np.ndarray:
+def ort_session(path: Path) -> Any:
+    """An onnxruntime CPU session for ``path``; warnings and errors only (its info logs flood stage output)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {input_name: x[i:i + 500]})[0] for i in range(0, len(x), 500)])
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, x: np.ndarray, input_name: str = "input", batch_size: int = 500) -> list[np.ndarray]:
+    """Every output of ``session`` on ``x``, run in batches and concatenated (one array per output)."""
+    outs = [session.run(None, {input_name: x[i:i + batch_size]}) for i in range(0, len(x), batch_size)]
+    return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+
+
+def _onnx_logits(path: Path, x: np.ndarray, input_name: str = "input") -> np.ndarray:
+    return run_onnx(ort_session(path), x, input_name)[0]
 
 
 def quantize_onnx_accuracy_aware(fp32_path: Path, out_path: Path, calib: np.ndarray, cfg: CalibrationConfig,

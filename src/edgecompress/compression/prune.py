@@ -38,16 +38,14 @@ METHODS = ("channel", "magnitude", "none")
 CRITERIA = ("l1", "l2", "apoz", "taylor")
 SCHEDULES = ("geometric", "linear")
 PROTECTABLE = ("first", "last")
-# Old spellings kept working: method -> (method, criterion).
-METHOD_ALIASES = {"l1_channel": ("channel", "l1"), "l2_channel": ("channel", "l2")}
 
 
 @dataclass(frozen=True)
 class PruneConfig:
     """How much and how to prune, and what the KD fine-tune after each step learns from."""
 
-    method: str = "channel"  # channel (structured) | magnitude (unstructured) | none; l1_channel/l2_channel = aliases
-    criterion: str | None = None  # channel ranking: l1 | l2 | apoz | taylor (None = l1)
+    method: str = "channel"  # channel (structured) | magnitude (unstructured) | none
+    criterion: str = "l1"  # channel ranking: l1 | l2 | apoz | taylor
     ratio: float = 0.5  # fraction of channels (structured) or weights (unstructured) removed in total
     steps: int = 1  # iterative schedule: prune a step, fine-tune with KD, repeat
     schedule: str = "geometric"  # how the removed fraction grows over steps: geometric | linear
@@ -64,16 +62,8 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         method, criterion = self.method, self.criterion
-        if method in METHOD_ALIASES:
-            method, implied = METHOD_ALIASES[method]
-            if criterion not in (None, implied):
-                raise EdgeCompressError(f"method={self.method!r} implies criterion={implied!r} but criterion="
-                                        f"{criterion!r}; write method: channel, criterion: {criterion}")
-            criterion = implied
         if method not in METHODS:
-            raise EdgeCompressError(f"invalid value method={self.method!r}: allowed "
-                                    f"{list(METHODS) + list(METHOD_ALIASES)}")
-        criterion = criterion or "l1"
+            raise EdgeCompressError(f"invalid value method={self.method!r}: allowed {list(METHODS)}")
         if criterion not in CRITERIA:
             raise EdgeCompressError(f"invalid value criterion={criterion!r}: allowed {list(CRITERIA)}")
         if method == "magnitude" and criterion not in ("l1", "l2"):

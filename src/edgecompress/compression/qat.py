@@ -10,19 +10,23 @@ batch, ``prepare_qat_pt2e`` (conv+BN are folded with fake-quantized weights), tr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecompress.compression.onnx import quiet
+from edgecompress.compression.tflite import NHWCWrapper
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import atomic_path
 
 
 @dataclass(frozen=True)
@@ -55,25 +59,28 @@ class QATConfig:
                 raise EdgeCompressError(f"invalid value qat.{name}={getattr(self, name)!r}: must be {allowed}")
 
 
-def _patch_litert_conv_bn_patterns() -> None:
-    """Make LiteRT's QAT conv+BN annotators work with this torchao.
+@contextlib.contextmanager
+def _litert_conv_bn_patterns() -> Iterator[None]:
+    """While preparing QAT: make LiteRT's conv+BN annotators work with this torchao.
 
     litert_torch passes plain functions as patterns to torchao's ``_get_aten_graph_module_for_pattern``,
     which now calls ``torch.export.export`` on them and so needs an ``nn.Module``; torchao's own QAT
-    code wraps its patterns in ``WrapperModule``. We do the same for LiteRT's (idempotent).
+    code wraps its patterns in ``WrapperModule``. We do the same for LiteRT's, and only for the
+    duration of the preparation: the rest of the process sees litert_torch as installed.
     """
     from litert_torch.quantize import pt2e_quantizer_utils as utils
     from torchao.quantization.pt2e.export_utils import WrapperModule
 
     original = utils._get_aten_graph_module_for_pattern
-    if getattr(original, "_edgecompress_wrapped", False):
-        return
 
     def wrapped(pattern: Any, *args: Any, **kwargs: Any) -> Any:
         return original(pattern if isinstance(pattern, nn.Module) else WrapperModule(pattern), *args, **kwargs)
 
-    wrapped._edgecompress_wrapped = True  # type: ignore[attr-defined]
     utils._get_aten_graph_module_for_pattern = wrapped
+    try:
+        yield
+    finally:
+        utils._get_aten_graph_module_for_pattern = original
 
 
 def qat_pt2e(module: nn.Module, x: np.ndarray, y: np.ndarray, cfg: QATConfig,
@@ -89,7 +96,6 @@ def qat_pt2e(module: nn.Module, x: np.ndarray, y: np.ndarray, cfg: QATConfig,
 
     if len(x) < 2 or len(x) != len(y):
         raise EdgeCompressError(f"QAT needs at least 2 labelled training images, got {len(x)} images, {len(y)} labels")
-    _patch_litert_conv_bn_patterns()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = copy.deepcopy(module).train().to(memory_format=torch.contiguous_format)
@@ -99,7 +105,8 @@ def qat_pt2e(module: nn.Module, x: np.ndarray, y: np.ndarray, cfg: QATConfig,
         exported = torch.export.export(model, (xt[:2],), dynamic_shapes=({0: batch},)).module()
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
             pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=True))
-        prepared = qpt2e.prepare_qat_pt2e(exported, quantizer)
+        with _litert_conv_bn_patterns():
+            prepared = qpt2e.prepare_qat_pt2e(exported, quantizer)
     except Exception as e:
         raise EdgeCompressError(f"QAT preparation failed: {type(e).__name__}: {e}") from e
     opt = torch.optim.SGD(prepared.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -134,10 +141,6 @@ def export_tflite_qat(model: nn.Module, input_shape: tuple[int, ...], path: Path
     """Full-integer int8 TFLite (int8 I/O, NHWC) of ``model`` after QAT on normalized NCHW ``x``."""
     import litert_torch
     from litert_torch.quantize import quant_config
-
-    from edgecompress.compression.onnx import quiet
-    from edgecompress.compression.tflite import NHWCWrapper
-    from edgecompress.fileio import atomic_path
 
     c, h, w = input_shape
     wrapped = NHWCWrapper(model.eval().to(memory_format=torch.contiguous_format))

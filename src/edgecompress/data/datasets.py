@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -173,6 +173,17 @@ class Dataset:
                 "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
                 "seed": cfg.seed if cfg else None, "limit": cfg.limit if cfg else None,
                 "val_fraction": cfg.val_fraction if cfg else None}
+
+
+def normalize_images(x: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 NCHW -> float32 (x / 255 - mean) / std with a sidecar's or checkpoint's per-channel stats.
+
+    The formula the on-device runner applies (``deploy.runner.preprocess``, which cannot import
+    this), so a check or report computed here sees the inputs the device sees.
+    """
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return ((x.astype(np.float32) / 255.0 - m) / s).astype(np.float32)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

@@ -115,17 +115,16 @@ def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int |
     import torch
 
     from edgecompress.checkpoint import load_checkpoint
+    from edgecompress.data import normalize_images
+    from edgecompress.models import batched
 
     model, meta = load_checkpoint(checkpoint)
     with np.load(testset) as d:
         x, y = d["x"], d["y"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
-    mean = np.asarray(meta["data"]["mean"], np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(meta["data"]["std"], np.float32).reshape(1, -1, 1, 1)
-    xn = torch.from_numpy(((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32))
-    with torch.no_grad():
-        pred = torch.cat([model(xn[i:i + 1000]).argmax(1) for i in range(0, len(xn), 1000)]).numpy()
+    xn = torch.from_numpy(normalize_images(x, meta["data"]["mean"], meta["data"]["std"]))
+    pred = batched(lambda xb: model(xb).argmax(1), xn, 1000, channels_last=False).numpy()
     return float((pred == y).mean())
 
 

@@ -19,15 +19,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import ensemble_metrics
-from edgecompress.models import MultiHeadStudent, count_macs, count_params
+from edgecompress.models import MultiHeadStudent, batched, count_macs, count_params
 from edgecompress.training.loop import LossFn, Tensors, TrainConfig, fit, tensors
-from edgecompress.training.losses import ensemble_kd
+from edgecompress.training.losses import ensemble_kd, with_labels
 from edgecompress.training.multihead import MultiHeadKDConfig, lambda_schedule
 from edgecompress.training.teacher import TeacherConfig, train_teacher
 
@@ -70,12 +69,7 @@ def member_logits(members: Sequence[nn.Module], x: torch.Tensor, batch_size: int
     """Every member's logits on ``x`` in eval mode, (M, N, C)."""
     if len(members) == 0:
         raise EdgeCompressError("member_logits needs at least one member")
-    outs = []
-    for m in members:
-        m.eval()
-        outs.append(torch.cat([m(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
-                               for i in range(0, len(x), batch_size)]))
-    return torch.stack(outs)
+    return torch.stack([batched(m.eval(), x, batch_size) for m in members])
 
 
 def _probs(logits: torch.Tensor) -> np.ndarray:
@@ -110,15 +104,12 @@ def ensemble_kd_loss(temperature: float, alpha: float, label_smoothing: float = 
     The teacher argument is the stacked member logits (M, N, C) from ``EnsembleTeacher``.
     """
 
-    def loss(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
-        if t is None or alpha == 0:
-            return ce
+    def soft(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if t.dim() != 3:
             raise EdgeCompressError(f"ensemble_kd_loss needs stacked member logits (M, N, C), got {tuple(t.shape)}")
-        return alpha * ensemble_kd(s, t, temperature) + (1 - alpha) * ce
+        return ensemble_kd(s, t, temperature)
 
-    return loss
+    return with_labels(soft, alpha, label_smoothing)
 
 
 # --------------------------------------------------------------------------- multi-head student (Ferianc)
@@ -128,9 +119,7 @@ def ensemble_kd_loss(temperature: float, alpha: float, label_smoothing: float = 
 def head_probs(model: MultiHeadStudent, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Per-head softmax probabilities (M, N, C) in eval mode."""
     model.eval()
-    outs = [model.forward_heads(x[i:i + batch_size].contiguous(memory_format=torch.channels_last))
-            for i in range(0, len(x), batch_size)]
-    return _probs(torch.cat(outs, dim=1))
+    return _probs(batched(model.forward_heads, x, batch_size, dim=1))
 
 
 def multihead_report(model: MultiHeadStudent, ds: Dataset, t: Tensors | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from torch import nn
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics
-from edgecompress.models import count_macs, count_params, forward_with_features
+from edgecompress.models import batched, count_macs, count_params, forward_with_features
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         teacher.eval().to(memory_format=torch.channels_last)
     if params is None:
         params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
+    if step_loss is None:
+        step_loss = batch_loss(model, loss_fn, teacher, feature_loss)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     opt, sched = make_optimizer(params, cfg, steps_per_epoch)
@@ -128,21 +130,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             idx = perm[i:i + cfg.batch_size]
             xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
             yb = y[idx]
-            if step_loss is not None:
-                loss, parts = step_loss(xb, yb, step, total_steps)
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-            elif feature_loss is not None:
-                s_logits, s_feat = forward_with_features(model, xb)
-                with torch.no_grad():
-                    t_logits, t_feat = forward_with_features(teacher, xb) if teacher is not None else (None, None)
-                loss = feature_loss(s_logits, s_feat, t_logits, t_feat, yb)[0]
-            else:
-                t_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(xb)
-                loss = loss_fn(model(xb), t_logits, yb)
+            loss, parts = step_loss(xb, yb, step, total_steps)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
             if not torch.isfinite(loss):
                 raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -161,6 +151,26 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         print(f"[{name}] {msg}", file=sys.stderr, flush=True)
     model.eval()
     return history
+
+
+def batch_loss(model: nn.Module, loss_fn: LossFn, teacher: nn.Module | None = None,
+               feature_loss: nn.Module | None = None) -> StepLoss:
+    """The step loss of a per-sample scheme: ``loss_fn`` on the model's (and teacher's) logits, or
+    ``feature_loss`` on logits and feature maps; the teacher sees the same augmented batch."""
+
+    def step(xb: torch.Tensor, yb: torch.Tensor, _step: int, _total: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if feature_loss is not None:
+            s_logits, s_feat = forward_with_features(model, xb)
+            with torch.no_grad():
+                t_logits, t_feat = forward_with_features(teacher, xb) if teacher is not None else (None, None)
+            return feature_loss(s_logits, s_feat, t_logits, t_feat, yb)[0], {}
+        t_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = teacher(xb)
+        return loss_fn(model(xb), t_logits, yb), {}
+
+    return step
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
@@ -188,8 +198,7 @@ def _freeze_frozen_batchnorm(model: nn.Module) -> None:
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Logits of ``model`` on ``x`` in eval mode."""
     model.eval()
-    outs = [model(x[i:i + batch_size].contiguous(memory_format=torch.channels_last)) for i in range(0, len(x), batch_size)]
-    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), np.float32)
+    return batched(model, x, batch_size).numpy() if len(x) else np.zeros((0, 0), np.float32)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -317,13 +317,22 @@ class CombinedKDLoss(nn.Module):
         return total, parts
 
 
-def kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
-    """Hinton et al. (2015) distillation: alpha*T^2*KL(p_T || q_T) + (1-alpha)*CE(labels)."""
+def with_labels(soft: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], alpha: float,
+                label_smoothing: float = 0.0) -> LossFn:
+    """alpha * soft(student, teacher) + (1 - alpha) * CE(labels): the recipe every KD scheme shares.
+
+    Without a teacher output (or with alpha 0) it is the cross-entropy alone.
+    """
 
     def loss(s: torch.Tensor, t: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
         if t is None or alpha == 0:
             return ce
-        return alpha * hinton_kd(s, t, temperature) + (1 - alpha) * ce
+        return alpha * soft(s, t) + (1 - alpha) * ce
 
     return loss
+
+
+def kd_loss(temperature: float, alpha: float, label_smoothing: float = 0.0) -> LossFn:
+    """Hinton et al. (2015) distillation: alpha*T^2*KL(p_T || q_T) + (1-alpha)*CE(labels)."""
+    return with_labels(lambda s, t: hinton_kd(s, t, temperature), alpha, label_smoothing)
