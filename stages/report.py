@@ -1,4 +1,5 @@
-"""DVC stage: summary of all target checks plus latency vs accuracy of every artifact (dvc plots)."""
+"""DVC stage: the models' accuracies with 95% intervals, all target checks, latency vs accuracy of every
+artifact and their reliability diagrams (dvc plots)."""
 
 from pathlib import Path
 
@@ -8,24 +9,34 @@ from edgecompress.deploy.check import CheckConfig
 from edgecompress.deploy.runner import fingerprint
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import read_json, write_json, write_text
-from edgecompress.report import load_checks, measure_artifacts, reliability, summary_markdown
+from edgecompress.report import load_checks, measure_artifacts, pipeline_gate, reliability, summary_markdown
+from edgecompress.uncertainty import plot_rows
 
 
 @friendly_main
 def main() -> None:
-    args, params = stage.setup("Summarise checks and artifacts.", [
+    args, params = stage.setup("Summarise models, checks and artifacts.", [
         ("--artifacts", "artifact directory"), ("--export-metrics", "export stage metrics"),
+        ("--uncertainty-metrics", "uncertainty stage metrics (every PyTorch model, test-set size)"),
+        ("--distill-metrics", "distill stage metrics (the labels-only baseline)"),
         ("--checks", "directory of check results"), ("--out-md", "summary markdown"),
         ("--out-plot", "latency-vs-accuracy plot data (JSON)"),
-        ("--out-reliability", "directory of per-artifact reliability diagrams (JSON)")])
+        ("--out-reliability", "reliability diagrams of all artifacts (one JSON, one chart)")])
     checks = load_checks(args.checks, read(params, "check", CheckConfig).targets)
-    points = measure_artifacts(Path(args.artifacts), read_json(args.export_metrics, "export metrics"))
+    models = read_json(args.uncertainty_metrics, "uncertainty metrics")
+    # The export stage verifies every artifact on the whole test split, the one the uncertainty stage counts.
+    points = measure_artifacts(Path(args.artifacts), read_json(args.export_metrics, "export metrics"),
+                               samples=models.get("samples"))
     write_json(args.out_plot, points)
-    for name, rows in reliability(Path(args.artifacts), Path(args.artifacts) / "testset.npz").items():
-        write_json(Path(args.out_reliability) / f"{name}.json", rows)
-    summary = summary_markdown(checks, points, fingerprint())
+    diagrams = reliability(Path(args.artifacts), Path(args.artifacts) / "testset.npz")
+    write_json(args.out_reliability, plot_rows(diagrams, "artifact"))
+    distill = read_json(args.distill_metrics, "distill metrics")
+    summary = summary_markdown(checks, points, fingerprint(), models, distill)
     write_text(args.out_md, summary)
     print(summary)
+    failed = pipeline_gate(checks, args.out_md)  # the check stages only record; the pipeline fails here
+    if failed:
+        raise failed
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """DVC stage: accuracy, calibration and uncertainty of every PyTorch model in the chain.
 
 Teacher, each ensemble member, the ensemble (mean prediction, mutual information), the teacher
-under MC dropout (train_teacher.mc_samples), the distilled student and the pruned student; one
-reliability diagram per model for `dvc plots`. The exported artifacts get theirs in the report stage.
+under MC dropout (train_teacher.mc_samples), the distilled student and the pruned student; their
+reliability diagrams in one JSON (one `dvc plots` chart, coloured by model). The exported artifacts
+get theirs in the report stage.
 """
-
-from pathlib import Path
 
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint
@@ -13,7 +12,7 @@ from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.config import read
 from edgecompress.training.teacher import TeacherConfig, tensors
-from edgecompress.uncertainty import evaluate_models
+from edgecompress.uncertainty import evaluate_models, plot_rows
 
 
 @friendly_main
@@ -21,7 +20,7 @@ def main() -> None:
     args, params = stage.setup("Uncertainty of the teacher, the ensemble and the students.", [
         ("--teacher", "teacher checkpoint"), ("--members", "directory of ensemble member checkpoints"),
         ("--student", "distilled student checkpoint"), ("--pruned", "pruned student checkpoint"),
-        ("--metrics", "metrics JSON"), ("--plots", "directory of reliability diagrams (JSON)")])
+        ("--metrics", "metrics JSON"), ("--plots", "reliability diagrams of all models (one JSON, one chart)")])
     tcfg = read(params, "train_teacher", TeacherConfig)
     models = {"teacher": load_checkpoint(args.teacher)[0]}
     models.update(stage.load_members(args.members, tcfg.members, "the uncertainty stage (train_teacher.members)"))
@@ -32,8 +31,7 @@ def main() -> None:
     ensemble = ["teacher", *(f"member-{i}" for i in tcfg.members)] if tcfg.members else []
     rows, diagrams = evaluate_models(models, x, y, tuple(ds.input_shape), ensemble=ensemble,
                                      mc_model="teacher" if tcfg.mc_samples else None, mc_samples=tcfg.mc_samples)
-    for name, diagram in diagrams.items():
-        write_json(Path(args.plots) / f"{name}.json", diagram)
+    write_json(args.plots, plot_rows(diagrams, "model"))
     write_json(args.metrics, {"split": "test", "samples": len(y), "models": rows})
     for name, r in rows.items():
         mi = r.get("mutual_information")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from edgecompress.data import DataConfig, Dataset, Split, load_dataset, save_npz_split
 from edgecompress.data.formats import FASHION_MNIST_CLASSES
@@ -110,20 +110,56 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_dataset(cfg)
 
 
-def make_cifar(root: Path, per_batch: int = 6, label_max: int = 10) -> Path:
+@pytest.mark.parametrize("side", [12, 20], ids=["over-limit-warning", "over-twice-limit-error"])
+def test_imagefolder_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, side: int) -> None:
+    # Pillow warns above MAX_IMAGE_PIXELS and raises DecompressionBombError above twice that; both stop loading.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / split / "a" / "ok.png")  # 64 pixels: fine
+    Image.new("L", (side, side)).save(tmp_path / "train" / "a" / "big.png")
+    with pytest.raises(EdgeCompressError, match=rf"big\.png is {side * side} pixels, over Pillow's "
+                                                rf"decompression-bomb limit of 100 pixels.*resize the images") as info:
+        load_dataset(DataConfig(format="imagefolder", path=str(tmp_path)))
+    assert "\n" not in str(info.value)
+
+
+CIFAR_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
+def make_cifar(root: Path, per_batch: int = 6, label_max: int = 10, protocol: int = pickle.DEFAULT_PROTOCOL,
+               old_numpy: bool = False) -> Path:
+    """CIFAR-10 python batches pickled by the installed numpy; ``old_numpy`` renames numpy._core to numpy.core
+    the way numpy 1.x (and the real, Python 2 pickled CIFAR-10) writes it."""
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
+
+    def dump(obj: object) -> bytes:
+        raw = pickle.dumps(obj, protocol=protocol)
+        if old_numpy:  # protocol <= 2 names globals as text lines, so the module can be renamed in place
+            assert protocol <= 2
+            raw = raw.replace(b"numpy._core.", b"numpy.core.")
+        return raw
+
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, label_max, per_batch)]}
-        (root / name).write_bytes(pickle.dumps(batch))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+        batch = {b"batch_label": b"training batch", b"filenames": [b"img.png"] * per_batch,
+                 b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, label_max, per_batch)],
+                 b"num": np.int64(per_batch)}  # a numpy scalar, which pickles through multiarray.scalar
+        (root / name).write_bytes(dump(batch))
+        assert (b"numpy.core.multiarray" if old_numpy else b"numpy._core.multiarray") in (root / name).read_bytes()
+    (root / "batches.meta").write_bytes(dump({b"label_names": CIFAR_NAMES, b"num_vis": 3072}))
     return root
 
 
-def test_cifar10(tmp_path: Path) -> None:
-    root = make_cifar(tmp_path / "cifar-10-batches-py")
+CIFAR_PICKLES = {"protocol-2": (2, False), "default-protocol": (pickle.DEFAULT_PROTOCOL, False),
+                 "protocol-5": (5, False), "numpy.core-protocol-2": (2, True)}
+
+
+@pytest.mark.parametrize("case", CIFAR_PICKLES, ids=list(CIFAR_PICKLES))
+def test_cifar10(tmp_path: Path, case: str) -> None:
+    protocol, old_numpy = CIFAR_PICKLES[case]
+    root = make_cifar(tmp_path / "cifar-10-batches-py", protocol=protocol, old_numpy=old_numpy)
     ds = load_dataset(DataConfig(format="cifar10", path=str(root), val_fraction=0.2))
     assert ds.train.x.shape == (24, 3, 32, 32) and len(ds.val) == 6 and ds.test.x.shape == (6, 3, 32, 32)
     assert ds.class_names[0] == "airplane" and ds.num_classes == 10
@@ -137,6 +173,48 @@ def test_cifar10(tmp_path: Path) -> None:
 def test_cifar10_bad_labels(tmp_path: Path) -> None:
     root = make_cifar(tmp_path / "c", label_max=12)
     with pytest.raises(EdgeCompressError, match=r"labels range 0\.\.1[01] but there are 10 classes"):
+        load_dataset(DataConfig(format="cifar10", path=str(root)))
+
+
+class _Payload:
+    """Pickles as a call to ``func(*args)``: what a crafted dataset file would run on a plain pickle.load."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])
+@pytest.mark.parametrize("func", ["os.system", "builtins.exec"])
+def test_cifar10_malicious_pickle_is_refused(tmp_path: Path, protocol: int, func: str) -> None:
+    import os
+
+    root = make_cifar(tmp_path / "c")
+    marker = tmp_path / "pwned"
+    payload = (_Payload(os.system, f"touch {marker}") if func == "os.system"
+               else _Payload(exec, f"open({str(marker)!r}, 'w').close()"))
+    # A real-looking batch with the payload in one entry: the numpy array before it still loads fine.
+    batch = {b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 6, b"batch_label": payload}
+    (root / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=protocol))
+    # Protocol 2 spells builtins the Python 2 way, __builtin__.
+    qualname = {"os.system": rf"{os.system.__module__}\.system", "builtins.exec": r"(builtins|__builtin__)\.exec"}[func]
+    with pytest.raises(EdgeCompressError, match=rf"data_batch_1 refers to {qualname}, which a CIFAR-10 batch "
+                                                rf"never contains; refusing to load it") as info:
+        load_dataset(DataConfig(format="cifar10", path=str(root)))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_cifar10_codecs_only_decode_bytes(tmp_path: Path) -> None:
+    import codecs
+
+    # Protocol 2 pickles bytes as _codecs.encode(text, "latin1"); any other codec is not a bytes object.
+    root = make_cifar(tmp_path / "c")
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": _Payload(codecs.encode, "abc", "rot13")}))
+    with pytest.raises(EdgeCompressError, match=r"batches\.meta is not a CIFAR-10 python pickle \(ValueError: "
+                                                r"_codecs\.encode\(str, 'rot13'\)"):
         load_dataset(DataConfig(format="cifar10", path=str(root)))
 
 
@@ -273,6 +351,15 @@ def _bad_png(tmp_path: Path) -> DataConfig:
     return DataConfig(format="imagefolder", path=str(tmp_path), image_size=3)
 
 
+def _png_text_bomb(tmp_path: Path) -> DataConfig:
+    cfg = _bad_png(tmp_path)
+    (tmp_path / "test" / "a" / "broken.png").unlink()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)  # a few kB on disk
+    Image.new("L", (4, 4)).save(tmp_path / "train" / "a" / "text.png", pnginfo=info)
+    return cfg
+
+
 def _npz_file(tmp_path: Path, **arrays: np.ndarray) -> DataConfig:
     base = {"x_train": np.zeros((12, 4, 4), np.uint8), "y_train": np.zeros(12, np.int64),
             "x_test": np.zeros((3, 4, 4), np.uint8), "y_test": np.zeros(3, np.int64)}
@@ -301,6 +388,7 @@ LOAD_ERRORS = {
     "classes.txt short": (_too_few_names, r"labels go up to 9 but .*classes\.txt names only 2"),
     "npz missing": (lambda t: DataConfig(format="npz", path=str(t)), r"missing file .*train\.npz"),
     "bad image": (_bad_png, r"cannot read image .*broken\.png"),
+    "png text bomb": (_png_text_bomb, r"cannot read image .*text\.png: Decompressed data too large"),
     "npz float range": (lambda t: _npz_file(t, x_test=np.full((3, 4, 4), 2.0)), r"d\.npz:x_test is float but not in \[0, 1\]"),
     "npz bad shape": (lambda t: _npz_file(t, x_train=np.zeros((12, 4, 4, 5), np.uint8)), r"x_train has shape \(12, 4, 4, 5\)"),
     "npz negative label": (lambda t: _npz_file(t, y_train=np.full(12, -1)), r"train labels range -1\.\.-1"),

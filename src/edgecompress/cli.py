@@ -1,4 +1,4 @@
-"""The ``edgecompress`` command: run a target check by hand, validate targets, inspect artifacts."""
+"""The ``edgecompress`` command: run a target check by hand, validate params and targets, inspect artifacts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edgecompress.errors import EdgeCompressError, friendly_main
+from edgecompress.fileio import read_json
 
 
 def _check(ns: argparse.Namespace) -> None:
@@ -26,18 +27,35 @@ def _check(ns: argparse.Namespace) -> None:
 def _targets(ns: argparse.Namespace) -> None:
     from edgecompress.deploy.targets import load_target
 
-    for path in ns.paths or sorted(Path("targets").glob("*.yaml")):
+    paths = ns.paths or sorted(Path("targets").glob("*.yaml"))
+    if not paths:
+        raise EdgeCompressError(f"no target profiles in {Path('targets').resolve()}; run from the repository "
+                                f"root (where dvc.yaml is) or name the profile files")
+    for path in paths:
         t = load_target(path)
         print(f"{path}: ok ({t.name}: {t.artifact.format} {t.artifact.precision} on {t.runtime.engine}, "
               f"device {t.device.url})")
 
 
+def _validate(ns: argparse.Namespace) -> None:
+    from edgecompress.config import load_params
+    from edgecompress.validate import validate_params
+
+    cfg = validate_params(load_params(ns.params), ns.params, ns.targets)
+    print(f"{ns.params}: ok ({', '.join(cfg)}; targets {', '.join(cfg['check'].targets) or 'none'})")
+
+
 def _inspect(ns: argparse.Namespace) -> None:
     path = Path(ns.artifact)
     side = Path(str(path) + ".json")
+    if not path.exists():
+        raise EdgeCompressError(f"{path} not found; give a checkpoint (models/*.pt) or an exported artifact "
+                                f"(models/export/*.onnx, *.tflite)")
     if not side.exists():
-        raise EdgeCompressError(f"{side} not found: every artifact under models/ has a JSON sidecar; re-run dvc repro")
-    print(json.dumps(json.loads(side.read_text()), indent=2))
+        raise EdgeCompressError(f"{path} has no sidecar {side}: checkpoints (models/*.pt) and exported artifacts "
+                                f"(models/export/*.onnx, *.tflite) have one, other files do not; if {path} is one "
+                                f"of those, re-run the stage that writes it (dvc repro)")
+    print(json.dumps(read_json(side, "sidecar"), indent=2))
 
 
 @friendly_main
@@ -60,6 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("targets", help="validate target profiles (default: targets/*.yaml)")
     t.add_argument("paths", nargs="*")
     t.set_defaults(fn=_targets)
+    v = sub.add_parser("validate", help="check params.yaml and the checked target profiles (what dvc repro runs first)")
+    v.add_argument("--params", default="params.yaml")
+    v.add_argument("--targets", default="targets", help="directory of target profiles (default targets)")
+    v.set_defaults(fn=_validate)
     i = sub.add_parser("inspect", help="print an artifact's sidecar (what made it, how to feed it)")
     i.add_argument("artifact")
     i.set_defaults(fn=_inspect)

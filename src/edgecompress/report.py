@@ -1,14 +1,47 @@
-"""The pipeline's summary: every target's check result and a latency-vs-accuracy view of all artifacts."""
+"""The pipeline's summary: the models' accuracies, every target's check result and a latency-vs-accuracy
+view of all artifacts, each accuracy with its test-set size and 95% interval."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from edgecompress.artifacts import REGISTRY
 from edgecompress.deploy.bench import local_command, run_local
+from edgecompress.deploy.check import gate_error
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import read_json
+from edgecompress.fileio import read_json, read_npz
+
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def accuracy_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy measured on ``n`` images.
+
+    Wilson, not the normal approximation p +- z*sqrt(p(1-p)/n): that one collapses to zero width
+    at 0% or 100% and leaves [0, 1] near them, exactly where small test sets put accuracies.
+    """
+    if n < 1 or not 0.0 <= accuracy <= 1.0:
+        raise EdgeCompressError(f"invalid accuracy interval input: accuracy={accuracy!r}, n={n!r}")
+    z2n = z * z / n
+    centre = (accuracy + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(accuracy * (1 - accuracy) / n + z2n / (4 * n))
+    # The interval always holds the measured accuracy; min/max only undo rounding (1.0 -> 0.99999...).
+    return max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half))
+
+
+def difference_interval(a: float, n_a: int, b: float, n_b: int) -> tuple[float, float]:
+    """95% interval of the accuracy difference a - b (Newcombe 1998, method 10, from both Wilson intervals).
+
+    It treats the two measurements as independent; on the same test images (a paired comparison)
+    it is conservative, i.e. wider than the paired interval.
+    """
+    lo_a, hi_a = accuracy_interval(a, n_a)
+    lo_b, hi_b = accuracy_interval(b, n_b)
+    d = a - b
+    return d - math.hypot(a - lo_a, hi_b - b), d + math.hypot(hi_a - a, b - lo_b)
 
 
 def load_checks(directory: str | Path, targets: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -22,12 +55,20 @@ def load_checks(directory: str | Path, targets: tuple[str, ...]) -> list[dict[st
     return checks
 
 
+def pipeline_gate(checks: list[dict[str, Any]], summary: str | Path) -> EdgeCompressError | None:
+    """The error that fails ``dvc repro`` when a target missed a budget on its hardware (or, with
+    check.strict, anywhere); raised after ``summary`` is written, so it lists the failure too."""
+    errors = [str(e) for e in (gate_error(c, summary) for c in checks) if e is not None]
+    return EdgeCompressError("; ".join(errors)) if errors else None
+
+
 def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int = 300,
-                      threads: int = 1) -> list[dict[str, Any]]:
+                      threads: int = 1, samples: int | None = None) -> list[dict[str, Any]]:
     """Latency (this machine, batch 1, ``threads`` threads) of every artifact, beside its test accuracy/ECE.
 
     The runner runs in a subprocess exactly as in the check stage; the accuracy comes from the
     export stage's full-test-set verification, so the two axes are measured independently.
+    ``samples`` is that test set's size: each point then carries its accuracy's 95% interval.
     """
     points = []
     for name in REGISTRY:
@@ -41,6 +82,9 @@ def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int
                        "accuracy": m.get("accuracy"), "ece": m.get("ece"), "nll": m.get("nll"),
                        "size_kib": round(model.stat().st_size / 1024, 1), "threads": threads,
                        "runtime": f"{res['runtime'].get('name')} {res['runtime'].get('version')}"})
+        if samples and m.get("accuracy") is not None:
+            lo, hi = accuracy_interval(m["accuracy"], samples)
+            points[-1].update(samples=samples, accuracy_lo=lo, accuracy_hi=hi)
     return points
 
 
@@ -52,8 +96,8 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
     from edgecompress.data import normalize_images
     from edgecompress.metrics import reliability_diagram, softmax
 
-    with np.load(testset) as d:
-        x_raw, y = d["x"], d["y"]
+    d = read_npz(testset, ("x", "y"), "test set", "re-run the export stage (dvc repro export)")
+    x_raw, y = d["x"], d["y"]
     out = {}
     for name in REGISTRY:
         model = artifacts / name
@@ -66,27 +110,107 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
     return out
 
 
-def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]], fingerprint: dict[str, Any]) -> str:
-    """One table per concern: targets (pass/fail/proxy) and all artifacts (latency vs accuracy)."""
-    lines = ["# edgecompress report", "", "## Targets", "",
-             "| target | artifact | device | p50 ms | p90 ms | p99 ms | accuracy | size KiB | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _accuracy_cells(accuracy: float | None, n: int | None) -> list[str]:
+    """Table cells: accuracy, its 95% Wilson interval, the number of test images ("-" if unknown)."""
+    if accuracy is None:
+        return ["-", "-", "-" if n is None else f"{n:,}"]
+    if not n:
+        return [_pct(accuracy), "-", "-"]
+    lo, hi = accuracy_interval(accuracy, n)
+    return [_pct(accuracy), f"{100 * lo:.2f}–{100 * hi:.2f}%", f"{n:,}"]
+
+
+def _student_label(distill: dict[str, Any]) -> str:
+    """What the distilled student learnt from, as metrics/distill.json records it."""
+    how = "ensemble KD" if distill.get("source") == "ensemble" else "KD"
+    if distill.get("heads", 1) > 1:
+        how = f"multi-head ({distill['heads']} heads)"
+    scheme = distill.get("scheme", "offline")
+    return f"student, {how}" + ("" if scheme == "offline" else f" ({scheme})")
+
+
+def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = None) -> list[str]:
+    """Markdown lines: every PyTorch model's test accuracy with its 95% interval, and the KD gain.
+
+    ``uncertainty`` is metrics/uncertainty.json (all models, one evaluation, with the test-set size);
+    ``distill`` is metrics/distill.json, read for the labels-only baseline (``distill.baseline``).
+    """
+    n = uncertainty.get("samples")
+    models = uncertainty.get("models", {})
+    distill = distill or {}
+    members = sum(1 for name in models if name.startswith("member-"))
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if "teacher" in models:
+        rows.append(("teacher", models["teacher"]))
+    if "ensemble" in models:
+        rows.append((f"ensemble (teacher + {members} members)", models["ensemble"]))
+    rows += [(f"{name.removesuffix('-mc-dropout')}, MC dropout", m) for name, m in models.items()
+             if name.endswith("-mc-dropout")]
+    baseline = distill.get("baseline_test")
+    if baseline:
+        rows.append(("student, labels only (baseline)", {**baseline, "params": distill.get("params")}))
+    if "student" in models:
+        rows.append((_student_label(distill), models["student"]))
+    if "pruned" in models:
+        rows.append(("student, pruned", models["pruned"]))
+    lines = ["| model | test accuracy | 95% CI | test images | ECE | NLL | params |", "|---|---|---|---|---|---|---|"]
+    widest = 0.0
+    for label, m in rows:
+        acc, ci, count = _accuracy_cells(m.get("accuracy"), n)
+        params = m.get("params")
+        lines.append(f"| {label} | {acc} | {ci} | {count} | {m.get('ece', float('nan')):.4f} | "
+                     f"{m.get('nll', float('nan')):.3f} | {'-' if params is None else f'{params:,}'} |")
+        if n and m.get("accuracy") is not None:
+            lo, hi = accuracy_interval(m["accuracy"], n)
+            widest = max(widest, (hi - lo) / 2)
+    has_gain = bool(baseline and "student" in models and n)
+    if has_gain:
+        gain = models["student"]["accuracy"] - baseline["accuracy"]
+        lo, hi = difference_interval(models["student"]["accuracy"], n, baseline["accuracy"], n)
+        lines.append(f"| KD gain (student - labels only) | {100 * gain:+.2f} pt | "
+                     f"{100 * lo:+.2f} to {100 * hi:+.2f} pt | {n:,} | | | |")
+    if not n:
+        return lines + ["", "The test-set size is unknown (metrics/uncertainty.json has no `samples`): no intervals."]
+    gain_note = (" (KD gain: Newcombe's interval of a difference, conservative as both students see the same "
+                 "images)") if has_gain else ""
+    return lines + ["", f"95% CI: Wilson score interval on the {n:,} test images{gain_note}; a difference smaller "
+                    f"than the interval width (up to {200 * widest:.2f} pt here: ±{100 * widest:.2f} pt) is noise, "
+                    "not an effect."]
+
+
+def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]], fingerprint: dict[str, Any],
+                     uncertainty: dict[str, Any] | None = None, distill: dict[str, Any] | None = None) -> str:
+    """One table per concern: models (accuracy with 95% intervals, KD gain), targets (pass/fail/proxy)
+    and all artifacts (latency vs accuracy); ``uncertainty``/``distill`` are those stages' metrics."""
+    lines = ["# edgecompress report", ""]
+    if uncertainty:
+        lines += ["## Models (PyTorch, test set)", "", *models_table(uncertainty, distill), ""]
+    lines += ["## Targets", "",
+              "| target | artifact | device | p50 ms | p90 ms | p99 ms | accuracy | 95% CI | test images | "
+              "size KiB | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in checks:
         lat = r.get("latency_ms") or {}
         art = r.get("artifact") or {}
-        acc = r.get("accuracy")
+        acc = " | ".join(_accuracy_cells(r.get("accuracy"), r.get("accuracy_samples")))
         lines.append(f"| {r['target']} | {art.get('precision')} {art.get('format')} | {r.get('device')} | "
                      f"{lat.get('p50', float('nan')):.4f} | {lat.get('p90', float('nan')):.4f} | "
-                     f"{lat.get('p99', float('nan')):.4f} | {'-' if acc is None else f'{acc:.4f}'} | "
+                     f"{lat.get('p99', float('nan')):.4f} | {acc} | "
                      f"{(art.get('size_bytes') or 0) / 1024:.1f} | {r['status']} |")
     lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report).",
               "", "## All artifacts on this machine (batch 1, 1 thread)", "",
-              "| artifact | p50 ms | p90 ms | accuracy | ECE | NLL | size KiB | runtime |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| artifact | p50 ms | p90 ms | accuracy | 95% CI | test images | ECE | NLL | size KiB | runtime |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
-        lines.append(f"| {p['artifact']} | {p['p50_ms']:.4f} | {p['p90_ms']:.4f} | {p['accuracy']:.4f} | "
+        acc = " | ".join(_accuracy_cells(p.get("accuracy"), p.get("samples")))
+        lines.append(f"| {p['artifact']} | {p['p50_ms']:.4f} | {p['p90_ms']:.4f} | {acc} | "
                      f"{p['ece']:.4f} | {p['nll']:.3f} | {p['size_kib']} | {p['runtime']} |")
     cpu = fingerprint.get("cpu_model") or fingerprint.get("cpu")
-    lines += ["", f"Measured on {fingerprint.get('hostname')} ({fingerprint.get('arch')}, {cpu}, "
+    lines += ["", "95% CI as for the models: differences between artifacts smaller than the interval width "
+              "are noise.", "", f"Measured on {fingerprint.get('hostname')} ({fingerprint.get('arch')}, {cpu}, "
               f"{fingerprint.get('cores')} cores).", ""]
     return "\n".join(lines)

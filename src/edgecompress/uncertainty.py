@@ -6,6 +6,7 @@ dropout; the formulas live in ``edgecompress.metrics``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,11 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import ensemble_metrics, reliability_diagram
 from edgecompress.models import MultiHeadStudent, batched
 
+
+# A bin with fewer images than this, or than this share of the test set, is left out of the plots:
+# its accuracy is a few coin flips (one image draws 0 or 1) and its weight in the ECE is as small.
+MIN_BIN_COUNT = 10
+MIN_BIN_SHARE = 0.01
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -90,3 +96,22 @@ def evaluate_models(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
         p = batched(lambda xb: mc_dropout_probs(model, xb, mc_samples).double(), x, 1000, channels_last=False, dim=1)
         add(f"{mc_model}-mc-dropout", p.numpy(), rows[mc_model]["params"], rows[mc_model]["macs"] * mc_samples)
     return rows, diagrams
+
+
+def min_bin_count(samples: int) -> int:
+    """Fewest images a reliability bin needs to be plotted: max(MIN_BIN_COUNT, MIN_BIN_SHARE of ``samples``)."""
+    return max(MIN_BIN_COUNT, math.ceil(MIN_BIN_SHARE * samples))
+
+
+def plot_rows(diagrams: dict[str, list[dict[str, Any]]], key: str) -> list[dict[str, Any]]:
+    """Every reliability diagram in one list, for one ``dvc plots`` chart coloured by ``key``.
+
+    Each row is labelled ``{key: name}`` (``key`` is "model" or "artifact", what the template colours
+    by). Bins under ``min_bin_count`` of that diagram's images (the sum of its counts) are left out.
+    """
+    rows = []
+    for name, diagram in diagrams.items():
+        least = min_bin_count(sum(r["count"] for r in diagram))
+        rows += [{key: name, **{k: v for k, v in r.items() if k not in ("model", "artifact")}}
+                 for r in diagram if r["count"] >= least]
+    return rows

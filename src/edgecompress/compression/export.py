@@ -12,6 +12,7 @@ evaluated on the test set with its own runtime against the PyTorch model it came
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from edgecompress.compression.onnx import (export_onnx, export_onnx_dynamic, exp
 from edgecompress.compression.qat import QATConfig
 from edgecompress.compression.tflite import export_tflite, export_tflite_fp16, tflite_interpreter, tflite_observer
 from edgecompress.data import Dataset, save_npz_split
-from edgecompress.fileio import atomic_path, write_json
+from edgecompress.fileio import atomic_path, read_npz, write_json
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics, softmax, uncertainty_decomposition
 from edgecompress.models import MultiHeadStudent, PerHeadOutputs, batched
@@ -87,8 +88,9 @@ def io_details(path: Path) -> dict[str, Any]:
         sess = ort_session(path)
         i, o = sess.get_inputs()[0], sess.get_outputs()[0]
         dt = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+        # input_shape is one example batch; ONNX exports take any batch size (a dynamic first axis).
         return {"input_name": i.name, "output_name": o.name, "input_shape": [1, *i.shape[1:]],
-                "layout": "NCHW", "input_dtype": dt.get(i.type, i.type), "output_dtype": dt.get(o.type, o.type),
+                "dynamic_batch": True, "layout": "NCHW", "input_dtype": dt.get(i.type, i.type), "output_dtype": dt.get(o.type, o.type),
                 "input_quant": None, "output_quant": None}
     interp = tflite_interpreter(path)
     i, o = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -98,8 +100,8 @@ def io_details(path: Path) -> dict[str, Any]:
         return {"scale": float(scale), "zero_point": int(zp)} if d["dtype"] in (np.int8, np.uint8) else None
 
     return {"input_name": i["name"], "output_name": o["name"], "input_shape": [int(v) for v in i["shape"]],
-            "layout": "NHWC", "input_dtype": np.dtype(i["dtype"]).name, "output_dtype": np.dtype(o["dtype"]).name,
-            "input_quant": quant(i), "output_quant": quant(o)}
+            "dynamic_batch": False, "layout": "NHWC", "input_dtype": np.dtype(i["dtype"]).name,
+            "output_dtype": np.dtype(o["dtype"]).name, "input_quant": quant(i), "output_quant": quant(o)}
 
 
 def run_artifact(path: Path, sidecar: dict[str, Any], x: np.ndarray) -> np.ndarray:
@@ -308,33 +310,43 @@ def _sidecar_and_verify(path: Path, name: str, meta: dict[str, Any], cfg: Calibr
 
 def load_calibration(path: str | Path) -> np.ndarray:
     """The normalized calibration images the calibrate stage saved."""
-    try:
-        with np.load(path) as d:
-            return d["x"]
-    except (OSError, KeyError, ValueError, EOFError) as e:
-        raise EdgeCompressError(f"calibration set {path} is missing or corrupt ({e}); "
-                                f"re-run the calibrate stage (dvc repro calibrate)") from e
+    return read_npz(path, ("x",), "calibration set", "re-run the calibrate stage (dvc repro -f calibrate)")["x"]
 
 
 def export_directory(model: nn.Module, meta: dict[str, Any], parent: str, ds: Dataset, calib: np.ndarray,
                      cfg: CalibrationConfig, export_cfg: ExportConfig, out: str | Path) -> dict[str, Any]:
     """The export stage: every configured artifact plus the raw test set, swapped into ``out`` whole.
 
-    Everything is built in a scratch dir beside ``out`` and renamed onto it at the end, so a failed
-    export never leaves a half-written artifact directory behind. The accuracy-aware int8 ONNX check
-    runs on the validation split (``cfg.val_samples`` images), never on the test set.
+    Everything is built in a scratch dir in the system's temp dir and moved onto ``out`` at the end,
+    so a failed or killed export leaves neither a half-written artifact directory nor a scratch dir
+    among the pipeline's outputs. The accuracy-aware int8 ONNX check runs on the validation split
+    (``cfg.val_samples`` images), never on the test set.
     """
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     x_val, y_val = ds.normalize(ds.val.x[:cfg.val_samples]), ds.val.y[:cfg.val_samples]
     train = (ds.normalize(ds.train.x), ds.train.y) if export_cfg.qat.enabled else None
+    scratch = Path(tempfile.mkdtemp(prefix="edgecompress-export-dir."))
     try:
-        results = export_all(model, meta, tmp, calib, cfg, ds.normalize(ds.test.x), ds.test.y, parent,
+        results = export_all(model, meta, scratch, calib, cfg, ds.normalize(ds.test.x), ds.test.y, parent,
                              meta["params_hash"], export_cfg=export_cfg, x_val=x_val, y_val=y_val, train=train)
-        save_npz_split(tmp / "testset.npz", ds.test, ds.class_names)  # raw uint8 images for on-device checks
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)  # raw uint8 images for on-device checks
+        swap_in(scratch, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return results
+
+
+def swap_in(src: Path, out: Path) -> None:
+    """Replace directory ``out`` by the complete directory ``src``.
+
+    A rename when both are on one filesystem; otherwise a copy beside ``out`` first (the only moment
+    a killed process can leave ``.<out>.tmp`` behind, and the next export removes it).
+    """
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.rename(src, tmp)
+    except OSError:  # another filesystem (EXDEV)
+        shutil.copytree(src, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)

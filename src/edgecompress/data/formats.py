@@ -7,10 +7,13 @@ subsampling and normalisation live in ``edgecompress.data.datasets``.
 from __future__ import annotations
 
 import gzip
+import importlib
 import itertools
 import math
 import pickle
+import re
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -117,6 +120,15 @@ _IMAGE_EXTS = {".png", ".jpg", ".jpeg"}
 _GRAY_MODES = {"1", "L", "LA"}
 
 
+def _bomb_message(path: Path, err: Exception, limit: int) -> str:
+    """One line for an image over Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS)."""
+    # Pillow raises before handing out the image, so its message is the only place the size is.
+    m = re.search(r"\((\d+) pixels\)", str(err))
+    size = f"{int(m.group(1)):,} pixels" if m else f"too many pixels ({err})"
+    return (f"{path} is {size}, over Pillow's decompression-bomb limit of {limit:,} pixels "
+            f"(PIL.Image.MAX_IMAGE_PIXELS); resize the images, they are meant to be small classification inputs")
+
+
 def _load_imagefolder(root: Path, cfg: Options) -> Raw:
     from PIL import Image, UnidentifiedImageError
 
@@ -144,9 +156,16 @@ def _load_imagefolder(root: Path, cfg: Options) -> Raw:
     def read(p: Path, mode: str | None = None) -> tuple[str, tuple[int, int], np.ndarray | None]:
         """(mode, size, pixels); without ``mode`` only the header is read (Image.open is lazy)."""
         try:
-            with Image.open(p) as im:
-                return im.mode, im.size, (np.asarray(im.convert(mode)) if mode else None)
-        except (UnidentifiedImageError, OSError) as e:
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a classification input that
+            # large is a mistake or an attack either way, so the warning stops loading like the error.
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    return im.mode, im.size, (np.asarray(im.convert(mode)) if mode else None)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise EdgeCompressError(_bomb_message(p, e, Image.MAX_IMAGE_PIXELS or 0)) from None
+        # ValueError: e.g. a PNG text chunk that inflates past PngImagePlugin.MAX_TEXT_CHUNK.
+        except (UnidentifiedImageError, OSError, ValueError) as e:
             raise EdgeCompressError(f"cannot read image {p}: {e}") from None
 
     gray = cfg.grayscale
@@ -172,14 +191,57 @@ def _load_imagefolder(root: Path, cfg: Options) -> Raw:
 
 # ---- cifar10
 
+# Globals a CIFAR-10 pickle may name, as (numpy submodule, name). numpy 1.x wrote "numpy.core.*",
+# numpy 2 writes "numpy._core.*"; "numeric._frombuffer" is what protocol 5 uses for arrays.
+_NUMPY_GLOBALS = {("", "ndarray"), ("", "dtype"), ("multiarray", "_reconstruct"),
+                  ("multiarray", "scalar"), ("numeric", "_frombuffer")}
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` limited to what Python 3 protocol 0-2 pickles use it for: bytes as latin-1 text."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise ValueError(f"_codecs.encode({type(text).__name__}, {encoding!r}) is not a pickled bytes object")
+    return text.encode("latin1")
+
+
+class _DatasetUnpickler(pickle.Unpickler):
+    """Unpickler that builds only numpy arrays, dtypes and scalars plus pickle's own containers.
+
+    ``pickle.load`` calls any importable function a file names, so a crafted batch could run code;
+    dicts, lists, ints, bytes and strings have their own opcodes and never reach ``find_class``.
+    """
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # Python 2 str -> bytes, as the CIFAR-10 keys are
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        head, _, tail = module.rpartition(".")
+        sub = "" if module == "numpy" else tail if head in ("numpy.core", "numpy._core") else None
+        if sub is not None and (sub, name) in _NUMPY_GLOBALS:
+            if not sub:
+                return getattr(np, name)
+            try:  # numpy 2 (and 1.26's forwarding stubs); avoids numpy.core's deprecation warning
+                return getattr(importlib.import_module(f"numpy._core.{sub}"), name)
+            except ImportError:
+                return getattr(importlib.import_module(f"numpy.core.{sub}"), name)
+        raise EdgeCompressError(f"{self.path} refers to {module}.{name}, which a CIFAR-10 batch never contains; "
+                                f"refusing to load it (only numpy arrays, lists, ints, bytes and strings may "
+                                f"come out of a dataset file)")
+
+
 def _unpickle(path: Path) -> dict[Any, Any]:
     if not path.is_file():
         raise EdgeCompressError(f"missing file {path}; format cifar10 needs the CIFAR-10 'python version' "
                                 f"folder: data_batch_1..5, test_batch, batches.meta")
     try:
-        # CIFAR-10 is only distributed as pickles; this reads the user's own dataset files.
+        # CIFAR-10 is only distributed as pickles, so they are read with the restricted unpickler.
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _DatasetUnpickler(f, path).load()
+    except EdgeCompressError:
+        raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise EdgeCompressError(f"{path} is not a CIFAR-10 python pickle ({type(e).__name__}: {e})") from None
     if not isinstance(d, dict):

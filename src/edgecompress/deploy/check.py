@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import read_npz
 from edgecompress.deploy.bench import run_local, runner_args, runner_command
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
@@ -33,6 +34,7 @@ class CheckConfig:
             raise EdgeCompressError(f"invalid value targets={list(self.targets)}: a target is listed twice")
 
 
+TESTSET_FIX = "re-run the export stage (dvc repro export), which writes it"
 # Active providers that count as "running on a GPU" for hardware.gpu.
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider")
@@ -111,7 +113,6 @@ def evaluate_budgets(profile: TargetProfile, result: dict[str, Any],
 
 def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int | None) -> float:
     """The teacher's accuracy on the same first ``samples`` test images the runner scores."""
-    import numpy as np
     import torch
 
     from edgecompress.checkpoint import load_checkpoint
@@ -119,8 +120,8 @@ def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int |
     from edgecompress.models import batched
 
     model, meta = load_checkpoint(checkpoint)
-    with np.load(testset) as d:
-        x, y = d["x"], d["y"]
+    d = read_npz(testset, ("x", "y"), "test set", TESTSET_FIX)
+    x, y = d["x"], d["y"]
     if samples is not None:
         x, y = x[:samples], y[:samples]
     xn = torch.from_numpy(normalize_images(x, meta["data"]["mean"], meta["data"]["std"]))
@@ -258,6 +259,10 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
     ``teacher`` is the reference checkpoint of ``budgets.max_drop``.
     """
     profile = load_target(target_path)
+    # Inputs first: a missing export or a corrupt test set is reported before any other work.
+    _inputs(profile, Path(artifacts_dir), Path(testset) if testset is not None else None)
+    if testset is not None:
+        read_npz(testset, ("x", "y"), "test set", TESTSET_FIX)
     reference = None
     if profile.budgets.max_drop is not None:
         if teacher is None or testset is None:
@@ -273,7 +278,7 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
 
 def gate_error(result: dict[str, Any], report_path: str | Path) -> EdgeCompressError | None:
     """The error that fails the pipeline for this result (None when the gate passes)."""
-    if not result["gate_failed"]:
+    if not result.get("gate_failed"):
         return None
     where = " on proxy hardware (check.strict is true)" if result["status"] == "proxy-fail" else ""
     return EdgeCompressError(f"target {result['target']} missed budget(s){where}: {_missed(result['budgets'])}; "

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import read_npz
 from edgecompress.deploy.bench import RUNNER, parse_runner_output
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.targets import TargetProfile
@@ -54,6 +55,13 @@ class _Session:
     def fail(self, what: str) -> EdgeCompressError:
         return EdgeCompressError(f"device {self.device.url}: {what}")
 
+    def setting(self, field: str) -> str:
+        """Where the user sets ``field``: the by-hand flag when it overrode the profile, else the profile."""
+        flags = {"url": "--device", "key_file": "--key-file", "python": "--remote-python"}
+        if field in flags and getattr(self.device, field) != getattr(self.profile.device, field):
+            return flags[field]
+        return f"device.{field} in {self.profile.where}"
+
     def run(self, argv: list[str], step: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` within the remaining time; ssh's own failures (exit 255) become clear errors."""
         left = self.deadline - time.monotonic() if timeout is None else timeout
@@ -85,7 +93,7 @@ class _Session:
         where = f"{d.host} port {d.port or 22}"
         if any(s in stderr for s in _UNREACHABLE):
             raise self.fail(f"cannot reach {where} ({msg}); check that the board is on and on the network, that "
-                            f"sshd runs there, and the host/port in device.url of {self.profile.where}")
+                            f"sshd runs there, and the host/port of {self.setting('url')}")
         if "UNPROTECTED PRIVATE KEY" in stderr or "bad permissions" in stderr:
             raise self.fail(f"ssh ignores key file {self.key} because others can read it; run chmod 600 {self.key}")
         if "Permission denied" in stderr:
@@ -93,11 +101,13 @@ class _Session:
             port = f"-p {d.port} " if d.port else ""
             ident = f"-i {self.key}.pub " if self.key else ""
             raise self.fail(f"{self.dest} refused {key} (Permission denied); authorize it once with "
-                            f"ssh-copy-id {ident}{port}{self.dest}, or set device.key_file in {self.profile.where}")
+                            f"ssh-copy-id {ident}{port}{self.dest}, or set {self.setting('key_file')}")
         if "Host key verification failed" in stderr or "HOST IDENTIFICATION HAS CHANGED" in stderr:
             kh = f" -f {d.known_hosts}" if d.known_hosts else ""
+            # known_hosts keys a non-default port as [host]:port; -R needs that exact spelling.
+            entry = d.host if d.port in (None, 22) else shlex.quote(f"[{d.host}]:{d.port}")
             raise self.fail(f"the host key of {d.host} does not match the known one; if the board was re-imaged, "
-                            f"run ssh-keygen -R {d.host}{kh} and retry")
+                            f"run ssh-keygen -R {entry}{kh} and retry")
         raise self.fail(f"{step} failed: {msg or 'no message from ssh/scp'}")
 
 
@@ -115,8 +125,8 @@ def _stage(tmp: Path, profile: TargetProfile, model: Path, sidecar: Path, testse
     files = {"runner.py": RUNNER, model.name: model, f"{model.name}.json": sidecar}
     n = profile.bench.accuracy_samples
     if testset is not None and n is not None:
-        with np.load(testset) as z:
-            x, y = z["x"], z["y"]
+        z = read_npz(testset, ("x", "y"), "test set", "re-run the export stage (dvc repro export)")
+        x, y = z["x"], z["y"]
         if n < len(x):
             # The runner scores the first N images, so the first N are all the device needs.
             np.savez(tmp / "testset.npz", x=x[:n], y=y[:n])
@@ -145,7 +155,7 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path, sidecar:
     """
     s = _Session(profile, device)
     if s.key and not Path(s.key).is_file():
-        raise s.fail(f"key file {s.key} does not exist; fix device.key_file in {profile.where} or --key-file")
+        raise s.fail(f"key file {s.key} does not exist; fix {s.setting('key_file')}")
     for tool in ("ssh", "scp"):
         if shutil.which(tool) is None:
             raise s.fail(f"{tool} is not installed on this machine; apt-get install openssh-client")
@@ -186,8 +196,8 @@ def _result(s: _Session, proc: subprocess.CompletedProcess[str], run_dir: str,
     err = (result or {}).get("error") or ""
     if proc.returncode in (126, 127) and result is None:
         raise s.fail(f"the remote python {d.python!r} was not found or cannot run "
-                     f"({_last_lines(proc.stderr, 2)}); install python3 on the device or set device.python "
-                     f"(--remote-python) in {s.profile.where} to its path")
+                     f"({_last_lines(proc.stderr, 2)}); install python3 on the device or set "
+                     f"{s.setting('python')} to its path")
     if "No module named 'numpy'" in proc.stderr:
         raise s.fail(f"numpy is missing for {d.python} on the device; run {pip} numpy there "
                      f"(or apt-get install python3-numpy)")

@@ -19,6 +19,8 @@ import platform
 import socket
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -218,10 +220,12 @@ def load_testset(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise RunnerError(f"test set {path} does not exist (the export stage writes testset.npz)")
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             x, y = z["x"], z["y"]
-    except (OSError, KeyError, ValueError) as e:
-        raise RunnerError(f"test set {path} is unreadable or lacks x/y arrays: {e}") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        # One line, no traceback: a truncated copy is the usual cause (a check reads this message).
+        raise RunnerError(f"test set {path} is unreadable or lacks x/y arrays ({type(e).__name__}: {e}); "
+                          f"copy it again or re-run the export stage") from None
     if x.ndim != 4 or x.dtype != np.uint8 or len(x) != len(y):
         raise RunnerError(f"test set {path}: x must be uint8 (N,C,H,W) with one label per image; "
                           f"got x {x.dtype} {x.shape}, y {y.shape}")

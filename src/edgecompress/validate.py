@@ -1,0 +1,71 @@
+"""The validation pass that runs before any stage does work (``dvc repro``'s first stage, and
+``edgecompress validate``): every params.yaml section read into its typed config, every target
+profile the check stage will run loaded, and the choices that span sections checked together."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.export import ExportConfig
+from edgecompress.compression.prune import PruneConfig
+from edgecompress.config import read
+from edgecompress.data import DataConfig
+from edgecompress.deploy.check import CheckConfig
+from edgecompress.deploy.targets import load_target
+from edgecompress.errors import EdgeCompressError
+from edgecompress.training.distill import DistillConfig
+from edgecompress.training.teacher import TeacherConfig
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
+                             "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
+                             "check": CheckConfig}
+
+
+def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
+                    targets_dir: str | Path = "targets") -> dict[str, Any]:
+    """All of ``params`` checked; returns the configs by section. Raises the first problem found."""
+    for name in params:
+        if name not in SECTIONS:
+            close = difflib.get_close_matches(str(name), list(SECTIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise EdgeCompressError(f"{path}: unknown section {name!r}{hint}; sections: {', '.join(SECTIONS)}")
+    cfg = {name: read(params, name, cls, path) for name, cls in SECTIONS.items()}
+    teacher, distill, prune = cfg["train_teacher"], cfg["distill"], cfg["prune"]
+    export, check = cfg["export"], cfg["check"]
+    if distill.source == "ensemble" and teacher.ensemble_size < 2:
+        raise EdgeCompressError(f"{path}: distill.source: ensemble needs train_teacher.ensemble_size >= 2 "
+                                f"(it is {teacher.ensemble_size}); set distill.source: teacher or grow the ensemble")
+    if distill.heads > 1 and distill.heads != teacher.ensemble_size:
+        raise EdgeCompressError(f"{path}: distill.heads={distill.heads} but the ensemble has "
+                                f"{teacher.ensemble_size} members (train_teacher.ensemble_size): head i learns "
+                                f"from member i, so set distill.heads: {teacher.ensemble_size}")
+    if prune.source == "ensemble" and teacher.ensemble_size < 2:
+        raise EdgeCompressError(f"{path}: prune.source: ensemble needs train_teacher.ensemble_size >= 2; "
+                                f"set prune.source: auto or teacher")
+    for name in check.targets:
+        profile = load_target(Path(targets_dir) / f"{name}.yaml")
+        if profile.artifact.filename not in export.artifacts:
+            raise EdgeCompressError(
+                f"{profile.where} runs {profile.artifact.filename}, which the export stage does not write "
+                f"(export.formats in {path}: {list(export.formats)}); add {profile.artifact.filename} to "
+                f"export.formats or change the profile's artifact")
+    return cfg
+
+
+def remove_stale_members(members: tuple[int, ...], directories: list[str | Path]) -> list[Path]:
+    """Delete ``member-<i>.*`` files of ensemble members no longer in ``train_teacher.members``.
+
+    DVC forgets the train_member@i stages of a shrunk ensemble but leaves their files, so old
+    checkpoints and metrics would keep showing up in ``dvc metrics show`` and beside the new ones.
+    """
+    removed = []
+    for d in directories:
+        for f in sorted(Path(d).glob("member-*")):
+            index = f.name.split(".")[0].removeprefix("member-")
+            if index.isdigit() and int(index) not in members:
+                f.unlink()
+                removed.append(f)
+    return removed
