@@ -55,6 +55,9 @@ BAD_PARAMS = [
     (lambda p: p["distill"].update(heads=3), r"distill\.heads=3 but the ensemble has 5 members"),
     (lambda p: p["train_teacher"].update(ensemble_size=1, members=[]),
      r"distill\.source: ensemble needs train_teacher\.ensemble_size >= 2"),
+    (lambda p: p["distill"]["train"].update(lr=float("nan")), r"distill\.train\.lr=nan: must be a finite number"),
+    (lambda p: p["prune"].update(temperature=float("inf")), r"prune\.temperature=inf: must be a finite number"),
+    (lambda p: p["prune"]["finetune"].update(seed=-1), r"prune\.finetune: invalid value seed=-1: must be >= 0"),
 ]
 
 
@@ -63,6 +66,19 @@ def test_bad_params_are_named_before_any_work(edit: Callable[[dict[str, Any]], A
     with pytest.raises(EdgeCompressError, match=match) as info:
         validate_params(_edited(edit), "params.yaml", REPO / "targets")
     assert "\n" not in str(info.value)
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("prune:\n  ratio: 0.3\n  steps: 2\n  ratio: 0.9\n")
+    with pytest.raises(EdgeCompressError, match=r"params\.yaml is not valid YAML: .*key 'ratio' appears twice"):
+        load_params(path)
+    target = tmp_path / "t.yaml"
+    target.write_text((REPO / "targets/host.yaml").read_text() + "\nruntime: {engine: litert}\n")
+    from edgecompress.deploy.targets import load_target
+
+    with pytest.raises(EdgeCompressError, match=r"t\.yaml: not valid YAML: .*key 'runtime' appears twice"):
+        load_target(target)
 
 
 def test_shipped_params_are_valid() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -29,12 +30,32 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not path.exists():
         raise EdgeCompressError(f"{path} not found; run from the repository root (where dvc.yaml is)")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise EdgeCompressError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(params, dict):
         raise EdgeCompressError(f"{path} must be a mapping of stage sections, got {type(params).__name__}")
     return params
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (the second would silently win)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also rejects duplicate keys: params and target profiles are read with it."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def section(params: dict[str, Any], name: str, path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -138,6 +159,8 @@ def _check(tp: Any, v: Any, where: str) -> Any:
         # Ints stay ints (a YAML `4` for a temperature): the value, not its repr, is what matters.
         if isinstance(v, bool) or not isinstance(v, (int, float)) and not _is_numpy_int(v):
             raise bad
+        if not math.isfinite(v):  # YAML's .nan / .inf: no setting here means "not a number"
+            raise EdgeCompressError(f"{where}={v!r}: must be a finite number")
         return v
     if tp is str:
         if not isinstance(v, str):

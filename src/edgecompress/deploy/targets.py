@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from edgecompress.artifacts import ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
+from edgecompress.config import load_yaml
 from edgecompress.deploy.devices import DeviceSpec, parse_device
 from edgecompress.deploy.fields import FieldError, build, integer, one_of, opt_str, positive
 from edgecompress.errors import EdgeCompressError
@@ -251,7 +252,7 @@ def load_target(path: str | Path) -> TargetProfile:
     if not path.is_file():
         raise EdgeCompressError(f"{path}: target profile not found; profiles live in targets/*.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise EdgeCompressError(f"{path}: not valid YAML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -46,6 +46,7 @@ class TrainConfig:
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("crop_pad", self.crop_pad >= 0, ">= 0"),
+            ("seed", self.seed >= 0, ">= 0"),
         ]
         for name, ok, allowed in checks:
             if not ok:
