@@ -42,6 +42,8 @@ def test_all_artifacts_and_sidecars_written(exported) -> None:
         assert side["class_names"] == ["a", "b", "c", "d"] and side["parent"] == "parent.pt"
         assert side["params_hash"] == "abc" and side["mean"] == [0.0]
         assert side["layout"] == ("NCHW" if name.endswith("onnx") else "NHWC")
+        # ONNX takes any batch (input_shape's 1 is an example); TFLite graphs are fixed at batch 1.
+        assert side["dynamic_batch"] is name.endswith("onnx")
 
 
 def test_fp32_artifacts_match_pytorch(exported) -> None:
