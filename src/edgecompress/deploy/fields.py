@@ -6,6 +6,7 @@ A ``FieldError`` names one field; each enclosing section prefixes its own name (
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 from edgecompress.errors import EdgeCompressError
@@ -52,6 +53,8 @@ def positive(name: str, value: Any, optional: bool = False) -> None:
         raise FieldError(name, f"{value!r} must be a number > 0" + (" or null" if optional else ""))
     if not value > 0:
         raise FieldError(name, f"{value!r} must be > 0")
+    if not math.isfinite(value):  # YAML's .inf: a budget or timeout that can never bind is a typo
+        raise FieldError(name, f"{value!r} must be a finite number")
 
 
 def build(cls: type, section: str, kwargs: dict[str, Any]) -> Any:
