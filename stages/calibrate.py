@@ -9,13 +9,14 @@ from edgecompress.fileio import write_json
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Select the calibration set.", [
         ("--model", "model checkpoint to be quantized"), ("--out", "calibration .npz"), ("--metrics", "metrics JSON")])
     cfg = read(params, "calibrate", CalibrationConfig)
     model, _ = load_checkpoint(args.model)  # fail early on a missing/corrupt parent
     metrics = build_calibration_set(model, stage.data(params), cfg, args.out)
     write_json(args.metrics, {**metrics, "parent": args.model})
+    return f"{metrics['samples']} calibration images ({cfg.selection})"
 
 
 if __name__ == "__main__":

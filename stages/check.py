@@ -8,15 +8,17 @@ from edgecompress.gate import check_and_report
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Check a target's budgets.", [
         ("--target", "target profile YAML"), ("--artifacts", "artifact directory from the export stage"),
         ("--out-json", "result JSON"), ("--out-md", "readable report"),
         ("--teacher", "teacher checkpoint (reference for budgets.max_drop)")])
     cfg = read(params, "check", CheckConfig)
     # Records only: the report stage fails the pipeline after the summary says which target missed.
-    check_and_report(args.target, args.artifacts, f"{args.artifacts}/testset.npz", args.out_json,
+    result = check_and_report(args.target, args.artifacts, f"{args.artifacts}/testset.npz", args.out_json,
                      args.out_md, cfg.strict, teacher=args.teacher, gate=False)
+    p50 = (result.get("latency_ms") or {}).get("p50")
+    return f"{result['status']} (p50 {p50:.4f} ms, accuracy {result.get('accuracy')})"
 
 
 if __name__ == "__main__":

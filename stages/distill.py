@@ -10,7 +10,7 @@ from edgecompress.training.teacher import TeacherConfig
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Distill the student.", [("--teacher", "teacher checkpoint"),
                                                          ("--out", "student checkpoint"), ("--metrics", "metrics JSON")],
                                optional=[("--members", "directory of ensemble member checkpoints")])
@@ -25,6 +25,8 @@ def main() -> None:
     metrics = distill_metrics(report, cfg, tmeta["metrics"]["params"])
     save_checkpoint(args.out, student, arch, stage.meta(ds, params, "distill", args.teacher, metrics))
     write_json(args.metrics, {**metrics, "epochs": report["kd"]["history"]})
+    gain = f", KD gain {metrics['kd_gain_points']:+.2f} pt" if "kd_gain_points" in metrics else ""
+    return f"student test accuracy {metrics['test']['accuracy']:.4f}{gain}"
 
 
 if __name__ == "__main__":

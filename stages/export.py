@@ -10,7 +10,7 @@ from edgecompress.fileio import write_json
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Export and verify artifacts.", [
         ("--model", "model checkpoint"), ("--calibration", "calibration .npz from the calibrate stage"),
         ("--out", "artifact directory"), ("--metrics", "metrics JSON")])
@@ -20,6 +20,7 @@ def main() -> None:
     calib = load_calibration(args.calibration)
     results = export_directory(model, meta, args.model, stage.data(params), calib, cfg, export_cfg, args.out)
     write_json(args.metrics, results)
+    return ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in results.items() if k != "pytorch" and "accuracy" in v)
 
 
 if __name__ == "__main__":

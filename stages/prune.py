@@ -11,7 +11,7 @@ from edgecompress.training.teacher import TeacherConfig
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Prune and fine-tune the student.", [
         ("--student", "student checkpoint"), ("--teacher", "teacher checkpoint"),
         ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")],
@@ -28,6 +28,8 @@ def main() -> None:
     model, report = prune_and_finetune(student, teacher, ds, cfg, members=members, multihead=multihead)
     save_checkpoint(args.out, model, arch_of(model), stage.meta(ds, params, "prune", args.student, report["after"]))
     write_json(args.metrics, report)
+    return (f"test accuracy {report['after']['test']['accuracy']:.4f}, params x{report['params_ratio']:.2f}, "
+            f"MACs x{report['macs_ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from edgecompress.uncertainty import plot_rows
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Summarise models, checks and artifacts.", [
         ("--artifacts", "artifact directory"), ("--export-metrics", "export stage metrics"),
         ("--uncertainty-metrics", "uncertainty stage metrics (every PyTorch model, test-set size)"),
@@ -37,6 +37,7 @@ def main() -> None:
     failed = pipeline_gate(checks, args.out_md)  # the check stages only record; the pipeline fails here
     if failed:
         raise failed
+    return f"{len(checks)} targets checked, {len(points)} artifacts measured"
 
 
 if __name__ == "__main__":

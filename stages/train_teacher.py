@@ -11,7 +11,7 @@ from edgecompress.config import read, section
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Train the teacher or one ensemble member.",
                                [("--out", "teacher checkpoint"), ("--metrics", "metrics JSON")],
                                optional=[("--member", "ensemble member index (seed = train.seed + index); "
@@ -33,6 +33,7 @@ def main() -> None:
         meta["member"] = {"index": member, "seed": cfg.train.seed}
     save_checkpoint(args.out, model, arch, meta)
     write_json(args.metrics, {**metrics, "member": member, "seed": cfg.train.seed, "epochs": report["history"]})
+    return f"test accuracy {metrics['test']['accuracy']:.4f}"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from edgecompress.uncertainty import evaluate_models, plot_rows
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Uncertainty of the teacher, the ensemble and the students.", [
         ("--teacher", "teacher checkpoint"), ("--members", "directory of ensemble member checkpoints"),
         ("--student", "distilled student checkpoint"), ("--pruned", "pruned student checkpoint"),
@@ -37,6 +37,8 @@ def main() -> None:
         mi = r.get("mutual_information")
         print(f"[uncertainty] {name:<14} acc {r['accuracy']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
               f"Brier {r['brier']:.4f}  entropy {r['entropy']:.4f}" + (f"  MI {mi:.4f}" if mi is not None else ""))
+    best = max(rows, key=lambda n: rows[n]["accuracy"])
+    return f"{len(rows)} models; best {best} {rows[best]['accuracy']:.4f}"
 
 
 if __name__ == "__main__":

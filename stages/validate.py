@@ -7,7 +7,7 @@ from edgecompress.validate import remove_stale_members, validate_params
 
 
 @friendly_main
-def main() -> None:
+def main() -> str:
     args, params = stage.setup("Validate params.yaml and the target profiles.",
                                [("--targets", "directory of target profiles"), ("--out", "stamp file")],
                                optional=[("--members", "comma-separated directories of ensemble member files")])
@@ -18,7 +18,7 @@ def main() -> None:
     # Constant content: the stages after this one depend on it for ordering, and must not re-run
     # merely because the validation re-ran (any params change re-runs it).
     write_text(args.out, "params.yaml and target profiles valid\n")
-    print("[validate] params.yaml and the checked target profiles are valid")
+    return f"params.yaml and {len(cfg['check'].targets)} target profiles valid"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -107,3 +108,23 @@ def test_checkpoint_roundtrip_and_corrupt_file(tmp_path, tiny_student) -> None:
         load_checkpoint(path)
     with pytest.raises(EdgeCompressError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_progress_bar_is_silent_off_a_terminal() -> None:
+    # dvc captures stage output: a bar would fill logs with carriage returns; the epoch line says it all.
+    from edgecompress.training.loop import progress
+
+    bar = progress(5, "[t] epoch 1/1")
+    assert bar.disable and bar.total == 5
+    bar.close()
+
+
+def test_stage_main_closes_with_its_wall_time_and_result(capsys) -> None:
+    from edgecompress.errors import friendly_main
+
+    @friendly_main
+    def main() -> str:
+        return "test accuracy 0.9000"
+
+    assert main() == "test accuracy 0.9000"
+    assert re.search(r"^\[\S+\] done in \d+ s: test accuracy 0\.9000$", capsys.readouterr().err.strip())

@@ -127,6 +127,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         perm = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
         sums: dict[str, float] = {}
+        bar = progress(steps_per_epoch, f"[{name}] epoch {epoch + 1}/{cfg.epochs}")
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
@@ -143,6 +144,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             step += 1
             total += loss.item() * len(idx)
             seen += len(idx)
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        bar.close()
         row = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
                **{k: v / seen for k, v in sums.items()}, "seconds": time.time() - t0}
         if val is not None and len(val[0]):
@@ -172,6 +177,15 @@ def batch_loss(model: nn.Module, loss_fn: LossFn, teacher: nn.Module | None = No
         return loss_fn(model(xb), t_logits, yb), {}
 
     return step
+
+
+def progress(total: int, desc: str) -> Any:
+    """A per-epoch progress bar (batches, rate, ETA) on a terminal; silent in logs and under dvc's capture,
+    where the one line per epoch says the same."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
+                disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
