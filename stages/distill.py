@@ -13,7 +13,7 @@ from edgecompress.training.teacher import TeacherConfig
 def main() -> str:
     args, params = stage.setup("Distill the student.", [("--teacher", "teacher checkpoint"),
                                                          ("--out", "student checkpoint"), ("--metrics", "metrics JSON")],
-                               optional=[("--members", "directory of ensemble member checkpoints")])
+                               optional=[("--members", "directory of ensemble member checkpoints"), ("--live", "directory of dvclive training curves")])
     cfg = read(params, "distill", DistillConfig)
     teacher, tmeta = load_checkpoint(args.teacher)
     members = []
@@ -25,6 +25,8 @@ def main() -> str:
     metrics = distill_metrics(report, cfg, tmeta["metrics"]["params"])
     save_checkpoint(args.out, student, arch, stage.meta(ds, params, "distill", args.teacher, metrics))
     write_json(args.metrics, {**metrics, "epochs": report["kd"]["history"]})
+    stage.log_curves(args.live, {"student": report["kd"]["history"],
+                                 **({"baseline": report["baseline"]["history"]} if "baseline" in report else {})})
     gain = f", KD gain {metrics['kd_gain_points']:+.2f} pt" if "kd_gain_points" in metrics else ""
     return f"student test accuracy {metrics['test']['accuracy']:.4f}{gain}"
 

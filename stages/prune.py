@@ -15,7 +15,8 @@ def main() -> str:
     args, params = stage.setup("Prune and fine-tune the student.", [
         ("--student", "student checkpoint"), ("--teacher", "teacher checkpoint"),
         ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")],
-        optional=[("--members", "directory of ensemble member checkpoints (prune.source: ensemble)")])
+        optional=[("--members", "directory of ensemble member checkpoints (prune.source: ensemble)"),
+                  ("--live", "directory of dvclive training curves")])
     cfg = read(params, "prune", PruneConfig)
     student, smeta = load_checkpoint(args.student)
     teacher, _ = load_checkpoint(args.teacher)
@@ -28,6 +29,7 @@ def main() -> str:
     model, report = prune_and_finetune(student, teacher, ds, cfg, members=members, multihead=multihead)
     save_checkpoint(args.out, model, arch_of(model), stage.meta(ds, params, "prune", args.student, report["after"]))
     write_json(args.metrics, report)
+    stage.log_curves(args.live, {f"step-{s['step']}": s["history"] for s in report["steps"]})
     return (f"test accuracy {report['after']['test']['accuracy']:.4f}, params x{report['params_ratio']:.2f}, "
             f"MACs x{report['macs_ratio']:.2f}")
 

@@ -15,7 +15,7 @@ def main() -> str:
     args, params = stage.setup("Train the teacher or one ensemble member.",
                                [("--out", "teacher checkpoint"), ("--metrics", "metrics JSON")],
                                optional=[("--member", "ensemble member index (seed = train.seed + index); "
-                                                      "default 0, the teacher itself")])
+                                                      "default 0, the teacher itself"), ("--live", "directory of dvclive training curves")])
     sec = section(params, "train_teacher")
     cfg = read(params, "train_teacher", TeacherConfig)
     member = int(args.member or 0)
@@ -33,6 +33,7 @@ def main() -> str:
         meta["member"] = {"index": member, "seed": cfg.train.seed}
     save_checkpoint(args.out, model, arch, meta)
     write_json(args.metrics, {**metrics, "member": member, "seed": cfg.train.seed, "epochs": report["history"]})
+    stage.log_curves(args.live, {f"member-{member}" if member else "teacher": report["history"]})
     return f"test accuracy {metrics['test']['accuracy']:.4f}"
 
 

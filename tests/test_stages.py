@@ -99,3 +99,14 @@ def test_prune_stage_names_a_multihead_student_without_its_distill_params(tmp_pa
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "without the distill params" in proc.stderr and "prune.source: teacher" in proc.stderr
     assert not (tmp_path / "pruned.pt").exists()
+
+
+def test_training_curves_for_dvc_plots(tmp_path: Path) -> None:
+    from edgecompress.stage import log_curves
+
+    history = [{"epoch": e, "loss": 1.0 / e, "lr": 0.1, "val_accuracy": 0.5 + e / 10, "seconds": 3.0} for e in (1, 2, 3)]
+    log_curves(tmp_path / "live", {"student": history, "baseline": history[:2]})
+    rows = (tmp_path / "live/plots/metrics/student/val_accuracy.tsv").read_text().splitlines()
+    assert rows[0].split("\t")[:2] == ["step", "val_accuracy"] and len(rows) == 4
+    assert len((tmp_path / "live/plots/metrics/baseline/loss.tsv").read_text().splitlines()) == 3
+    assert not (tmp_path / "live/plots/metrics/student/seconds.tsv").exists()  # timings are not curves

@@ -147,7 +147,7 @@ def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = N
     if "teacher" in models:
         rows.append(("teacher", models["teacher"]))
     if "ensemble" in models:
-        rows.append((f"ensemble (teacher + {members} members)", models["ensemble"]))
+        rows.append((f"ensemble (teacher + {members} member{'s' if members != 1 else ''})", models["ensemble"]))
     rows += [(f"{name.removesuffix('-mc-dropout')}, MC dropout", m) for name, m in models.items()
              if name.endswith("-mc-dropout")]
     baseline = distill.get("baseline_test")

@@ -52,6 +52,22 @@ def load_members(directory: str | None, indices: list[int] | tuple[int, ...], wh
     return members
 
 
+def log_curves(directory: str | Path | None, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Per-epoch training curves (``runs``: name -> ``fit`` history) as dvclive plots in ``directory``:
+    ``dvc plots show`` draws them, ``dvc exp show`` compares the last values across experiments."""
+    if not directory:
+        return
+    from dvclive import Live  # heavy import, only where curves are written
+
+    with Live(str(directory), save_dvc_exp=False, dvcyaml=False, report=None) as live:
+        for step in range(max((len(h) for h in runs.values()), default=0)):
+            for name, history in runs.items():
+                for key, value in (history[step] if step < len(history) else {}).items():
+                    if key not in ("epoch", "seconds") and isinstance(value, (int, float)):
+                        live.log_metric(f"{name}/{key}", value)
+            live.next_step()
+
+
 def meta(ds: Dataset, params: dict[str, Any], stage: str, parent: str | None, metrics: dict[str, Any]) -> dict[str, Any]:
     """What every checkpoint carries: data stats, the stage's params + hash, parent, metrics."""
     sec = {"data": section(params, "data"), stage: section(params, stage)}

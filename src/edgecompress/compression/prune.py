@@ -299,7 +299,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
             # Keep pruned weights at zero while fine-tuning: mask their gradients, re-apply the mask after.
             masks = {n: (p != 0).float() for n, p in model.named_parameters() if p.ndim > 1}
             hooks = [p.register_hook(lambda g, m=masks[n]: g * m) for n, p in model.named_parameters() if n in masks]
-        tune(*t["train"], fill=crop_fill(ds), val=t["val"], name=f"prune step {i + 1}/{cfg.steps}")
+        history = tune(*t["train"], fill=crop_fill(ds), val=t["val"], name=f"prune step {i + 1}/{cfg.steps}")
         for h in hooks:
             h.remove()
         with torch.no_grad():
@@ -309,7 +309,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
         steps.append({"step": i + 1, "step_ratio": r, "target_removed": cum, **structure_stats(model, shape),
                       "val_accuracy_before_finetune": pruned_acc,
                       "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
-                      "latency_p50_ms": latency()})
+                      "latency_p50_ms": latency(), "history": history})
     after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
              "latency_p50_ms": steps[-1]["latency_p50_ms"] if steps else before["latency_p50_ms"]}
     report = {"method": cfg.method, "criterion": cfg.criterion, "ratio": cfg.ratio, "schedule": cfg.schedule,
