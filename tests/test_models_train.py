@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import replace
 import re
 
 import numpy as np
@@ -13,7 +15,7 @@ from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics, expected_calibration_error
 from edgecompress.models import MobileNetStudent, arch_of, build_model, count_macs, count_params
-from edgecompress.training.loop import TrainConfig, augment, evaluate
+from edgecompress.training.loop import TrainConfig, augment, evaluate, fit
 from edgecompress.training.losses import kd_loss
 from edgecompress.config import from_dict
 
@@ -128,3 +130,33 @@ def test_stage_main_closes_with_its_wall_time_and_result(capsys) -> None:
 
     assert main() == "test accuracy 0.9000"
     assert re.search(r"^\[\S+\] done in \d+ s: test accuracy 0\.9000$", capsys.readouterr().err.strip())
+
+
+def test_training_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecompress.training.loop import mixed_precision, train_device
+
+    with pytest.raises(EdgeCompressError, match=r"invalid value device='tpu': must be auto, cpu, cuda or cuda:N"):
+        TrainConfig(device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_device("auto").type == "cpu" and train_device("cpu").type == "cpu"
+    with pytest.raises(EdgeCompressError, match=r"train.device is 'cuda:1' but PyTorch sees no CUDA GPU"):
+        train_device("cuda:1")
+    autocast, scaler = mixed_precision(torch.device("cpu"))
+    assert not scaler.is_enabled()  # fp32 on the CPU: runs stay bit-for-bit as before
+    assert isinstance(autocast(), contextlib.nullcontext)  # a no-op context where CUDA has torch.autocast
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train_device("auto") == torch.device("cuda")  # auto takes the GPU when PyTorch sees one
+
+
+def test_explicit_cpu_device_trains_bit_for_bit_as_auto(blobs) -> None:
+    # On a machine without CUDA, device: cpu and auto are the same computation (and the one of before).
+    x, y = blobs
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05)
+    torch.manual_seed(0)
+    a = MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2])
+    b = MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2])
+    b.load_state_dict(a.state_dict())
+    fit(a, x, y, cfg)
+    fit(b, x, y, replace(cfg, device="cpu"))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert next(a.parameters()).device.type == "cpu"

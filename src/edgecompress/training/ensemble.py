@@ -154,6 +154,7 @@ def fit_multihead(model: MultiHeadStudent, members: Sequence[nn.Module], x: torc
         parts["lam"] = lambda_schedule(step, total, mh_cfg.lam_max, mh_cfg.warmup_fraction)
         return loss, parts
 
-    return fit(model, x, y, cfg, fill=fill, val=val, name=name, step_loss=step_loss)
+    # teacher= too: fit moves it to the training device (the step loss ignores it otherwise).
+    return fit(model, x, y, cfg, fill=fill, val=val, name=name, step_loss=step_loss, teacher=teacher)
 
 

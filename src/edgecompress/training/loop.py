@@ -6,7 +6,9 @@ and per-sample augmentation on tensors is far cheaper than a per-image Python da
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ class TrainConfig:
     crop_pad: int = 2  # random-crop padding in pixels; 0 disables
     flip: bool = True  # horizontal flips (fine for clothes; turn off for digits/text)
     seed: int = 0
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N; checkpoints stay on CPU
 
     def __post_init__(self) -> None:
         checks = [
@@ -51,6 +54,8 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: must be {allowed}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise EdgeCompressError(f"invalid value device={self.device!r}: must be auto, cpu, cuda or cuda:N")
 
 
 
@@ -102,11 +107,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         loss_fn = lambda s, _t, lab: F.cross_entropy(s, lab, label_smoothing=cfg.label_smoothing)  # noqa: E731
     if fill is None:
         fill = x.amin(dim=(0, 2, 3))
-    model.to(memory_format=torch.channels_last)
-    for c in companions:
-        c.to(memory_format=torch.channels_last)
+    device = train_device(cfg.device)
+    movable = [m for m in (model, *companions, teacher, feature_loss) if m is not None]
+    for m in movable:
+        m.to(device, memory_format=torch.channels_last)
     if teacher is not None:
-        teacher.eval().to(memory_format=torch.channels_last)
+        teacher.eval()
     if params is None:
         params = list(model.parameters()) + (list(feature_loss.parameters()) if feature_loss is not None else [])
     if step_loss is None:
@@ -114,6 +120,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     opt, sched = make_optimizer(params, cfg, steps_per_epoch)
+    autocast, scaler = mixed_precision(device)
     history: list[dict[str, float]] = []
     step = 0
     for epoch in range(cfg.epochs):
@@ -130,16 +137,18 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         bar = progress(steps_per_epoch, f"[{name}] epoch {epoch + 1}/{cfg.epochs}")
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).contiguous(memory_format=torch.channels_last)
-            yb = y[idx]
-            loss, parts = step_loss(xb, yb, step, total_steps)
+            xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).to(device, non_blocking=True)
+            xb, yb = xb.contiguous(memory_format=torch.channels_last), y[idx].to(device, non_blocking=True)
+            with autocast():
+                loss, parts = step_loss(xb, yb, step, total_steps)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
             if not torch.isfinite(loss):
                 raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             step += 1
             total += loss.item() * len(idx)
@@ -151,10 +160,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         row = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
                **{k: v / seen for k, v in sums.items()}, "seconds": time.time() - t0}
         if val is not None and len(val[0]):
-            row["val_accuracy"] = evaluate(model, val[0], val[1])["accuracy"]
+            row["val_accuracy"] = evaluate(model, val[0].to(device), val[1])["accuracy"]
         history.append(row)
         msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+    for m in movable:  # everything after training (evaluation, checkpoints, export) runs on the CPU
+        m.to("cpu")
     model.eval()
     return history
 
@@ -177,6 +188,26 @@ def batch_loss(model: nn.Module, loss_fn: LossFn, teacher: nn.Module | None = No
         return loss_fn(model(xb), t_logits, yb), {}
 
     return step
+
+
+def train_device(name: str) -> torch.device:
+    """The device ``TrainConfig.device`` names; ``auto`` is CUDA when PyTorch sees a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgeCompressError(f"train.device is {name!r} but PyTorch sees no CUDA GPU (this torch is "
+                                f"{torch.__version__}); set device: auto or cpu, or install a CUDA build of torch")
+    return torch.device(name)
+
+
+def mixed_precision(device: torch.device) -> tuple[Callable[[], Any], Any]:
+    """(autocast context factory, gradient scaler) for ``device``: bf16 (or fp16 with loss scaling) on
+    CUDA; on the CPU full fp32 and a scaler that does nothing, so CPU runs stay bit-for-bit as before."""
+    if device.type != "cuda":
+        return contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype),
+            torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
 
 
 def progress(total: int, desc: str) -> Any:
@@ -213,7 +244,7 @@ def _freeze_frozen_batchnorm(model: nn.Module) -> None:
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
     """Logits of ``model`` on ``x`` in eval mode."""
     model.eval()
-    return batched(model, x, batch_size).numpy() if len(x) else np.zeros((0, 0), np.float32)
+    return batched(model, x, batch_size).cpu().numpy() if len(x) else np.zeros((0, 0), np.float32)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
