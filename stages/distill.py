@@ -10,7 +10,7 @@ from edgecompress.training.teacher import TeacherConfig
 
 
 @friendly_main
-def main() -> str:
+def main() -> str | None:
     args, params = stage.setup("Distill the student.", [("--teacher", "teacher checkpoint"),
                                                          ("--out", "student checkpoint"), ("--metrics", "metrics JSON")],
                                optional=[("--members", "directory of ensemble member checkpoints"), ("--live", "directory of dvclive training curves")])
@@ -22,6 +22,8 @@ def main() -> str:
         members = list(stage.load_members(args.members, indices, "distill.source: ensemble").values())
     ds = stage.data(params)
     student, arch, report = distill(teacher, ds, cfg, members)
+    if not stage.main_process():  # under torchrun rank 0 alone writes
+        return None
     metrics = distill_metrics(report, cfg, tmeta["metrics"]["params"])
     save_checkpoint(args.out, student, arch, stage.meta(ds, params, "distill", args.teacher, metrics))
     write_json(args.metrics, {**metrics, "epochs": report["kd"]["history"]})

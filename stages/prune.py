@@ -11,7 +11,7 @@ from edgecompress.training.teacher import TeacherConfig
 
 
 @friendly_main
-def main() -> str:
+def main() -> str | None:
     args, params = stage.setup("Prune and fine-tune the student.", [
         ("--student", "student checkpoint"), ("--teacher", "teacher checkpoint"),
         ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")],
@@ -27,6 +27,8 @@ def main() -> str:
         members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values())
     ds = stage.data(params)
     model, report = prune_and_finetune(student, teacher, ds, cfg, members=members, multihead=multihead)
+    if not stage.main_process():  # under torchrun rank 0 alone writes
+        return None
     save_checkpoint(args.out, model, arch_of(model), stage.meta(ds, params, "prune", args.student, report["after"]))
     write_json(args.metrics, report)
     stage.log_curves(args.live, {f"step-{s['step']}": s["history"] for s in report["steps"]})

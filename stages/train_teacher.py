@@ -11,7 +11,7 @@ from edgecompress.config import read, section
 
 
 @friendly_main
-def main() -> str:
+def main() -> str | None:
     args, params = stage.setup("Train the teacher or one ensemble member.",
                                [("--out", "teacher checkpoint"), ("--metrics", "metrics JSON")],
                                optional=[("--member", "ensemble member index (seed = train.seed + index); "
@@ -24,6 +24,8 @@ def main() -> str:
         print(f"[teacher] ensemble member {member} of {cfg.ensemble_size} (seed {cfg.train.seed})", file=sys.stderr)
     ds = stage.data(params)
     model, arch, report = train_teacher(ds, cfg)
+    if not stage.main_process():  # under torchrun rank 0 alone writes
+        return None
     metrics = {k: report[k] for k in ("test", "val", "params", "macs")}
     # The checkpoint records how this model was trained; ensemble bookkeeping keys are left out so that
     # growing the ensemble leaves the existing members byte-identical (and dvc's cache valid).

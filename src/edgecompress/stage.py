@@ -12,6 +12,7 @@ import torch
 from edgecompress.checkpoint import load_checkpoint, params_hash
 from edgecompress.data import DataConfig, Dataset, load_dataset
 from edgecompress.errors import EdgeCompressError
+from edgecompress.training import distributed
 from edgecompress.config import load_params, read, section
 
 
@@ -27,7 +28,13 @@ def setup(description: str, args: list[tuple[str, str]],
     ns = p.parse_args()
     # Reproducible and honest on small machines: fix threads to the cores we have.
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    distributed.init_from_env()  # under torchrun: join the process group (and share the cores)
     return ns, load_params(ns.params)
+
+
+def main_process() -> bool:
+    """Whether this process writes the stage's outputs: always, but under torchrun only rank 0."""
+    return distributed.is_main_process()
 
 
 def data(params: dict[str, Any]) -> Dataset:

@@ -23,6 +23,7 @@ from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics
 from edgecompress.models import batched, count_macs, count_params, forward_with_features
+from edgecompress.training import distributed
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     total_steps = cfg.epochs * steps_per_epoch
     opt, sched = make_optimizer(params, cfg, steps_per_epoch)
     autocast, scaler = mixed_precision(device)
+    rank, processes = distributed.world()
     history: list[dict[str, float]] = []
     step = 0
     for epoch in range(cfg.epochs):
@@ -134,9 +136,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         perm = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
         sums: dict[str, float] = {}
-        bar = progress(steps_per_epoch, f"[{name}] epoch {epoch + 1}/{cfg.epochs}")
+        bar = progress(steps_per_epoch, f"[{name}] epoch {epoch + 1}/{cfg.epochs}", quiet=rank > 0)
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
+            if processes > 1 and len(idx) >= processes:  # under torchrun: this process's shard of the batch
+                idx = idx[rank::processes]
             xb = augment(x[idx], cfg.crop_pad, cfg.flip, fill, gen).to(device, non_blocking=True)
             xb, yb = xb.contiguous(memory_format=torch.channels_last), y[idx].to(device, non_blocking=True)
             with autocast():
@@ -147,6 +151,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                 raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if processes > 1:
+                distributed.average_gradients(params)
             scaler.step(opt)
             scaler.update()
             sched.step()
@@ -157,13 +163,17 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         bar.close()
+        if processes > 1:
+            distributed.average_buffers(model)
+            total, seen = distributed.sum_over_processes(total, seen)
         row = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
                **{k: v / seen for k, v in sums.items()}, "seconds": time.time() - t0}
         if val is not None and len(val[0]):
             row["val_accuracy"] = evaluate(model, val[0].to(device), val[1])["accuracy"]
         history.append(row)
         msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-        print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+        if rank == 0:
+            print(f"[{name}] {msg}", file=sys.stderr, flush=True)
     for m in movable:  # everything after training (evaluation, checkpoints, export) runs on the CPU
         m.to("cpu")
     model.eval()
@@ -210,13 +220,13 @@ def mixed_precision(device: torch.device) -> tuple[Callable[[], Any], Any]:
             torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
 
 
-def progress(total: int, desc: str) -> Any:
+def progress(total: int, desc: str, quiet: bool = False) -> Any:
     """A per-epoch progress bar (batches, rate, ETA) on a terminal; silent in logs and under dvc's capture,
     where the one line per epoch says the same."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                disable=not sys.stderr.isatty(), dynamic_ncols=True)
+                disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
