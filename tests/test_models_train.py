@@ -160,3 +160,24 @@ def test_explicit_cpu_device_trains_bit_for_bit_as_auto(blobs) -> None:
     fit(b, x, y, replace(cfg, device="cpu"))
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert next(a.parameters()).device.type == "cpu"
+
+
+def test_bf16_autocast_trains_close_to_fp32(blobs) -> None:
+    from edgecompress.training.loop import mixed_precision
+
+    autocast, scaler = mixed_precision(torch.device("cpu"), "bf16")
+    with autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    assert not scaler.is_enabled()  # bf16 keeps fp32's range: no loss scaling
+    with pytest.raises(EdgeCompressError, match=r"precision='fp8': must be auto, fp32 or bf16"):
+        TrainConfig(precision="fp8")
+    x, y = blobs
+    torch.manual_seed(0)
+    a = MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2])
+    b = MobileNetStudent(1, 4, [8, 16, 16, 32], [2, 1, 2])
+    b.load_state_dict(a.state_dict())
+    fit(a, x, y, TrainConfig(epochs=3, batch_size=32, lr=0.05))
+    fit(b, x, y, TrainConfig(epochs=3, batch_size=32, lr=0.05, precision="bf16"))
+    assert b.fc.weight.dtype == torch.float32  # master weights stay fp32
+    assert not torch.equal(a.fc.weight, b.fc.weight)
+    assert abs(evaluate(a, x, y)["accuracy"] - evaluate(b, x, y)["accuracy"]) <= 0.1

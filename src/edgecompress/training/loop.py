@@ -40,6 +40,9 @@ class TrainConfig:
     flip: bool = True  # horizontal flips (fine for clothes; turn off for digits/text)
     seed: int = 0
     device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N; checkpoints stay on CPU
+    # auto: fp32 on the CPU, bf16 (or fp16) autocast on CUDA | fp32: never autocast | bf16: autocast on either
+    # (CPUs with avx512_bf16/AMX: ~1.5x faster teacher steps measured here; accuracy not yet measured)
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
@@ -55,6 +58,8 @@ class TrainConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: must be {allowed}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise EdgeCompressError(f"invalid value precision={self.precision!r}: must be auto, fp32 or bf16")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise EdgeCompressError(f"invalid value device={self.device!r}: must be auto, cpu, cuda or cuda:N")
 
@@ -121,7 +126,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     opt, sched = make_optimizer(params, cfg, steps_per_epoch)
-    autocast, scaler = mixed_precision(device)
+    autocast, scaler = mixed_precision(device, cfg.precision)
     rank, processes = distributed.world()
     history: list[dict[str, float]] = []
     step = 0
@@ -210,11 +215,16 @@ def train_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def mixed_precision(device: torch.device) -> tuple[Callable[[], Any], Any]:
-    """(autocast context factory, gradient scaler) for ``device``: bf16 (or fp16 with loss scaling) on
-    CUDA; on the CPU full fp32 and a scaler that does nothing, so CPU runs stay bit-for-bit as before."""
-    if device.type != "cuda":
+def mixed_precision(device: torch.device, precision: str = "auto") -> tuple[Callable[[], Any], Any]:
+    """(autocast context factory, gradient scaler) for ``device`` and ``TrainConfig.precision``.
+
+    auto: bf16 (or fp16 with loss scaling) on CUDA, full fp32 on the CPU (a scaler that does nothing,
+    so CPU runs stay bit for bit as before); fp32: never; bf16: bf16 autocast on either device.
+    """
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False)
+    if precision == "bf16":
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), torch.amp.GradScaler("cpu", enabled=False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return (lambda: torch.autocast("cuda", dtype=dtype),
             torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
