@@ -11,7 +11,7 @@ from edgecompress.artifacts import REGISTRY
 from edgecompress.deploy.bench import local_command, run_local
 from edgecompress.deploy.check import gate_error
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import read_json, read_npz
+from edgecompress.fileio import read_json
 
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -93,11 +93,10 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
     import numpy as np
 
     from edgecompress.compression.export import run_artifact
-    from edgecompress.data import normalize_images
+    from edgecompress.data import load_npz_split, normalize_images
     from edgecompress.metrics import reliability_diagram, softmax
 
-    d = read_npz(testset, ("x", "y"), "test set", "re-run the export stage (dvc repro export)")
-    x_raw, y = d["x"], d["y"]
+    x_raw, y = load_npz_split(testset)
     out = {}
     for name in REGISTRY:
         model = artifacts / name

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.data.formats import DEFAULT_PATHS, FORMATS, LOADERS, PATH_HINTS
-from edgecompress.fileio import atomic_path
+from edgecompress.fileio import atomic_path, read_npz
 
 
 
@@ -162,7 +161,10 @@ class Dataset:
         out -= (mean / std).astype(np.float32)
         return out
 
-    def to_tensor(self, x: np.ndarray) -> torch.Tensor:
+    def to_tensor(self, x: np.ndarray) -> Any:
+        """``normalize`` as a torch tensor (torch imported here: checks and reports read data without it)."""
+        import torch
+
         return torch.from_numpy(self.normalize(x))
 
     def meta(self) -> dict[str, Any]:
@@ -217,6 +219,13 @@ def save_npz_split(path: str | Path, split: Split, class_names: list[str]) -> No
     """Write x, y and class_names to ``path`` atomically (loadable as a ``npz`` train/test file)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a handle: np.savez would append .npz to a name
         np.savez(f, x=split.x, y=split.y, class_names=np.array([str(c) for c in class_names], dtype=str))
+
+
+def load_npz_split(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of a file ``save_npz_split`` wrote (the export stage's testset.npz); a missing or corrupt
+    file is one clear error."""
+    d = read_npz(path, ("x", "y"), "test set", "re-run the export stage (dvc repro export), which writes it")
+    return d["x"], d["y"]
 
 
 def _subset(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:

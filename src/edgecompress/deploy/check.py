@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import read_npz
 from edgecompress.deploy.bench import run_local, runner_args, runner_command
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
@@ -34,7 +34,6 @@ class CheckConfig:
             raise EdgeCompressError(f"invalid value targets={list(self.targets)}: a target is listed twice")
 
 
-TESTSET_FIX = "re-run the export stage (dvc repro export), which writes it"
 # Active providers that count as "running on a GPU" for hardware.gpu.
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider")
@@ -120,8 +119,7 @@ def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int |
     from edgecompress.models import batched
 
     model, meta = load_checkpoint(checkpoint)
-    d = read_npz(testset, ("x", "y"), "test set", TESTSET_FIX)
-    x, y = d["x"], d["y"]
+    x, y = load_npz_split(testset)
     if samples is not None:
         x, y = x[:samples], y[:samples]
     xn = torch.from_numpy(normalize_images(x, meta["data"]["mean"], meta["data"]["std"]))
@@ -262,7 +260,7 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
     # Inputs first: a missing export or a corrupt test set is reported before any other work.
     _inputs(profile, Path(artifacts_dir), Path(testset) if testset is not None else None)
     if testset is not None:
-        read_npz(testset, ("x", "y"), "test set", TESTSET_FIX)
+        load_npz_split(testset)
     reference = None
     if profile.budgets.max_drop is not None:
         if teacher is None or testset is None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import read_npz
 from edgecompress.deploy.bench import RUNNER, parse_runner_output
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.targets import TargetProfile
@@ -125,8 +125,7 @@ def _stage(tmp: Path, profile: TargetProfile, model: Path, sidecar: Path, testse
     files = {"runner.py": RUNNER, model.name: model, f"{model.name}.json": sidecar}
     n = profile.bench.accuracy_samples
     if testset is not None and n is not None:
-        z = read_npz(testset, ("x", "y"), "test set", "re-run the export stage (dvc repro export)")
-        x, y = z["x"], z["y"]
+        x, y = load_npz_split(testset)
         if n < len(x):
             # The runner scores the first N images, so the first N are all the device needs.
             np.savez(tmp / "testset.npz", x=x[:n], y=y[:n])
