@@ -5,7 +5,8 @@ from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.config import read
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
-from edgecompress.training.distill import DistillConfig, distill, distill_metrics
+from edgecompress.training.distill import DistillConfig, distill, distill_metrics, teacher_targets
+from edgecompress.training.soft_targets import save_soft_targets
 from edgecompress.training.teacher import TeacherConfig
 
 
@@ -13,7 +14,8 @@ from edgecompress.training.teacher import TeacherConfig
 def main() -> str | None:
     args, params = stage.setup("Distill the student.", [("--teacher", "teacher checkpoint"),
                                                          ("--out", "student checkpoint"), ("--metrics", "metrics JSON")],
-                               optional=[("--members", "directory of ensemble member checkpoints"), ("--live", "directory of dvclive training curves")])
+                               optional=[("--members", "directory of ensemble member checkpoints"), ("--live", "directory of dvclive training curves"),
+                                         ("--soft-targets", "where to store the teachers' logits (distill.views)")])
     cfg = read(params, "distill", DistillConfig)
     teacher, tmeta = load_checkpoint(args.teacher)
     members = []
@@ -21,10 +23,13 @@ def main() -> str | None:
         indices = read(params, "train_teacher", TeacherConfig).members
         members = list(stage.load_members(args.members, indices, "distill.source: ensemble").values())
     ds = stage.data(params)
-    student, arch, report = distill(teacher, ds, cfg, members)
+    targets, cost = teacher_targets(teacher, ds, cfg, members)
+    if args.soft_targets and stage.main_process():
+        save_soft_targets(args.soft_targets, targets)
+    student, arch, report = distill(teacher, ds, cfg, members, targets)
     if not stage.main_process():  # under torchrun rank 0 alone writes
         return None
-    metrics = distill_metrics(report, cfg, tmeta["metrics"]["params"])
+    metrics = {**distill_metrics(report, cfg, tmeta["metrics"]["params"]), "soft_targets": cost}
     save_checkpoint(args.out, student, arch, stage.meta(ds, params, "distill", args.teacher, metrics))
     write_json(args.metrics, {**metrics, "epochs": report["kd"]["history"]})
     stage.log_curves(args.live, {"student": report["kd"]["history"],

@@ -7,6 +7,7 @@ from edgecompress.config import read
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.models import arch_of
+from edgecompress.training.soft_targets import load_soft_targets
 from edgecompress.training.teacher import TeacherConfig
 
 
@@ -16,7 +17,8 @@ def main() -> str | None:
         ("--student", "student checkpoint"), ("--teacher", "teacher checkpoint"),
         ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")],
         optional=[("--members", "directory of ensemble member checkpoints (prune.source: ensemble)"),
-                  ("--live", "directory of dvclive training curves")])
+                  ("--live", "directory of dvclive training curves"),
+                  ("--soft-targets", "the teachers' stored logits (distill stage)")])
     cfg = read(params, "prune", PruneConfig)
     student, smeta = load_checkpoint(args.student)
     teacher, _ = load_checkpoint(args.teacher)
@@ -26,7 +28,8 @@ def main() -> str | None:
         indices = read(params, "train_teacher", TeacherConfig).members
         members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values())
     ds = stage.data(params)
-    model, report = prune_and_finetune(student, teacher, ds, cfg, members=members, multihead=multihead)
+    targets = load_soft_targets(args.soft_targets) if args.soft_targets else None
+    model, report = prune_and_finetune(student, teacher, ds, cfg, members, multihead, targets)
     if not stage.main_process():  # under torchrun rank 0 alone writes
         return None
     save_checkpoint(args.out, model, arch_of(model), stage.meta(ds, params, "prune", args.student, report["after"]))

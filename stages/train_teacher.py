@@ -32,7 +32,7 @@ def main() -> str | None:
     trained_by = {k: v for k, v in sec.items() if k not in TeacherConfig.ENSEMBLE_KEYS}
     meta = stage.meta(ds, {**params, "train_teacher": trained_by}, "train_teacher", None, metrics)
     if member:
-        meta["member"] = {"index": member, "seed": cfg.train.seed}
+        meta["member"] = {"index": member, "seed": cfg.train.seed, "epochs": cfg.train.epochs}
     save_checkpoint(args.out, model, arch, meta)
     write_json(args.metrics, {**metrics, "member": member, "seed": cfg.train.seed, "epochs": report["history"]})
     stage.log_curves(args.live, {f"member-{member}" if member else "teacher": report["history"]})

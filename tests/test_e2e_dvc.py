@@ -98,7 +98,7 @@ def test_dvc_repro_multihead_student(tmp_path: Path) -> None:
     pruned = json.loads((work / "models/pruned.pt.json").read_text())["arch"]
     assert pruned["kind"] == "multihead" and pruned["heads"] == 2
     # prune.source: auto (the default) keeps fine-tuning each head on its member.
-    assert json.loads((work / "metrics/prune.json").read_text())["finetune_teacher"] == "multi-head ensemble of 2"
+    assert json.loads((work / "metrics/prune.json").read_text())["finetune_teacher"] == "multi-head ensemble of 2, stored logits"
     export = json.loads((work / "metrics/export.json").read_text())
     assert export["int8.onnx"]["top1_agreement"] > 0.9
     for name in ("heads.onnx", "heads.tflite"):
@@ -136,7 +136,7 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     assert {p["artifact"] for p in points} >= {"fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"}
     pruned = json.loads((work / "metrics/prune.json").read_text())
     assert pruned["after"]["params"] < pruned["before"]["params"]
-    assert pruned["finetune_teacher"] == "teacher"  # prune.source auto, single-head student
+    assert pruned["finetune_teacher"] == "teacher, stored logits"  # prune.source auto, single-head student; distill.views replayed
     # The deep ensemble: member stages, and every PyTorch model's uncertainty with MI for the ensemble.
     members = params["train_teacher"]["members"]
     unc = json.loads((work / "metrics/uncertainty.json").read_text())["models"]

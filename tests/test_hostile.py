@@ -52,7 +52,7 @@ BAD_PARAMS = [
     (lambda p: p["check"].update(strict="yes"), r"check\.strict='yes': must be true or false"),
     (lambda p: p["export"].update(formats=["fp32.onnx"]),
      r"mobile-cpu\.yaml runs int8\.tflite, which the export stage does not write .*add int8\.tflite to export\.formats"),
-    (lambda p: p["distill"].update(heads=3), r"distill\.heads=3 but the ensemble has 5 members"),
+    (lambda p: p["distill"].update(heads=2), r"distill\.heads=2 but the ensemble has 3 members"),
     (lambda p: p["train_teacher"].update(ensemble_size=1, members=[]),
      r"distill\.source: ensemble needs train_teacher\.ensemble_size >= 2"),
     (lambda p: p["distill"]["train"].update(lr=float("nan")), r"distill\.train\.lr=nan: must be a finite number"),

@@ -181,3 +181,28 @@ def test_bf16_autocast_trains_close_to_fp32(blobs) -> None:
     assert b.fc.weight.dtype == torch.float32  # master weights stay fp32
     assert not torch.equal(a.fc.weight, b.fc.weight)
     assert abs(evaluate(a, x, y)["accuracy"] - evaluate(b, x, y)["accuracy"]) <= 0.1
+
+
+def test_members_may_train_shorter_than_the_teacher() -> None:
+    from edgecompress.training.teacher import TeacherConfig
+
+    cfg = TeacherConfig(ensemble_size=3, members=(1, 2), member_epochs=4, train=TrainConfig(epochs=9, seed=5))
+    assert cfg.member(0).train.epochs == 9 and cfg.member(0).train.seed == 5
+    assert cfg.member(2).train.epochs == 4 and cfg.member(2).train.seed == 7
+    same = TeacherConfig(ensemble_size=2, members=(1,), train=TrainConfig(epochs=9))
+    assert same.member(1).train.epochs == 9
+    with pytest.raises(EdgeCompressError, match="member_epochs=0"):
+        TeacherConfig(member_epochs=0)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgecompress.training import loop
+
+    monkeypatch.setattr(loop, "_native_cpu_bf16", lambda: False)
+    autocast, _ = loop.mixed_precision(torch.device("cpu"), "bf16")
+    assert "emulated" in capsys.readouterr().err
+    with autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setattr(loop, "_native_cpu_bf16", lambda: True)
+    loop.mixed_precision(torch.device("cpu"), "bf16")
+    assert capsys.readouterr().err == ""

@@ -31,6 +31,7 @@ from edgecompress.models import MultiHeadStudent, count_macs, count_params
 from edgecompress.training.distill import SOURCES, DistillConfig
 from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
 from edgecompress.training.loop import TrainConfig, crop_fill, evaluate, fit, tensors
+from edgecompress.training.soft_targets import SoftTargets, fit_on_soft_targets, response
 from edgecompress.training.multihead import MultiHeadKDConfig
 from edgecompress.training.losses import kd_loss
 
@@ -243,36 +244,49 @@ def finetune_plan(cfg: PruneConfig, student: nn.Module, student_meta: dict[str, 
 
 
 def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn.Module], finetune: TrainConfig,
-               temperature: float, alpha: float,
-               multihead: MultiHeadKDConfig | None) -> tuple[Callable[..., Any], str]:
+               temperature: float, alpha: float, multihead: MultiHeadKDConfig | None,
+               targets: SoftTargets | None = None) -> tuple[Callable[..., Any], str]:
     """``fit`` bound to the loss the student should keep learning from while it is pruned, and its name.
 
     With ``members`` the teacher is the whole ensemble (``teacher`` is member 0): ensemble KD, or, for
     a multi-head student and a ``multihead`` config, the Ferianc & Rodrigues loss (head i <- member i).
+    The teachers' stored ``targets`` (the distill stage's) replace their forward passes when they fit
+    the fine-tune's augmentation.
     """
+    stored = targets is not None and targets.fits(finetune) and teacher is not None
+    ensemble = [m for m in (teacher, *members) if m is not None]
     if not members:
         loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
-        return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=teacher, **kw),
-                "teacher" if teacher is not None else "labels")
-    if teacher is None:
-        raise EdgeCompressError("ensemble fine-tuning needs the teacher (member 0) as well as the members")
-    ensemble = [teacher, *members]
-    if multihead is not None:
-        return (lambda *a, **kw: fit_multihead(model, ensemble, *a, finetune, multihead, **kw),
-                f"multi-head ensemble of {len(ensemble)}")
-    loss = ensemble_kd_loss(temperature, alpha, finetune.label_smoothing)
-    return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=EnsembleTeacher(ensemble), **kw),
-            f"ensemble of {len(ensemble)}")
+        name = "teacher" if teacher is not None else "labels"
+    else:
+        if teacher is None:
+            raise EdgeCompressError("ensemble fine-tuning needs the teacher (member 0) as well as the members")
+        if multihead is not None:
+            return (lambda *a, **kw: fit_multihead(model, ensemble, *a, finetune, multihead, targets=targets, **kw),
+                    f"multi-head ensemble of {len(ensemble)}" + (", stored logits" if stored else ""))
+        loss = ensemble_kd_loss(temperature, alpha, finetune.label_smoothing)
+        name = f"ensemble of {len(ensemble)}"
+    if stored:
+        assert targets is not None
+
+        def tune(x: torch.Tensor, y: torch.Tensor, **kw: Any) -> Any:
+            logits = targets.select(ensemble, x, "prune")
+            return fit_on_soft_targets(model, x, y, finetune, logits, targets, response(loss, bool(members)), **kw)
+
+        return tune, name + ", stored logits"
+    online = EnsembleTeacher(ensemble) if members else teacher
+    return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=online, **kw)), name
 
 
 def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset, cfg: PruneConfig,
-                       members: Sequence[nn.Module] = (),
-                       multihead: MultiHeadKDConfig | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                       members: Sequence[nn.Module] = (), multihead: MultiHeadKDConfig | None = None,
+                       targets: SoftTargets | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Iterative schedule: ``cfg.steps`` x (prune a step, fine-tune with the KD loss); per-step metrics.
 
     ``cfg.finetune``'s epochs are spent at every step. With ``members`` (the ensemble
     beside ``teacher``) fine-tuning distils the ensemble, as the distill stage did (``multihead``: a
-    MultiHeadKDConfig for a multi-head student). Every step records params, MACs, sizes, val
+    MultiHeadKDConfig for a multi-head student); ``targets`` are the teachers' stored logits (distill
+    stage), replayed instead of running the teachers when they fit ``cfg.finetune``. Every step records params, MACs, sizes, val
     accuracy before and after fine-tuning and the fp32 ONNX batch-1 p50 latency.
     """
     t = tensors(ds)
@@ -290,7 +304,7 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
               "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
               "latency_p50_ms": latency()}
     steps: list[dict[str, Any]] = []
-    tune, tuned_from = _finetuner(model, teacher, members, finetune, cfg.temperature, cfg.alpha, multihead)
+    tune, tuned_from = _finetuner(model, teacher, members, finetune, cfg.temperature, cfg.alpha, multihead, targets)
     for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg))):
         prune_step(model, cfg, r, shape, batch)
         pruned_acc = evaluate(model, *t["val"])["accuracy"] if has_val else None

@@ -19,6 +19,8 @@ from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fi
 from edgecompress.training.loop import Tensors, TrainConfig, crop_fill, fit, model_report, tensors
 from edgecompress.training.losses import CombinedKDLoss, kd_loss, kd_loss_config
 from edgecompress.training.multihead import MultiHeadKDConfig
+from edgecompress.training.soft_targets import (SoftTargets, compute_soft_targets, fit_on_soft_targets,
+                                               no_soft_targets, response)
 
 
 SCHEMES = ("offline", "online", "born_again")
@@ -52,6 +54,10 @@ class DistillConfig:
     # Teacher assistant (Mirzadeh et al. 2020): a MobileNet of this width multiplier first learns from
     # the teacher, then teaches the student; for capacity gaps where direct KD does worse.
     assistant_width: float | None = None
+    # Stored soft targets (FKD): 0 runs the teacher (every member) on every student batch; V >= 1 runs
+    # them once on V augmented views of each training image and replays those logits (response KD of
+    # the teacher, the ensemble or the multi-head student; the prune stage's fine-tunes reuse them).
+    views: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -89,6 +95,11 @@ class DistillConfig:
                                     "assistant_width: null (feature and relation kinds need one teacher)")
         if self.multihead is not None:
             self.multihead_config(self.heads)  # fail at load time, naming the bad key
+        if not isinstance(self.views, int) or self.views < 0:
+            raise EdgeCompressError(f"invalid value views={self.views!r}: must be an integer >= 0 (0: online)")
+        if self.views and (self.scheme == "online" or self.losses or self.assistant_width):
+            raise EdgeCompressError(f"views={self.views} stores the teachers' logits, which serve response KD "
+                                    f"only: set views: 0 with scheme online, losses or assistant_width")
 
 
     def multihead_config(self, heads: int) -> Any:
@@ -125,8 +136,9 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
 
 
 def _kd(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors, width: float | None = None,
-        name: str = "distill") -> tuple[nn.Module, dict[str, Any]]:
-    """One offline KD run: a fresh MobileNet (``width``) learns from the frozen ``teacher``."""
+        name: str = "distill", targets: SoftTargets | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """One offline KD run: a fresh MobileNet (``width``) learns from the frozen ``teacher`` (its stored
+    ``targets`` when given)."""
     kw = {k: v for k, v in cfg.arch(ds, width).items() if k != "kind"}
     _frozen(teacher)
     torch.manual_seed(cfg.train.seed)
@@ -138,8 +150,13 @@ def _kd(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors, width: 
                               "params.yaml:distill")
         combined = CombinedKDLoss(kcfg, student, teacher, t["train"][0][:2])
         torch.manual_seed(cfg.train.seed)  # the adapter's init must not shift the student's batches
-    history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=crop_fill(ds), val=t["val"],
-                  name=name, teacher=teacher, feature_loss=combined)
+    if targets is not None and combined is None and targets.fits(cfg.train):
+        x = t["train"][0]
+        history = fit_on_soft_targets(student, x, t["train"][1], cfg.train, targets.select([teacher], x, name),
+                                      targets, response(loss, ensemble=False), crop_fill(ds), val=t["val"], name=name)
+    else:
+        history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=crop_fill(ds), val=t["val"],
+                      name=name, teacher=teacher, feature_loss=combined)
     return student, {**model_report(student, ds, t), "history": history,
                      "losses": cfg.losses or {"response": cfg.alpha}}
 
@@ -172,11 +189,26 @@ def _summary(rep: dict[str, Any]) -> dict[str, Any]:
     return {k: rep[k] for k in ("test", "val", "params", "macs") if k in rep}
 
 
-def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
-            members: Sequence[nn.Module] = ()) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+def teacher_targets(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
+                    members: Sequence[nn.Module] = ()) -> tuple[SoftTargets, dict[str, Any]]:
+    """The stored soft targets of what the student learns from (the teacher, or the teacher and
+    ``members``), and what computing them cost; empty (zero views) when ``cfg.views`` is 0."""
+    sources = [_frozen(teacher), *(_frozen(m) for m in members)] if cfg.source == "ensemble" else [_frozen(teacher)]
+    x = tensors(ds)["train"][0]
+    if not cfg.views:
+        return no_soft_targets(sources, x, cfg.train), {"views": 0}
+    t0 = time.time()
+    st = compute_soft_targets(sources, x, crop_fill(ds), cfg.views, cfg.train)
+    return st, {"views": cfg.views, "members": len(sources), "forward_passes": cfg.views * len(sources) * len(x),
+                "seconds": time.time() - t0}
+
+
+def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, members: Sequence[nn.Module] = (),
+            targets: SoftTargets | None = None) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Train the student as ``cfg`` says; returns (student, arch, report).
 
-    ``members`` are the ensemble's other members (source: ensemble; the teacher is member 0). The
+    ``members`` are the ensemble's other members (source: ensemble; the teacher is member 0); their
+    stored ``targets`` (``teacher_targets``) are replayed where the scheme allows. The
     report's "kd" entry describes the returned student; "assistant", "peer" and "generations" describe
     the intermediate models of those schemes; "baseline" the same student trained from labels only.
     """
@@ -192,18 +224,18 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
             if cfg.heads != len(ensemble):
                 raise EdgeCompressError(f"distill.heads={cfg.heads} but the ensemble has {len(ensemble)} members "
                                         f"(train_teacher.ensemble_size): set heads: {len(ensemble)}")
-            student, kd = distill_multihead(ensemble, ds, cfg, cfg.multihead_config(cfg.heads))
+            student, kd = distill_multihead(ensemble, ds, cfg, cfg.multihead_config(cfg.heads), targets)
             arch = {"kind": "multihead", "heads": cfg.heads, "core": arch}
         else:
             if len(ensemble) < 2:
                 raise EdgeCompressError("source: ensemble needs train_teacher.ensemble_size >= 2")
-            student, kd = distill_ensemble(ensemble, ds, cfg)
+            student, kd = distill_ensemble(ensemble, ds, cfg, targets)
     else:
         source = teacher
         if cfg.assistant_width:
             source, assistant = _kd(teacher, ds, cfg, t, width=cfg.assistant_width, name="assistant")
             report["assistant"] = {**_summary(assistant), "width": cfg.assistant_width}
-        student, kd = _kd(source, ds, cfg, t)
+        student, kd = _kd(source, ds, cfg, t, targets=None if cfg.assistant_width else targets)
     if cfg.scheme == "born_again":
         generations = [_summary(kd)]
         for g in range(1, cfg.generations + 1):
@@ -221,9 +253,10 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
     return student, arch, report
 
 
-def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
-                     student_cfg: DistillConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """A MobileNet student (``student_cfg``'s architecture) distilled from the members' mean distribution.
+def distill_ensemble(members: Sequence[nn.Module], ds: Dataset, student_cfg: DistillConfig,
+                     targets: SoftTargets | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """A MobileNet student (``student_cfg``'s architecture) distilled from the members' mean distribution
+    (the members' stored ``targets`` replayed when given).
 
     Uses ``student_cfg.temperature``/``alpha``/``train``; ``losses`` and ``baseline`` are not used.
     """
@@ -234,16 +267,23 @@ def distill_ensemble(members: Sequence[nn.Module], ds: Dataset,
     torch.manual_seed(cfg.train.seed)
     student = MobileNetStudent(**kw)
     t0 = time.time()
-    history = fit(student, *t["train"], cfg.train, loss_fn=ensemble_kd_loss(cfg.temperature, cfg.alpha,
-                                                                             cfg.train.label_smoothing),
-                  fill=crop_fill(ds), val=t["val"], name="ensemble-kd", teacher=teacher)
+    loss = ensemble_kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
+    if targets is not None and targets.fits(cfg.train):
+        x = t["train"][0]
+        history = fit_on_soft_targets(student, x, t["train"][1], cfg.train, targets.select(members, x, "ensemble-kd"),
+                                      targets, response(loss, ensemble=True), crop_fill(ds), val=t["val"],
+                                      name="ensemble-kd")
+    else:
+        history = fit(student, *t["train"], cfg.train, loss_fn=loss, fill=crop_fill(ds), val=t["val"],
+                      name="ensemble-kd", teacher=teacher)
     report = {**model_report(student, ds, t), "history": history, "seconds": time.time() - t0,
               "members": len(members), "temperature": cfg.temperature, "alpha": cfg.alpha}
     return student, report
 
 
 def distill_multihead(members: Sequence[nn.Module], ds: Dataset, student_cfg: DistillConfig,
-                      mh_cfg: MultiHeadKDConfig) -> tuple[MultiHeadStudent, dict[str, Any]]:
+                      mh_cfg: MultiHeadKDConfig,
+                      targets: SoftTargets | None = None) -> tuple[MultiHeadStudent, dict[str, Any]]:
     """A MultiHeadStudent (M = len(members) heads on a ``student_cfg`` MobileNet core) trained with
     ``ferianc_loss``; ``mh_cfg.num_heads`` is overridden by the number of members."""
     if len(members) == 0:
@@ -255,7 +295,8 @@ def distill_multihead(members: Sequence[nn.Module], ds: Dataset, student_cfg: Di
     torch.manual_seed(cfg.train.seed)
     model = MultiHeadStudent(MobileNetStudent(**kw), num_heads=len(members))
     t0 = time.time()
-    history = fit_multihead(model, members, *t["train"], cfg.train, mh_cfg, fill=crop_fill(ds), val=t["val"])
+    history = fit_multihead(model, members, *t["train"], cfg.train, mh_cfg, fill=crop_fill(ds), val=t["val"],
+                            targets=targets)
     report = {**multihead_report(model, ds, t), "history": history, "seconds": time.time() - t0,
               "config": dataclasses.asdict(mh_cfg)}
     return model, report

@@ -28,6 +28,7 @@ from edgecompress.models import MultiHeadStudent, batched, count_macs, count_par
 from edgecompress.training.loop import LossFn, Tensors, TrainConfig, fit, tensors
 from edgecompress.training.losses import ensemble_kd, with_labels
 from edgecompress.training.multihead import MultiHeadKDConfig, lambda_schedule
+from edgecompress.training.soft_targets import SoftTargets, TargetLoss, fit_on_soft_targets
 from edgecompress.training.teacher import TeacherConfig, train_teacher
 
 # --------------------------------------------------------------------------- the ensemble
@@ -135,26 +136,41 @@ def multihead_report(model: MultiHeadStudent, ds: Dataset, t: Tensors | None = N
             "macs": count_macs(model, tuple(ds.input_shape))}
 
 
+def multihead_loss(mh_cfg: MultiHeadKDConfig) -> TargetLoss:
+    """``mh_cfg.loss`` on the per-head logits and the members' logits (M, B, C); its parts carry the
+    ramped lambda (the history shows the epoch's mean)."""
+
+    def loss(model: nn.Module, xb: torch.Tensor, e: torch.Tensor, yb: torch.Tensor,
+             step: int, total: int) -> tuple[torch.Tensor, dict[str, float]]:
+        value, parts = mh_cfg.loss(model.forward_heads(xb), e, yb, model, step, total)
+        parts.pop("total", None)
+        parts["lam"] = lambda_schedule(step, total, mh_cfg.lam_max, mh_cfg.warmup_fraction)
+        return value, parts
+
+    return loss
+
+
 def fit_multihead(model: MultiHeadStudent, members: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
                   cfg: TrainConfig, mh_cfg: MultiHeadKDConfig, fill: torch.Tensor | None = None,
                   val: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  name: str = "multihead") -> list[dict[str, float]]:
-    """train.fit with ``mh_cfg.loss`` as its step loss (it needs the per-head logits and the global
-    step for the lambda ramp); members see the same augmented batch as the student."""
+                  name: str = "multihead", targets: SoftTargets | None = None) -> list[dict[str, float]]:
+    """train.fit with ``multihead_loss`` as its step loss (it needs the per-head logits and the global
+    step for the lambda ramp); members see the same augmented batch as the student, or their stored
+    ``targets`` are replayed when those fit ``cfg``'s augmentation."""
     if len(members) != model.num_heads:
         raise EdgeCompressError(f"{len(members)} members for {model.num_heads} heads: member i teaches head i")
+    loss = multihead_loss(mh_cfg)
+    if fill is None:
+        fill = x.amin(dim=(0, 2, 3))
+    if targets is not None and targets.fits(cfg):
+        return fit_on_soft_targets(model, x, y, cfg, targets.select(members, x, name), targets, loss, fill,
+                                   val=val, name=name)
     teacher = EnsembleTeacher(members).eval().to(memory_format=torch.channels_last)
 
     def step_loss(xb: torch.Tensor, yb: torch.Tensor, step: int, total: int) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             e = teacher(xb)
-        loss, parts = mh_cfg.loss(model.forward_heads(xb), e, yb, model, step, total)
-        parts.pop("total", None)
-        # The history shows the epoch's mean lambda.
-        parts["lam"] = lambda_schedule(step, total, mh_cfg.lam_max, mh_cfg.warmup_fraction)
-        return loss, parts
+        return loss(model, xb, e, yb, step, total)
 
     # teacher= too: fit moves it to the training device (the step loss ignores it otherwise).
     return fit(model, x, y, cfg, fill=fill, val=val, name=name, step_loss=step_loss, teacher=teacher)
-
-

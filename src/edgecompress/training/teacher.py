@@ -32,10 +32,12 @@ class TeacherConfig:
     # foreach cannot count, so ``members`` spells the indices out and must equal 1..ensemble_size-1.
     ensemble_size: int = 1
     members: tuple[int, ...] = ()
+    # Members 1..N-1 may train shorter than the teacher: averaging recovers what each loses (README).
+    member_epochs: int | None = None  # None: train.epochs, as the teacher
     mc_samples: int = 0  # > 0: also evaluate the teacher with that many MC-dropout passes (needs dropout)
 
     # Keys that say how many members there are and how they are evaluated, not how one is trained.
-    ENSEMBLE_KEYS = ("ensemble_size", "members", "mc_samples")
+    ENSEMBLE_KEYS = ("ensemble_size", "members", "member_epochs", "mc_samples")
 
     def __post_init__(self) -> None:
         if not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
@@ -45,6 +47,9 @@ class TeacherConfig:
                 f"members={list(self.members)} does not match ensemble_size={self.ensemble_size}: "
                 f"set members: {list(range(1, self.ensemble_size))} (dvc.yaml's train_member stage loops over it; "
                 f"member 0 is the teacher itself)")
+        if self.member_epochs is not None and self.member_epochs < 1:
+            raise EdgeCompressError(f"invalid value member_epochs={self.member_epochs!r}: must be >= 1, or null "
+                                    f"for train.epochs")
         if not isinstance(self.mc_samples, int) or self.mc_samples < 0:
             raise EdgeCompressError(f"invalid value mc_samples={self.mc_samples!r}: must be an integer >= 0")
         if self.mc_samples and not self.dropout > 0:
@@ -62,10 +67,12 @@ class TeacherConfig:
 
 
     def member(self, index: int) -> "TeacherConfig":
-        """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index``."""
+        """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index`` (and
+        ``member_epochs`` epochs when set; member 0, the teacher, always trains ``train.epochs``)."""
         if index != 0 and index not in self.members:
             raise EdgeCompressError(f"member {index} is not in train_teacher.members {list(self.members)}")
-        return replace(self, train=replace(self.train, seed=self.train.seed + index))
+        epochs = self.member_epochs if index and self.member_epochs else self.train.epochs
+        return replace(self, train=replace(self.train, seed=self.train.seed + index, epochs=epochs))
 
     def arch(self, ds: Dataset) -> dict[str, Any]:
         return {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,

@@ -1,0 +1,148 @@
+"""Wall time of the whole chain from scratch: the default recipe against the one it replaced, one machine.
+
+    python benchmarks/pipeline_time.py [--limit 10000] [--recipes before,after] [--out FILE.md]
+
+Each recipe runs `dvc repro` from scratch in its own throwaway copy of the project (dvc.yaml, params.yaml,
+stages, targets, src), one after the other, on the same machine and data. A stage's wall time is the
+time from dvc's "Running stage" line to the next one (the last ends with dvc). The accuracies are the
+stages' own test-set metrics: teacher, ensemble, student, pruned student and the int8 TFLite artifact
+as its runtime scores it.
+
+Recipes are params.yaml with overrides:
+* after: params.yaml as committed.
+* before: the default until issue #12: five members of 15 fp32 epochs each, and the ensemble run on
+  every student batch (no stored soft targets).
+
+`--limit 10000` (1/5 of Fashion-MNIST's training images) measures both in about 40 minutes on a 2-core
+VM; without it the two take about 2 hours there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES: dict[str, dict[str, Any]] = {
+    "before": {"train_teacher": {"ensemble_size": 5, "members": [1, 2, 3, 4], "member_epochs": None,
+                                 "train": {"precision": "auto"}},
+               "distill": {"views": 0}},
+    "after": {},
+}
+RUNNING = re.compile(r"^Running stage '([^']+)'")
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def project_copy(recipe: str, limit: int | None) -> Path:
+    work = Path(tempfile.mkdtemp(prefix=f"edgecompress-time-{recipe}."))
+    for name in ("dvc.yaml", "stages", "targets", "src"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, work / name)
+    (work / "models/members").mkdir(parents=True)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), RECIPES[recipe])
+    params["data"]["limit"] = limit
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, check=True)
+    shutil.copytree(ROOT / ".dvc/plots", work / ".dvc/plots")
+    return work
+
+
+def run(recipe: str, limit: int | None) -> dict[str, Any]:
+    """`dvc repro` of ``recipe`` from scratch: per-stage seconds, total seconds and the accuracies."""
+    work = project_copy(recipe, limit)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    log = (work / "repro.log").open("w")
+    print(f"[pipeline-time] {recipe}: dvc repro in {work} (log: {work / 'repro.log'})", file=sys.stderr, flush=True)
+    stages: dict[str, float] = {}
+    current, since = None, time.monotonic()
+    start = since
+    proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        log.flush()
+        m = RUNNING.match(line)
+        if m:
+            now = time.monotonic()
+            if current:
+                stages[current] = now - since
+            current, since = m.group(1), now
+            print(f"[pipeline-time] {recipe}: {current} ({now - start:.0f} s in)", file=sys.stderr, flush=True)
+    if proc.wait() != 0:
+        raise SystemExit(f"dvc repro failed for {recipe}; see {work / 'repro.log'}")
+    end = time.monotonic()
+    if current:
+        stages[current] = end - since
+    metric = lambda name: json.loads((work / "metrics" / name).read_text())  # noqa: E731
+    accuracy = {"teacher": metric("teacher.json")["test"]["accuracy"],
+                "ensemble": metric("uncertainty.json")["models"]["ensemble"]["accuracy"],
+                "student": metric("distill.json")["test"]["accuracy"],
+                "pruned": metric("prune.json")["after"]["test"]["accuracy"],
+                "int8.tflite": metric("export.json")["int8.tflite"]["accuracy"]}
+    return {"stages": stages, "total": end - start, "accuracy": accuracy, "work": str(work)}
+
+
+def table(results: dict[str, dict[str, Any]], limit: int | None) -> str:
+    names = list(results)
+    stages = list(dict.fromkeys(s for r in results.values() for s in r["stages"]))
+    lines = [f"# Whole-chain wall time: {' vs '.join(names)}", "",
+             f"`dvc repro` from scratch, data.limit {limit} ({'full Fashion-MNIST' if limit is None else f'{limit} training images'}), "
+             f"recipes one after the other on one machine: {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores, torch {_torch_version()}, python {platform.python_version()}.", "",
+             "| stage | " + " | ".join(f"{n} s" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for s in stages:
+        lines.append(f"| {s} | " + " | ".join(f"{results[n]['stages'].get(s, 0):.0f}" if s in results[n]["stages"]
+                                               else "-" for n in names) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{results[n]['total']:.0f}**" for n in names) + " |")
+    lines += ["", "| test accuracy % | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in next(iter(results.values()))["accuracy"]:
+        lines.append(f"| {key} | " + " | ".join(f"{100 * results[n]['accuracy'][key]:.2f}" for n in names) + " |")
+    if {"before", "after"} <= set(results):
+        lines += ["", f"Speed-up (before / after total): **{results['before']['total'] / results['after']['total']:.2f}x**"]
+    return "\n".join(lines) + "\n"
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--limit", type=int, default=None, help="data.limit for both recipes (default: all images)")
+    ap.add_argument("--recipes", default="before,after", help=f"comma-separated, from {list(RECIPES)}")
+    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    args = ap.parse_args()
+    names = args.recipes.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown}: choose from {list(RECIPES)}")
+    results = {n: run(n, args.limit) for n in names}
+    text = table(results, args.limit)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
