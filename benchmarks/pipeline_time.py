@@ -42,6 +42,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "after": {},
 }
 RUNNING = re.compile(r"^Running stage '([^']+)'")
+# dvc.yaml runs `python` and this script runs `dvc`: both this interpreter's (the venv's).
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def project_copy(recipe: str, limit: int | None) -> Path:
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), RECIPES[recipe])
     params["data"]["limit"] = limit
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, check=True)
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, env=ENV, check=True)
     shutil.copytree(ROOT / ".dvc/plots", work / ".dvc/plots")
     return work
 
@@ -67,13 +69,12 @@ def project_copy(recipe: str, limit: int | None) -> Path:
 def run(recipe: str, limit: int | None) -> dict[str, Any]:
     """`dvc repro` of ``recipe`` from scratch: per-stage seconds, total seconds and the accuracies."""
     work = project_copy(recipe, limit)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = (work / "repro.log").open("w")
     print(f"[pipeline-time] {recipe}: dvc repro in {work} (log: {work / 'repro.log'})", file=sys.stderr, flush=True)
     stages: dict[str, float] = {}
     current, since = None, time.monotonic()
     start = since
-    proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -86,8 +87,13 @@ def run(recipe: str, limit: int | None) -> dict[str, Any]:
                 stages[current] = now - since
             current, since = m.group(1), now
             print(f"[pipeline-time] {recipe}: {current} ({now - start:.0f} s in)", file=sys.stderr, flush=True)
+    gate = "passed"
     if proc.wait() != 0:
-        raise SystemExit(f"dvc repro failed for {recipe}; see {work / 'repro.log'}")
+        # The report stage fails `dvc repro` after everything ran when a target on matching hardware
+        # missed a budget (e.g. host's min_accuracy on a 1/5-size run): the timing is complete.
+        if "failed to reproduce 'report'" not in (work / "repro.log").read_text():
+            raise SystemExit(f"dvc repro failed for {recipe}; see {work / 'repro.log'}")
+        gate = "failed (a target missed a budget; see reports/summary.md there)"
     end = time.monotonic()
     if current:
         stages[current] = end - since
@@ -97,7 +103,7 @@ def run(recipe: str, limit: int | None) -> dict[str, Any]:
                 "student": metric("distill.json")["test"]["accuracy"],
                 "pruned": metric("prune.json")["after"]["test"]["accuracy"],
                 "int8.tflite": metric("export.json")["int8.tflite"]["accuracy"]}
-    return {"stages": stages, "total": end - start, "accuracy": accuracy, "work": str(work)}
+    return {"stages": stages, "total": end - start, "accuracy": accuracy, "gate": gate, "work": str(work)}
 
 
 def table(results: dict[str, dict[str, Any]], limit: int | None) -> str:
@@ -115,6 +121,7 @@ def table(results: dict[str, dict[str, Any]], limit: int | None) -> str:
     lines += ["", "| test accuracy % | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in next(iter(results.values()))["accuracy"]:
         lines.append(f"| {key} | " + " | ".join(f"{100 * results[n]['accuracy'][key]:.2f}" for n in names) + " |")
+    lines += ["", "Report gate: " + "; ".join(f"{n} {results[n]['gate']}" for n in names)]
     if {"before", "after"} <= set(results):
         lines += ["", f"Speed-up (before / after total): **{results['before']['total'] / results['after']['total']:.2f}x**"]
     return "\n".join(lines) + "\n"

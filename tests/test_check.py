@@ -159,6 +159,16 @@ def test_max_drop_budget_compares_with_the_teacher() -> None:
     assert not evaluate_budgets(profile, {"accuracy": 0.99})[0]["ok"]
 
 
+def test_calibration_budgets_judge_the_devices_ece_and_nll() -> None:
+    profile = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
+                            runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(max_ece=0.03, max_nll=0.3))
+    rows = {r["name"]: r for r in evaluate_budgets(profile, {"ece": 0.02, "nll": 0.35})}
+    assert rows["ece"]["ok"] and rows["ece"]["margin"] == pytest.approx(-0.01)
+    assert not rows["nll"]["ok"] and rows["nll"]["margin"] == pytest.approx(0.05)
+    # An artifact whose calibration was not measured cannot pass a calibration budget.
+    assert not any(r["ok"] for r in evaluate_budgets(profile, {"accuracy": 0.9}))
+
+
 def test_teacher_accuracy_on_the_runner_subset(tmp_path: Path, tiny_student) -> None:
     from edgecompress.checkpoint import save_checkpoint
     from edgecompress.models import arch_of

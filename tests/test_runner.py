@@ -17,7 +17,7 @@ from edgecompress.deploy.runner import RunnerError
 
 MEAN, STD = [0.3], [0.4]
 RESULT_KEYS = {"runner_version", "model", "model_size_bytes", "runtime", "provider_fallback", "requested_providers",
-               "active_providers", "bench", "latency_ms", "throughput_per_s", "accuracy", "accuracy_samples",
+               "active_providers", "bench", "latency_ms", "throughput_per_s", "accuracy", "nll", "ece", "accuracy_samples",
                "memory", "fingerprint", "warnings"}
 
 
@@ -118,6 +118,12 @@ def test_onnx_functions_batch_and_subset(onnx_model: Any, data: Any) -> None:
     _check_latency(res, 5)
     assert res["bench"]["batch"] == 4 and res["accuracy_samples"] == 30
     assert res["accuracy"] == pytest.approx(float((_logits(x[:30], w, b).argmax(1) == y[:30]).mean()))
+    # NLL and ECE as edgecompress.metrics computes them (the runner carries its own numpy copy).
+    from edgecompress.metrics import classification_metrics, softmax
+
+    ref = classification_metrics(softmax(_logits(x[:30], w, b).astype(np.float64)), y[:30])
+    assert res["nll"] == pytest.approx(ref["nll"], rel=1e-5) and res["ece"] == pytest.approx(ref["ece"], abs=1e-6)
+    assert res["ece"] > 0 and res["nll"] > 0
     session = runner.load_session(model, "onnxruntime")
     sc = runner.read_sidecar(f"{model}.json")
     out = runner.postprocess(session.run(runner.preprocess(x[:3], sc)), sc)

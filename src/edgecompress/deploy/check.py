@@ -107,6 +107,10 @@ def evaluate_budgets(profile: TargetProfile, result: dict[str, Any],
         acc = result.get("accuracy")
         drop = None if acc is None or teacher_accuracy is None else 100 * (teacher_accuracy - acc)
         row("accuracy_drop", "accuracy drop vs teacher", "pt", b.max_drop, drop, "max")
+    if b.max_ece is not None:
+        row("ece", "ECE", "", b.max_ece, result.get("ece"), "max")
+    if b.max_nll is not None:
+        row("nll", "NLL", "", b.max_nll, result.get("nll"), "max")
     return rows
 
 

@@ -260,17 +260,28 @@ def latency_stats(ns: list[int]) -> dict[str, float]:
             "std": float(ms.std()), "min": float(ms.min()), "max": float(ms.max()), "n": int(len(ms))}
 
 
-def accuracy(session: Session, sidecar: dict[str, Any], x: np.ndarray, y: np.ndarray, batch: int) -> float:
-    """Top-1 accuracy in batches of the benchmark's batch size (some TFLite graphs fix the batch)."""
-    correct = 0
+def scores(session: Session, sidecar: dict[str, Any], x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, float]:
+    """Top-1 accuracy, NLL and ECE (15 equal-width confidence bins, as edgecompress.metrics computes
+    them; this file needs numpy only) in batches of the benchmark's batch size (some TFLite graphs
+    fix the batch)."""
+    parts = []
     for i in range(0, len(x), batch):
         xb = preprocess(x[i:i + batch], sidecar)
         n = len(xb)
         if n < batch:  # pad the last batch instead of resizing the model
             xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
-        logits = postprocess(session.run(xb), sidecar)[:n]
-        correct += int((logits.argmax(axis=1) == y[i:i + n]).sum())
-    return correct / len(x)
+        parts.append(postprocess(session.run(xb), sidecar)[:n].astype(np.float64))
+    logits = np.concatenate(parts)
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, 16)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, 14)
+    ece = sum((idx == b).sum() / len(y) * abs(correct[idx == b].mean() - conf[idx == b].mean())
+              for b in range(15) if (idx == b).any())
+    p_true = probs[np.arange(len(y)), y]
+    return {"accuracy": float(correct.mean()), "nll": float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean()),
+            "ece": float(ece)}
 
 
 def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = None, y: np.ndarray | None = None,
@@ -304,11 +315,12 @@ def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = 
                 warnings.append(f"stopped after {len(times)} of {runs} runs at the {max_seconds:g} s cap; "
                                 f"high percentiles rest on few samples")
                 break
-        acc, n_acc = None, None
+        measured: dict[str, float | None] = {"accuracy": None, "nll": None, "ece": None}
+        n_acc = None
         if x is not None and y is not None:
             n_acc = len(x) if accuracy_samples is None else min(accuracy_samples, len(x))
             # The first N images: deterministic, and the same subset on every device.
-            acc = accuracy(session, sidecar, x[:n_acc], y[:n_acc], batch)
+            measured = dict(scores(session, sidecar, x[:n_acc], y[:n_acc], batch))
     except RunnerError:
         raise
     except Exception as e:  # a runtime failing mid-run (bad shapes, unsupported op) is reported, not crashed
@@ -317,7 +329,7 @@ def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = 
     return {"bench": {"warmup": warmup, "runs_requested": runs, "batch": batch, "max_seconds": max_seconds,
                       "stopped_by": stopped_by},
             "latency_ms": stats, "throughput_per_s": batch * 1000.0 / stats["mean"],
-            "accuracy": acc, "accuracy_samples": n_acc,
+            **measured, "accuracy_samples": n_acc,
             "memory": {"peak_rss_mb": peak_rss_mb()},
             "warnings": warnings}
 

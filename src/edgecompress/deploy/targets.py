@@ -7,6 +7,7 @@ allowed, so a typo in a profile never silently turns into a default.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,8 @@ class Budgets:
     peak_memory_mb: float | None = None  # peak RSS of the runner process
     min_accuracy: float | None = None  # fraction in [0, 1]
     max_drop: float | None = None  # accuracy POINTS below the teacher on the same test images
+    max_ece: float | None = None  # expected calibration error, fraction in [0, 1]
+    max_nll: float | None = None  # negative log-likelihood per image, nats
 
     def __post_init__(self) -> None:
         if not isinstance(self.latency_ms, Mapping):
@@ -137,10 +140,20 @@ class Budgets:
             v = self.max_drop
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
                 raise FieldError("max_drop", f"{v!r} must be accuracy points between 0 and 100 (e.g. 3.0)")
+        if self.max_ece is not None:
+            v = self.max_ece
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise FieldError("max_ece", f"{v!r} must be a fraction between 0 and 1 (e.g. 0.03)")
+        if self.max_nll is not None:
+            v = self.max_nll
+            # NaN and .inf fail the range test too: a budget that can never bind is a typo.
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+                raise FieldError("max_nll", f"{v!r} must be a finite number of nats > 0 (e.g. 0.35)")
         if (not self.latency_ms and self.size_mb is None and self.peak_memory_mb is None
-                and self.min_accuracy is None and self.max_drop is None):
+                and self.min_accuracy is None and self.max_drop is None and self.max_ece is None
+                and self.max_nll is None):
             raise FieldError("(all)", "no budget is set; give at least one of latency_ms, size_mb, "
-                                      "peak_memory_mb, min_accuracy, max_drop")
+                                      "peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll")
 
 
 @dataclass(frozen=True)
@@ -215,7 +228,7 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
     if isinstance(raw["budgets"], dict) and not any(v not in (None, {}) for v in raw["budgets"].values()):
         # A profile without budgets would always pass: that is a mistake, never an intent.
         raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, max_drop, "
-                                    "peak_memory_mb, min_accuracy")
+                                    "peak_memory_mb, min_accuracy, max_ece, max_nll")
 
     hardware = build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
     artifact = build(ArtifactSpec, "artifact", _section(raw, "artifact", ("format", "precision")))
@@ -234,7 +247,7 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
                    _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples")))
     budgets = build(Budgets, "budgets",
                      _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy",
-                                               "max_drop")))
+                                               "max_drop", "max_ece", "max_nll")))
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,

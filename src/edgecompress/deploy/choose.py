@@ -1,0 +1,251 @@
+"""Choose what a target ships: the most accurate candidate that meets every budget.
+
+Pure selection over a table of measured candidates (model x precision x engine). ``allowed``
+applies the build spec before anything is measured, so the on-device search stays small;
+``misses`` judges one candidate against the profile's budgets; ``choose`` ranks the feasible
+ones and, when none is left, says which came nearest and by how much each budget was missed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from edgecompress.deploy.fields import FieldError
+from edgecompress.deploy.targets import ENGINES, LATENCY_KEYS, Budgets
+from edgecompress.errors import EdgeCompressError
+
+# "dynamic" is an export artifact too, but its activations are quantized at run time per call,
+# so its latency is not comparable with the static-int8 one: the build does not offer it.
+BUILD_PRECISIONS = ("int8", "fp16", "fp32")
+OBJECTIVES = ("accuracy",)
+REQUIREMENTS = ("uncertainty",)
+MIB = 2**20
+NEAREST = 5  # rows of the "nearest candidates" table in the infeasible error
+
+
+class NoFeasibleCandidate(EdgeCompressError):
+    """No candidate of the build meets every budget of the target."""
+
+
+def _is_number(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One measured artifact: validation accuracy and calibration, latency on the device."""
+
+    name: str  # e.g. "student/int8.tflite"
+    model: str  # e.g. "teacher", "ensemble", "student", "pruned-0.5"
+    precision: str
+    engine: str
+    size_bytes: int
+    accuracy: float  # validation accuracy, fraction
+    ece: float | None
+    nll: float | None
+    latency_ms: Mapping[str, float]  # keys among LATENCY_KEYS; a missing key was not measured
+    peak_memory_mb: float | None = None
+    uncertainty: bool = False  # has heads or members, so it can report uncertainty on the device
+
+    def __post_init__(self) -> None:
+        # A candidate table is read from reports; a wrong value here would silently pick the wrong model.
+        def bad(what: str) -> EdgeCompressError:
+            return EdgeCompressError(f"candidate {self.name!r}: {what}")
+        if not isinstance(self.name, str) or not self.name or not isinstance(self.model, str) or not self.model:
+            raise bad("name and model must be non-empty strings")
+        if self.precision not in BUILD_PRECISIONS:
+            raise bad(f"precision {self.precision!r} is not one of {', '.join(BUILD_PRECISIONS)}")
+        if self.engine not in ENGINES:
+            raise bad(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if isinstance(self.size_bytes, bool) or not isinstance(self.size_bytes, int) or self.size_bytes < 0:
+            raise bad(f"size_bytes {self.size_bytes!r} must be an integer >= 0")
+        if not _is_number(self.accuracy) or not 0 <= self.accuracy <= 1:
+            raise bad(f"accuracy {self.accuracy!r} must be a fraction between 0 and 1")
+        for k, v in (("ece", self.ece), ("nll", self.nll), ("peak_memory_mb", self.peak_memory_mb)):
+            if v is not None and (not _is_number(v) or v < 0):
+                raise bad(f"{k} {v!r} must be a number >= 0 or None")
+        for k, v in self.latency_ms.items():
+            if k not in LATENCY_KEYS or (v is not None and (not _is_number(v) or v < 0)):
+                raise bad(f"latency_ms {k}: {v!r} needs a key among {', '.join(LATENCY_KEYS)} and a value >= 0")
+        object.__setattr__(self, "latency_ms", dict(self.latency_ms))  # own copy, as Budgets does
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What a target may be built from; ``requires`` filters on capabilities, not measurements."""
+
+    models: tuple[str, ...] | str = "all"
+    precisions: tuple[str, ...] = BUILD_PRECISIONS
+    engines: tuple[str, ...] = ("litert", "onnxruntime")
+    objective: str = "accuracy"
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Lists from YAML become tuples, so the spec stays immutable.
+        for name in ("models", "precisions", "engines", "requires"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.models != "all" and (not isinstance(self.models, tuple) or not self.models
+                                     or not all(isinstance(m, str) and m for m in self.models)):
+            raise FieldError("build.models", f"{self.models!r} must be 'all' or a non-empty list of model "
+                                             "names (e.g. [student, pruned-0.5])")
+        for name, allowed, empty_ok in (("precisions", BUILD_PRECISIONS, False), ("engines", ENGINES, False),
+                                        ("requires", REQUIREMENTS, True)):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or (not value and not empty_ok):
+                raise FieldError(f"build.{name}", f"{value!r} must be a list drawn from {', '.join(allowed)}")
+            for v in value:
+                if v not in allowed:
+                    raise FieldError(f"build.{name}", f"{v!r} is not one of {', '.join(allowed)}")
+        if self.objective not in OBJECTIVES:
+            raise FieldError("build.objective", f"{self.objective!r} is not supported; the only objective is "
+                                                f"{', '.join(OBJECTIVES)} (most accurate within the budgets)")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A candidate left out, and every reason why."""
+
+    name: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen candidate, all feasible ones (best first) and the rejected ones."""
+
+    chosen: Candidate
+    feasible: tuple[Candidate, ...]
+    rejected: tuple[Rejection, ...] = ()
+
+
+def _f(value: float, decimals: int) -> str:
+    """Fixed decimals, but never round a non-zero amount to a misleading 0.00."""
+    text = f"{value:.{decimals}f}"
+    return f"{value:.2g}" if value != 0 and float(text) == 0 else text
+
+
+def allowed(candidates: Iterable[Candidate], spec: BuildSpec) -> tuple[list[Candidate], list[Rejection]]:
+    """(kept, rejected) by the build spec alone; no measurement is looked at."""
+    kept: list[Candidate] = []
+    rejected: list[Rejection] = []
+    seen: set[str] = set()
+    for c in candidates:
+        if c.name in seen:  # rejections and reports are keyed by name
+            raise EdgeCompressError(f"candidate {c.name!r} is listed twice")
+        seen.add(c.name)
+        reasons = []
+        if spec.models != "all" and c.model not in spec.models:
+            reasons.append(f"model {c.model} not allowed by build.models")
+        if c.precision not in spec.precisions:
+            reasons.append(f"precision {c.precision} not allowed by build.precisions")
+        if c.engine not in spec.engines:
+            reasons.append(f"engine {c.engine} not allowed by build.engines")
+        if "uncertainty" in spec.requires and not c.uncertainty:
+            reasons.append("requires uncertainty: no heads or members")
+        if reasons:
+            rejected.append(Rejection(c.name, tuple(reasons)))
+        else:
+            kept.append(c)
+    return kept, rejected
+
+
+def _need_reference(budgets: Budgets, reference_accuracy: float | None) -> None:
+    if budgets.max_drop is not None and reference_accuracy is None:
+        raise EdgeCompressError("budgets.max_drop compares with the teacher; give reference_accuracy (the "
+                                "teacher's validation accuracy)")
+    if reference_accuracy is not None and (not _is_number(reference_accuracy) or not 0 <= reference_accuracy <= 1):
+        raise EdgeCompressError(f"reference_accuracy {reference_accuracy!r} must be a fraction between 0 and 1")
+
+
+def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | None) -> list[str]:
+    """Every budget ``candidate`` misses, with the amount; an unmeasured value misses its budget."""
+    _need_reference(budgets, reference_accuracy)
+    c, out = candidate, []
+    for key, budget in budgets.latency_ms.items():
+        v = c.latency_ms.get(key)
+        if v is None:
+            out.append(f"latency {key} not measured")
+        elif v > budget:
+            out.append(f"latency {key} {_f(v, 2)} ms > {_f(budget, 2)} ms (by {_f(v - budget, 2)} ms)")
+    if budgets.size_mb is not None and c.size_bytes / MIB > budgets.size_mb:
+        v = c.size_bytes / MIB
+        out.append(f"size {_f(v, 2)} MiB > {_f(budgets.size_mb, 2)} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
+    if budgets.peak_memory_mb is not None:
+        v, b = c.peak_memory_mb, budgets.peak_memory_mb
+        if v is None:
+            out.append("peak memory not measured")
+        elif v > b:
+            out.append(f"peak memory {_f(v, 1)} MiB > {_f(b, 1)} MiB (by {_f(v - b, 1)} MiB)")
+    if budgets.min_accuracy is not None and c.accuracy < budgets.min_accuracy:
+        b = budgets.min_accuracy
+        out.append(f"accuracy {100 * c.accuracy:.2f}% < {100 * b:.2f}% (by {_f(100 * (b - c.accuracy), 2)} pt)")
+    if budgets.max_drop is not None and reference_accuracy is not None:
+        # Rounded: 0.93 - 0.91 is 0.0200000000000002 in floats, which must not miss a 2-point budget.
+        drop = round(100 * (reference_accuracy - c.accuracy), 9)
+        if drop > budgets.max_drop:
+            out.append(f"accuracy drop {_f(drop, 2)} pt > {_f(budgets.max_drop, 2)} pt vs teacher "
+                       f"{100 * reference_accuracy:.2f}% (by {_f(drop - budgets.max_drop, 2)} pt)")
+    for label, v, b, unit in (("ECE", c.ece, budgets.max_ece, ""), ("NLL", c.nll, budgets.max_nll, " nats")):
+        if b is None:
+            continue
+        if v is None:
+            out.append(f"{label} not measured")
+        elif v > b:
+            out.append(f"{label} {_f(v, 3)}{unit} > {_f(b, 3)}{unit} (by {_f(v - b, 3)}{unit})")
+    return out
+
+
+def _best_first(c: Candidate) -> tuple[float, float, float, int, str]:
+    """Accuracy first; equal accuracy goes to the faster (p90, then p50), then the smaller one."""
+    lat = c.latency_ms
+    return (-c.accuracy, lat.get("p90") if lat.get("p90") is not None else math.inf,
+            lat.get("p50") if lat.get("p50") is not None else math.inf, c.size_bytes, c.name)
+
+
+def ranked_for_search(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """The order the device search measures in: most accurate first, then smallest."""
+    return sorted(candidates, key=lambda c: (-c.accuracy, c.size_bytes, c.name))
+
+
+def _nearest_table(missed: list[tuple[Candidate, list[str]]]) -> str:
+    rows = sorted(missed, key=lambda cm: (len(cm[1]), -cm[0].accuracy, cm[0].name))[:NEAREST]
+    width = max(len("candidate"), *(len(c.name) for c, _ in rows))
+    lines = [f"  {'candidate':<{width}}  accuracy  misses"]
+    lines += [f"  {c.name:<{width}}  {100 * c.accuracy:7.2f}%  {'; '.join(m)}" for c, m in rows]
+    return "\n".join(lines)
+
+
+def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
+           reference_accuracy: float | None = None, target: str = "(target)") -> Choice:
+    """The most accurate candidate the spec allows that meets every budget of ``target``.
+
+    Raises NoFeasibleCandidate when none does, naming the nearest candidates and what they miss.
+    """
+    candidates = list(candidates)
+    _need_reference(budgets, reference_accuracy)  # before any work: a config error, not a miss
+    kept, rejected = allowed(candidates, spec)
+    if not kept:
+        why = (f"all {len(candidates)} candidate(s) are excluded by the build spec" if candidates
+               else "no candidates were given")
+        raise NoFeasibleCandidate(f"target {target}: nothing to choose from: {why}; check build.models, "
+                                  f"build.precisions, build.engines and build.requires")
+    feasible: list[Candidate] = []
+    missed: list[tuple[Candidate, list[str]]] = []
+    for c in kept:
+        m = misses(c, budgets, reference_accuracy)
+        if m:
+            missed.append((c, m))
+            rejected.append(Rejection(c.name, tuple(m)))
+        else:
+            feasible.append(c)
+    if not feasible:
+        raise NoFeasibleCandidate(
+            f"target {target}: no candidate meets every budget ({len(kept)} checked, {len(candidates) - len(kept)} "
+            f"excluded by the build spec); relax a budget or widen the build. Nearest:\n{_nearest_table(missed)}")
+    order = {c.name: i for i, c in enumerate(candidates)}  # report rejections in the table's order
+    feasible.sort(key=_best_first)
+    return Choice(chosen=feasible[0], feasible=tuple(feasible),
+                  rejected=tuple(sorted(rejected, key=lambda r: order[r.name])))
