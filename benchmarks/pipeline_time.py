@@ -115,7 +115,7 @@ def table(results: dict[str, dict[str, Any]], limit: int | None) -> str:
              f"{os.cpu_count()} cores, torch {_torch_version()}, python {platform.python_version()}.", "",
              "| stage | " + " | ".join(f"{n} s" for n in names) + " |", "|---|" + "---|" * len(names)]
     for s in stages:
-        lines.append(f"| {s} | " + " | ".join(f"{results[n]['stages'].get(s, 0):.0f}" if s in results[n]["stages"]
+        lines.append(f"| {s} | " + " | ".join(f"{results[n]['stages'][s]:.0f}" if s in results[n]["stages"]
                                                else "-" for n in names) + " |")
     lines.append("| **total** | " + " | ".join(f"**{results[n]['total']:.0f}**" for n in names) + " |")
     lines += ["", "| test accuracy % | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -92,10 +92,14 @@ def data_key(x: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def view(x: torch.Tensor, seed: int, v: int, pad: int, flip: bool, fill: torch.Tensor) -> torch.Tensor:
+    """View ``v`` of every image of ``x``: the one place that says which crops and flips it holds."""
+    return augment(x, pad, flip, fill, torch.Generator().manual_seed(seed * 1000 + v))
+
+
 def view_images(x: torch.Tensor, seed: int, views: int, pad: int, flip: bool, fill: torch.Tensor) -> torch.Tensor:
     """All V augmented views of ``x`` stacked view-major: row ``v * N + n`` is view v of image n."""
-    return torch.cat([augment(x, pad, flip, fill, torch.Generator().manual_seed(seed * 1000 + v))
-                      for v in range(views)])
+    return torch.cat([view(x, seed, v, pad, flip, fill) for v in range(views)])
 
 
 @torch.no_grad()
@@ -110,7 +114,7 @@ def compute_soft_targets(members: Sequence[nn.Module], x: torch.Tensor, fill: to
     rows = []
     t0 = time.time()
     for v in range(views):
-        xv = augment(x, cfg.crop_pad, cfg.flip, fill, torch.Generator().manual_seed(cfg.seed * 1000 + v))
+        xv = view(x, cfg.seed, v, cfg.crop_pad, cfg.flip, fill)
         per_member = []
         for m in members:
             m.eval().to(device, memory_format=torch.channels_last)
