@@ -12,10 +12,12 @@ def main() -> str:
     args, params = stage.setup("Check a target's budgets.", [
         ("--target", "target profile YAML"), ("--artifacts", "artifact directory from the export stage"),
         ("--out-json", "result JSON"), ("--out-md", "readable report"),
-        ("--teacher", "teacher checkpoint (reference for budgets.max_drop)")])
+        ("--teacher", "teacher checkpoint (reference for budgets.max_drop)")],
+        optional=[("--testset", "raw test split .npz (default: ARTIFACTS/testset.npz)")])
     cfg = read(params, "check", CheckConfig)
     # Records only: the report stage fails the pipeline after the summary says which target missed.
-    result = check_and_report(args.target, args.artifacts, f"{args.artifacts}/testset.npz", args.out_json,
+    testset = args.testset or f"{args.artifacts}/testset.npz"
+    result = check_and_report(args.target, args.artifacts, testset, args.out_json,
                      args.out_md, cfg.strict, teacher=args.teacher, gate=False)
     p50 = (result.get("latency_ms") or {}).get("p50")
     return f"{result['status']} (p50 {p50:.4f} ms, accuracy {result.get('accuracy')})"

@@ -2,6 +2,7 @@
 
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+from edgecompress.compression.ladder import write_ladder
 from edgecompress.compression.prune import PruneConfig, finetune_plan, prune_and_finetune
 from edgecompress.config import read
 from edgecompress.errors import friendly_main
@@ -17,26 +18,27 @@ def main() -> str | None:
         ("--student", "student checkpoint"), ("--teacher", "teacher checkpoint"),
         ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")],
         optional=[("--members", "directory of ensemble member checkpoints (prune.source: ensemble)"),
-                  ("--live", "directory of dvclive training curves"),
-                  ("--soft-targets", "the teachers' stored logits (distill stage)")])
+                  ("--live", "directory of dvclive training curves"), ("--soft-targets", "the teachers' stored logits"),
+                  ("--ladder", "one checkpoint per pruning level (pruned-30.pt, pruned-50.pt, ...)")])
     cfg = read(params, "prune", PruneConfig)
-    student, smeta = load_checkpoint(args.student)
-    teacher, _ = load_checkpoint(args.teacher)
+    (student, smeta), (teacher, _) = load_checkpoint(args.student), load_checkpoint(args.teacher)
     source, multihead = finetune_plan(cfg, student, smeta, args.student)
-    members = []
-    if source == "ensemble":
-        indices = read(params, "train_teacher", TeacherConfig).members
-        members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values())
-    ds = stage.data(params)
+    indices = read(params, "train_teacher", TeacherConfig).members if source == "ensemble" else []
+    members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values()) if indices else []
+    ds, levels = stage.data(params), []  # type: ignore[var-annotated]
     targets = load_soft_targets(args.soft_targets) if args.soft_targets else None
-    model, report = prune_and_finetune(student, teacher, ds, cfg, members, multihead, targets)
+    keep = (lambda *level: levels.append(level)) if args.ladder else None  # copies only if written
+    model, report = prune_and_finetune(student, teacher, ds, cfg, members, multihead, targets, on_level=keep)
     if not stage.main_process():  # under torchrun rank 0 alone writes
         return None
-    save_checkpoint(args.out, model, arch_of(model), stage.meta(ds, params, "prune", args.student, report["after"]))
+    meta = lambda metrics: stage.meta(ds, params, "prune", args.student, metrics)  # noqa: E731
+    save_checkpoint(args.out, model, arch_of(model), meta(report["after"]))
+    if args.ladder:
+        write_ladder(args.ladder, levels, meta)
     write_json(args.metrics, report)
-    stage.log_curves(args.live, {f"step-{s['step']}": s["history"] for s in report["steps"]})
-    return (f"test accuracy {report['after']['test']['accuracy']:.4f}, params x{report['params_ratio']:.2f}, "
-            f"MACs x{report['macs_ratio']:.2f}")
+    stage.log_curves(args.live, {f"step-{s['step']}": s["history"] for s in report["steps"]}
+                     | {v["name"]: v["history"] for v in report["ladder"]})
+    return ", ".join(f"{v.get('name', 'pruned')} {v['test']['accuracy']:.4f}" for v in [report["after"], *report["ladder"]])
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_missing_artifact_and_ssh_key(artifacts: Any, tmp_path: Path) -> None:
     d, testset, _ = artifacts
     int8 = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
                          runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(size_mb=1.0))
-    with pytest.raises(EdgeCompressError, match=r"int8\.onnx not found; run the export stage \(dvc repro export\)"):
+    with pytest.raises(EdgeCompressError, match=r"int8\.onnx not found; run the stage that writes .* \(dvc repro build@.*, or export\)"):
         check_target(int8, d, testset)
     # A missing key file is reported before any connection is tried (test_ssh.py covers real SSH).
     with pytest.raises(EdgeCompressError, match=r"device ssh://pi@raspberrypi\.local: key file .*nokey does not exist"):

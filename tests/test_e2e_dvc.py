@@ -22,14 +22,24 @@ TINY_HOST = """\
 name: tiny-host
 description: this machine, budgets loose enough for a one-epoch model
 hardware: {arch: any}
-artifact: {format: onnx, precision: int8}
-runtime: {engine: onnxruntime, threads: 1, providers: [CPUExecutionProvider]}
+build: {models: all, precisions: [int8, fp32], engines: [onnxruntime]}
+runtime: {threads: 1, providers: [CPUExecutionProvider]}
 device: local
 bench: {warmup: 2, runs: 20, batch: 1, max_seconds: 10}
 budgets:
   latency_ms: {p50: 1000.0}
-  size_mb: 10
   min_accuracy: 0.0
+"""
+# A small ARM device (a proxy here): 300 KB leaves the teacher and the ensemble out.
+TINY_SMALL = """\
+name: tiny-small
+hardware: {arch: aarch64}
+build: {models: all, precisions: [int8], engines: [litert]}
+runtime: {threads: 1}
+bench: {warmup: 2, runs: 20, batch: 1, max_seconds: 10}
+budgets:
+  latency_ms: {p50: 1000.0}
+  size_mb: 0.3
 """
 
 
@@ -65,6 +75,7 @@ def _tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "models" / "members").mkdir(parents=True)  # in git as models/members/.gitkeep
     (work / "targets" / "tiny-host.yaml").write_text(TINY_HOST)
+    (work / "targets" / "tiny-small.yaml").write_text(TINY_SMALL)
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     if FMNIST.exists():
@@ -77,7 +88,8 @@ def _tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
     for stage in ("train_teacher", "distill"):
         params[stage]["train"]["epochs"] = 1
     params["distill"]["baseline"] = False
-    params["prune"].update(steps=1)
+    params["prune"].update(steps=1, ladder=[0.5])
+    params["export"]["formats"] = ["fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"]
     params["prune"]["finetune"]["epochs"] = 1
     params["calibrate"]["samples"] = 32
     return work, params
@@ -111,7 +123,7 @@ def test_dvc_repro_multihead_student(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_dvc_repro_tiny(tmp_path: Path) -> None:
     work, params = _tiny_repo(tmp_path)
-    params["check"]["targets"] = ["tiny-host", "mobile-cpu"]
+    params["check"]["targets"] = ["tiny-host", "tiny-small"]
     params["train_teacher"].update(ensemble_size=3, members=[1, 2])
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
@@ -125,9 +137,20 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     host = json.loads((work / "metrics/check/tiny-host.json").read_text())
     assert host["status"] == "pass"
     assert host["latency_ms"]["p50"] > 0
-    mobile = json.loads((work / "metrics/check/mobile-cpu.json").read_text())
+    small = json.loads((work / "metrics/check/tiny-small.json").read_text())
     if os.uname().machine != "aarch64":
-        assert mobile["status"].startswith("proxy")
+        assert small["status"].startswith("proxy")
+    # Two targets, two choices: their budgets and engines decide, from one pool of every model and level.
+    index = json.loads((work / "models/candidates/index.json").read_text())
+    assert {c["model"] for c in index["candidates"]} == {"teacher", "ensemble", "student", "pruned-30", "pruned-50"}
+    built = {t: json.loads((work / f"models/targets/{t}/build.json").read_text()) for t in ("tiny-host", "tiny-small")}
+    assert built["tiny-host"]["chosen"]["engine"] == "onnxruntime" and built["tiny-small"]["chosen"]["engine"] == "litert"
+    assert built["tiny-small"]["chosen"]["size_bytes"] <= 0.3 * 2**20
+    assert host["artifact"]["candidate"] == built["tiny-host"]["chosen"]["name"]
+    why = {c["name"]: c["why"] for c in built["tiny-small"]["candidates"]}
+    assert any(w.startswith("size ") for w in why["teacher/int8.tflite"])
+    assert "Why nothing more accurate ships" in (work / "reports/build/tiny-small.md").read_text() or \
+        built["tiny-small"]["chosen"]["val_accuracy"] >= max(c["accuracy"] for c in index["candidates"])
     assert (work / "reports/check/tiny-host.md").read_text().strip()
     rows = [r for r in json.loads((work / "reports/reliability_artifacts.json").read_text())
             if r["artifact"] == "int8.tflite"]
@@ -150,19 +173,22 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     again = _dvc(work, "repro")
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
 
-    # Tighten one target's latency budget: the (cheap) validation, that target's check and the report
-    # re-run, nothing else; the report fails the run after its summary lists the target as failed.
-    text = (work / "targets/tiny-host.yaml").read_text().replace("p50: 1000.0", "p50: 0.000001")
-    (work / "targets/tiny-host.yaml").write_text(text)
+    # Change one target's budget: the (cheap) validation, that target's build and check and the report
+    # re-run, nothing else, and the build re-chooses from cached measurements (no device run).
+    text = (work / "targets/tiny-host.yaml").read_text()
+    (work / "targets/tiny-host.yaml").write_text(text.replace("p50: 1000.0", "p50: 999.0"))
+    moved = _dvc(work, "repro")
+    assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+    ran = [line for line in moved.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'validate':", "Running stage 'build@tiny-host':", "Running stage 'check@tiny-host':",
+                   "Running stage 'report':"], moved.stdout
+    assert "(0 measured, " in moved.stderr + moved.stdout, moved.stderr[-2000:]
+    # A budget nothing meets, on matching hardware: the build fails and names the nearest candidates.
+    (work / "targets/tiny-host.yaml").write_text(text.replace("p50: 1000.0", "p50: 0.000001"))
     tight = _dvc(work, "repro")
     assert tight.returncode != 0
-    ran = [line for line in tight.stdout.splitlines() if line.startswith("Running stage")]
-    assert ran == ["Running stage 'validate':", "Running stage 'check@tiny-host':", "Running stage 'report':"], \
-        tight.stdout
-    assert "target tiny-host missed budget(s): p50" in tight.stderr + tight.stdout
-    assert "| tiny-host |" in (work / "reports/summary.md").read_text()
-    assert "fail" in [line for line in (work / "reports/summary.md").read_text().splitlines()
-                      if line.startswith("| tiny-host |")][0]
+    assert "target tiny-host: no candidate meets every budget" in tight.stderr + tight.stdout
+    assert "latency p50" in (work / "reports/build/tiny-host.md").read_text()
 
     shown = _dvc(work, "metrics", "show")
     assert shown.returncode == 0 and "metrics/export.json" in shown.stdout

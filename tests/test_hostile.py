@@ -4,6 +4,7 @@ named, nothing is written outside the repository, and written files get the usua
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import stat
@@ -51,7 +52,8 @@ BAD_PARAMS = [
     (lambda p: p["check"].update(targets=["host", "/etc/passwd"]), r"\['/etc/passwd'\] are not target names"),
     (lambda p: p["check"].update(strict="yes"), r"check\.strict='yes': must be true or false"),
     (lambda p: p["export"].update(formats=["fp32.onnx"]),
-     r"mobile-cpu\.yaml runs int8\.tflite, which the export stage does not write .*add int8\.tflite to export\.formats"),
+     r"mobile-cpu\.yaml: its build may use int8\.tflite, fp16\.tflite, fp32\.tflite, none of which the candidates "
+     r"stage writes .*add one of them to export\.formats"),
     (lambda p: p["distill"].update(heads=2), r"distill\.heads=2 but the ensemble has 3 members"),
     (lambda p: p["train_teacher"].update(ensemble_size=1, members=[]),
      r"distill\.source: ensemble needs train_teacher\.ensemble_size >= 2"),
@@ -141,9 +143,22 @@ def test_check_names_missing_artifacts_before_the_teacher(tmp_path: Path) -> Non
     """The host profile has max_drop: a missing export must be reported, not the teacher's absence."""
     from edgecompress.deploy.check import run_target_check
 
-    with pytest.raises(EdgeCompressError, match=r"target host: artifact .*int8\.onnx not found; run the export stage"):
+    with pytest.raises(EdgeCompressError, match=r"host\.yaml has a build section: check what its build chose "
+                                                r"\(models/targets/host, dvc repro build@host\)"):
         run_target_check(REPO / "targets/host.yaml", tmp_path / "export", tmp_path / "export/testset.npz",
                          False, teacher=tmp_path / "missing-teacher.pt")
+    # A build record whose artifact is gone: named, with the stage that writes it.
+    _build_record(tmp_path / "built")
+    with pytest.raises(EdgeCompressError, match=r"target host: artifact .*int8\.onnx not found; run the stage that "
+                                                r"writes .* \(dvc repro build@host"):
+        run_target_check(REPO / "targets/host.yaml", tmp_path / "built", tmp_path / "built/testset.npz",
+                         False, teacher=tmp_path / "missing-teacher.pt")
+
+
+def _build_record(d: Path, target: str = "host") -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "build.json").write_text(json.dumps({"target": target, "status": "built",
+                                              "chosen": {"name": "student/int8.onnx", "file": "int8.onnx"}}))
 
 
 def test_check_names_a_corrupt_testset(tmp_path: Path) -> None:
@@ -153,6 +168,7 @@ def test_check_names_a_corrupt_testset(tmp_path: Path) -> None:
     d.mkdir()
     (d / "int8.onnx").write_bytes(b"x")
     (d / "int8.onnx.json").write_text("{}")
+    _build_record(d)
     _truncated_npz(d / "testset.npz")
     with pytest.raises(EdgeCompressError, match=r"test set .*testset\.npz is unreadable or corrupt"):
         run_target_check(REPO / "targets/host.yaml", d, d / "testset.npz", False, teacher=tmp_path / "t.pt")

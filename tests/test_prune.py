@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from edgecompress.checkpoint import load_checkpoint
+from edgecompress.config import from_dict
+from edgecompress.data import Dataset, Split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher, arch_of, build_model, count_macs, count_params
 from edgecompress.compression.importance import APoZImportance
-from edgecompress.compression.prune import (PruneConfig, cumulative_ratios, prune_magnitude, prune_step, sparsity,
-                                            step_ratios)
+from edgecompress.compression.prune import (PruneConfig, cumulative_ratios, ladder_ratios, prune_and_finetune,
+                                            prune_magnitude, prune_step, sparsity, step_ratios)
+from edgecompress.training.loop import TrainConfig
 from edgecompress.compression.sparse import encoded_size, sparse_size
 
 from conftest import make_blobs
@@ -196,3 +208,122 @@ def test_prune_config_errors(kw: dict, match: str) -> None:
 def test_protect_always_includes_the_classifier() -> None:
     assert PruneConfig(protect=["first"]).protect == ("first", "last")
     assert PruneConfig(protect=[]).protect == ("last",)
+
+
+# ---------------------------------------------------------------- the pruning ladder
+
+REPO = Path(__file__).resolve().parents[1]
+ONE_EPOCH = TrainConfig(epochs=1, batch_size=32, lr=0.05, crop_pad=0, flip=False)
+LADDER = PruneConfig(ratio=0.3, steps=1, round_to=2, latency_runs=0, source="teacher", finetune=ONE_EPOCH,
+                     ladder=(0.5, 0.7))
+
+
+def kd_teacher() -> MobileNetStudent:
+    """Any classifier can teach (the fine-tune needs its logits); a small MobileNet is quick and checkpointable."""
+    torch.manual_seed(1)
+    return MobileNetStudent(1, 4, [8, 16], [2]).eval()
+
+
+def blob_arrays(n: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    """make_blobs' quadrant problem as uint8 images and int64 labels."""
+    x, y = make_blobs(n)
+    return ((x.clamp(-1, 3) + 1) / 4 * 255).round().to(torch.uint8).numpy(), y.numpy().astype(np.int64)
+
+
+def blob_dataset() -> Dataset:
+    x, y = blob_arrays()
+    return Dataset(Split(x[:128], y[:128]), Split(x[128:160], y[128:160]), Split(x[160:], y[160:]),
+                   ["a", "b", "c", "d"], (0.3,), (0.3,))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"ladder": (0.5, 0.5)}, r"invalid value ladder=\[0.5, 0.5\]: prune.ladder level 0.5 is not above the previous "
+                             r"level 0.5; allowed: .*strictly increasing, each > ratio \(0.3\) and < 1"),
+    ({"ladder": (0.6, 0.5)}, r"prune.ladder level 0.5 is not above the previous level 0.6"),
+    ({"ladder": (0.2,)}, r"invalid value ladder=\[0.2\]: prune.ladder level 0.2 is not above ratio 0.3"),
+    ({"ladder": (0.3,)}, r"prune.ladder level 0.3 is not above ratio 0.3"),
+    ({"ladder": (0.5, 1.0)}, r"prune.ladder level 1.0 removes everything; allowed: .* < 1"),
+    ({"ladder": (0.302,)}, r"prune.ladder level 0.302 has the same name \(pruned-30\) as ratio 0.3"),
+    ({"ladder": ("half",)}, r"invalid value ladder=\['half'\]: prune.ladder must be numbers"),
+    ({"ladder": (0.5,), "method": "none"}, r"prune.ladder prunes further, but method='none' prunes nothing; "
+                                           r"allowed: method channel or magnitude, or ladder: \[\]"),
+])
+def test_prune_ladder_config_errors(kw: dict, match: str) -> None:
+    with pytest.raises(EdgeCompressError, match=match):
+        PruneConfig(**{"ratio": 0.3, **kw})
+
+
+def test_prune_ladder_from_params_and_its_step_ratios() -> None:
+    cfg = from_dict(PruneConfig, {"ratio": 0.3, "ladder": [0.5, 0.65]}, "params.yaml:prune")
+    assert cfg.ladder == (0.5, 0.65) and PruneConfig().ladder == ()
+    with pytest.raises(EdgeCompressError, match=r"params.yaml:prune: invalid value ladder=\[0.65, 0.5\]"):
+        from_dict(PruneConfig, {"ratio": 0.3, "ladder": [0.65, 0.5]}, "params.yaml:prune")
+    # Structured: fractions of the current channels, compounding from ratio to each level.
+    assert ladder_ratios(cfg) == pytest.approx([1 - 0.5 / 0.7, 1 - 0.35 / 0.5])
+    assert ladder_ratios(dataclasses.replace(cfg, method="magnitude")) == pytest.approx([0.5, 0.65])
+
+
+def test_ladder_levels_shrink_and_leave_the_ratio_model_as_without_a_ladder() -> None:
+    ds, levels = blob_dataset(), []
+    model, report = prune_and_finetune(student(), kd_teacher(), ds, LADDER,
+                                       on_level=lambda name, m, rep: levels.append((name, m, rep)))
+    alone, alone_report = prune_and_finetune(student(), kd_teacher(), ds, dataclasses.replace(LADDER, ladder=()))
+    assert [name for name, _, _ in levels] == ["pruned-30", "pruned-50", "pruned-70"]
+    widths = [arch_of(m)["channels"] for _, m, _ in levels]
+    for wider, narrower in zip(widths, widths[1:]):
+        assert all(b <= a for a, b in zip(wider, narrower)) and sum(narrower) < sum(wider)
+    for _, m, _ in levels:
+        assert_student_consistent(m)
+    # The ladder pruned copies: the returned model is the ratio level, as a run without a ladder gives it.
+    assert all(m is not model for _, m, _ in levels) and arch_of(model) == arch_of(alone) == arch_of(levels[0][1])
+    for k, v in alone.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v) and torch.equal(levels[0][1].state_dict()[k], v), k
+    assert report["after"] == alone_report["after"] and alone_report["ladder"] == []
+    assert [e["name"] for e in report["ladder"]] == ["pruned-50", "pruned-70"]
+    for entry, (_, m, rep) in zip(report["ladder"], levels[1:]):
+        assert rep is entry and entry["params"] == count_params(m) and entry["macs"] == count_macs(m, SHAPE)
+        assert {"target_removed", "step_ratio", "val_accuracy", "val_accuracy_before_finetune", "test",
+                "latency_p50_ms", "history"} <= set(entry) and len(entry["history"]) == 1
+    assert [e["target_removed"] for e in report["ladder"]] == [0.5, 0.7]
+    assert levels[0][2]["name"] == "pruned-30" and levels[0][2]["test"] == report["after"]["test"]
+
+
+@pytest.mark.parametrize("ladder", [[0.5, 0.7], []])
+def test_prune_stage_writes_every_ladder_level(tmp_path: Path, ladder: list) -> None:
+    from edgecompress.checkpoint import save_checkpoint
+
+    x, y = blob_arrays()
+    np.savez(tmp_path / "blobs.npz", x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:])
+    prune = {**{k: v for k, v in dataclasses.asdict(LADDER).items() if k not in ("finetune", "protect")},
+             "finetune": dataclasses.asdict(ONE_EPOCH), "ladder": ladder}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"data": {"format": "npz", "path": str(tmp_path / "blobs.npz"), "val_fraction": 0.2}, "prune": prune}))
+    for name, m in (("student", student()), ("teacher", kd_teacher())):
+        save_checkpoint(tmp_path / f"{name}.pt", m, arch_of(m), {})
+    out = tmp_path / "models" / "ladder"
+    out.mkdir(parents=True)
+    (out / "pruned-90.pt").write_text("from an older ladder")  # the directory is replaced, not added to
+    proc = subprocess.run([sys.executable, str(REPO / "stages/prune.py"), "--params", str(tmp_path / "params.yaml"),
+                           "--student", str(tmp_path / "student.pt"), "--teacher", str(tmp_path / "teacher.pt"),
+                           "--out", str(tmp_path / "pruned.pt"), "--metrics", str(tmp_path / "m.json"),
+                           "--ladder", str(out), "--live", str(tmp_path / "live")],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    names = ["pruned-30"] + [f"pruned-{round(100 * r)}" for r in ladder]
+    assert sorted(p.name for p in out.glob("*.pt")) == sorted(f"{n}.pt" for n in names)
+    assert not [p for p in tmp_path.joinpath("models").iterdir() if p.name.startswith(".")]  # no scratch left
+    pruned, _ = load_checkpoint(tmp_path / "pruned.pt")
+    widths = []
+    for n in names:
+        m, meta = load_checkpoint(out / f"{n}.pt")
+        assert meta["stage"] == "prune" and meta["metrics"]["name"] == n and "history" not in meta["metrics"]
+        assert meta["params"]["prune"]["ladder"] == ladder
+        widths.append(sum(arch_of(m)["channels"]))
+    first, _ = load_checkpoint(out / "pruned-30.pt")
+    for k, v in pruned.state_dict().items():  # the ratio level is pruned.pt
+        assert torch.equal(first.state_dict()[k], v), k
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)
+    assert all(name in proc.stderr for name in names[1:])  # the summary line names each ladder level
+    assert [e["name"] for e in json.loads((tmp_path / "m.json").read_text())["ladder"]] == names[1:]
+    curves = sorted(p.name for p in (tmp_path / "live/plots/metrics").iterdir())
+    assert curves == sorted(["step-1", *names[1:]])  # the ladder's fine-tune curves beside the steps'

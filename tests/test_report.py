@@ -90,7 +90,10 @@ def test_models_table_without_baseline_or_ensemble() -> None:
 
 
 def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
-    check = {"target": "host", "artifact": {"precision": "int8", "format": "onnx", "size_bytes": 62233},
+    check = {"target": "host", "artifact": {"precision": "int8", "format": "onnx", "size_bytes": 62233,
+                                            "candidate": "student/int8.onnx"}, "ece": 0.021,
+             "budgets": [{"name": "latency_p50", "unit": "ms", "margin": -0.45, "ok": True},
+                         {"name": "accuracy", "unit": "", "margin": -0.0016, "ok": False}],
              "device": "local", "latency_ms": {"p50": 0.05, "p90": 0.06, "p99": 0.1}, "accuracy": 0.9116,
              "accuracy_samples": 360, "status": "pass"}
     lo, hi = accuracy_interval(0.9111, 360)
@@ -102,8 +105,10 @@ def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
     assert md.index("## Models") < md.index("## Targets") < md.index("## All artifacts")
     lines = md.splitlines()
     host = _cells(next(ln for ln in lines if ln.startswith("| host ")))
-    assert host[6:9] == ["91.16%", "{:.2f}–{:.2f}%".format(*(100 * v for v in accuracy_interval(0.9116, 360))),
+    assert host[5:8] == ["91.16%", "{:.2f}–{:.2f}%".format(*(100 * v for v in accuracy_interval(0.9116, 360))),
                          "360"]
+    assert host[1] == "`student/int8.onnx`" and host[8] == "0.0210"
+    assert host[10] == "p50 -0.45 ms, accuracy -0.0016 **missed**"
     art = _cells(next(ln for ln in lines if ln.startswith("| int8.tflite ")))
     assert art[3:6] == ["91.11%", f"{100 * lo:.2f}–{100 * hi:.2f}%", "360"]
     # Without the models' metrics (an older caller) the summary still renders, without that table.

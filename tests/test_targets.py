@@ -11,7 +11,7 @@ from edgecompress.deploy.targets import (ArtifactSpec, Budgets, Hardware, Runtim
                                   load_targets)
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
-SHIPPED = ("mobile-cpu", "raspberry-pi", "gpu-server", "host")
+SHIPPED = ("mobile-cpu", "raspberry-pi", "iot-camera", "gpu-server", "host")
 
 GOOD = """\
 name: t
@@ -28,12 +28,15 @@ def test_shipped_profiles_load() -> None:
     profiles = load_targets([TARGETS / f"{n}.yaml" for n in SHIPPED])
     by_name = {p.name: p for p in profiles}
     assert set(by_name) == set(SHIPPED)
-    assert by_name["mobile-cpu"].artifact.filename == "int8.tflite"
+    # Every shipped profile searches; budgets, not a pinned artifact, decide what it ships.
+    assert all(p.artifact is None and p.build is not None for p in profiles)
+    assert by_name["mobile-cpu"].build.engines == ("litert",)  # type: ignore[union-attr]
+    assert by_name["iot-camera"].budgets.size_mb == 0.0625 and by_name["iot-camera"].build.precisions == ("int8",)  # type: ignore[union-attr]
     assert by_name["mobile-cpu"].runtime.threads == 4 and by_name["mobile-cpu"].runtime.xnnpack
     assert by_name["raspberry-pi"].hardware.cores == 4
     assert by_name["gpu-server"].runtime.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert by_name["gpu-server"].hardware.gpu == "NVIDIA"
-    assert by_name["host"].hardware.arch == "any" and by_name["host"].artifact.filename == "int8.onnx"
+    assert by_name["host"].hardware.arch == "any" and by_name["host"].build.engines == ("onnxruntime",)  # type: ignore[union-attr]
     for p in profiles:
         assert p.is_local
         assert p.budgets.min_accuracy is not None and 0.85 <= p.budgets.min_accuracy <= 0.9

@@ -17,11 +17,36 @@ def _check(ns: argparse.Namespace) -> None:
     name = Path(ns.target).stem
     out_json = ns.out_json or f"reports/manual/{name}.json"
     out_md = ns.out_md or f"reports/manual/{name}.md"
-    testset = ns.testset or str(Path(ns.artifacts) / "testset.npz")
-    # Only the options given override the profile's device (a bare --device keeps its key/timeout).
+    built = Path("models/targets") / name
+    artifacts = ns.artifacts or (str(built) if (built / "build.json").is_file() else "models/export")
+    default_testset = "models/candidates/testset.npz" if (Path(artifacts) / "build.json").is_file() else \
+        str(Path(artifacts) / "testset.npz")
+    check_and_report(ns.target, artifacts, ns.testset or default_testset, out_json, out_md, ns.strict,
+                     _device(ns), teacher=ns.teacher)
+
+
+def _device(ns: argparse.Namespace) -> dict[str, str] | None:
+    """Only the options given override the profile's device (a bare --device keeps its key/timeout)."""
     device = {k: v for k, v in (("url", ns.device), ("key_file", ns.key_file), ("python", ns.remote_python))
               if v is not None}
-    check_and_report(ns.target, ns.artifacts, testset, out_json, out_md, ns.strict, device or None, teacher=ns.teacher)
+    return device or None
+
+
+def _build(ns: argparse.Namespace) -> None:
+    from edgecompress.deploy.build import MeasurementCache, build_target
+    from edgecompress.deploy.build_report import render_markdown
+    from edgecompress.deploy.targets import load_target
+    from edgecompress.fileio import write_text
+
+    profile = load_target(ns.target)
+    out = ns.out or f"models/targets/{profile.name}"
+    record = build_target(profile, ns.candidates, out, MeasurementCache(ns.cache), _device(ns),
+                          ns.strict, ns.exhaustive)
+    md = render_markdown(record)
+    write_text(ns.out_md or f"reports/manual/build-{profile.name}.md", md)
+    print(md)
+    if record.get("error"):
+        raise EdgeCompressError(record["error"])
 
 
 def _targets(ns: argparse.Namespace) -> None:
@@ -33,8 +58,13 @@ def _targets(ns: argparse.Namespace) -> None:
                                 f"root (where dvc.yaml is) or name the profile files")
     for path in paths:
         t = load_target(path)
-        print(f"{path}: ok ({t.name}: {t.artifact.format} {t.artifact.precision} on {t.runtime.engine}, "
-              f"device {t.device.url})")
+        if t.build is None:
+            what = f"pinned {t.artifact.format} {t.artifact.precision} on {t.runtime.engine}"  # type: ignore[union-attr]
+        else:
+            models = t.build.models if t.build.models == "all" else ", ".join(t.build.models)
+            what = (f"builds from {models} models, {'/'.join(t.build.precisions)} on "
+                    f"{'/'.join(t.build.engines)}")
+        print(f"{path}: ok ({t.name}: {what}, device {t.device.url})")
 
 
 def _validate(ns: argparse.Namespace) -> None:
@@ -64,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="check one target profile's budgets (same code as the DVC stage)")
     c.add_argument("--target", required=True, help="target profile YAML, e.g. targets/raspberry-pi.yaml")
-    c.add_argument("--artifacts", default="models/export", help="artifact directory (default models/export)")
-    c.add_argument("--testset", help="test .npz (default <artifacts>/testset.npz)")
+    c.add_argument("--artifacts", help="artifact directory (default: models/targets/<name> when built there, "
+                                       "else models/export)")
+    c.add_argument("--testset", help="test .npz (default: models/candidates/testset.npz for a build, "
+                                     "else <artifacts>/testset.npz)")
     c.add_argument("--out-json")
     c.add_argument("--out-md")
     c.add_argument("--strict", action="store_true", help="fail on a missed budget even on proxy hardware")
@@ -75,6 +107,18 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--key-file", help="ssh private key for the device (default: the profile's, else ssh's own)")
     c.add_argument("--remote-python", help="python interpreter on the device (default: the profile's, else python3)")
     c.set_defaults(fn=_check)
+    b = sub.add_parser("build", help="build one target by hand: measure the candidate pool on its device, choose")
+    b.add_argument("--target", required=True, help="target profile YAML, e.g. targets/raspberry-pi.yaml")
+    b.add_argument("--candidates", default="models/candidates", help="candidate pool (default models/candidates)")
+    b.add_argument("--out", help="directory for the chosen artifact (default models/targets/<name>)")
+    b.add_argument("--out-md", help="build report (default reports/manual/build-<name>.md)")
+    b.add_argument("--cache", help="measurement cache (default .cache/measurements or $EDGECOMPRESS_CACHE)")
+    b.add_argument("--exhaustive", action="store_true", help="measure every allowed candidate, not only those that can win")
+    b.add_argument("--strict", action="store_true", help="fail when nothing fits even on proxy hardware")
+    b.add_argument("--device", help="measure on this device instead of the profile's: local or ssh://user@host[:port]")
+    b.add_argument("--key-file", help="ssh private key for the device")
+    b.add_argument("--remote-python", help="python interpreter on the device (default python3)")
+    b.set_defaults(fn=_build)
     t = sub.add_parser("targets", help="validate target profiles (default: targets/*.yaml)")
     t.add_argument("paths", nargs="*")
     t.set_defaults(fn=_targets)

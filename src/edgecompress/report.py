@@ -181,6 +181,20 @@ def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = N
                     "not an effect."]
 
 
+def _margins(rows: list[dict[str, Any]]) -> str:
+    """Each budget's margin in its unit, e.g. 'p50 -0.21 ms, size -0.06 MB, accuracy +0.031'."""
+    short = {"accuracy_drop": "drop", "peak_memory": "memory"}
+    out = []
+    for r in rows:
+        name = short.get(r["name"], r["name"].removeprefix("latency_"))
+        if r.get("margin") is None:
+            out.append(f"{name} n/a")
+        else:
+            out.append(f"{name} {r['margin']:+.3g}{(' ' + r['unit']) if r['unit'] else ''}"
+                       + ("" if r["ok"] else " **missed**"))
+    return ", ".join(out)
+
+
 def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]], fingerprint: dict[str, Any],
                      uncertainty: dict[str, Any] | None = None, distill: dict[str, Any] | None = None) -> str:
     """One table per concern: models (accuracy with 95% intervals, KD gain), targets (pass/fail/proxy)
@@ -188,19 +202,23 @@ def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]],
     lines = ["# edgecompress report", ""]
     if uncertainty:
         lines += ["## Models (PyTorch, test set)", "", *models_table(uncertainty, distill), ""]
-    lines += ["## Targets", "",
-              "| target | artifact | device | p50 ms | p90 ms | p99 ms | accuracy | 95% CI | test images | "
-              "size KiB | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Targets (what each build chose, checked on the test set on the device)", "",
+              "| target | shipped | device | p50 ms | p90 ms | accuracy | 95% CI | test images | ECE | "
+              "size KiB | margin to each budget | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in checks:
         lat = r.get("latency_ms") or {}
         art = r.get("artifact") or {}
         acc = " | ".join(_accuracy_cells(r.get("accuracy"), r.get("accuracy_samples")))
-        lines.append(f"| {r['target']} | {art.get('precision')} {art.get('format')} | {r.get('device')} | "
-                     f"{lat.get('p50', float('nan')):.4f} | {lat.get('p90', float('nan')):.4f} | "
-                     f"{lat.get('p99', float('nan')):.4f} | {acc} | "
-                     f"{(art.get('size_bytes') or 0) / 1024:.1f} | {r['status']} |")
-    lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report).",
+        shipped = art.get("candidate") or f"{art.get('precision')}.{art.get('format')}"
+        ece = r.get("ece")
+        lines.append(f"| {r['target']} | `{shipped}` | {r.get('device')} | "
+                     f"{lat.get('p50', float('nan')):.4f} | {lat.get('p90', float('nan')):.4f} | {acc} | "
+                     f"{'n/a' if ece is None else f'{ece:.4f}'} | {(art.get('size_bytes') or 0) / 1024:.1f} | "
+                     f"{_margins(r.get('budgets') or [])} | {r['status']} |")
+    lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report). "
+              "Margins: measured minus budget (negative is inside a ceiling, positive above a floor); why each target "
+              "shipped what it did: reports/build/<target>.md.",
               "", "## All artifacts on this machine (batch 1, 1 thread)", "",
               "| artifact | p50 ms | p90 ms | accuracy | 95% CI | test images | ECE | NLL | size KiB | runtime |",
               "|---|---|---|---|---|---|---|---|---|---|"]

@@ -8,6 +8,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from edgecompress.artifacts import ENGINE_FOR_FORMAT
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import ExportConfig
 from edgecompress.compression.prune import PruneConfig
@@ -47,7 +48,15 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
                                 f"set prune.source: auto or teacher")
     for name in check.targets:
         profile = load_target(Path(targets_dir) / f"{name}.yaml")
-        if profile.artifact.filename not in export.artifacts:
+        if profile.artifact is None:
+            offered = [f"{p}.{f}" for p in profile.search.precisions for f in ("onnx", "tflite")
+                       if ENGINE_FOR_FORMAT[f] in profile.search.engines]
+            if not set(offered) & set(export.artifacts):
+                raise EdgeCompressError(f"{profile.where}: its build may use {', '.join(offered)}, none of which "
+                                        f"the candidates stage writes (export.formats in {path}: "
+                                        f"{list(export.formats)}); add one of them to export.formats or widen the "
+                                        f"profile's build.precisions / build.engines")
+        elif profile.artifact.filename not in export.artifacts:
             raise EdgeCompressError(
                 f"{profile.where} runs {profile.artifact.filename}, which the export stage does not write "
                 f"(export.formats in {path}: {list(export.formats)}); add {profile.artifact.filename} to "

@@ -12,7 +12,6 @@ evaluated on the test set with its own runtime against the PyTorch model it came
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from edgecompress.compression.onnx import (export_onnx, export_onnx_dynamic, exp
 from edgecompress.compression.qat import QATConfig
 from edgecompress.compression.tflite import export_tflite, export_tflite_fp16, tflite_interpreter, tflite_observer
 from edgecompress.data import Dataset, save_npz_split
+from edgecompress.dirs import replace_dir
 from edgecompress.fileio import atomic_path, read_npz, write_json
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import classification_metrics, softmax, uncertainty_decomposition
@@ -337,16 +337,5 @@ def export_directory(model: nn.Module, meta: dict[str, Any], parent: str, ds: Da
 
 
 def swap_in(src: Path, out: Path) -> None:
-    """Replace directory ``out`` by the complete directory ``src``.
-
-    A rename when both are on one filesystem; otherwise a copy beside ``out`` first (the only moment
-    a killed process can leave ``.<out>.tmp`` behind, and the next export removes it).
-    """
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.rename(src, tmp)
-    except OSError:  # another filesystem (EXDEV)
-        shutil.copytree(src, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    """Replace directory ``out`` by the complete directory ``src`` (see ``fileio.replace_dir``)."""
+    replace_dir(src, out)

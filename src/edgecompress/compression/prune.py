@@ -11,6 +11,7 @@ no smaller; only a sparse encoding (counted by ``edgecompress.compression.sparse
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class PruneConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     finetune: TrainConfig = field(default_factory=TrainConfig)  # epochs are spent at every step
+    # Pruning ladder: after ``ratio`` (the level the stage's main output keeps), one more prune step +
+    # KD fine-tune to each of these cumulative removed fractions; every level is a build candidate.
+    ladder: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         method, criterion = self.method, self.criterion
@@ -90,6 +94,27 @@ class PruneConfig:
         for name, ok, allowed in checks:
             if not ok:
                 raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: {allowed}")
+        self._check_ladder()
+
+    def _check_ladder(self) -> None:
+        """``ladder`` as a tuple of floats: strictly increasing, above ``ratio``, below 1, distinct names."""
+        ladder = (self.ladder,) if isinstance(self.ladder, (int, float)) else tuple(self.ladder or ())
+        allowed = (f"allowed: a list of removed fractions, strictly increasing, each > ratio ({self.ratio}) "
+                   "and < 1, at least 0.01 apart (levels are named by whole percent)")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in ladder):
+            raise EdgeCompressError(f"invalid value ladder={list(ladder)}: prune.ladder must be numbers; {allowed}")
+        ladder = tuple(float(v) for v in ladder)
+        object.__setattr__(self, "ladder", ladder)
+        if ladder and self.method == "none":
+            raise EdgeCompressError(f"invalid value ladder={list(ladder)}: prune.ladder prunes further, but "
+                                    "method='none' prunes nothing; allowed: method channel or magnitude, or ladder: []")
+        for i, v in enumerate(ladder):
+            prev = ladder[i - 1] if i else self.ratio
+            before = f"the previous level {prev}" if i else f"ratio {prev}"
+            why = (f"is not above {before}" if v <= prev else "removes everything" if v >= 1 else
+                   f"has the same name ({level_name(v)}) as {before}" if level_name(v) == level_name(prev) else "")
+            if why:
+                raise EdgeCompressError(f"invalid value ladder={list(ladder)}: prune.ladder level {v!r} {why}; {allowed}")
 
 
 # ---------------------------------------------------------------- which layers may be pruned
@@ -173,17 +198,27 @@ def cumulative_ratios(cfg: PruneConfig) -> list[float]:
     return [1 - (1 - r) ** ((i + 1) / k) for i in range(k)]
 
 
-def step_ratios(cfg: PruneConfig) -> list[float]:
-    """What each step asks the pruner for.
+def step_ratios(cfg: PruneConfig, cum: Sequence[float] | None = None, start: float = 0.0) -> list[float]:
+    """What each step asks the pruner for, to reach the cumulative ``cum`` (default: the schedule) from ``start``.
 
     Structured: a fraction of the *current* channels, so the steps compound to the cumulative
     schedule. Unstructured: the cumulative sparsity itself (zeros already there count toward it).
     """
-    cum = cumulative_ratios(cfg)
+    cum = list(cumulative_ratios(cfg) if cum is None else cum)
     if cfg.method == "magnitude":
         return cum
-    kept = [1.0] + [1 - c for c in cum]
+    kept = [1.0 - start] + [1 - c for c in cum]
     return [1 - kept[i + 1] / kept[i] for i in range(len(cum))]
+
+
+def ladder_ratios(cfg: PruneConfig) -> list[float]:
+    """Step ratios from ``cfg.ratio`` up each ``cfg.ladder`` level: 1-(1-next)/(1-prev) structured, cumulative else."""
+    return step_ratios(cfg, cfg.ladder, cfg.ratio)
+
+
+def level_name(ratio: float) -> str:
+    """A pruning level's name (checkpoint file stem): ``pruned-30`` for 0.3 removed."""
+    return f"pruned-{round(100 * ratio)}"
 
 
 def prune_step(model: nn.Module, cfg: PruneConfig, ratio: float, input_shape: tuple[int, ...],
@@ -278,9 +313,14 @@ def _finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn
     return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=online, **kw)), name
 
 
+# on_level(name, a deep copy of the model at that level, the level's report entry)
+LevelCallback = Callable[[str, nn.Module, dict[str, Any]], None]
+
+
 def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset, cfg: PruneConfig,
                        members: Sequence[nn.Module] = (), multihead: MultiHeadKDConfig | None = None,
-                       targets: SoftTargets | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                       targets: SoftTargets | None = None,
+                       on_level: LevelCallback | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Iterative schedule: ``cfg.steps`` x (prune a step, fine-tune with the KD loss); per-step metrics.
 
     ``cfg.finetune``'s epochs are spent at every step. With ``members`` (the ensemble
@@ -288,6 +328,8 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
     MultiHeadKDConfig for a multi-head student); ``targets`` are the teachers' stored logits (distill
     stage), replayed instead of running the teachers when they fit ``cfg.finetune``. Every step records params, MACs, sizes, val
     accuracy before and after fine-tuning and the fp32 ONNX batch-1 p50 latency.
+    Then the ladder: one more step + fine-tune up to each ``cfg.ladder`` level (report ``ladder``).
+    ``on_level`` gets the ``ratio`` level and every ladder level; the returned model is the ``ratio`` level.
     """
     t = tensors(ds)
     shape = tuple(ds.input_shape)
@@ -296,45 +338,62 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
     def latency() -> float | None:
         return onnx_latency(model, shape, cfg.latency_runs) if cfg.latency_runs else None
 
+    def val_accuracy() -> float | None:
+        return evaluate(model, *t["val"])["accuracy"] if has_val else None
+
     finetune = cfg.finetune
     gen = torch.Generator().manual_seed(finetune.seed)
     pick = torch.randperm(len(t["train"][0]), generator=gen)[:cfg.importance_samples]
     batch = (t["train"][0][pick], t["train"][1][pick])
     before = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
-              "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
-              "latency_p50_ms": latency()}
-    steps: list[dict[str, Any]] = []
+              "val_accuracy": val_accuracy(), "latency_p50_ms": latency()}
     tune, tuned_from = _finetuner(model, teacher, members, finetune, cfg.temperature, cfg.alpha, multihead, targets)
-    for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg))):
+
+    def advance(r: float, cum: float, name: str) -> dict[str, Any]:
+        """Prune one step of ``r`` (reaching ``cum`` removed), fine-tune; what the report records of it."""
         prune_step(model, cfg, r, shape, batch)
-        pruned_acc = evaluate(model, *t["val"])["accuracy"] if has_val else None
+        pruned_acc = val_accuracy()
         hooks, masks = [], {}
         if cfg.method == "magnitude":
             # Keep pruned weights at zero while fine-tuning: mask their gradients, re-apply the mask after.
             masks = {n: (p != 0).float() for n, p in model.named_parameters() if p.ndim > 1}
             hooks = [p.register_hook(lambda g, m=masks[n]: g * m) for n, p in model.named_parameters() if n in masks]
-        history = tune(*t["train"], fill=crop_fill(ds), val=t["val"], name=f"prune step {i + 1}/{cfg.steps}")
+        history = tune(*t["train"], fill=crop_fill(ds), val=t["val"], name=name)
         for h in hooks:
             h.remove()
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if n in masks:
                     p.mul_(masks[n])
-        steps.append({"step": i + 1, "step_ratio": r, "target_removed": cum, **structure_stats(model, shape),
-                      "val_accuracy_before_finetune": pruned_acc,
-                      "val_accuracy": evaluate(model, *t["val"])["accuracy"] if has_val else None,
-                      "latency_p50_ms": latency(), "history": history})
+        return {"step_ratio": r, "target_removed": cum, **structure_stats(model, shape),
+                "val_accuracy_before_finetune": pruned_acc, "val_accuracy": val_accuracy(),
+                "latency_p50_ms": latency(), "history": history}
+
+    steps = [{"step": i + 1, **advance(r, cum, f"prune step {i + 1}/{cfg.steps}")}
+             for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg)))]
     after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
              "latency_p50_ms": steps[-1]["latency_p50_ms"] if steps else before["latency_p50_ms"]}
+    # The ladder keeps pruning ``model`` in place: hand back a snapshot of the ratio level instead.
+    result = copy.deepcopy(model) if cfg.ladder else model
+    if on_level is not None:
+        on_level(level_name(cfg.ratio), copy.deepcopy(model), {
+            "name": level_name(cfg.ratio), "target_removed": cfg.ratio, **after, "val_accuracy": steps[-1]["val_accuracy"]})
+    ladder = []
+    for r, level in zip(ladder_ratios(cfg), cfg.ladder):
+        entry = advance(r, level, f"ladder {level:g}")
+        history = entry.pop("history")  # after the metrics, as in ``steps``
+        ladder.append({"name": level_name(level), **entry, "test": evaluate(model, *t["test"]), "history": history})
+        if on_level is not None:
+            on_level(ladder[-1]["name"], copy.deepcopy(model), ladder[-1])
     report = {"method": cfg.method, "criterion": cfg.criterion, "ratio": cfg.ratio, "schedule": cfg.schedule,
               "finetune_teacher": tuned_from,
               "global_ranking": cfg.global_ranking, "protect": list(cfg.protect),
               "latency": {"format": "fp32 onnx", "runtime": "onnxruntime", "batch": 1, "threads": 1,
                           "runs": cfg.latency_runs, "statistic": "p50 ms, this machine"},
-              "before": before, "after": after, "steps": steps,
+              "before": before, "after": after, "steps": steps, "ladder": ladder,
               "params_ratio": after["params"] / before["params"], "macs_ratio": after["macs"] / before["macs"]}
     if cfg.method == "magnitude":
         report["note"] = ("unstructured sparsity: dense runtimes (onnxruntime, LiteRT) run this model no faster "
                           "and store it no smaller (see latency_p50_ms and dense_bytes); only a sparse encoding "
                           f"shrinks it, to {after['sparse_bytes']} of {after['dense_bytes']} bytes here")
-    return model, report
+    return result, report

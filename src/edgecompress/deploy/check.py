@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import read_json
 from edgecompress.deploy.bench import run_local, runner_args, runner_command
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
@@ -46,8 +47,8 @@ def _inputs(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -
     sidecar = Path(f"{model}.json")
     for path, what in ((model, "artifact"), (sidecar, "artifact sidecar")):
         if not path.is_file():
-            raise EdgeCompressError(f"target {profile.name}: {what} {path} not found; run the export stage "
-                                    f"(dvc repro export) to produce {profile.artifact.filename}")
+            raise EdgeCompressError(f"target {profile.name}: {what} {path} not found; run the stage that writes "
+                                    f"{artifacts_dir} (dvc repro build@{profile.name}, or export)")
     if testset is not None and not Path(testset).is_file():
         raise EdgeCompressError(f"target {profile.name}: test set {testset} not found; the export stage writes it "
                                 f"(dvc repro export)")
@@ -183,7 +184,8 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
             "status": status, "strict": strict, "hardware_match": match, "hardware_reasons": reasons,
             "fingerprint": fp, "runtime": raw.get("runtime"), "bench": raw.get("bench"),
             "latency_ms": raw.get("latency_ms"), "throughput_per_s": raw.get("throughput_per_s"),
-            "memory": raw.get("memory"), "accuracy": raw.get("accuracy"),
+            "memory": raw.get("memory"), "accuracy": raw.get("accuracy"), "nll": raw.get("nll"),
+            "ece": raw.get("ece"),
             "accuracy_samples": raw.get("accuracy_samples"), "budgets": rows, "warnings": warnings}
 
 
@@ -252,6 +254,33 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BUILD_RECORD = "build.json"  # written by the build beside the artifact it chose
+
+
+def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[TargetProfile, dict[str, Any] | None]:
+    """``profile`` pinned to what its build chose (``artifacts_dir`` holds a build record), and that record.
+
+    Without a record the directory is an export directory and the profile must pin its artifact.
+    """
+    path = Path(artifacts_dir) / BUILD_RECORD
+    if not path.is_file():
+        if profile.artifact is None:
+            raise EdgeCompressError(f"{profile.where} has a build section: check what its build chose "
+                                    f"(models/targets/{profile.name}, dvc repro build@{profile.name}), not {artifacts_dir}")
+        return profile, None
+    record = read_json(path, "build record")
+    try:
+        chosen = record["chosen"]
+        precision, fmt = chosen["file"].split(".")
+        if record["target"] != profile.name:
+            raise EdgeCompressError(f"{path} is the build of target {record['target']!r}, not {profile.name!r}; "
+                                    f"re-run dvc repro build@{profile.name}")
+        return profile.pinned(fmt, precision), record
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise EdgeCompressError(f"{path}: not a build record (no chosen.file); re-run dvc repro build@{profile.name}") \
+            from None
+
+
 def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
                      strict: bool, device: DeviceSpec | str | Mapping[str, Any] | None = None,
                      teacher: str | Path | None = None) -> dict[str, Any]:
@@ -260,7 +289,7 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
     ``device`` overrides the profile's device for a by-hand run (``edgecompress check --device``);
     ``teacher`` is the reference checkpoint of ``budgets.max_drop``.
     """
-    profile = load_target(target_path)
+    profile, built = built_profile(load_target(target_path), artifacts_dir)
     # Inputs first: a missing export or a corrupt test set is reported before any other work.
     _inputs(profile, Path(artifacts_dir), Path(testset) if testset is not None else None)
     if testset is not None:
@@ -274,6 +303,9 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
     result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict,
                           device, reference)
     result["teacher_accuracy"] = reference
+    if built is not None:
+        result["artifact"]["candidate"] = built["chosen"]["name"]
+        result["build_status"] = built["status"]
     result["gate_failed"] = gate(result, strict)
     return result
 

@@ -12,15 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from edgecompress.deploy.fields import FieldError
-from edgecompress.deploy.targets import ENGINES, LATENCY_KEYS, Budgets
+# BuildSpec lives with the profile it is part of; re-exported here beside the selection that applies it.
+from edgecompress.deploy.targets import BUILD_PRECISIONS, ENGINES, LATENCY_KEYS, Budgets, BuildSpec  # noqa: F401
 from edgecompress.errors import EdgeCompressError
 
-# "dynamic" is an export artifact too, but its activations are quantized at run time per call,
-# so its latency is not comparable with the static-int8 one: the build does not offer it.
-BUILD_PRECISIONS = ("int8", "fp16", "fp32")
-OBJECTIVES = ("accuracy",)
-REQUIREMENTS = ("uncertainty",)
 MIB = 2**20
 NEAREST = 5  # rows of the "nearest candidates" table in the infeasible error
 
@@ -70,38 +65,6 @@ class Candidate:
             if k not in LATENCY_KEYS or (v is not None and (not _is_number(v) or v < 0)):
                 raise bad(f"latency_ms {k}: {v!r} needs a key among {', '.join(LATENCY_KEYS)} and a value >= 0")
         object.__setattr__(self, "latency_ms", dict(self.latency_ms))  # own copy, as Budgets does
-
-
-@dataclass(frozen=True)
-class BuildSpec:
-    """What a target may be built from; ``requires`` filters on capabilities, not measurements."""
-
-    models: tuple[str, ...] | str = "all"
-    precisions: tuple[str, ...] = BUILD_PRECISIONS
-    engines: tuple[str, ...] = ("litert", "onnxruntime")
-    objective: str = "accuracy"
-    requires: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        # Lists from YAML become tuples, so the spec stays immutable.
-        for name in ("models", "precisions", "engines", "requires"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.models != "all" and (not isinstance(self.models, tuple) or not self.models
-                                     or not all(isinstance(m, str) and m for m in self.models)):
-            raise FieldError("build.models", f"{self.models!r} must be 'all' or a non-empty list of model "
-                                             "names (e.g. [student, pruned-0.5])")
-        for name, allowed, empty_ok in (("precisions", BUILD_PRECISIONS, False), ("engines", ENGINES, False),
-                                        ("requires", REQUIREMENTS, True)):
-            value = getattr(self, name)
-            if not isinstance(value, tuple) or (not value and not empty_ok):
-                raise FieldError(f"build.{name}", f"{value!r} must be a list drawn from {', '.join(allowed)}")
-            for v in value:
-                if v not in allowed:
-                    raise FieldError(f"build.{name}", f"{v!r} is not one of {', '.join(allowed)}")
-        if self.objective not in OBJECTIVES:
-            raise FieldError("build.objective", f"{self.objective!r} is not supported; the only objective is "
-                                                f"{', '.join(OBJECTIVES)} (most accurate within the budgets)")
 
 
 @dataclass(frozen=True)
@@ -160,11 +123,16 @@ def _need_reference(budgets: Budgets, reference_accuracy: float | None) -> None:
         raise EdgeCompressError(f"reference_accuracy {reference_accuracy!r} must be a fraction between 0 and 1")
 
 
-def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | None) -> list[str]:
-    """Every budget ``candidate`` misses, with the amount; an unmeasured value misses its budget."""
+def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | None,
+           device: bool = True) -> list[str]:
+    """Every budget ``candidate`` misses, with the amount; an unmeasured value misses its budget.
+
+    ``device=False`` judges only what is known before the device runs it (size, accuracy,
+    calibration), so the search never measures a candidate that cannot win.
+    """
     _need_reference(budgets, reference_accuracy)
     c, out = candidate, []
-    for key, budget in budgets.latency_ms.items():
+    for key, budget in (budgets.latency_ms if device else {}).items():
         v = c.latency_ms.get(key)
         if v is None:
             out.append(f"latency {key} not measured")
@@ -173,7 +141,7 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
     if budgets.size_mb is not None and c.size_bytes / MIB > budgets.size_mb:
         v = c.size_bytes / MIB
         out.append(f"size {_f(v, 2)} MiB > {_f(budgets.size_mb, 2)} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
-    if budgets.peak_memory_mb is not None:
+    if budgets.peak_memory_mb is not None and device:
         v, b = c.peak_memory_mb, budgets.peak_memory_mb
         if v is None:
             out.append("peak memory not measured")
@@ -235,7 +203,10 @@ def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
     feasible: list[Candidate] = []
     missed: list[tuple[Candidate, list[str]]] = []
     for c in kept:
-        m = misses(c, budgets, reference_accuracy)
+        m = misses(c, budgets, reference_accuracy, device=False)
+        # Never measured and already out on size/accuracy/calibration: "not measured" would add only noise.
+        if not (m and not c.latency_ms and c.peak_memory_mb is None):
+            m = misses(c, budgets, reference_accuracy)
         if m:
             missed.append((c, m))
             rejected.append(Rejection(c.name, tuple(m)))

@@ -120,9 +120,12 @@ def _last_lines(text: str, n: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-n:] if line.strip())
 
 
-def _stage(tmp: Path, profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[Path]:
+def _stage(tmp: Path, profile: TargetProfile, model: Path | None, sidecar: Path | None,
+           testset: Path | None) -> list[Path]:
     """Local files to copy, under the names the remote command uses; a test-set subset saves bandwidth."""
-    files = {"runner.py": RUNNER, model.name: model, f"{model.name}.json": sidecar}
+    files = {"runner.py": RUNNER}
+    if model is not None and sidecar is not None:  # a --probe copies the runner alone
+        files.update({model.name: model, f"{model.name}.json": sidecar})
     n = profile.bench.accuracy_samples
     if testset is not None and n is not None:
         x, y = load_npz_split(testset)
@@ -145,12 +148,12 @@ def _stage(tmp: Path, profile: TargetProfile, model: Path, sidecar: Path, testse
     return staged
 
 
-def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path, sidecar: Path,
+def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, sidecar: Path | None,
                testset: Path | None, runner_args: list[str]) -> dict[str, Any]:
     """Copy, run ``python runner.py <runner_args>`` in a fresh remote dir, remove it; the runner's JSON.
 
     ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz),
-    as staged here. The result's ``remote`` entry says where it ran and whether the dir was removed.
+    as staged here; with no ``model`` only the runner is copied (``runner_args = ["--probe"]``). The result's ``remote`` entry says where it ran and whether the dir was removed.
     """
     s = _Session(profile, device)
     if s.key and not Path(s.key).is_file():

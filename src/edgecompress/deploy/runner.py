@@ -377,6 +377,30 @@ def fingerprint(runtime: dict[str, Any] | None = None) -> dict[str, Any]:
     return fp
 
 
+# Distributions that provide each engine, in the order the runner tries them.
+RUNTIME_DISTS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                 "litert": ("ai-edge-litert", "tflite-runtime", "tensorflow")}
+
+
+def probe() -> dict[str, Any]:
+    """The machine and the installed runtimes' versions, without loading a model or a runtime.
+
+    What a measurement cache keys on: the same artifact measured here again would give these.
+    """
+    from importlib import metadata
+
+    runtimes: dict[str, str | None] = {}
+    for engine, dists in RUNTIME_DISTS.items():
+        runtimes[engine] = None
+        for dist in dists:
+            try:
+                runtimes[engine] = f"{dist} {metadata.version(dist)}"
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return {"runner_version": RUNNER_VERSION, "fingerprint": fingerprint(), "runtimes": runtimes}
+
+
 def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path | None = None,
         engine: str | None = None, threads: int | None = None, providers: list[str] | None = None,
         xnnpack: bool = True, warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
@@ -420,7 +444,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgecompress.deploy.runner", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="model file (.onnx or .tflite)")
+    p.add_argument("--model", help="model file (.onnx or .tflite); required unless --probe")
+    p.add_argument("--probe", action="store_true", help="print the machine and runtime versions, measure nothing")
     p.add_argument("--sidecar", help="sidecar JSON (default: MODEL.json)")
     p.add_argument("--data", help="testset.npz (x uint8 NCHW, y labels) for accuracy and real inputs")
     p.add_argument("--engine", choices=("onnxruntime", "litert"), help="default: from the model's extension")
@@ -437,7 +462,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe()))
+        return 0
     try:
+        if not args.model:
+            raise RunnerError("--model is required (or --probe)")
         for name, low in (("threads", 1), ("runs", 1), ("batch", 1), ("accuracy_samples", 1), ("warmup", 0)):
             v = getattr(args, name)
             if v is not None and v < low:

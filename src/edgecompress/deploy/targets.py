@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -24,6 +24,7 @@ from edgecompress.errors import EdgeCompressError
 ARCHES = ("x86_64", "aarch64", "armv7l", "any")
 ENGINES = tuple(ENGINE_FOR_FORMAT.values())
 LATENCY_KEYS = ("p50", "p90", "p99", "mean")
+PINNED_MODEL = "pruned"  # what `artifact:` pins: the pruned student the export stage ships (prune.ratio)
 # Target names become file names (targets/<name>.yaml, metrics/check/<name>.json): no paths, no dots first.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -73,13 +74,14 @@ class ArtifactSpec:
 class RuntimeSpec:
     """Runtime and its settings; ``providers`` is onnxruntime-only, ``xnnpack`` litert-only."""
 
-    engine: str
+    engine: str | None = None  # None only in a profile with build: each candidate brings its engine
     threads: int | None = None  # None: the runtime's own default
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     xnnpack: bool = True
 
     def __post_init__(self) -> None:
-        one_of("engine", self.engine, ENGINES)
+        if self.engine is not None:
+            one_of("engine", self.engine, ENGINES)
         integer("threads", self.threads, 1, optional=True)
         if not isinstance(self.providers, tuple) or not self.providers:
             raise FieldError("providers", f"{self.providers!r} must be a non-empty list of provider names")
@@ -156,6 +158,45 @@ class Budgets:
                                       "peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll")
 
 
+# "dynamic" is an export artifact too, but its activations are quantized at run time per call,
+# so its latency is not comparable with the static-int8 one: the build does not offer it.
+BUILD_PRECISIONS = ("int8", "fp16", "fp32")
+OBJECTIVES = ("accuracy",)
+REQUIREMENTS = ("uncertainty",)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What a target may be built from; ``requires`` filters on capabilities, not measurements."""
+
+    models: tuple[str, ...] | str = "all"
+    precisions: tuple[str, ...] = BUILD_PRECISIONS
+    engines: tuple[str, ...] = ("litert", "onnxruntime")
+    objective: str = "accuracy"
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Lists from YAML become tuples, so the spec stays immutable.
+        for name in ("models", "precisions", "engines", "requires"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.models != "all" and (not isinstance(self.models, tuple) or not self.models
+                                     or not all(isinstance(m, str) and m for m in self.models)):
+            raise FieldError("build.models", f"{self.models!r} must be 'all' or a non-empty list of model "
+                                             "names (e.g. [student, pruned-0.5])")
+        for name, allowed, empty_ok in (("precisions", BUILD_PRECISIONS, False), ("engines", ENGINES, False),
+                                        ("requires", REQUIREMENTS, True)):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or (not value and not empty_ok):
+                raise FieldError(f"build.{name}", f"{value!r} must be a list drawn from {', '.join(allowed)}")
+            for v in value:
+                if v not in allowed:
+                    raise FieldError(f"build.{name}", f"{v!r} is not one of {', '.join(allowed)}")
+        if self.objective not in OBJECTIVES:
+            raise FieldError("build.objective", f"{self.objective!r} is not supported; the only objective is "
+                                                f"{', '.join(OBJECTIVES)} (most accurate within the budgets)")
+
+
 @dataclass(frozen=True)
 class TargetProfile:
     """One deployment target."""
@@ -163,12 +204,13 @@ class TargetProfile:
     name: str
     description: str
     hardware: Hardware
-    artifact: ArtifactSpec
+    artifact: ArtifactSpec | None  # a pin: ship this artifact of the pruned student, no search
     runtime: RuntimeSpec
     budgets: Budgets
     device: DeviceSpec = field(default_factory=DeviceSpec)  # a plain "local"/"ssh://..." string is accepted too
     bench: BenchSpec = field(default_factory=BenchSpec)
     source: str | None = field(default=None, compare=False)  # the YAML file, for error messages
+    build: BuildSpec | None = None  # search: the most accurate candidate it allows that meets every budget
 
 
     def __post_init__(self) -> None:
@@ -181,10 +223,32 @@ class TargetProfile:
             # The timed runs alone may take max_seconds; the remote timeout would then always fire.
             raise FieldError("device.timeout", f"{self.device.timeout!r} must be larger than bench.max_seconds "
                                                f"({self.bench.max_seconds:g}): the timed runs alone may take that long")
-        want = ENGINE_FOR_FORMAT[self.artifact.format]
+        if (self.artifact is None) == (self.build is None):
+            raise FieldError("artifact/build", "give exactly one: build (search the candidates for the most "
+                                               "accurate one within the budgets) or artifact (pin one, no search)")
+        if self.build is not None:
+            if self.runtime.engine is not None:
+                raise FieldError("runtime.engine", "remove it: with build, each candidate runs on its own engine "
+                                                   "(restrict them with build.engines)")
+            return
+        want = ENGINE_FOR_FORMAT[self.artifact.format]  # type: ignore[union-attr]
         if self.runtime.engine != want:
             raise FieldError("runtime.engine", f"{self.runtime.engine!r} cannot run artifact.format "
-                                               f"{self.artifact.format!r}; use {want}")
+                                               f"{self.artifact.format!r}; use {want}")  # type: ignore[union-attr]
+
+    @property
+    def search(self) -> BuildSpec:
+        """What the build may choose from; a pinned artifact is a search over exactly one candidate."""
+        if self.build is not None:
+            return self.build
+        a = self.artifact
+        assert a is not None
+        return BuildSpec(models=(PINNED_MODEL,), precisions=(a.precision,), engines=(ENGINE_FOR_FORMAT[a.format],))
+
+    def pinned(self, fmt: str, precision: str) -> "TargetProfile":
+        """This profile running one given artifact: what the runner measures for a candidate or the check."""
+        return replace(self, artifact=ArtifactSpec(fmt, precision), build=None,
+                       runtime=replace(self.runtime, engine=ENGINE_FOR_FORMAT[fmt]))
 
     @property
     def is_local(self) -> bool:
@@ -198,8 +262,8 @@ class TargetProfile:
 
 # --- YAML loading -------------------------------------------------------------------------------
 
-_TOP_KEYS = ("name", "description", "hardware", "artifact", "runtime", "device", "bench", "budgets")
-_REQUIRED = ("artifact", "runtime", "budgets")
+_TOP_KEYS = ("name", "description", "hardware", "build", "artifact", "runtime", "device", "bench", "budgets")
+_REQUIRED = ("runtime", "budgets")
 
 
 def _section(raw: Mapping[str, Any], key: str, allowed: Iterable[str]) -> dict[str, Any]:
@@ -231,12 +295,20 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
                                     "peak_memory_mb, min_accuracy, max_ece, max_nll")
 
     hardware = build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
-    artifact = build(ArtifactSpec, "artifact", _section(raw, "artifact", ("format", "precision")))
+    if raw.get("artifact") is None and raw.get("build") is None:
+        raise FieldError("build", "is required (or artifact, to pin one artifact without a search)")
+    artifact = None if raw.get("artifact") is None else build(
+        ArtifactSpec, "artifact", _section(raw, "artifact", ("format", "precision")))
+    search = None
+    if raw.get("build") is not None:
+        spec = _section(raw, "build", ("models", "precisions", "engines", "objective", "requires"))
+        search = BuildSpec(**spec)  # its errors already name build.<field>
     rt = _section(raw, "runtime", ("engine", "threads", "providers", "xnnpack"))
     # Settings of the other engine are a mistake in the profile, not something to ignore quietly.
-    if rt.get("engine") == "litert" and "providers" in rt:
+    engines = (rt.get("engine"),) if search is None else search.engines
+    if "providers" in rt and "onnxruntime" not in engines:
         raise FieldError("runtime.providers", "applies only to engine onnxruntime; remove it for litert")
-    if rt.get("engine") == "onnxruntime" and "xnnpack" in rt:
+    if "xnnpack" in rt and "litert" not in engines:
         raise FieldError("runtime.xnnpack", "applies only to engine litert; remove it for onnxruntime")
     if "providers" in rt:
         if not isinstance(rt["providers"], list):
@@ -251,7 +323,7 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
-                         source=source)
+                         source=source, build=search)
 
 
 def valid_name(name: object) -> bool:

@@ -1,0 +1,38 @@
+"""The pruning ladder on disk: one checkpoint per level (pruned-30.pt, pruned-50.pt, ...), written whole."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from edgecompress.checkpoint import save_checkpoint
+from edgecompress.dirs import replace_dir
+from edgecompress.models import arch_of
+
+Level = tuple[str, nn.Module, dict[str, Any]]  # (name, model at that level, its report entry)
+
+
+def write_ladder(out: str | Path, levels: list[Level], meta: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """``out/<name>.pt`` for every level, ``meta(level report)`` its metadata; the directory appears whole."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: replace_dir is a rename
+    try:
+        for name, model, level in levels:
+            # The history is in metrics and dvclive already; checkpoint metadata keeps the level's numbers.
+            save_checkpoint(scratch / f"{name}.pt", model, arch_of(model),
+                            meta({k: v for k, v in level.items() if k != "history"}))
+        replace_dir(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def ladder_levels(directory: str | Path | None) -> list[Path]:
+    """The level checkpoints in ``directory``, least pruned first (none when there is no directory)."""
+    if not directory or not Path(directory).is_dir():
+        return []
+    return sorted(Path(directory).glob("pruned-*.pt"), key=lambda p: int(p.stem.split("-")[1]))

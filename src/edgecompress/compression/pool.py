@@ -1,0 +1,152 @@
+"""The candidate pool: every model the chain made, exported once per precision and engine, each verified.
+
+A target's build (``deploy.build``) chooses among these files; it never exports. Every candidate is
+scored with its own runtime on validation images that no export decision saw (the first
+``calibrate.val_samples`` validation images drive the accuracy-aware int8 ONNX; the rest score),
+so choosing on these figures never touches the test split, which only the final check uses.
+
+Layout of the pool directory::
+
+    index.json                 the candidates, their scores, sizes and hashes (read by the build)
+    <model>/<precision>.<format>   + .json sidecar, as the export stage writes them
+    valset.npz / testset.npz   raw uint8 images: device inputs for the build, the check's test split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from edgecompress.artifacts import REGISTRY
+from edgecompress.checkpoint import load_checkpoint
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.ensemble_graph import EnsembleGraph
+from edgecompress.compression.export import ExportConfig, export_all, swap_in
+from edgecompress.compression.ladder import ladder_levels
+from edgecompress.data import Dataset, Split, save_npz_split
+from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import write_json
+from edgecompress.models import MultiHeadStudent
+
+INDEX = "index.json"
+BUILD_PRECISIONS = ("int8", "fp16", "fp32")  # dynamic int8 is not a build candidate (see deploy.choose)
+
+
+@dataclass(frozen=True)
+class PoolModel:
+    """One model of the pool: its name (a directory), the network, its checkpoint meta and what it came from."""
+
+    name: str  # teacher | ensemble | student | pruned-30 | ...
+    model: nn.Module
+    meta: dict[str, Any]
+    parent: str
+    uncertainty: bool = False  # members or heads: it can say how unsure it is on the device
+
+
+def load_model(name: str, path: str | Path) -> PoolModel:
+    """A checkpoint as a pool model; a multi-head student can report uncertainty on the device."""
+    model, meta = load_checkpoint(path)
+    return PoolModel(name, model, meta, str(path), isinstance(model, MultiHeadStudent))
+
+
+def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Path, pruned: str | Path,
+                ladder: str | Path | None, ratio: float) -> tuple[list[PoolModel], dict[str, str]]:
+    """(every model of the pool, aliases): teacher, the ensemble (with ``members``), student and each
+    pruning-ladder level (``ladder``/pruned-<percent>.pt), or the pruned student alone without a ladder."""
+    t = load_model("teacher", teacher)
+    models = [t, *([ensemble_model(t, members)] if members else []), load_model("student", student)]
+    levels = ladder_levels(ladder)
+    pinned = f"pruned-{round(100 * ratio)}"
+    if any(p.stem == pinned for p in levels):
+        return models + [load_model(p.stem, p) for p in levels], {"pruned": pinned}
+    return models + [load_model("pruned", pruned)], {}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensemble_model(teacher: PoolModel, members: list[nn.Module]) -> PoolModel:
+    """The deep ensemble (teacher = member 0) as one graph that outputs log(mean softmax)."""
+    graph = EnsembleGraph([teacher.model, *members]).eval()
+    return PoolModel("ensemble", graph, teacher.meta, f"{teacher.parent} + {len(members)} members", True)
+
+
+def _eval_split(ds: Dataset, selection: int) -> tuple[int, Split]:
+    """(images kept for export decisions, the remaining validation images that score candidates)."""
+    n = len(ds.val.y)
+    if n < 2:
+        raise EdgeCompressError(f"the validation split has {n} image(s); candidates need validation images "
+                                f"to be scored: raise data.val_fraction or data.limit")
+    keep = min(selection, n // 2)  # tiny runs: half decides, half scores
+    return keep, Split(ds.val.x[keep:], ds.val.y[keep:])
+
+
+def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: CalibrationConfig,
+               export_cfg: ExportConfig, out: str | Path, aliases: dict[str, str] | None = None,
+               reference: str = "teacher") -> dict[str, Any]:
+    """Export every model in every build precision of ``export.formats``, score each, write ``out`` whole.
+
+    ``aliases`` name a model by another name (``pruned`` -> the level ``prune.ratio`` keeps, what a
+    pinned profile ships). Returns the index (also written as ``out/index.json``).
+    """
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise EdgeCompressError(f"candidate models must have distinct names, got {names}")
+    formats = tuple(f for f in export_cfg.formats if f.split(".")[0] in BUILD_PRECISIONS)
+    if not formats:
+        raise EdgeCompressError(f"export.formats {list(export_cfg.formats)} has no int8/fp16/fp32 artifact for "
+                                f"the candidate pool; add one (e.g. int8.tflite)")
+    pool_cfg = replace(export_cfg, formats=formats, dynamic=False)
+    keep, scoring = _eval_split(ds, cfg.val_samples)
+    x_sel, y_sel = ds.normalize(ds.val.x[:keep]), ds.val.y[:keep]
+    x_eval = ds.normalize(scoring.x)
+    train = (ds.normalize(ds.train.x), ds.train.y) if export_cfg.qat.enabled else None
+    out = Path(out)
+    scratch = Path(tempfile.mkdtemp(prefix="edgecompress-pool."))
+    candidates: list[dict[str, Any]] = []
+    pytorch: dict[str, Any] = {}
+    try:
+        for i, pm in enumerate(models):
+            t0 = time.perf_counter()
+            print(f"[candidates] {i + 1}/{len(models)} {pm.name}: {', '.join(formats)}", file=sys.stderr, flush=True)
+            results = export_all(pm.model.eval(), pm.meta, scratch / pm.name, calib, cfg, x_eval, scoring.y,
+                                 pm.parent, pm.meta.get("params_hash", ""), export_cfg=pool_cfg, x_val=x_sel,
+                                 y_val=y_sel, train=train)
+            pytorch[pm.name] = {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}
+            for art in formats:
+                r, a = results[art], REGISTRY[art]
+                path = scratch / pm.name / art
+                candidates.append({
+                    "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
+                    "engine": a.engine, "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
+                    "sha256": sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
+                    "top1_agreement": r["top1_agreement"], "uncertainty": pm.uncertainty,
+                    **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})
+            print(f"[candidates] {pm.name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        save_npz_split(scratch / "valset.npz", scoring, ds.class_names)
+        save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)
+        if reference not in pytorch:
+            raise EdgeCompressError(f"the reference model {reference!r} is not in the pool ({', '.join(names)})")
+        index = {"scored_on": {"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
+                               "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
+                 "reference": {"model": reference, **pytorch[reference]},
+                 "aliases": dict(aliases or {}), "pytorch": pytorch, "candidates": candidates}
+        write_json(scratch / INDEX, index)
+        swap_in(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return index

@@ -1,0 +1,309 @@
+"""Build one target: measure the candidate pool on the target's device, ship the best that fits.
+
+The candidates stage exported and scored every model in every precision (accuracy, NLL, ECE on
+validation images, with each artifact's own runtime). Here the profile's build spec and its
+device-independent budgets (size, accuracy, calibration) filter them before anything runs; the rest
+are measured with the target's runtime on its device (the same runner and flags as the check,
+locally or over SSH) in order of accuracy, stopping once the most accurate feasible one and its ties
+are known. Measurements are cached by what determines them, so changing a budget re-chooses
+without re-measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgecompress.deploy.bench import local_command, run_local
+from edgecompress.deploy.check import BUILD_RECORD, hardware_matches, run_check
+from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, choose, misses,
+                                        ranked_for_search)
+from edgecompress.deploy.devices import DeviceSpec, resolve_device
+from edgecompress.deploy.remote import run_remote
+from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
+from edgecompress.errors import EdgeCompressError
+from edgecompress.dirs import replace_dir
+from edgecompress.fileio import read_json, write_json
+
+INDEX = "index.json"
+CACHE_ENV = "EDGECOMPRESS_CACHE"
+DEFAULT_CACHE = Path(".cache") / "measurements"
+_HINT = "re-run the candidates stage (dvc repro candidates)"
+
+
+def load_index(pool_dir: str | Path) -> dict[str, Any]:
+    """The pool's index, checked against the files it names (a missing or changed artifact is an error)."""
+    pool_dir = Path(pool_dir)
+    index = read_json(pool_dir / INDEX, "candidate pool index")
+    if not isinstance(index, dict) or not isinstance(index.get("candidates"), list):
+        raise EdgeCompressError(f"{pool_dir / INDEX}: not a candidate index (no 'candidates' list); {_HINT}")
+    for c in index["candidates"]:
+        path = pool_dir / c["path"]
+        if not path.is_file() or not Path(f"{path}.json").is_file():
+            raise EdgeCompressError(f"{path}: candidate {c['name']} (or its sidecar) is missing; {_HINT}")
+        if path.stat().st_size != c["size_bytes"]:
+            raise EdgeCompressError(f"{path}: {path.stat().st_size} bytes but the index says {c['size_bytes']}: "
+                                    f"the file changed after it was scored; {_HINT}")
+    return index
+
+
+def resolve_spec(index: Mapping[str, Any], profile: TargetProfile) -> BuildSpec:
+    """The profile's build spec with model aliases resolved (a pin's ``pruned`` -> ``pruned-30``)."""
+    aliases = index.get("aliases") or {}
+    models = list(dict.fromkeys(c["model"] for c in index["candidates"]))
+    spec = profile.search
+    if spec.models == "all":
+        return spec
+    resolved = tuple(aliases.get(m, m) for m in spec.models)
+    unknown = [m for m, r in zip(spec.models, resolved) if r not in models]
+    if unknown:
+        raise EdgeCompressError(f"{profile.where}: build.models names {unknown}, which the candidate pool does not "
+                                f"have; it has {', '.join(models + list(aliases))}")
+    return replace(spec, models=resolved)
+
+
+def pool_candidates(index: Mapping[str, Any]) -> list[Candidate]:
+    """The index as candidates, not yet measured on any device."""
+    return [Candidate(name=c["name"], model=c["model"], precision=c["precision"], engine=c["engine"],
+                      size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"), nll=c.get("nll"),
+                      latency_ms={}, uncertainty=bool(c.get("uncertainty"))) for c in index["candidates"]]
+
+
+class MeasurementCache:
+    """Runner results on disk, keyed by everything that determines them.
+
+    The key: the artifact's bytes (sha256), the device (probe: machine fingerprint, runtime versions,
+    runner version), the runtime settings (engine, threads, providers or XNNPACK) and the bench
+    settings. A changed budget changes none of these, so re-choosing costs no device run.
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.dir = Path(directory or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+    @staticmethod
+    def key(sha256: str, probe: Mapping[str, Any], profile: TargetProfile) -> str:
+        rt, b = profile.runtime, profile.bench
+        engine = rt.engine or ""
+        parts = {"artifact": sha256, "fingerprint": probe.get("fingerprint"), "runner": probe.get("runner_version"),
+                 "runtime": (probe.get("runtimes") or {}).get(engine), "engine": engine, "threads": rt.threads,
+                 "providers": list(rt.providers) if engine == "onnxruntime" else None,
+                 "xnnpack": rt.xnnpack if engine == "litert" else None,
+                 "bench": [b.warmup, b.runs, b.batch, b.max_seconds], "device": profile.device.url}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.dir / f"{key}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # absent, or a half-written entry from a killed run: measure again
+            return None
+
+    def put(self, key: str, result: Mapping[str, Any]) -> None:
+        write_json(self.dir / f"{key}.json", result)
+
+
+def probe_device(profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
+    """The device's fingerprint and runtime versions (one short runner call, no model)."""
+    if device.is_local:
+        return run_local(local_command(["--probe"]), Path("(probe)"), 120, f"target {profile.name}")
+    return run_remote(profile, device, None, None, None, ["--probe"])
+
+
+def _measured(c: Candidate, raw: Mapping[str, Any]) -> Candidate:
+    lat = raw.get("latency_ms") or {}
+    return replace(c, latency_ms={k: lat[k] for k in LATENCY_KEYS if lat.get(k) is not None},
+                   peak_memory_mb=(raw.get("memory") or {}).get("peak_rss_mb"))
+
+
+def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: list[Candidate],
+           reference: float | None, device: DeviceSpec, cache: MeasurementCache, paths: Mapping[str, str],
+           hashes: Mapping[str, str], exhaustive: bool = False) -> dict[str, Any]:
+    """Measure what can win, in order of accuracy; every candidate with its fate.
+
+    ``exhaustive`` measures every allowed candidate (the benchmark's baseline). Returns the measured
+    candidates, the raw runner results, those skipped and the run counts.
+    """
+    kept, _ = allowed(candidates, spec)
+    order = ranked_for_search(c for c in kept if exhaustive or not misses(c, profile.budgets, reference, device=False))
+    probe = probe_device(profile, device)
+    bench = replace(profile.bench, accuracy_samples=profile.bench.batch)  # real inputs; scores are the pool's
+    measured: dict[str, Candidate] = {}
+    raw: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    runs = hits = 0
+    best: float | None = None
+    for i, c in enumerate(order):
+        if best is not None and c.accuracy < best and not exhaustive:
+            skipped.append(c.name)
+            continue
+        fmt = paths[c.name].rsplit(".", 1)[1]
+        variant = replace(profile.pinned(fmt, c.precision), bench=bench)
+        key = cache.key(hashes[c.name], probe, variant)
+        result = cache.get(key)
+        if result is None:
+            t0 = time.perf_counter()
+            model_dir = pool_dir / Path(paths[c.name]).parent
+            result = run_check(variant, model_dir, pool_dir / "valset.npz", device)
+            result.pop("accuracy", None), result.pop("nll", None), result.pop("ece", None)
+            cache.put(key, result)
+            runs += 1
+            how = f"measured in {time.perf_counter() - t0:.1f} s"
+        else:
+            hits += 1
+            how = "from the cache"
+        m = _measured(c, result)
+        measured[c.name], raw[c.name] = m, result
+        fits = not misses(m, profile.budgets, reference)
+        if fits and best is None:
+            best = m.accuracy
+        p50 = m.latency_ms.get("p50")
+        print(f"[build {profile.name}] {i + 1}/{len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, "
+              f"p50 {'n/a' if p50 is None else f'{p50:.4f} ms'}, {'fits' if fits else 'misses'} ({how})",
+              file=sys.stderr, flush=True)
+    return {"measured": measured, "raw": raw, "skipped": skipped, "device_runs": runs, "cache_hits": hits,
+            "probe": probe}
+
+
+def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Path,
+                 cache: MeasurementCache | None = None, device: DeviceSpec | str | Mapping[str, Any] | None = None,
+                 strict: bool = False, exhaustive: bool = False) -> dict[str, Any]:
+    """Choose, copy the chosen artifact into ``out_dir`` (whole or not at all); the build record.
+
+    No feasible candidate: on the profile's hardware (or ``strict``) the build fails with the
+    nearest candidates and what each misses; on a proxy machine it ships the nearest, labelled.
+    """
+    t0 = time.perf_counter()
+    pool_dir, cache = Path(pool_dir), cache or MeasurementCache()
+    index = load_index(pool_dir)
+    dev = resolve_device(profile.device, device)
+    spec = resolve_spec(index, profile)
+    candidates = pool_candidates(index)
+    paths = {c["name"]: c["path"] for c in index["candidates"]}
+    hashes = {c["name"]: c["sha256"] for c in index["candidates"]}
+    ref = index["reference"]["accuracy"] if profile.budgets.max_drop is not None else None
+    found = search(profile, spec, pool_dir, candidates, ref, dev, cache, paths, hashes, exhaustive)
+    measured: dict[str, Candidate] = found["measured"]
+    # What choose() sees: the measured ones and those the spec or a static budget ruled out; the
+    # skipped ones cannot win (less accurate than a feasible one) and are reported as such.
+    table = [measured.get(c.name, c) for c in candidates if c.name not in found["skipped"]]
+    fp = found["probe"].get("fingerprint") or {}
+    try:
+        choice = choose(table, profile.budgets, spec, ref, profile.name)
+        infeasible = None
+    except NoFeasibleCandidate as e:
+        infeasible = e
+        choice = _nearest(table, profile, spec, ref)
+    chosen = choice.chosen
+    chosen_raw = found["raw"].get(chosen.name) or {}
+    match, reasons = hardware_matches(profile.hardware, chosen_raw.get("fingerprint") or fp,
+                                      chosen_raw.get("active_providers"))
+    status = ("built" if match else "proxy-built") if infeasible is None else \
+        ("infeasible" if match else "proxy-infeasible")
+    skipped = [Rejection(n, (f"not measured: {chosen.name} is more accurate and fits",)) for n in found["skipped"]]
+    record = _record(profile, spec, index, choice, skipped, found, status, match, reasons, ref, dev,
+                     time.perf_counter() - t0, str(infeasible) if infeasible else None)
+    _write_out(pool_dir, paths[chosen.name], Path(out_dir), record)
+    if infeasible is not None and (match or strict):
+        record["error"] = str(infeasible)
+    return record
+
+
+def overshoot(c: Candidate, profile: TargetProfile, ref: float | None) -> float:
+    """How far ``c`` is outside its budgets: the sum of relative excesses (0 when it fits)."""
+    b, total = profile.budgets, 0.0
+    for key, limit in b.latency_ms.items():
+        total += max(0.0, c.latency_ms.get(key, 0.0) / limit - 1)
+    if b.size_mb is not None:
+        total += max(0.0, c.size_bytes / 2**20 / b.size_mb - 1)
+    if b.peak_memory_mb is not None and c.peak_memory_mb is not None:
+        total += max(0.0, c.peak_memory_mb / b.peak_memory_mb - 1)
+    if b.min_accuracy:
+        total += max(0.0, 1 - c.accuracy / b.min_accuracy)
+    if b.max_drop is not None and ref is not None:
+        total += max(0.0, 100 * (ref - c.accuracy) - b.max_drop) / max(b.max_drop, 1.0)
+    for v, limit in ((c.ece, b.max_ece), (c.nll, b.max_nll)):
+        if limit and v is not None:
+            total += max(0.0, v / limit - 1)
+    return total
+
+
+def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, ref: float | None) -> Choice:
+    """On proxy hardware with nothing feasible: the allowed candidate closest to its budgets."""
+    kept, rejected = allowed(table, spec)
+    best = min(kept, key=lambda c: (overshoot(c, profile, ref), -c.accuracy, c.name))
+    rest = [Rejection(c.name, tuple(misses(c, profile.budgets, ref))) for c in kept if c.name != best.name]
+    return Choice(chosen=best, feasible=(), rejected=tuple(rejected + rest))
+
+
+def _row(c: Candidate, fate: str, reasons: tuple[str, ...], raw: Mapping[str, Any] | None,
+         source: str) -> dict[str, Any]:
+    return {"name": c.name, "model": c.model, "precision": c.precision, "engine": c.engine,
+            "size_bytes": c.size_bytes, "accuracy": c.accuracy, "nll": c.nll, "ece": c.ece,
+            "latency_ms": dict(c.latency_ms) or None, "peak_memory_mb": c.peak_memory_mb,
+            "measured": source, "fate": fate, "why": list(reasons),
+            "warnings": list((raw or {}).get("warnings") or [])}
+
+
+def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], choice: Choice, skipped: list[Rejection],
+            found: Mapping[str, Any], status: str, match: bool, reasons: list[str], ref: float | None,
+            dev: DeviceSpec, seconds: float, infeasible: str | None) -> dict[str, Any]:
+    measured, raw = found["measured"], found["raw"]
+    why = {r.name: r.reasons for r in (*choice.rejected, *skipped)}
+    for c in pool_candidates(index):  # never run on the device: only what ruled them out beforehand counts
+        static = misses(c, profile.budgets, ref, device=False)
+        if c.name not in raw and static and not any(r.startswith(("model ", "precision ", "engine ", "requires "))
+                                                     for r in why.get(c.name, ())):
+            why[c.name] = tuple(static)
+    rows = []
+    by_name = {c.name: c for c in (*choice.feasible, *measured.values())}
+    for c in index["candidates"]:
+        cand = by_name.get(c["name"])
+        name = c["name"]
+        fate = ("chosen" if name == choice.chosen.name else "feasible, less accurate" if cand in choice.feasible
+                else "skipped" if any(s.name == name for s in skipped) else "rejected")
+        if cand is None:
+            cand = Candidate(name=name, model=c["model"], precision=c["precision"], engine=c["engine"],
+                             size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"),
+                             nll=c.get("nll"), latency_ms={}, uncertainty=bool(c.get("uncertainty")))
+        source = "device" if name in raw else "not measured"
+        rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source))
+    chosen_raw = raw.get(choice.chosen.name) or {}
+    return {"target": profile.name, "description": profile.description, "status": status,
+            "hardware_match": match, "hardware_reasons": reasons, "device": dev.url,
+            "fingerprint": chosen_raw.get("fingerprint") or found["probe"].get("fingerprint"),
+            "runtime": chosen_raw.get("runtime"),
+            "build": {"models": spec.models if spec.models == "all" else list(spec.models),
+                      "precisions": list(spec.precisions), "engines": list(spec.engines),
+                      "requires": list(spec.requires), "pinned": profile.build is None},
+            "chosen": {"name": choice.chosen.name, "model": choice.chosen.model, "file": Path(
+                       next(c["path"] for c in index["candidates"] if c["name"] == choice.chosen.name)).name,
+                       "precision": choice.chosen.precision, "engine": choice.chosen.engine,
+                       "size_bytes": choice.chosen.size_bytes, "val_accuracy": choice.chosen.accuracy,
+                       "val_ece": choice.chosen.ece, "val_nll": choice.chosen.nll,
+                       "latency_ms": dict(choice.chosen.latency_ms)},
+            "reference": {"model": index["reference"]["model"], "val_accuracy": index["reference"]["accuracy"],
+                          "used": ref is not None},
+            "scored_on": index.get("scored_on"),
+            "search": {"candidates": len(index["candidates"]), "device_runs": found["device_runs"],
+                       "cache_hits": found["cache_hits"], "skipped": len(skipped), "seconds": round(seconds, 2)},
+            "infeasible": infeasible, "candidates": rows}
+
+
+def _write_out(pool_dir: Path, chosen_path: str, out_dir: Path, record: Mapping[str, Any]) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="edgecompress-build."))
+    try:
+        src = pool_dir / chosen_path
+        shutil.copyfile(src, scratch / src.name)
+        shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
+        write_json(scratch / BUILD_RECORD, record)
+        replace_dir(scratch, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

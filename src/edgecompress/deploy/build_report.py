@@ -1,0 +1,96 @@
+"""What a build tells people: a markdown report and the points of its latency-vs-accuracy plot."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+_STATUS = {"built": "BUILT", "proxy-built": "BUILT (proxy)", "infeasible": "NO FEASIBLE CANDIDATE",
+           "proxy-infeasible": "NO FEASIBLE CANDIDATE (proxy)"}
+
+
+def plot_key(budgets: Mapping[str, Any]) -> str:
+    """The latency percentile the plot draws: the first one budgeted, else p50."""
+    keys = list((budgets.get("latency_ms") or {}).keys())
+    return keys[0] if keys else "p50"
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def plot_rows(record: Mapping[str, Any], budgets: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One point per candidate measured on the device, plus the budget lines (x: latency, y: accuracy)."""
+    key = plot_key(budgets)
+    rows: list[dict[str, Any]] = []
+    for c in record["candidates"]:
+        lat = (c.get("latency_ms") or {}).get(key)
+        if lat is None:
+            continue
+        fate = "chosen" if c["fate"] == "chosen" else "fits" if c["fate"].startswith("feasible") else "misses"
+        rows.append({"candidate": c["name"], "latency_ms": lat, "accuracy": c["accuracy"], "fate": fate,
+                     "size_kib": round(c["size_bytes"] / 1024, 1)})
+    if key in (budgets.get("latency_ms") or {}):
+        rows.append({"budget": f"{key} ≤ {budgets['latency_ms'][key]:g} ms", "latency_ms": budgets["latency_ms"][key]})
+    if budgets.get("min_accuracy") is not None:
+        rows.append({"budget": f"accuracy ≥ {budgets['min_accuracy']:g}", "accuracy": budgets["min_accuracy"]})
+    return rows
+
+
+def render_markdown(record: Mapping[str, Any]) -> str:
+    """The build for people: the choice, why nothing more accurate shipped, every candidate's fate."""
+    ch, s, ref = record["chosen"], record["search"], record["reference"]
+    lines = [f"# Build `{record['target']}`: **{_STATUS.get(record['status'], record['status'])}**", ""]
+    if record.get("description"):
+        lines += [record["description"], ""]
+    lat = ch.get("latency_ms") or {}
+    gap = 100 * (ref["val_accuracy"] - ch["val_accuracy"])
+    lines += [f"- chosen: `{ch['name']}` ({ch['precision']} on {ch['engine']}, {ch['size_bytes'] / 1024:.1f} KiB)",
+              f"- validation accuracy {100 * ch['val_accuracy']:.2f}% ({abs(gap):.2f} pt {'below' if gap >= 0 else 'above'} "
+              f"the {ref['model']}'s {100 * ref['val_accuracy']:.2f}%), ECE {_f(ch.get('val_ece'))}, "
+              f"NLL {_f(ch.get('val_nll'))}",
+              f"- on the device: p50 {_ms(lat.get('p50'))} ms, p90 {_ms(lat.get('p90'))} ms",
+              f"- search: {s['candidates']} candidates; {s['device_runs']} measured on the device, "
+              f"{s['cache_hits']} from the measurement cache, {s['skipped']} skipped (a more accurate one fits); "
+              f"{s['seconds']:.1f} s",
+              f"- scored on: {(record.get('scored_on') or {}).get('images')} validation images (never the test set)"]
+    if record.get("infeasible"):
+        lines += ["", "## No candidate meets every budget", "", "```", record["infeasible"], "```"]
+    better = [c for c in record["candidates"] if c["accuracy"] > ch["val_accuracy"] and c["fate"] != "chosen"]
+    if better:
+        lines += ["", "## Why nothing more accurate ships", "",
+                  "| candidate | val accuracy | what it misses |", "|---|---|---|"]
+        lines += [f"| `{c['name']}` | {100 * c['accuracy']:.2f}% | {'; '.join(c['why']) or c['fate']} |"
+                  for c in sorted(better, key=lambda c: -c["accuracy"])]
+    lines += ["", "## Every candidate", "",
+              "| candidate | val accuracy | ECE | size KiB | p50 ms | p90 ms | peak MiB | measured | fate | why |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(record["candidates"], key=lambda c: -c["accuracy"]):
+        lt = c.get("latency_ms") or {}
+        mem = c.get("peak_memory_mb")
+        lines.append(f"| `{c['name']}` | {100 * c['accuracy']:.2f}% | {_f(c.get('ece'))} | "
+                     f"{c['size_bytes'] / 1024:.1f} | {_ms(lt.get('p50'))} | {_ms(lt.get('p90'))} | "
+                     f"{'n/a' if mem is None else f'{mem:.0f}'} | {c['measured']} | {c['fate']} | "
+                     f"{'; '.join(c['why'])} |")
+    fp, rt = record.get("fingerprint") or {}, record.get("runtime") or {}
+    lines += ["", "## Where it was measured", "", f"- device: {record['device']}",
+              f"- hardware match: {'yes' if record['hardware_match'] else 'no (proxy measurement)'}"]
+    lines += [f"  - {r}" for r in record.get("hardware_reasons") or []]
+    lines += [f"- machine: {fp.get('hostname')}, {fp.get('arch')}, {fp.get('cpu_model')}, {fp.get('cores')} cores",
+              f"- runtime of the chosen artifact: {rt.get('name')} {rt.get('version')}, "
+              f"threads {rt.get('threads') or 'default'}"]
+    return "\n".join(lines) + "\n"
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers ``dvc metrics`` tracks per target."""
+    ch, s = record["chosen"], record["search"]
+    lat = ch.get("latency_ms") or {}
+    return {"target": record["target"], "status": record["status"], "chosen": ch["name"],
+            "val_accuracy": ch["val_accuracy"], "val_ece": ch.get("val_ece"), "size_bytes": ch["size_bytes"],
+            "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "candidates": s["candidates"],
+            "device_runs": s["device_runs"], "cache_hits": s["cache_hits"], "skipped": s["skipped"],
+            "seconds": s["seconds"]}

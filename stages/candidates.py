@@ -1,0 +1,36 @@
+"""DVC stage: the candidate pool every target's build chooses from (each model x precision x engine, scored)."""
+
+from edgecompress import stage
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.export import ExportConfig, load_calibration
+from edgecompress.compression.pool import build_pool, pool_models
+from edgecompress.compression.prune import PruneConfig
+from edgecompress.config import read
+from edgecompress.errors import friendly_main
+from edgecompress.fileio import write_json
+from edgecompress.training.teacher import TeacherConfig
+
+
+@friendly_main
+def main() -> str:
+    args, params = stage.setup("Export and score every candidate model.", [
+        ("--teacher", "teacher checkpoint"), ("--student", "distilled student checkpoint"),
+        ("--pruned", "pruned student checkpoint (prune.ratio)"), ("--calibration", "calibration .npz"),
+        ("--out", "candidate pool directory"), ("--metrics", "metrics JSON")],
+        optional=[("--members", "directory of ensemble member checkpoints"),
+                  ("--ladder", "directory of the pruning ladder's checkpoints (pruned-<percent>.pt)")])
+    indices = read(params, "train_teacher", TeacherConfig).members
+    members = list(stage.load_members(args.members, indices, "the ensemble candidate").values()) if indices else []
+    models, aliases = pool_models(args.teacher, members, args.student, args.pruned, args.ladder,
+                                  read(params, "prune", PruneConfig).ratio)
+    index = build_pool(models, stage.data(params), load_calibration(args.calibration),
+                       read(params, "calibrate", CalibrationConfig), read(params, "export", ExportConfig), args.out,
+                       aliases)
+    write_json(args.metrics, {k: index[k] for k in ("scored_on", "reference", "pytorch")} | {"candidates": {
+        c["name"]: {k: c[k] for k in ("accuracy", "nll", "ece", "size_bytes", "top1_agreement")}
+        for c in index["candidates"]}})
+    return f"{len(index['candidates'])} candidates from {len(models)} models"
+
+
+if __name__ == "__main__":
+    main()

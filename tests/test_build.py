@@ -1,0 +1,239 @@
+"""The candidate pool and per-target builds on tiny models: real exports, real runner measurements."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.export import ExportConfig
+from edgecompress.compression.pool import PoolModel, build_pool, ensemble_model
+from edgecompress.data import Dataset, Split
+from edgecompress.deploy.build import MeasurementCache, build_target, load_index, overshoot, pool_candidates
+from edgecompress.deploy.build_report import plot_rows, render_markdown, summary
+from edgecompress.deploy.check import run_target_check
+from edgecompress.deploy.targets import Budgets, load_target
+from edgecompress.errors import EdgeCompressError
+from edgecompress.models import MobileNetStudent, ResNetTeacher
+from edgecompress.training.loop import TrainConfig, fit
+from tests.test_ensemble import blob_dataset
+from tests import test_ssh
+from tests.test_ssh import Server
+
+sshd = test_ssh.sshd  # the loopback sshd fixture, shared with the check's SSH tests
+
+FORMATS = ("fp32.onnx", "int8.onnx")
+
+
+def _meta(ds: Dataset, name: str) -> dict[str, Any]:
+    return {"data": ds.meta(), "params_hash": name}
+
+
+def _trained(model: torch.nn.Module, ds: Dataset, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    fit(model, ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y),
+        TrainConfig(epochs=8, batch_size=32, lr=0.05, crop_pad=0, flip=False, seed=seed))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pool of a teacher, a 2-member ensemble and a small student, each as fp32 and int8 ONNX."""
+    base = blob_dataset()
+    # Score on more images than the 32 the blob split has: the pool splits val in decide/score halves.
+    ds = Dataset(base.train, Split(np.concatenate([base.val.x, base.test.x]), np.concatenate([base.val.y, base.test.y])),
+                 base.test, base.class_names, base.mean, base.std)
+    teacher = _trained(ResNetTeacher(1, 4, widths=[8, 16], blocks=[1, 1], stem=8), ds, 0)
+    member = _trained(ResNetTeacher(1, 4, widths=[8, 16], blocks=[1, 1], stem=8), ds, 1)
+    student = _trained(MobileNetStudent(1, 4, [8, 16], [2]), ds, 2)
+    t = PoolModel("teacher", teacher, _meta(ds, "t"), "teacher.pt")
+    models = [t, ensemble_model(t, [member]), PoolModel("student", student, _meta(ds, "s"), "student.pt")]
+    out = tmp_path_factory.mktemp("pool") / "candidates"
+    calib = ds.normalize(ds.train.x[:32])
+    build_pool(models, ds, calib, CalibrationConfig(val_samples=16, max_drop=None), ExportConfig(formats=FORMATS), out,
+               aliases={"pruned": "student"})
+    return out
+
+
+def _profile(tmp_path: Path, budgets: str, build: str = "{models: all, precisions: [int8, fp32], "
+             "engines: [onnxruntime]}", arch: str = "any", name: str = "t") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nhardware: {{arch: {arch}}}\nbuild: {build}\n"
+                    f"runtime: {{threads: 1}}\nbench: {{warmup: 1, runs: 5, batch: 1, max_seconds: 5}}\n"
+                    f"budgets: {budgets}\n")
+    return path
+
+
+def test_pool_index_scores_every_candidate_on_validation(pool: Path) -> None:
+    index = load_index(pool)
+    names = [c["name"] for c in index["candidates"]]
+    assert names == [f"{m}/{f}" for m in ("teacher", "ensemble", "student") for f in FORMATS]
+    # 32 + 32 validation images: the first 16 decide (accuracy-aware int8), the other 48 score.
+    assert index["scored_on"] == {**index["scored_on"], "split": "validation", "images": 48, "skipped_first": 16}
+    assert index["reference"]["model"] == "teacher" and index["aliases"] == {"pruned": "student"}
+    by = {c["name"]: c for c in index["candidates"]}
+    assert by["ensemble/fp32.onnx"]["uncertainty"] and not by["teacher/fp32.onnx"]["uncertainty"]
+    assert by["student/fp32.onnx"]["size_bytes"] < by["teacher/fp32.onnx"]["size_bytes"]
+    assert all(0 <= c["accuracy"] <= 1 and c["ece"] >= 0 and len(c["sha256"]) == 64 for c in index["candidates"])
+    assert (pool / "valset.npz").is_file() and (pool / "testset.npz").is_file()
+    # The exported ensemble scores what the PyTorch ensemble scores.
+    assert by["ensemble/fp32.onnx"]["accuracy"] == pytest.approx(index["pytorch"]["ensemble"]["accuracy"])
+
+
+def test_pool_index_refuses_a_changed_artifact(pool: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "pool"
+    shutil.copytree(pool, copy)
+    with open(copy / "student/int8.onnx", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(EdgeCompressError, match=r"student/int8\.onnx: .* the index says .*re-run the candidates stage"):
+        load_index(copy)
+
+
+def test_budgets_decide_and_a_changed_budget_is_not_measured_again(pool: Path, tmp_path: Path) -> None:
+    cache = MeasurementCache(tmp_path / "cache")
+    index = load_index(pool)
+    smallest = min(index["candidates"], key=lambda c: c["size_bytes"])
+    small = smallest["size_bytes"] / 2**20
+    loose = build_target(load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}")), pool, tmp_path / "loose",
+                         cache)
+    best = max(index["candidates"], key=lambda c: (c["accuracy"], -c["size_bytes"]))
+    assert loose["chosen"]["val_accuracy"] == best["accuracy"] and loose["status"] == "built"
+    # A size budget only the smallest candidate meets forces it.
+    tight = build_target(load_target(_profile(tmp_path, f"{{size_mb: {small * 1.01}, latency_ms: {{p50: 1000}}}}")),
+                         pool, tmp_path / "tight", cache)
+    assert tight["chosen"]["name"] == smallest["name"]
+    file = Path(smallest["path"]).name
+    assert (tmp_path / "tight" / file).is_file() and (tmp_path / "tight" / f"{file}.json").is_file()
+    rows = {r["name"]: r for r in tight["candidates"]}
+    assert rows["teacher/fp32.onnx"]["measured"] == "not measured"  # ruled out by size before any run
+    assert any(w.startswith("size ") for w in rows["teacher/fp32.onnx"]["why"])
+    # Another budget value, same device, artifacts and settings: re-chosen without a device run.
+    again = build_target(load_target(_profile(tmp_path, f"{{size_mb: {small * 1.01}, latency_ms: {{p50: 999}}}}")),
+                         pool, tmp_path / "tight", cache)
+    assert again["search"]["device_runs"] == 0 and again["search"]["cache_hits"] == 1
+    assert again["chosen"] == tight["chosen"]
+    md = render_markdown(tight)
+    assert f"`{smallest['name']}`" in md and summary(tight)["chosen"] == smallest["name"]
+    if loose["chosen"]["val_accuracy"] > tight["chosen"]["val_accuracy"]:
+        assert "Why nothing more accurate ships" in md
+    points = plot_rows(tight, {"latency_ms": {"p50": 1000}, "min_accuracy": None})
+    assert any(p.get("fate") == "chosen" for p in points) and any("budget" in p for p in points)
+    # The check then gates what the build chose, on the test split.
+    result = run_target_check(_profile(tmp_path, "{latency_ms: {p50: 1000}}"), tmp_path / "tight",
+                              pool / "testset.npz", strict=False)
+    assert result["artifact"]["candidate"] == smallest["name"] and result["status"] == "pass"
+
+
+def test_search_stops_at_the_first_fit_unless_exhaustive(pool: Path, tmp_path: Path) -> None:
+    profile = load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}"))
+    quick = build_target(profile, pool, tmp_path / "a", MeasurementCache(tmp_path / "c1"))
+    full = build_target(profile, pool, tmp_path / "b", MeasurementCache(tmp_path / "c2"), exhaustive=True)
+    assert full["search"]["device_runs"] == 6 and quick["search"]["device_runs"] < 6
+    assert quick["chosen"]["val_accuracy"] == full["chosen"]["val_accuracy"]
+
+
+def test_requires_uncertainty_ships_the_ensemble(pool: Path, tmp_path: Path) -> None:
+    profile = load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}", "{requires: [uncertainty], "
+                                   "engines: [onnxruntime]}"))
+    assert build_target(profile, pool, tmp_path / "u", MeasurementCache(tmp_path / "c"))["chosen"]["model"] == "ensemble"
+
+
+def test_pinned_profile_ships_its_artifact_of_the_pruned_model(pool: Path, tmp_path: Path) -> None:
+    path = tmp_path / "pin.yaml"
+    path.write_text("name: pin\nartifact: {format: onnx, precision: int8}\nruntime: {engine: onnxruntime}\n"
+                    "bench: {warmup: 1, runs: 5}\nbudgets: {latency_ms: {p50: 1000}}\n")
+    record = build_target(load_target(path), pool, tmp_path / "pin", MeasurementCache(tmp_path / "c"))
+    assert record["chosen"]["name"] == "student/int8.onnx" and record["build"]["pinned"]
+
+
+def test_no_feasible_candidate(pool: Path, tmp_path: Path) -> None:
+    budgets = "{size_mb: 0.000001}"
+    # On matching hardware (arch any matches) the build fails, naming the nearest and by how much.
+    real = build_target(load_target(_profile(tmp_path, budgets)), pool, tmp_path / "r", MeasurementCache(tmp_path / "c"))
+    assert real["status"] == "infeasible"
+    assert "no candidate meets every budget" in real["error"] and "size" in real["error"] and "(by " in real["error"]
+    # Elsewhere it is a labelled proxy: it ships the candidate nearest its budgets (the smallest here).
+    proxy = build_target(load_target(_profile(tmp_path, budgets, arch="aarch64", name="p")), pool, tmp_path / "p",
+                         MeasurementCache(tmp_path / "c"))
+    assert proxy["status"] == "proxy-infeasible" and "error" not in proxy
+    smallest = min(load_index(pool)["candidates"], key=lambda c: c["size_bytes"])
+    assert proxy["chosen"]["name"] == smallest["name"]
+
+
+def test_overshoot_is_zero_inside_the_budgets(pool: Path, tmp_path: Path) -> None:
+    profile = load_target(_profile(tmp_path, "{size_mb: 100}"))
+    c = pool_candidates(load_index(pool))[0]
+    assert overshoot(c, profile, None) == 0
+    tight = replace(profile, budgets=Budgets(size_mb=c.size_bytes / 2**20 / 2))
+    assert overshoot(c, tight, None) == pytest.approx(1.0)
+
+
+def test_unknown_model_in_build_spec(pool: Path, tmp_path: Path) -> None:
+    profile = load_target(_profile(tmp_path, "{size_mb: 1}", "{models: [pruned-90]}"))
+    with pytest.raises(EdgeCompressError, match=r"build\.models names \['pruned-90'\].*it has teacher, ensemble, student"):
+        build_target(profile, pool, tmp_path / "x", MeasurementCache(tmp_path / "c"))
+
+
+def test_cache_key_tracks_what_determines_a_measurement(tmp_path: Path) -> None:
+    profile = load_target(_profile(tmp_path, "{size_mb: 1}")).pinned("onnx", "int8")
+    probe = {"fingerprint": {"cpu_model": "x"}, "runtimes": {"onnxruntime": "onnxruntime 1.0"}, "runner_version": 1}
+    key = MeasurementCache.key("a" * 64, probe, profile)
+    assert key == MeasurementCache.key("a" * 64, json.loads(json.dumps(probe)), profile)
+    assert key != MeasurementCache.key("b" * 64, probe, profile)
+    assert key != MeasurementCache.key("a" * 64, {**probe, "runtimes": {"onnxruntime": "onnxruntime 1.1"}}, profile)
+    assert key != MeasurementCache.key("a" * 64, probe, replace(profile, runtime=replace(profile.runtime, threads=2)))
+    assert key != MeasurementCache.key("a" * 64, probe, replace(profile, bench=replace(profile.bench, runs=7)))
+    # A budget is not part of it: changing one re-chooses from the same measurements.
+    assert key == MeasurementCache.key("a" * 64, probe, replace(profile, budgets=Budgets(size_mb=2)))
+    cache = MeasurementCache(tmp_path / "cache")
+    assert cache.get(key) is None
+    cache.put(key, {"latency_ms": {"p50": 1.0}})
+    assert cache.get(key) == {"latency_ms": {"p50": 1.0}}
+    (tmp_path / "cache" / f"{key}.json").write_text("{half")  # a killed run's entry: measured again
+    assert cache.get(key) is None
+
+
+def test_build_profile_errors(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("build: {engines: [litert]}\nartifact: {format: tflite, precision: int8}\n"
+                    "runtime: {threads: 1}\nbudgets: {size_mb: 1}\n")
+    with pytest.raises(EdgeCompressError, match=r"bad\.yaml: field artifact/build: give exactly one"):
+        load_target(path)
+    path.write_text("build: {engines: [litert]}\nruntime: {engine: litert}\nbudgets: {size_mb: 1}\n")
+    with pytest.raises(EdgeCompressError, match=r"field runtime\.engine: remove it: with build"):
+        load_target(path)
+    path.write_text("build: {engines: [litert]}\nruntime: {providers: [CPUExecutionProvider]}\nbudgets: {size_mb: 1}\n")
+    with pytest.raises(EdgeCompressError, match=r"field runtime\.providers: applies only to engine onnxruntime"):
+        load_target(path)
+    path.write_text("runtime: {threads: 1}\nbudgets: {size_mb: 1}\n")
+    with pytest.raises(EdgeCompressError, match=r"field build: is required \(or artifact"):
+        load_target(path)
+    path.write_text("build: {engines: [litert], speed: fast}\nruntime: {threads: 1}\nbudgets: {size_mb: 1}\n")
+    with pytest.raises(EdgeCompressError, match=r"field build\.speed: unknown key"):
+        load_target(path)
+
+
+def test_build_over_ssh(sshd: Server, pool: Path, tmp_path: Path) -> None:
+    """The loopback sshd as the device: probe and measurements run there; the cache keys on its fingerprint."""
+    work = tmp_path / "remote"
+    profile = replace(load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}")), device=sshd.device(work))
+    cache = MeasurementCache(tmp_path / "cache")
+    first = build_target(profile, pool, tmp_path / "ssh", cache)
+    assert first["device"] == sshd.url and first["status"] == "built" and first["search"]["device_runs"] >= 1
+    assert first["fingerprint"]["hostname"] == socket.gethostname()
+    assert work.is_dir() and not any(work.iterdir())  # every remote run dir removed
+    again = build_target(profile, pool, tmp_path / "ssh", cache)
+    assert again["search"]["device_runs"] == 0 and again["chosen"] == first["chosen"]
+    # The same artifacts measured here are other measurements: the device is part of the key.
+    local = build_target(replace(profile, device=load_target(_profile(tmp_path, "{size_mb: 1}")).device), pool,
+                         tmp_path / "local", cache)
+    assert local["search"]["device_runs"] >= 1
