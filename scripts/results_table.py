@@ -59,6 +59,7 @@ def main() -> None:
             mi = r.get("mutual_information")
             print(f"| {name} | {pct(r['accuracy'])} | {r['nll']:.4f} | {r['ece']:.4f} | {r['brier']:.4f} | "
                   f"{r['entropy']:.4f} | {'-' if mi is None else f'{mi:.4f}'} | {r['params']:,} | {r['macs']:,} |")
+    builds(unc)
     checks = sorted(Path("metrics/check").glob("*.json"))
     if checks:
         print("\n| target | artifact | runtime (active provider) | p50 ms | p90 ms | p99 ms | peak RSS | accuracy | size | status |")
@@ -72,6 +73,28 @@ def main() -> None:
                   f"({active}) | {lat.get('p50', 0):.3f} | {lat.get('p90', 0):.3f} | {lat.get('p99', 0):.3f} | "
                   f"{'-' if mem is None else f'{mem:.0f} MB'} | {pct(r.get('accuracy'))} | "
                   f"{(art.get('size_bytes') or 0) / 1024:.1f} KiB | {r.get('status')} |")
+
+def builds(unc: dict) -> None:
+    """Per target: what its build chose, the check's test figures on the device, and the gap to the teacher."""
+    import yaml
+
+    names = yaml.safe_load(Path("params.yaml").read_text())["check"]["targets"]
+    teacher = (unc.get("teacher") or {}).get("accuracy")
+    print("\n| target | shipped | size | its last build: measured / cached / skipped / of | val accuracy | test accuracy "
+          "(images) | vs teacher | ECE | p50 ms | p90 ms | status |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        b, c = load(f"metrics/build/{name}.json"), load(f"metrics/check/{name}.json")
+        if not b or not c:
+            continue
+        lat = c.get("latency_ms") or {}
+        gap = "-" if teacher is None or c.get("accuracy") is None else f"{100 * (c['accuracy'] - teacher):+.2f} pt"
+        ece = c.get("ece")
+        print(f"| {name} | `{b['chosen']}` | {b['size_bytes'] / 1024:.1f} KiB | {b['device_runs']} / {b['cache_hits']} / "
+              f"{b['skipped']} / {b['candidates']} | {pct(b['val_accuracy'])} | {pct(c.get('accuracy'))} "
+              f"({c.get('accuracy_samples'):,}) | {gap} | {'-' if ece is None else f'{ece:.4f}'} | "
+              f"{lat.get('p50', 0):.3f} | {lat.get('p90', 0):.3f} | {c.get('status')} |")
+
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
 from edgecompress import stage
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import ExportConfig, load_calibration
-from edgecompress.compression.pool import build_pool, pool_models
+from edgecompress.compression.pool import PoolConfig, build_pool, pool_models
 from edgecompress.compression.prune import PruneConfig
 from edgecompress.config import read
 from edgecompress.errors import friendly_main
@@ -25,8 +25,8 @@ def main() -> str:
                                   read(params, "prune", PruneConfig).ratio)
     index = build_pool(models, stage.data(params), load_calibration(args.calibration),
                        read(params, "calibrate", CalibrationConfig), read(params, "export", ExportConfig), args.out,
-                       aliases)
-    write_json(args.metrics, {k: index[k] for k in ("scored_on", "reference", "pytorch")} | {"candidates": {
+                       aliases, temperature=read(params, "candidates", PoolConfig).temperature)
+    write_json(args.metrics, {k: index[k] for k in ("scored_on", "reference", "pytorch", "temperature")} | {"candidates": {
         c["name"]: {k: c[k] for k in ("accuracy", "nll", "ece", "size_bytes", "top1_agreement")}
         for c in index["candidates"]}})
     return f"{len(index['candidates'])} candidates from {len(models)} models"

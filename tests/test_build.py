@@ -58,7 +58,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pool") / "candidates"
     calib = ds.normalize(ds.train.x[:32])
     build_pool(models, ds, calib, CalibrationConfig(val_samples=16, max_drop=None), ExportConfig(formats=FORMATS), out,
-               aliases={"pruned": "student"})
+               aliases={"pruned": "student"}, temperature=True)
     return out
 
 
@@ -83,6 +83,12 @@ def test_pool_index_scores_every_candidate_on_validation(pool: Path) -> None:
     assert by["student/fp32.onnx"]["size_bytes"] < by["teacher/fp32.onnx"]["size_bytes"]
     assert all(0 <= c["accuracy"] <= 1 and c["ece"] >= 0 and len(c["sha256"]) == 64 for c in index["candidates"])
     assert (pool / "valset.npz").is_file() and (pool / "testset.npz").is_file()
+    # Temperature scaling: fitted for single networks only (the ensemble keeps its own calibration), on the
+    # 16 decision images, reported on the 48 scoring ones; folding it in never changes a prediction.
+    assert set(index["temperature"]) == {"teacher", "student"}
+    for fitted in index["temperature"].values():
+        assert fitted["temperature"] > 0 and fitted["fitted_on"] == 16
+        assert fitted["before"]["accuracy"] == fitted["after"]["accuracy"]
     # The exported ensemble scores what the PyTorch ensemble scores.
     assert by["ensemble/fp32.onnx"]["accuracy"] == pytest.approx(index["pytorch"]["ensemble"]["accuracy"])
 
@@ -126,7 +132,8 @@ def test_budgets_decide_and_a_changed_budget_is_not_measured_again(pool: Path, t
     if loose["chosen"]["val_accuracy"] > tight["chosen"]["val_accuracy"]:
         assert "Why nothing more accurate ships" in md
     points = plot_rows(tight, {"latency_ms": {"p50": 1000}, "min_accuracy": None})
-    assert any(p.get("fate") == "chosen" for p in points) and any("budget" in p for p in points)
+    assert any(p.get("fate") == "chosen" for p in points)
+    assert all(p["latency_budget_ms"] == 1000 and "accuracy_floor" not in p for p in points)
     # The check then gates what the build chose, on the test split.
     result = run_target_check(_profile(tmp_path, "{latency_ms: {p50: 1000}}"), tmp_path / "tight",
                               pool / "testset.npz", strict=False)

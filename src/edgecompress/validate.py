@@ -11,6 +11,7 @@ from typing import Any
 from edgecompress.artifacts import ENGINE_FOR_FORMAT
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import ExportConfig
+from edgecompress.compression.pool import PoolConfig
 from edgecompress.compression.prune import PruneConfig
 from edgecompress.config import read
 from edgecompress.data import DataConfig
@@ -20,7 +21,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.teacher import TeacherConfig
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
+SECTIONS: dict[str, type] = {"candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
                              "check": CheckConfig}
 

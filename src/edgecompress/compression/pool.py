@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from edgecompress.artifacts import REGISTRY
@@ -32,13 +33,28 @@ from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.ensemble_graph import EnsembleGraph
 from edgecompress.compression.export import ExportConfig, export_all, swap_in
 from edgecompress.compression.ladder import ladder_levels
+from edgecompress.compression.temperature import can_fold, fit_temperature, fold_temperature
 from edgecompress.data import Dataset, Split, save_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import write_json
-from edgecompress.models import MultiHeadStudent
+from edgecompress.metrics import classification_metrics, softmax
+from edgecompress.models import MultiHeadStudent, batched
 
 INDEX = "index.json"
 BUILD_PRECISIONS = ("int8", "fp16", "fp32")  # dynamic int8 is not a build candidate (see deploy.choose)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """``candidates`` in params.yaml: how the pool is made beyond what ``export`` says."""
+
+    # Fit a temperature per single-network model on the held-out validation half and fold it into
+    # its classifier: same predictions, better-calibrated probabilities (ECE/NLL before and after kept).
+    temperature: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.temperature, bool):
+            raise EdgeCompressError(f"invalid value temperature={self.temperature!r}: must be true or false")
 
 
 @dataclass(frozen=True)
@@ -95,13 +111,33 @@ def _eval_split(ds: Dataset, selection: int) -> tuple[int, Split]:
     return keep, Split(ds.val.x[keep:], ds.val.y[keep:])
 
 
+def _tempered(pm: PoolModel, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray,
+              y_eval: np.ndarray) -> tuple[PoolModel, dict[str, Any]]:
+    """``pm`` with a fitted temperature folded in, and the fit (T, NLL/ECE before and after on x_eval)."""
+    def scores(model: nn.Module) -> dict[str, float]:
+        logits = batched(model, torch.from_numpy(x_eval), 1000, channels_last=False).numpy()
+        m = classification_metrics(softmax(logits.astype(np.float64)), y_eval)
+        return {"nll": m["nll"], "ece": m["ece"], "accuracy": m["accuracy"]}
+
+    fit_logits = batched(pm.model, torch.from_numpy(x_fit), 1000, channels_last=False).numpy()
+    t = fit_temperature(fit_logits, y_fit)
+    scaled = fold_temperature(pm.model, t)
+    report = {"temperature": t, "fitted_on": len(y_fit), "before": scores(pm.model), "after": scores(scaled)}
+    print(f"[candidates] {pm.name}: temperature {t:.3f}, NLL {report['before']['nll']:.4f} -> "
+          f"{report['after']['nll']:.4f}, ECE {report['before']['ece']:.4f} -> {report['after']['ece']:.4f}",
+          file=sys.stderr, flush=True)
+    return replace(pm, model=scaled), report
+
+
 def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: CalibrationConfig,
                export_cfg: ExportConfig, out: str | Path, aliases: dict[str, str] | None = None,
-               reference: str = "teacher") -> dict[str, Any]:
+               reference: str = "teacher", temperature: bool = False) -> dict[str, Any]:
     """Export every model in every build precision of ``export.formats``, score each, write ``out`` whole.
 
     ``aliases`` name a model by another name (``pruned`` -> the level ``prune.ratio`` keeps, what a
-    pinned profile ships). Returns the index (also written as ``out/index.json``).
+    pinned profile ships). ``temperature``: fit one per single network on the decision half of the
+    validation images and fold it in (``compression.temperature``); the index records T and the
+    NLL/ECE before and after on the scoring half. Returns the index (also written as ``out/index.json``).
     """
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -119,9 +155,13 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     scratch = Path(tempfile.mkdtemp(prefix="edgecompress-pool."))
     candidates: list[dict[str, Any]] = []
     pytorch: dict[str, Any] = {}
+    tempered: dict[str, Any] = {}
     try:
         for i, pm in enumerate(models):
             t0 = time.perf_counter()
+            # Models with members or heads keep their own calibration (the ensemble's is the point of it).
+            if temperature and can_fold(pm.model) and not pm.uncertainty:
+                pm, tempered[pm.name] = _tempered(pm, x_sel, y_sel, x_eval, scoring.y)
             print(f"[candidates] {i + 1}/{len(models)} {pm.name}: {', '.join(formats)}", file=sys.stderr, flush=True)
             results = export_all(pm.model.eval(), pm.meta, scratch / pm.name, calib, cfg, x_eval, scoring.y,
                                  pm.parent, pm.meta.get("params_hash", ""), export_cfg=pool_cfg, x_val=x_sel,
@@ -144,7 +184,8 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
         index = {"scored_on": {"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
                                "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
                  "reference": {"model": reference, **pytorch[reference]},
-                 "aliases": dict(aliases or {}), "pytorch": pytorch, "candidates": candidates}
+                 "aliases": dict(aliases or {}), "pytorch": pytorch, "temperature": tempered,
+                 "candidates": candidates}
         write_json(scratch / INDEX, index)
         swap_in(scratch, out)
     finally:

@@ -90,6 +90,12 @@ def _f(value: float, decimals: int) -> str:
     return f"{value:.2g}" if value != 0 and float(text) == 0 else text
 
 
+def _exact(value: float, decimals: int) -> str:
+    """A budget as written: fixed decimals unless they would round it (0.125 MiB is not "0.12")."""
+    text = f"{value:.{decimals}f}"
+    return text if float(text) == value else f"{value:g}"
+
+
 def allowed(candidates: Iterable[Candidate], spec: BuildSpec) -> tuple[list[Candidate], list[Rejection]]:
     """(kept, rejected) by the build spec alone; no measurement is looked at."""
     kept: list[Candidate] = []
@@ -137,16 +143,16 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
         if v is None:
             out.append(f"latency {key} not measured")
         elif v > budget:
-            out.append(f"latency {key} {_f(v, 2)} ms > {_f(budget, 2)} ms (by {_f(v - budget, 2)} ms)")
+            out.append(f"latency {key} {_f(v, 2)} ms > {_exact(budget, 2)} ms (by {_f(v - budget, 2)} ms)")
     if budgets.size_mb is not None and c.size_bytes / MIB > budgets.size_mb:
         v = c.size_bytes / MIB
-        out.append(f"size {_f(v, 2)} MiB > {_f(budgets.size_mb, 2)} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
+        out.append(f"size {_f(v, 2)} MiB > {_exact(budgets.size_mb, 2)} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
     if budgets.peak_memory_mb is not None and device:
         v, b = c.peak_memory_mb, budgets.peak_memory_mb
         if v is None:
             out.append("peak memory not measured")
         elif v > b:
-            out.append(f"peak memory {_f(v, 1)} MiB > {_f(b, 1)} MiB (by {_f(v - b, 1)} MiB)")
+            out.append(f"peak memory {_f(v, 1)} MiB > {_exact(b, 1)} MiB (by {_f(v - b, 1)} MiB)")
     if budgets.min_accuracy is not None and c.accuracy < budgets.min_accuracy:
         b = budgets.min_accuracy
         out.append(f"accuracy {100 * c.accuracy:.2f}% < {100 * b:.2f}% (by {_f(100 * (b - c.accuracy), 2)} pt)")
@@ -154,7 +160,7 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
         # Rounded: 0.93 - 0.91 is 0.0200000000000002 in floats, which must not miss a 2-point budget.
         drop = round(100 * (reference_accuracy - c.accuracy), 9)
         if drop > budgets.max_drop:
-            out.append(f"accuracy drop {_f(drop, 2)} pt > {_f(budgets.max_drop, 2)} pt vs teacher "
+            out.append(f"accuracy drop {_f(drop, 2)} pt > {_exact(budgets.max_drop, 2)} pt vs teacher "
                        f"{100 * reference_accuracy:.2f}% (by {_f(drop - budgets.max_drop, 2)} pt)")
     for label, v, b, unit in (("ECE", c.ece, budgets.max_ece, ""), ("NLL", c.nll, budgets.max_nll, " nats")):
         if b is None:
@@ -162,7 +168,7 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
         if v is None:
             out.append(f"{label} not measured")
         elif v > b:
-            out.append(f"{label} {_f(v, 3)}{unit} > {_f(b, 3)}{unit} (by {_f(v - b, 3)}{unit})")
+            out.append(f"{label} {_f(v, 3)}{unit} > {_exact(b, 3)}{unit} (by {_f(v - b, 3)}{unit})")
     return out
 
 
