@@ -193,6 +193,15 @@ def profile_rules(raw: dict[str, Any], cores: int) -> dict[str, Any]:
             "latency_ms": dict(b.get("latency_ms") or {}), "size_mb": b.get("size_mb")}
 
 
+def read_profiles(folder: Path, cores: int) -> dict[str, dict[str, Any]]:
+    """Every profile in ``folder`` as the rules the fit tables apply."""
+    out = {}
+    for yml in sorted(folder.glob("*.yaml")):
+        raw = yaml.safe_load(yml.read_text())
+        out[raw.get("name") or yml.stem] = profile_rules(raw, cores)
+    return out
+
+
 def fits(get: dict[tuple, Row], pr: dict[str, Any], model: str, art: str, res: int) -> str:
     """'fits', '-' (not measured) or every latency/size budget the candidate misses under profile ``pr``."""
     r = get.get((model, res, art, pr["column"]))
@@ -339,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         a.out = a.out if a.out != "benchmarks/results" else tempfile.mkdtemp(prefix="scale-quick-")
     if a.from_json:
         data = json.loads(Path(a.from_json).read_text())
+        data["profiles"] = read_profiles(Path(a.targets), data["meta"]["cores"])  # today's budgets, same figures
         data["meta"]["conclusions"] = conclusions(data["rows"], data["meta"], data["profiles"])
         return write(Path(a.out), data)
     res_list, cores, t_start = [int(r) for r in a.res.split(",") if r.strip()], os.cpu_count() or 1, time.time()
@@ -387,10 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {rnd + 1}: {mname} {res}px {art} {th}t: p50 {m['p50']:.3f} ms (n {m['n']}, others "
                     f"{m['other_cores']:.2f} core, waited {waited:.1f} s)")
     rows = [{"model": k[0], "res": k[1], "artifact": k[2], "threads": k[3], **pick(v)} for k, v in got.items()]
-    profiles = {}
-    for yml in sorted(Path(a.targets).glob("*.yaml")):  # read now: the profiles may have changed during the run
-        raw = yaml.safe_load(yml.read_text())
-        profiles[raw.get("name") or yml.stem] = profile_rules(raw, cores)
+    profiles = read_profiles(Path(a.targets), cores)  # read now: the profiles may have changed during the run
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "fingerprint": fingerprint(),
             "cores": cores, "resolutions": res_list, "width": a.width, "params": params, "macs": macs,
             "calib": a.calib, "rounds": a.rounds, "quiet_wait": a.quiet_wait, "warmup": a.warmup, "runs": a.runs,
