@@ -1,0 +1,239 @@
+"""Your model, not only ours: a classifier brought as code + weights, as a ``torch.export`` program, or as ONNX.
+
+Three forms, one result: an ``nn.Module`` that maps normalized (N, C, H, W) float images to
+(N, classes) logits, checked on a batch before any training starts.
+
+* ``module``: ``"my_models.py:build_classifier"`` (a file, or an importable module) names a factory
+  called with ``num_classes``, ``in_channels`` and ``image_size``; its weights come from a state dict
+  loaded with ``weights_only=True``. A real module: KD of every kind, pruning, fine-tuning and QAT apply.
+* ``exported``: a self-contained ``torch.export`` program (``.pt2``); none of the user's code is
+  needed to run it. It can teach (response KD, the ensemble) and be evaluated; what needs a module's
+  internals (feature KD, pruning) is refused with a clear message (``internals``).
+* ``onnx``: an ONNX classifier run by onnxruntime as a frozen teacher; its layout (NCHW/NHWC) and
+  whether it normalizes itself are declared, and checked on a batch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.errors import EdgeCompressError
+
+FORMS = ("module", "exported", "onnx")
+
+
+@dataclass(frozen=True)
+class UserModelSpec:
+    """Where a user's classifier comes from; ``where`` names the params key in error messages."""
+
+    form: str
+    model: str  # module: "file.py:factory" or "package.module:factory"; exported: .pt2; onnx: .onnx
+    weights: str | None = None  # module only: a state dict (.pt)
+    layout: str = "NCHW"  # onnx only: the input layout the graph expects
+    normalized_input: bool = True  # onnx only: false = the graph takes x/255 and normalizes itself
+    where: str = "train_teacher"
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise EdgeCompressError(f"{self.where}.source: {self.form!r} is not one of train, {', '.join(FORMS)}")
+        if not isinstance(self.model, str) or not self.model:
+            raise EdgeCompressError(f"{self.where}.model: give the {self.form} to load (e.g. "
+                                    f"{'my_models.py:build_classifier' if self.form == 'module' else 'teacher.' + ('pt2' if self.form == 'exported' else 'onnx')})")
+        if self.form == "module" and not self.weights:
+            raise EdgeCompressError(f"{self.where}.weights: a module needs its trained weights (a state dict saved with "
+                                    f"torch.save(model.state_dict(), path))")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise EdgeCompressError(f"{self.where}.layout: {self.layout!r} is not NCHW or NHWC")
+
+
+def load_factory(spec: str, where: str = "train_teacher.model") -> Callable[..., Any]:
+    """``"path/to/file.py:name"`` or ``"package.module:name"`` -> the callable it names."""
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise EdgeCompressError(f"{where}: {spec!r} must be 'file.py:factory' or 'package.module:factory'")
+    target, name = spec.split(":")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise EdgeCompressError(f"{where}: {path} not found (paths are relative to the repository root)")
+            mod_name = f"edgecompress_user_{path.stem}"
+            loader = importlib.util.spec_from_file_location(mod_name, path)
+            assert loader is not None and loader.loader is not None
+            module = importlib.util.module_from_spec(loader)
+            sys.modules[mod_name] = module  # dataclasses and pickling look modules up by name
+            loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except EdgeCompressError:
+        raise
+    except Exception as e:  # the user's file may raise anything while importing
+        raise EdgeCompressError(f"{where}: importing {target} failed: {type(e).__name__}: {e}") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise EdgeCompressError(f"{where}: {target} has no callable {name!r}")
+    return factory
+
+
+def build_module(spec: str, num_classes: int, in_channels: int, image_size: int,
+                 where: str = "train_teacher.model") -> nn.Module:
+    """Call the factory with the dataset's shape; it must return an ``nn.Module``."""
+    factory = load_factory(spec, where)
+    try:
+        model = factory(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    except Exception as e:
+        raise EdgeCompressError(f"{where}: {spec}(num_classes={num_classes}, in_channels={in_channels}, "
+                                f"image_size={image_size}) failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise EdgeCompressError(f"{where}: {spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path, where: str = "train_teacher.weights") -> nn.Module:
+    """Load a state dict (or ``{"state_dict": ...}``) strictly; a mismatch names the first tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCompressError(f"{where}: {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise EdgeCompressError(f"{where}: {path} cannot be loaded with weights_only=True, which refuses files that "
+                                f"would run code when loaded (a pickled model object, not a state dict): "
+                                f"{type(e).__name__}: {str(e).splitlines()[0]}; save torch.save(model.state_dict(), "
+                                f"path) instead") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EdgeCompressError(f"{where}: {path} holds no state dict (name -> tensor)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}" for label, items in
+                 (("missing from the file", missing), ("not in the model", unexpected),
+                  ("shape (file vs model)", shapes)) if items]
+        raise EdgeCompressError(f"{where}: {path} does not fit the architecture ({'; '.join(parts)}); the factory "
+                                f"must build the network the weights were trained as")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+class OnnxClassifier(nn.Module):
+    """An ONNX classifier as a frozen teacher: onnxruntime runs it; no gradient flows through it."""
+
+    def __init__(self, path: str | Path, layout: str = "NCHW", normalized_input: bool = True,
+                 mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise EdgeCompressError(f"train_teacher.model: {path} not found")
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise EdgeCompressError(f"train_teacher.model: onnxruntime cannot load {path}: {e}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.layout, self.normalized_input = layout, normalized_input
+        self.mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1) if mean else None
+        self.std = np.asarray(std, np.float32).reshape(1, -1, 1, 1) if std else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.detach().cpu().float().numpy()
+        if not self.normalized_input:  # the graph normalizes itself: hand it x/255 again
+            if self.mean is None or self.std is None:
+                raise EdgeCompressError("normalized_input: false needs the dataset's mean and std")
+            a = a * self.std + self.mean
+        if self.layout == "NHWC":
+            a = a.transpose(0, 2, 3, 1)
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(a)})[0]
+        return torch.from_numpy(np.asarray(out, np.float32))
+
+
+class ExportedClassifier(nn.Module):
+    """A ``torch.export`` program as a module; its train/eval behaviour was fixed when it was exported."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> "ExportedClassifier":
+        # An exported graph refuses train()/eval(); recording the flag lets code that freezes a teacher run.
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """A ``torch.export`` program (``.pt2``) as a module that runs without the user's code."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCompressError(f"train_teacher.model: {path} not found")
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:
+        raise EdgeCompressError(f"train_teacher.model: {path} is not a torch.export program "
+                                f"({type(e).__name__}: {e}); save one with torch.export.save(torch.export.export("
+                                f"model, (example,)), path)") from None
+    return ExportedClassifier(program.module())
+
+
+def internals(model: nn.Module, what: str) -> None:
+    """Refuse ``what`` (feature KD, pruning, ...) for a model whose layers are not reachable."""
+    if isinstance(model, (OnnxClassifier, ExportedClassifier)):
+        kind = "an ONNX graph" if isinstance(model, OnnxClassifier) else "a torch.export program"
+        raise EdgeCompressError(f"{what} needs the model's layers, but this teacher is {kind}; bring it as "
+                                f"source: module (code + weights) for that, or use response KD")
+
+
+def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+                     where: str = "train_teacher") -> None:
+    """Run a batch of 2 zero images; the output must be (2, num_classes) logits."""
+    x = torch.zeros(2, *input_shape)
+    try:
+        with torch.no_grad():  # the caller puts it in eval mode (an exported program has no train/eval switch)
+            out = model(x)
+    except EdgeCompressError:
+        raise
+    except Exception as e:
+        raise EdgeCompressError(f"{where}: the model cannot take input of shape {tuple(x.shape)} (N, C, H, W, "
+                                f"normalized): {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise EdgeCompressError(f"{where}: the model returned {got} for 2 images; a classifier for this dataset "
+                                f"must return (2, {num_classes}) logits ({num_classes} classes)")
+
+
+def load_user_model(spec: UserModelSpec, input_shape: tuple[int, int, int], num_classes: int,
+                    mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> nn.Module:
+    """The user's classifier in any of the three forms, checked on a batch, in eval mode."""
+    c, h, _ = input_shape
+    if spec.form == "module":
+        model = build_module(spec.model, num_classes, c, h, f"{spec.where}.model")
+        load_weights(model, spec.weights or "", f"{spec.where}.weights")
+    else:
+        model = load_exported(spec.model) if spec.form == "exported" else \
+            OnnxClassifier(spec.model, spec.layout, spec.normalized_input, mean, std)
+    model.eval()
+    try:
+        check_classifier(model, input_shape, num_classes, spec.where)
+    except EdgeCompressError as e:
+        if spec.form == "exported" and "Guard failed" in str(e):
+            raise EdgeCompressError(f"{e}; the program was exported for one fixed batch size: export it with a "
+                                    f"dynamic batch, torch.export.export(model, (x,), dynamic_shapes=({{0: "
+                                    f"torch.export.Dim('batch')}},))") from None
+        raise
+    return model

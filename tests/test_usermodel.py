@@ -1,0 +1,223 @@
+"""Bring your own model: a user's architecture (inverted residuals, squeeze-excite, a concatenation)
+written by the test, trained briefly, then brought as code + weights, as a torch.export program and as
+ONNX; each teaches a student by response KD; the module itself is channel-pruned and exported."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgecompress.compression.onnx import export_onnx
+from edgecompress.compression.prune import PruneConfig, prune_channels
+from edgecompress.errors import EdgeCompressError
+from edgecompress.models import count_params
+from edgecompress.training.distill import DistillConfig, distill
+from edgecompress.training.loop import TrainConfig, fit
+from edgecompress.usermodel import (ExportedClassifier, OnnxClassifier, UserModelSpec, build_module, check_classifier,
+                                    internals, load_factory, load_user_model, load_weights)
+from tests.test_distill import tiny_dataset
+
+USER_MODELS = '''
+import torch
+from torch import nn
+
+
+class SE(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, max(c // 4, 4), 1), nn.Conv2d(max(c // 4, 4), c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c, t=4):
+        super().__init__()
+        h = c * t
+        self.body = nn.Sequential(
+            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
+            SE(h), nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class UserNet(nn.Module):
+    def __init__(self, num_classes, in_channels, width=16):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.block = InvertedResidual(w)
+        self.branch_a = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.branch_b = nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = self.block(self.stem(x))
+        x = torch.cat([self.branch_a(x), self.branch_b(x)], 1)
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def build_classifier(num_classes, in_channels, image_size):
+    return UserNet(num_classes, in_channels)
+
+
+def narrow(num_classes, in_channels, image_size):
+    return UserNet(num_classes, in_channels, width=8)
+
+
+def not_a_module(num_classes, in_channels, image_size):
+    return "a string"
+
+
+def one_class_too_many(num_classes, in_channels, image_size):
+    return UserNet(num_classes + 1, in_channels)
+
+
+def rgb_only(num_classes, in_channels, image_size):
+    return UserNet(num_classes, 3)
+
+
+def broken(num_classes, in_channels, image_size):
+    raise ValueError("no such width")
+'''
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The user's files: my_models.py, trained weights, the .pt2 program and the .onnx graph."""
+    d = tmp_path_factory.mktemp("user")
+    (d / "my_models.py").write_text(USER_MODELS)
+    ds = tiny_dataset()
+    model = build_module(f"{d}/my_models.py:build_classifier", ds.num_classes, 1, 12)
+    torch.manual_seed(0)
+    fit(model, ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y),
+        TrainConfig(epochs=6, batch_size=32, lr=0.05, crop_pad=0, flip=False))
+    model.eval()
+    torch.save(model.state_dict(), d / "weights.pt")
+    x = ds.to_tensor(ds.test.x[:4])
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(d / "model.pt2"))
+    fixed = torch.export.export(model, (x,))  # a fixed batch of 4: refused with the fix
+    torch.export.save(fixed, str(d / "fixed.pt2"))
+    export_onnx(model, (1, 12, 12), d / "model.onnx")
+    return {"dir": d, "ds": ds, "model": model}
+
+
+def _spec(user: dict, form: str, **kw: object) -> UserModelSpec:
+    d = user["dir"]
+    model = {"module": f"{d}/my_models.py:build_classifier", "exported": str(d / "model.pt2"),
+             "onnx": str(d / "model.onnx")}[form]
+    return UserModelSpec(form=form, model=model, weights=str(d / "weights.pt") if form == "module" else None, **kw)
+
+
+@pytest.mark.parametrize("form", ["module", "exported", "onnx"])
+def test_every_form_gives_the_same_classifier(user: dict, form: str) -> None:
+    ds = user["ds"]
+    model = load_user_model(_spec(user, form), ds.input_shape, ds.num_classes)
+    x = ds.to_tensor(ds.test.x)
+    with torch.no_grad():
+        want, got = user["model"](x), model(x)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert (got.argmax(1).numpy() == ds.test.y).mean() > 0.5  # it learned the bands: a real classifier
+    if form != "module":  # layers out of reach: asked for what needs them, it says so
+        with pytest.raises(EdgeCompressError, match=r"feature KD needs the model's layers.*source: module"):
+            internals(model, "feature KD")
+
+
+@pytest.mark.parametrize("form", ["module", "exported", "onnx"])
+def test_every_form_teaches_a_student_by_response_kd(user: dict, form: str) -> None:
+    ds = user["ds"]
+    teacher = load_user_model(_spec(user, form), ds.input_shape, ds.num_classes)
+    cfg = DistillConfig(channels=(8, 16, 16), strides=(2, 2), baseline=False,
+                        train=TrainConfig(epochs=1, batch_size=32, lr=0.05, crop_pad=0, flip=False))
+    student, _, report = distill(teacher, ds, cfg)
+    assert report["kd"]["params"] < count_params(user["model"]) and 0 <= report["kd"]["test"]["accuracy"] <= 1
+    assert all(not p.requires_grad for p in teacher.parameters())  # frozen while teaching
+
+
+def test_the_users_module_is_pruned_itself_and_exports(user: dict, tmp_path: Path) -> None:
+    """torch-pruning's dependency graph through the residual, the squeeze-excite and the concatenation."""
+    model = copy.deepcopy(user["model"])
+    before = count_params(model)
+    pruned = prune_channels(model, (1, 12, 12), 0.5, PruneConfig(ratio=0.5, round_to=1))
+    assert count_params(pruned) < 0.6 * before
+    x = user["ds"].to_tensor(user["ds"].test.x[:8])
+    with torch.no_grad():
+        assert pruned(x).shape == (8, 4)
+    export_onnx(pruned.eval(), (1, 12, 12), tmp_path / "pruned.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "pruned.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(out, pruned(x).numpy(), atol=1e-4)
+
+
+def test_clear_errors_before_any_training(user: dict, tmp_path: Path) -> None:
+    d, ds = user["dir"], user["ds"]
+    shape, classes = ds.input_shape, ds.num_classes
+    with pytest.raises(EdgeCompressError, match=r"must be 'file\.py:factory' or 'package\.module:factory'"):
+        load_factory("my_models.py")
+    with pytest.raises(EdgeCompressError, match=r"nope\.py not found"):
+        load_factory(f"{d}/nope.py:build")
+    with pytest.raises(EdgeCompressError, match=r"importing no_such_package_xyz failed: ModuleNotFoundError"):
+        load_factory("no_such_package_xyz:build")
+    with pytest.raises(EdgeCompressError, match=r"has no callable 'missing'"):
+        load_factory(f"{d}/my_models.py:missing")
+    with pytest.raises(EdgeCompressError, match=r"returned a str, not a torch\.nn\.Module"):
+        build_module(f"{d}/my_models.py:not_a_module", classes, 1, 12)
+    with pytest.raises(EdgeCompressError, match=r"broken\(num_classes=4, in_channels=1, image_size=12\) failed: "
+                                                r"ValueError: no such width"):
+        build_module(f"{d}/my_models.py:broken", classes, 1, 12)
+    # Weights of another width: the first mismatching tensors, with both shapes.
+    with pytest.raises(EdgeCompressError, match=r"does not fit the architecture \(shape \(file vs model\): "
+                                                r"stem\.0\.weight \(16, 1, 3, 3\) vs \(8, 1, 3, 3\)"):
+        load_weights(build_module(f"{d}/my_models.py:narrow", classes, 1, 12), d / "weights.pt")
+    # A pickled model object would run code when loaded: weights_only refuses it, said plainly.
+    torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole_model.pt")
+    with pytest.raises(EdgeCompressError, match=r"weights_only=True, which refuses files that would run code.*"
+                                                r"state_dict\(\)"):
+        load_weights(build_module(f"{d}/my_models.py:build_classifier", classes, 1, 12), tmp_path / "whole_model.pt")
+    with pytest.raises(EdgeCompressError, match=r"returned \(2, 5\) for 2 images; .* must return \(2, 4\) logits"):
+        check_classifier(build_module(f"{d}/my_models.py:one_class_too_many", classes, 1, 12).eval(), shape, classes)
+    with pytest.raises(EdgeCompressError, match=r"cannot take input of shape \(2, 1, 12, 12\)"):
+        check_classifier(build_module(f"{d}/my_models.py:rgb_only", classes, 1, 12).eval(), shape, classes)
+    with pytest.raises(EdgeCompressError, match=r"exported for one fixed batch size: export it with a dynamic batch"):
+        load_user_model(UserModelSpec("exported", str(d / "fixed.pt2")), shape, classes)
+    with pytest.raises(EdgeCompressError, match=r"is not a torch\.export program"):
+        load_user_model(UserModelSpec("exported", str(d / "weights.pt")), shape, classes)
+    with pytest.raises(EdgeCompressError, match=r"train_teacher\.weights: a module needs its trained weights"):
+        UserModelSpec("module", f"{d}/my_models.py:build_classifier")
+    with pytest.raises(EdgeCompressError, match=r"train_teacher\.source: 'keras' is not one of train, module"):
+        UserModelSpec("keras", "x.h5")
+
+
+def test_onnx_that_normalizes_itself_and_takes_nhwc(user: dict, tmp_path: Path) -> None:
+    """A graph fed x/255 in NHWC (as many exporters make them): declared, and checked to agree."""
+    ds = user["ds"]
+    mean, std = ds.mean[0], ds.std[0]
+
+    class Raw(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # NHWC in [0, 1]
+            return self.net((x.permute(0, 3, 1, 2) - mean) / std)
+
+    path = tmp_path / "raw.onnx"
+    torch.onnx.export(Raw(user["model"]).eval(), (torch.zeros(1, 12, 12, 1),), str(path), input_names=["x"],
+                      dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    teacher = load_user_model(UserModelSpec("onnx", str(path), layout="NHWC", normalized_input=False),
+                              ds.input_shape, ds.num_classes, ds.mean, ds.std)
+    x = ds.to_tensor(ds.test.x[:8])
+    assert isinstance(teacher, OnnxClassifier) and not isinstance(teacher, ExportedClassifier)
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), user["model"](x), atol=1e-4)
