@@ -22,52 +22,12 @@ from edgecompress.usermodel import (ExportedClassifier, OnnxClassifier, UserMode
                                     internals, load_factory, load_user_model, load_weights)
 from tests.test_distill import tiny_dataset
 
-USER_MODELS = '''
-import torch
-from torch import nn
+# The benchmark's user network (benchmarks/user_model.py) plus factories a user could get wrong; the test
+# writes the file itself, as a user would keep it, outside the package.
+USER_MODELS = (Path(__file__).resolve().parents[1] / "benchmarks" / "user_model.py").read_text() + '''
 
-
-class SE(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Conv2d(c, max(c // 4, 4), 1), nn.Conv2d(max(c // 4, 4), c, 1)
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, c, t=4):
-        super().__init__()
-        h = c * t
-        self.body = nn.Sequential(
-            nn.Conv2d(c, h, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
-            nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False), nn.BatchNorm2d(h), nn.ReLU6(),
-            SE(h), nn.Conv2d(h, c, 1, bias=False), nn.BatchNorm2d(c))
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
-class UserNet(nn.Module):
-    def __init__(self, num_classes, in_channels, width=16):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.block = InvertedResidual(w)
-        self.branch_a = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.branch_b = nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.head = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
-        self.fc = nn.Linear(2 * w, num_classes)
-
-    def forward(self, x):
-        x = self.block(self.stem(x))
-        x = torch.cat([self.branch_a(x), self.branch_b(x)], 1)
-        return self.fc(self.head(x).mean((2, 3)))
-
-
-def build_classifier(num_classes, in_channels, image_size):
-    return UserNet(num_classes, in_channels)
+def small(num_classes, in_channels, image_size):
+    return UserNet(num_classes, in_channels, width=16)
 
 
 def narrow(num_classes, in_channels, image_size):
@@ -97,7 +57,7 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> dict:
     d = tmp_path_factory.mktemp("user")
     (d / "my_models.py").write_text(USER_MODELS)
     ds = tiny_dataset()
-    model = build_module(f"{d}/my_models.py:build_classifier", ds.num_classes, 1, 12)
+    model = build_module(f"{d}/my_models.py:small", ds.num_classes, 1, 12)
     torch.manual_seed(0)
     fit(model, ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y),
         TrainConfig(epochs=6, batch_size=32, lr=0.05, crop_pad=0, flip=False))
@@ -114,7 +74,7 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def _spec(user: dict, form: str, **kw: object) -> UserModelSpec:
     d = user["dir"]
-    model = {"module": f"{d}/my_models.py:build_classifier", "exported": str(d / "model.pt2"),
+    model = {"module": f"{d}/my_models.py:small", "exported": str(d / "model.pt2"),
              "onnx": str(d / "model.onnx")}[form]
     return UserModelSpec(form=form, model=model, weights=str(d / "weights.pt") if form == "module" else None, **kw)
 
@@ -184,7 +144,7 @@ def test_clear_errors_before_any_training(user: dict, tmp_path: Path) -> None:
     torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "whole_model.pt")
     with pytest.raises(EdgeCompressError, match=r"weights_only=True, which refuses files that would run code.*"
                                                 r"state_dict\(\)"):
-        load_weights(build_module(f"{d}/my_models.py:build_classifier", classes, 1, 12), tmp_path / "whole_model.pt")
+        load_weights(build_module(f"{d}/my_models.py:small", classes, 1, 12), tmp_path / "whole_model.pt")
     with pytest.raises(EdgeCompressError, match=r"returned \(2, 5\) for 2 images; .* must return \(2, 4\) logits"):
         check_classifier(build_module(f"{d}/my_models.py:one_class_too_many", classes, 1, 12).eval(), shape, classes)
     with pytest.raises(EdgeCompressError, match=r"cannot take input of shape \(2, 1, 12, 12\)"):
@@ -194,7 +154,7 @@ def test_clear_errors_before_any_training(user: dict, tmp_path: Path) -> None:
     with pytest.raises(EdgeCompressError, match=r"is not a torch\.export program"):
         load_user_model(UserModelSpec("exported", str(d / "weights.pt")), shape, classes)
     with pytest.raises(EdgeCompressError, match=r"train_teacher\.weights: a module needs its trained weights"):
-        UserModelSpec("module", f"{d}/my_models.py:build_classifier")
+        UserModelSpec("module", f"{d}/my_models.py:small")
     with pytest.raises(EdgeCompressError, match=r"train_teacher\.source: 'keras' is not one of train, module"):
         UserModelSpec("keras", "x.h5")
 
