@@ -176,6 +176,15 @@ def test_no_feasible_candidate(pool: Path, tmp_path: Path) -> None:
     assert proxy["chosen"]["name"] == smallest["name"]
 
 
+def test_a_build_spec_that_allows_nothing_fails_everywhere(pool: Path, tmp_path: Path) -> None:
+    profile = load_target(_profile(tmp_path, "{size_mb: 1}", "{models: [student], requires: [uncertainty]}",
+                                   arch="aarch64"))
+    with pytest.raises(EdgeCompressError, match=r"nothing to choose from: all 6 candidate\(s\) are excluded by the "
+                                                r"build spec; check build\.models"):
+        build_target(profile, pool, tmp_path / "x", MeasurementCache(tmp_path / "c"))
+    assert not (tmp_path / "x").exists()
+
+
 def test_overshoot_is_zero_inside_the_budgets(pool: Path, tmp_path: Path) -> None:
     profile = load_target(_profile(tmp_path, "{size_mb: 100}"))
     c = pool_candidates(load_index(pool))[0]

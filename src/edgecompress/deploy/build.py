@@ -152,7 +152,8 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: 
             t0 = time.perf_counter()
             model_dir = pool_dir / Path(paths[c.name]).parent
             result = run_check(variant, model_dir, pool_dir / "valset.npz", device)
-            result.pop("accuracy", None), result.pop("nll", None), result.pop("ece", None)
+            for score in ("accuracy", "nll", "ece"):  # of the one input image: the pool's scores count
+                result.pop(score, None)
             cache.put(key, result)
             runs += 1
             how = f"measured in {time.perf_counter() - t0:.1f} s"
@@ -199,6 +200,8 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
         choice = choose(table, profile.budgets, spec, ref, profile.name)
         infeasible = None
     except NoFeasibleCandidate as e:
+        if not allowed(table, spec)[0]:
+            raise  # the profile allows nothing in the pool: its build section is wrong, on any machine
         infeasible = e
         choice = _nearest(table, profile, spec, ref)
     chosen = choice.chosen
