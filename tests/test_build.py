@@ -253,3 +253,19 @@ def test_build_over_ssh(sshd: Server, pool: Path, tmp_path: Path) -> None:
     local = build_target(replace(profile, device=load_target(_profile(tmp_path, "{size_mb: 1}")).device), pool,
                          tmp_path / "local", cache)
     assert local["search"]["device_runs"] >= 1
+
+
+def test_cli_build_then_check(pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edgecompress build` and `edgecompress check` by hand: the same code as the stages."""
+    from edgecompress.cli import main
+
+    target = _profile(tmp_path, "{latency_ms: {p50: 1000}}", name="by-hand")
+    out = tmp_path / "targets" / "by-hand"
+    main(["build", "--target", str(target), "--candidates", str(pool), "--out", str(out),
+          "--cache", str(tmp_path / "cache"), "--out-md", str(tmp_path / "build.md")])
+    record = json.loads((out / "build.json").read_text())
+    assert "# Build `by-hand`: **BUILT**" in capsys.readouterr().out and (tmp_path / "build.md").is_file()
+    main(["check", "--target", str(target), "--artifacts", str(out), "--testset", str(pool / "testset.npz"),
+          "--out-json", str(tmp_path / "check.json"), "--out-md", str(tmp_path / "check.md")])
+    check = json.loads((tmp_path / "check.json").read_text())
+    assert check["artifact"]["candidate"] == record["chosen"]["name"] and check["status"] == "pass"
