@@ -181,3 +181,25 @@ def test_onnx_that_normalizes_itself_and_takes_nhwc(user: dict, tmp_path: Path) 
     assert isinstance(teacher, OnnxClassifier) and not isinstance(teacher, ExportedClassifier)
     with torch.no_grad():
         assert torch.allclose(teacher(x), user["model"](x), atol=1e-4)
+
+
+def test_a_pruned_user_module_rebuilds_from_its_factory_and_plain_tensors(user: dict, tmp_path: Path) -> None:
+    """What a checkpoint of the pruned user model needs: layer shapes (JSON) + a weights_only state dict."""
+    import json
+
+    from edgecompress.usermodel import layer_shapes, restore_pruned
+
+    pruned = prune_channels(copy.deepcopy(user["model"]), (1, 12, 12), 0.5, PruneConfig(ratio=0.5, round_to=1)).eval()
+    torch.save(pruned.state_dict(), tmp_path / "pruned.pt")
+    shapes = json.loads(json.dumps(layer_shapes(pruned)))  # survives JSON
+    state = torch.load(tmp_path / "pruned.pt", weights_only=True)
+    rebuilt = restore_pruned(build_module(f"{user['dir']}/my_models.py:small", 4, 1, 12), shapes, state).eval()
+    x = user["ds"].to_tensor(user["ds"].test.x[:8])
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), pruned(x), atol=1e-6)
+    assert count_params(rebuilt) == count_params(pruned) < count_params(user["model"])
+    # The depthwise convolution kept groups == channels after pruning.
+    dw = rebuilt.block.body[3]
+    assert dw.groups == dw.in_channels == dw.out_channels < user["model"].block.body[3].out_channels
+    with pytest.raises(EdgeCompressError, match=r"layers \['gone'\] are not in the model the factory builds"):
+        restore_pruned(build_module(f"{user['dir']}/my_models.py:small", 4, 1, 12), {"gone": {"in_features": 1}}, state)

@@ -237,3 +237,49 @@ def load_user_model(spec: UserModelSpec, input_shape: tuple[int, int, int], num_
                                     f"torch.export.Dim('batch')}},))") from None
         raise
     return model
+
+
+# Layer attributes that channel pruning changes; with them a fresh module from the factory can take a
+# pruned module's weights (torch-pruning's own state_dict pickles whole modules, which weights_only refuses).
+_SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+
+
+def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """JSON-able per-layer channel attributes of ``model`` (what a checkpoint stores beside the weights)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        attrs = {a: int(getattr(m, a)) for a in _SHAPE_ATTRS if isinstance(getattr(m, a, None), int)}
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def restore_pruned(model: nn.Module, shapes: dict[str, dict[str, int]], state: dict[str, torch.Tensor],
+                   where: str = "checkpoint") -> nn.Module:
+    """Reshape a freshly built ``model`` to ``shapes`` and load ``state`` into it (strictly).
+
+    The factory builds the unpruned network; the layers' attributes and parameter shapes are then
+    set to the pruned ones, so the saved weights fit and the forward pass sees the pruned channels.
+    """
+    modules = dict(model.named_modules())
+    unknown = [n for n in shapes if n not in modules]
+    if unknown:
+        raise EdgeCompressError(f"{where}: layers {unknown[:3]} are not in the model the factory builds; the "
+                                f"factory changed since this checkpoint was written")
+    for name, attrs in shapes.items():
+        for attr, value in attrs.items():
+            setattr(modules[name], attr, value)
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        m = modules.get(owner)
+        if m is None:
+            continue  # load_state_dict below names it
+        if leaf in m._parameters and m._parameters[leaf] is not None:
+            m._parameters[leaf] = nn.Parameter(torch.empty_like(tensor), requires_grad=m._parameters[leaf].requires_grad)
+        elif leaf in m._buffers and m._buffers[leaf] is not None:
+            m._buffers[leaf] = torch.empty_like(tensor)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise EdgeCompressError(f"{where}: the weights do not fit the rebuilt model: {str(e).splitlines()[0]}") from None
+    return model
