@@ -226,8 +226,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("description"):
         lines += [result["description"], ""]
     size = art.get("size_bytes")
+    built = f"; candidate `{art['candidate']}`, chosen by build@{result['target']}" if art.get("candidate") else ""
     lines += [f"- artifact: `{art.get('path')}` ({art['precision']} {art['format']}, "
-              f"{'n/a' if size is None else f'{size / 1024:.1f} KiB'})",
+              f"{'n/a' if size is None else f'{size / 1024:.1f} KiB'}{built})",
               f"- accuracy: {_fmt(result.get('accuracy'), '')} on {result.get('accuracy_samples')} test images",
               f"- latency (batch {(result.get('bench') or {}).get('batch')}, n={lat.get('n')}): "
               + ", ".join(f"{k} {_fmt(lat.get(k), 'ms')}" for k in ("p50", "p90", "p99", "mean", "max")),
