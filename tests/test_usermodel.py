@@ -203,3 +203,31 @@ def test_a_pruned_user_module_rebuilds_from_its_factory_and_plain_tensors(user: 
     assert dw.groups == dw.in_channels == dw.out_channels < user["model"].block.body[3].out_channels
     with pytest.raises(EdgeCompressError, match=r"layers \['gone'\] are not in the model the factory builds"):
         restore_pruned(build_module(f"{user['dir']}/my_models.py:small", 4, 1, 12), {"gone": {"in_features": 1}}, state)
+
+
+@pytest.mark.parametrize("form", ["module", "exported", "onnx"])
+def test_a_checkpoint_payload_rebuilds_every_form(user: dict, form: str, tmp_path: Path) -> None:
+    """arch (JSON) + tensors, saved and loaded with weights_only: the same logits; a changed file is refused."""
+    import json
+    import shutil
+
+    from edgecompress.usermodel import rebuild_user, user_arch
+
+    ds = user["ds"]
+    spec = _spec(user, form)
+    if form != "module":  # the arch names the file: keep a copy this test may change
+        copy_path = tmp_path / Path(spec.model).name
+        shutil.copy(spec.model, copy_path)
+        spec = UserModelSpec(form, str(copy_path))
+    model = load_user_model(spec, ds.input_shape, ds.num_classes)
+    arch = json.loads(json.dumps(user_arch(spec, model, ds.input_shape, ds.num_classes, ds.mean, ds.std)))
+    torch.save({"arch": arch, "state_dict": model.state_dict() if form == "module" else {}}, tmp_path / "ck.pt")
+    payload = torch.load(tmp_path / "ck.pt", weights_only=True)
+    rebuilt = rebuild_user(payload["arch"], payload["state_dict"])
+    x = ds.to_tensor(ds.test.x[:8])
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), user["model"](x), atol=1e-4)
+    if form != "module":
+        Path(spec.model).write_bytes(Path(spec.model).read_bytes() + b"\0")
+        with pytest.raises(EdgeCompressError, match=r"changed since this checkpoint was written"):
+            rebuild_user(payload["arch"], {})

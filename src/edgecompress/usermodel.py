@@ -283,3 +283,55 @@ def restore_pruned(model: nn.Module, shapes: dict[str, dict[str, int]], state: d
     except RuntimeError as e:
         raise EdgeCompressError(f"{where}: the weights do not fit the rebuilt model: {str(e).splitlines()[0]}") from None
     return model
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def user_arch(spec: UserModelSpec, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
+              mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> dict[str, Any]:
+    """The JSON arch a checkpoint stores for a user's model (kind ``user``): how to rebuild it.
+
+    A module is rebuilt from its factory and its layer shapes (pruned or not) and takes the
+    checkpoint's tensors; an exported program or ONNX graph is not copied: the arch names the file and
+    its sha256, so a changed file is refused instead of silently teaching something else.
+    """
+    c, h, _ = input_shape
+    arch: dict[str, Any] = {"kind": "user", "form": spec.form, "model": spec.model, "num_classes": num_classes,
+                            "in_channels": c, "image_size": h}
+    if spec.form == "module":
+        arch["layer_shapes"] = layer_shapes(model)
+    else:
+        arch["sha256"] = file_sha256(spec.model)
+        if spec.form == "onnx":
+            arch.update(layout=spec.layout, normalized_input=spec.normalized_input, mean=list(mean), std=list(std))
+    return arch
+
+
+def rebuild_user(arch: dict[str, Any], state: dict[str, torch.Tensor], where: str = "checkpoint") -> nn.Module:
+    """The model a ``user_arch`` describes, with ``state`` loaded (modules) or its file checked (the others)."""
+    form = arch.get("form")
+    if form == "module":
+        model = build_module(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"],
+                             f"{where}: arch.model")
+        return restore_pruned(model, arch.get("layer_shapes") or {}, state, where).eval()
+    if form not in ("exported", "onnx"):
+        raise EdgeCompressError(f"{where}: user model form {form!r} is not one of {', '.join(FORMS)}")
+    path = Path(arch["model"])
+    if not path.is_file():
+        raise EdgeCompressError(f"{where}: the {form} model {path} it was made from is gone; restore it or re-run "
+                                f"the stage that brought it in")
+    if file_sha256(path) != arch.get("sha256"):
+        raise EdgeCompressError(f"{where}: {path} changed since this checkpoint was written; re-run the stage that "
+                                f"brought it in (dvc repro)")
+    if form == "exported":
+        return load_exported(path).eval()
+    return OnnxClassifier(path, arch.get("layout", "NCHW"), bool(arch.get("normalized_input", True)),
+                          tuple(arch.get("mean") or ()), tuple(arch.get("std") or ())).eval()
