@@ -20,9 +20,8 @@ def main() -> str:
     cfg = read(params, "check", CheckConfig)
     profile = load_target(args.target)
     record = build_target(profile, args.candidates, args.out, MeasurementCache(args.cache), strict=cfg.strict)
-    budgets = {"latency_ms": dict(profile.budgets.latency_ms), "min_accuracy": profile.budgets.min_accuracy}
     write_json(args.metrics, summary(record))
-    write_json(args.plot, plot_rows(record, budgets))
+    write_json(args.plot, plot_rows(record, profile.budgets))
     md = render_markdown(record)
     write_text(args.out_md, md)
     if record.get("error"):

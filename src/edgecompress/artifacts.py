@@ -37,5 +37,8 @@ REGISTRY: dict[str, Artifact] = {a.name: a for a in (
 DEFAULT_FORMATS = tuple(n for n in REGISTRY if n != "dynamic.onnx")
 FORMATS = tuple(dict.fromkeys(a.format for a in REGISTRY.values()))
 PRECISIONS = tuple(dict.fromkeys(a.precision for a in REGISTRY.values()))
+# What a target's build may ship: dynamic int8 quantizes activations at run time per call, so its latency
+# is not comparable with the static-int8 one and it is not offered.
+BUILD_PRECISIONS = ("int8", "fp16", "fp32")
 # A multi-head student also gets these: mean and per-head probabilities (not targets' artifacts).
 HEAD_ARTIFACTS = ("heads.onnx", "heads.tflite")

@@ -1,10 +1,21 @@
-"""Output directories that appear whole or not at all (the directory counterpart of ``fileio.atomic_path``)."""
+"""Files as wholes: output directories that appear complete or not at all (the directory counterpart of
+``fileio.atomic_path``), and a file's content hash (what records and caches key on)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

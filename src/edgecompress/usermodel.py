@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
 
 FORMS = ("module", "exported", "onnx")
@@ -283,16 +284,6 @@ def restore_pruned(model: nn.Module, shapes: dict[str, dict[str, int]], state: d
     except RuntimeError as e:
         raise EdgeCompressError(f"{where}: the weights do not fit the rebuilt model: {str(e).splitlines()[0]}") from None
     return model
-
-
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def user_arch(spec: UserModelSpec, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,

@@ -14,7 +14,6 @@ Layout of the pool directory::
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgecompress.artifacts import REGISTRY
+from edgecompress.artifacts import BUILD_PRECISIONS, REGISTRY
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.ensemble_graph import EnsembleGraph
@@ -35,13 +34,13 @@ from edgecompress.compression.export import ExportConfig, export_all, swap_in
 from edgecompress.compression.ladder import ladder_levels
 from edgecompress.compression.temperature import can_fold, fit_temperature, fold_temperature
 from edgecompress.data import Dataset, Split, save_npz_split
+from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import write_json
 from edgecompress.metrics import classification_metrics, softmax
 from edgecompress.models import MultiHeadStudent, batched
 
 INDEX = "index.json"
-BUILD_PRECISIONS = ("int8", "fp16", "fp32")  # dynamic int8 is not a build candidate (see deploy.choose)
 
 
 @dataclass(frozen=True)
@@ -85,14 +84,6 @@ def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Pa
     if any(p.stem == pinned for p in levels):
         return models + [load_model(p.stem, p) for p in levels], {"pruned": pinned}
     return models + [load_model("pruned", pruned)], {}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def ensemble_model(teacher: PoolModel, members: list[nn.Module]) -> PoolModel:
@@ -142,6 +133,8 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise EdgeCompressError(f"candidate models must have distinct names, got {names}")
+    if reference not in names:
+        raise EdgeCompressError(f"the reference model {reference!r} is not in the pool ({', '.join(names)})")
     formats = tuple(f for f in export_cfg.formats if f.split(".")[0] in BUILD_PRECISIONS)
     if not formats:
         raise EdgeCompressError(f"export.formats {list(export_cfg.formats)} has no int8/fp16/fp32 artifact for "
@@ -173,14 +166,12 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
                 candidates.append({
                     "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
                     "engine": a.engine, "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
-                    "sha256": sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
+                    "sha256": file_sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
                     "top1_agreement": r["top1_agreement"], "uncertainty": pm.uncertainty,
                     **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})
             print(f"[candidates] {pm.name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         save_npz_split(scratch / "valset.npz", scoring, ds.class_names)
         save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)
-        if reference not in pytorch:
-            raise EdgeCompressError(f"the reference model {reference!r} is not in the pool ({', '.join(names)})")
         index = {"scored_on": {"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
                                "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
                  "reference": {"model": reference, **pytorch[reference]},

@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from edgecompress.deploy.targets import Budgets
+
 _SPEC = ("model ", "precision ", "engine ", "requires ")  # how choose.allowed words a build-spec exclusion
 _STATUS = {"built": "BUILT", "proxy-built": "BUILT (proxy)", "infeasible": "NO FEASIBLE CANDIDATE",
            "proxy-infeasible": "NO FEASIBLE CANDIDATE (proxy)"}
 
 
-def plot_key(budgets: Mapping[str, Any]) -> str:
+def plot_key(budgets: Budgets) -> str:
     """The latency percentile the plot draws: the first one budgeted, else p50."""
-    keys = list((budgets.get("latency_ms") or {}).keys())
-    return keys[0] if keys else "p50"
+    return next(iter(budgets.latency_ms), "p50")
 
 
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def plot_rows(record: Mapping[str, Any], budgets: Mapping[str, Any]) -> list[dict[str, Any]]:
+def plot_rows(record: Mapping[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
     """One point per candidate measured on the device (x: latency, y: accuracy); every row also carries
     the budget lines' values (dvc plots wants every row to have both axes, so lines cannot be rows)."""
     key = plot_key(budgets)
     lines: dict[str, Any] = {}
-    if key in (budgets.get("latency_ms") or {}):
-        lines["latency_budget_ms"] = budgets["latency_ms"][key]
-    if budgets.get("min_accuracy") is not None:
-        lines["accuracy_floor"] = budgets["min_accuracy"]
+    if key in budgets.latency_ms:
+        lines["latency_budget_ms"] = budgets.latency_ms[key]
+    if budgets.min_accuracy is not None:
+        lines["accuracy_floor"] = budgets.min_accuracy
     rows: list[dict[str, Any]] = []
     for c in record["candidates"]:
         lat = (c.get("latency_ms") or {}).get(key)

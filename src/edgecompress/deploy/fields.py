@@ -57,6 +57,14 @@ def positive(name: str, value: Any, optional: bool = False) -> None:
         raise FieldError(name, f"{value!r} must be a finite number")
 
 
+def bounded(name: str, value: Any, low: float, high: float, what: str) -> None:
+    """None, or a number within [low, high] (NaN is not); ``what`` says what it must be, for the error."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise FieldError(name, f"{value!r} must be {what}")
+
+
 def build(cls: type, section: str, kwargs: dict[str, Any]) -> Any:
     try:
         return cls(**kwargs)

@@ -15,10 +15,10 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from edgecompress.artifacts import ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
+from edgecompress.artifacts import BUILD_PRECISIONS, ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
 from edgecompress.config import load_yaml
 from edgecompress.deploy.devices import DeviceSpec, parse_device
-from edgecompress.deploy.fields import FieldError, build, integer, one_of, opt_str, positive
+from edgecompress.deploy.fields import FieldError, bounded, build, integer, one_of, opt_str, positive
 from edgecompress.errors import EdgeCompressError
 
 ARCHES = ("x86_64", "aarch64", "armv7l", "any")
@@ -134,18 +134,9 @@ class Budgets:
         object.__setattr__(self, "latency_ms", dict(self.latency_ms))
         positive("size_mb", self.size_mb, optional=True)
         positive("peak_memory_mb", self.peak_memory_mb, optional=True)
-        if self.min_accuracy is not None:
-            v = self.min_accuracy
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise FieldError("min_accuracy", f"{v!r} must be a fraction between 0 and 1 (e.g. 0.88)")
-        if self.max_drop is not None:
-            v = self.max_drop
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
-                raise FieldError("max_drop", f"{v!r} must be accuracy points between 0 and 100 (e.g. 3.0)")
-        if self.max_ece is not None:
-            v = self.max_ece
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise FieldError("max_ece", f"{v!r} must be a fraction between 0 and 1 (e.g. 0.03)")
+        bounded("min_accuracy", self.min_accuracy, 0, 1, "a fraction between 0 and 1 (e.g. 0.88)")
+        bounded("max_drop", self.max_drop, 0, 100, "accuracy points between 0 and 100 (e.g. 3.0)")
+        bounded("max_ece", self.max_ece, 0, 1, "a fraction between 0 and 1 (e.g. 0.03)")
         if self.max_nll is not None:
             v = self.max_nll
             # NaN and .inf fail the range test too: a budget that can never bind is a typo.
@@ -158,9 +149,6 @@ class Budgets:
                                       "peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll")
 
 
-# "dynamic" is an export artifact too, but its activations are quantized at run time per call,
-# so its latency is not comparable with the static-int8 one: the build does not offer it.
-BUILD_PRECISIONS = ("int8", "fp16", "fp32")
 OBJECTIVES = ("accuracy",)
 REQUIREMENTS = ("uncertainty",)
 
