@@ -1,15 +1,18 @@
-"""DVC stage: prune the student (structured channels by default) and fine-tune it with KD."""
+"""DVC stage: prune the student, or the teacher itself (prune.source_model), structured channels by default,
+and fine-tune it with KD."""
+
+import copy
 
 from edgecompress import stage
-from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+from edgecompress.checkpoint import arch_after_pruning, load_checkpoint, save_checkpoint
 from edgecompress.compression.ladder import write_ladder
 from edgecompress.compression.prune import PruneConfig, finetune_plan, prune_and_finetune
 from edgecompress.config import read
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
-from edgecompress.models import arch_of
 from edgecompress.training.soft_targets import load_soft_targets
 from edgecompress.training.teacher import TeacherConfig
+from edgecompress.usermodel import internals
 
 
 @friendly_main
@@ -21,8 +24,14 @@ def main() -> str | None:
                   ("--live", "directory of dvclive training curves"), ("--soft-targets", "the teachers' stored logits"),
                   ("--ladder", "one checkpoint per pruning level (pruned-30.pt, pruned-50.pt, ...)")])
     cfg = read(params, "prune", PruneConfig)
-    (student, smeta), (teacher, _) = load_checkpoint(args.student), load_checkpoint(args.teacher)
-    source, multihead = finetune_plan(cfg, student, smeta, args.student)
+    (student, smeta), (teacher, tmeta) = load_checkpoint(args.student), load_checkpoint(args.teacher)
+    parent = args.student
+    if cfg.source_model == "teacher":  # the teacher is pruned and learns from its unpruned self
+        internals(teacher, "prune.source_model: teacher")
+        student, smeta, parent = copy.deepcopy(teacher), tmeta, args.teacher
+        for p in student.parameters():
+            p.requires_grad_(True)
+    source, multihead = finetune_plan(cfg, student, smeta, parent)
     indices = read(params, "train_teacher", TeacherConfig).members if source == "ensemble" else []
     members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values()) if indices else []
     ds, levels = stage.data(params), []  # type: ignore[var-annotated]
@@ -31,10 +40,10 @@ def main() -> str | None:
     model, report = prune_and_finetune(student, teacher, ds, cfg, members, multihead, targets, on_level=keep)
     if not stage.main_process():  # under torchrun rank 0 alone writes
         return None
-    meta = lambda metrics: stage.meta(ds, params, "prune", args.student, metrics)  # noqa: E731
-    save_checkpoint(args.out, model, arch_of(model), meta(report["after"]))
+    meta = lambda metrics: stage.meta(ds, params, "prune", parent, metrics)  # noqa: E731
+    save_checkpoint(args.out, model, arch_after_pruning(model, smeta["arch"]), meta(report["after"]))
     if args.ladder:
-        write_ladder(args.ladder, levels, meta)
+        write_ladder(args.ladder, levels, meta, smeta["arch"])
     write_json(args.metrics, report)
     stage.log_curves(args.live, {f"step-{s['step']}": s["history"] for s in report["steps"]}
                      | {v["name"]: v["history"] for v in report["ladder"]})

@@ -1,4 +1,5 @@
-"""DVC stage: train the ResNet-style teacher, or (with --member i) ensemble member i. Paths come from dvc.yaml."""
+"""DVC stage: train the ResNet-style teacher, or (with --member i) ensemble member i, or bring the user's own
+(train_teacher.source). Paths come from dvc.yaml."""
 
 import sys
 
@@ -35,8 +36,11 @@ def main() -> str | None:
         meta["member"] = {"index": member, "seed": cfg.train.seed, "epochs": cfg.train.epochs}
     save_checkpoint(args.out, model, arch, meta)
     write_json(args.metrics, {**metrics, "member": member, "seed": cfg.train.seed, "epochs": report["history"]})
-    stage.log_curves(args.live, {f"member-{member}" if member else "teacher": report["history"]})
-    return f"test accuracy {metrics['test']['accuracy']:.4f}"
+    # A brought teacher trains no epochs: one point (its validation accuracy) keeps the plot an output.
+    history = report["history"] or [{"epoch": 0, "val_accuracy": (metrics["val"] or metrics["test"])["accuracy"]}]
+    stage.log_curves(args.live, {f"member-{member}" if member else "teacher": history})
+    brought = f"{cfg.source} {cfg.model}: " if cfg.source != "train" else ""
+    return f"{brought}test accuracy {metrics['test']['accuracy']:.4f}"
 
 
 if __name__ == "__main__":

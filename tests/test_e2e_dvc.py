@@ -71,7 +71,7 @@ def _tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
     work.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, work / name)
-    for name in ("stages", "targets", "src"):
+    for name in ("stages", "targets", "src", "user"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "models" / "members").mkdir(parents=True)  # in git as models/members/.gitkeep
     (work / "targets" / "tiny-host.yaml").write_text(TINY_HOST)

@@ -14,6 +14,7 @@ import torch
 
 from edgecompress.compression.onnx import export_onnx
 from edgecompress.compression.prune import PruneConfig, prune_channels
+from edgecompress.config import from_dict
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import count_params
 from edgecompress.training.distill import DistillConfig, distill
@@ -231,3 +232,97 @@ def test_a_checkpoint_payload_rebuilds_every_form(user: dict, form: str, tmp_pat
         Path(spec.model).write_bytes(Path(spec.model).read_bytes() + b"\0")
         with pytest.raises(EdgeCompressError, match=r"changed since this checkpoint was written"):
             rebuild_user(payload["arch"], {})
+
+
+@pytest.mark.parametrize("form", ["module", "exported", "onnx"])
+def test_save_and_load_checkpoint_of_every_form(user: dict, form: str, tmp_path: Path) -> None:
+    """``load_checkpoint`` dispatches kind user; MACs count through a module's layers or PyTorch's FLOP
+    counter (the exported program: the same number) and are None for an ONNX graph."""
+    from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+    from edgecompress.models import count_macs
+    from edgecompress.usermodel import user_arch
+
+    ds = user["ds"]
+    model = load_user_model(_spec(user, form), ds.input_shape, ds.num_classes)
+    arch = user_arch(_spec(user, form), model, ds.input_shape, ds.num_classes, ds.mean, ds.std)
+    save_checkpoint(tmp_path / "t.pt", model, arch, {"metrics": {}})
+    loaded, meta = load_checkpoint(tmp_path / "t.pt")
+    x = ds.to_tensor(ds.test.x[:8])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), user["model"](x), atol=1e-4)
+    macs = count_macs(loaded, ds.input_shape)
+    assert macs == (None if form == "onnx" else count_macs(user["model"], ds.input_shape)) and meta["arch"]["kind"] == "user"
+    # An ONNX graph's weights are counted from its initializers (BN folded into the convolutions: fewer).
+    assert 0.8 * count_params(user["model"]) < count_params(loaded) <= count_params(user["model"])
+
+
+def test_pruned_teacher_checkpoints_round_trip(user: dict, tmp_path: Path) -> None:
+    """A pruned network its arch's widths cannot describe (our ResNet, the user's module) keeps its layer shapes."""
+    from edgecompress.checkpoint import arch_after_pruning, load_checkpoint, save_checkpoint
+    from edgecompress.models import ResNetTeacher
+    from edgecompress.usermodel import module_arch
+
+    x = user["ds"].to_tensor(user["ds"].test.x[:8])
+    resnet_arch = {"kind": "resnet", "in_channels": 1, "num_classes": 4, "widths": [8, 16], "blocks": [1, 1],
+                   "stem": 8, "dropout": 0.0}
+    resnet = ResNetTeacher(**{k: v for k, v in resnet_arch.items() if k != "kind"})
+    factory = f"{user['dir']}/my_models.py:small"
+    for model, arch in ((resnet, resnet_arch), (copy.deepcopy(user["model"]), module_arch(factory, user["model"], (1, 12, 12), 4))):
+        pruned = prune_channels(model, (1, 12, 12), 0.5, PruneConfig(ratio=0.5, round_to=1)).eval()
+        save_checkpoint(tmp_path / "p.pt", pruned, arch_after_pruning(pruned, arch), {"metrics": {}})
+        loaded, _ = load_checkpoint(tmp_path / "p.pt")
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), pruned(x), atol=1e-6)
+        assert count_params(loaded) == count_params(pruned)
+
+
+def test_feature_kd_reads_the_users_layers(user: dict) -> None:
+    """Hint and relation KD on a module without ``features()``: its last spatial map, found by hooks."""
+    from edgecompress.models import forward_with_features
+    from edgecompress.training.losses import CombinedKDLoss, kd_loss_config
+
+    ds = user["ds"]
+    x = ds.to_tensor(ds.test.x[:8])
+    teacher = user["model"]
+    logits, feat = forward_with_features(teacher, x)
+    with torch.no_grad():
+        assert torch.allclose(logits, teacher(x)) and feat.shape == (8, 32, 3, 3)  # the head conv, before pooling
+    student = build_module(f"{user['dir']}/my_models.py:narrow", 4, 1, 12)
+    cfg = kd_loss_config({"losses": {"response": 0.5, "hint": 1.0, "rkd_distance": 1.0}}, "test")
+    loss_fn = CombinedKDLoss(cfg, student, teacher, x[:2])
+    s_logits, s_feat = forward_with_features(student, x)
+    with torch.no_grad():
+        t_logits, t_feat = forward_with_features(teacher, x)
+    loss = loss_fn(s_logits, s_feat, t_logits, t_feat, torch.from_numpy(ds.test.y[:8]).long())[0]
+    loss.backward()
+    assert torch.isfinite(loss) and student.stem[0].weight.grad is not None
+
+
+def test_params_for_a_brought_teacher_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecompress.config import load_params
+    from edgecompress.training.teacher import TeacherConfig
+    from edgecompress.validate import validate_params
+
+    repo = Path(__file__).resolve().parents[1]
+    params = load_params(repo / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "t.onnx").write_bytes(b"x")
+    (tmp_path / "elsewhere.onnx").write_bytes(b"x")
+    targets = repo / "targets"
+    byo = {**params["train_teacher"], "source": "onnx", "model": "user/t.onnx", "ensemble_size": 1, "members": []}
+    ok = {**params, "train_teacher": byo, "distill": {**params["distill"], "source": "teacher"}}
+    assert validate_params(ok, targets_dir=targets)["train_teacher"].source == "onnx"
+    with pytest.raises(EdgeCompressError, match=r"train_teacher\.model: elsewhere\.onnx is outside user/"):
+        validate_params({**ok, "train_teacher": {**byo, "model": "elsewhere.onnx"}}, targets_dir=targets)
+    with pytest.raises(EdgeCompressError, match=r"train_teacher\.model: user/gone\.onnx not found"):
+        validate_params({**ok, "train_teacher": {**byo, "model": "user/gone.onnx"}}, targets_dir=targets)
+    with pytest.raises(EdgeCompressError, match=r"brings an ONNX graph, which cannot serve prune\.source_model: "
+                                                r"teacher.*source: module"):
+        validate_params({**ok, "prune": {**params["prune"], "source_model": "teacher"}}, targets_dir=targets)
+    with pytest.raises(EdgeCompressError, match=r"distill\.student: user/s\.py is outside|distill\.student: user/s\.py not found"):
+        validate_params({**ok, "distill": {**ok["distill"], "student": "user/s.py:build"}}, targets_dir=targets)
+    with pytest.raises(EdgeCompressError, match=r"ensemble_size.*must be left at the default"):
+        from_dict(TeacherConfig, {"source": "onnx", "model": "user/t.onnx", "ensemble_size": 2, "members": [1]})
+    with pytest.raises(EdgeCompressError, match=r"model/weights are set but source is 'train'"):
+        from_dict(TeacherConfig, {"model": "user/t.onnx"})

@@ -17,7 +17,8 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_json
-from edgecompress.models import build_model
+from edgecompress.models import arch_of, build_model
+from edgecompress.usermodel import layer_shapes, rebuild_user, restore_pruned
 
 
 def params_hash(params: Any) -> str:
@@ -46,9 +47,26 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except Exception as e:  # torch raises many types for truncated/corrupt files
         raise EdgeCompressError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
                                 f"delete it and re-run dvc repro") from e
-    model = build_model(arch)
+    if arch.get("kind") == "user":  # the user's own classifier: its factory, exported program or ONNX graph
+        return rebuild_user(arch, state, f"checkpoint {path}"), {"arch": arch, **meta}
+    shapes = arch.get("layer_shapes")
+    model = build_model({k: v for k, v in arch.items() if k != "layer_shapes"})
+    if shapes:  # a structurally pruned network its arch's widths cannot describe (a pruned teacher)
+        return restore_pruned(model, shapes, state, f"checkpoint {path}").eval(), {"arch": arch, **meta}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise EdgeCompressError(f"checkpoint {path}: weights do not match its arch {arch}: {e}") from e
     return model.eval(), {"arch": arch, **meta}
+
+
+def arch_after_pruning(model: nn.Module, arch: dict[str, Any]) -> dict[str, Any]:
+    """The arch of ``model``, built from ``arch`` and then structurally pruned.
+
+    Our students describe their channels themselves (``arch_of``); any other network (a pruned
+    teacher, the user's module) keeps its original arch plus the pruned layers' shapes, which
+    ``load_checkpoint`` applies to a freshly built copy before loading the weights.
+    """
+    if arch.get("kind") in ("mobilenet", "multihead"):
+        return arch_of(model)
+    return {**arch, "layer_shapes": layer_shapes(model)}

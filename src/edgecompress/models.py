@@ -166,12 +166,17 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_s
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters (all of them; BN included)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of parameters (all of them; BN included). A module that runs a graph outside PyTorch (an
+    ONNX teacher) has none of its own and says how many weights its graph holds (``parameter_count``)."""
+    return sum(p.numel() for p in model.parameters()) or int(getattr(model, "parameter_count", 0))
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass at batch 1, counted with hooks on conv/linear layers."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """Multiply-accumulates of one forward pass at batch 1, counted with hooks on conv/linear layers.
+
+    A network without such modules (a ``torch.export`` program) is counted by PyTorch's FLOP counter
+    instead; None when neither sees any arithmetic (an ONNX graph run by onnxruntime: not countable here).
+    """
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
@@ -193,12 +198,19 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            if handles:
+                model(torch.zeros(1, *input_shape))
+            else:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    model(torch.zeros(1, *input_shape))
+                total = counter.get_total_flops() // 2  # a multiply-accumulate is two FLOPs
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return int(total)
+    return int(total) if total else None
 
 
 class MultiHeadStudent(nn.Module):
@@ -274,13 +286,40 @@ def log_mean_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, last feature map) in one pass for models with ``features``/``pool``/``dropout``/``fc``.
+    """(logits, last feature map) in one pass.
 
-    Calling ``model(x)`` and ``model.features(x)`` separately would run the backbone twice.
+    Our models expose ``features``/``pool``/``dropout``/``fc`` (calling ``model(x)`` and
+    ``model.features(x)`` separately would run the backbone twice). Any other module (the user's) is
+    run once with hooks: its feature map is the last (N, C, H, W) output with H * W > 1 that a layer
+    produced, i.e. the map global pooling reads.
     """
-    feat = model.features(x)  # type: ignore[operator]
-    pooled = torch.flatten(model.pool(feat), 1)  # type: ignore[operator]
-    dropout = getattr(model, "dropout", None)
-    if dropout is not None:
-        pooled = dropout(pooled)
-    return model.fc(pooled), feat  # type: ignore[operator]
+    if all(hasattr(model, a) for a in ("features", "pool", "fc")):
+        feat = model.features(x)  # type: ignore[operator]
+        pooled = torch.flatten(model.pool(feat), 1)  # type: ignore[operator]
+        dropout = getattr(model, "dropout", None)
+        if dropout is not None:
+            pooled = dropout(pooled)
+        return model.fc(pooled), feat  # type: ignore[operator]
+    maps: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _inp: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1:
+            maps.append(out)
+
+    handles = [m.register_forward_hook(keep) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not maps:
+        raise EdgeCompressError(f"{type(model).__name__} produced no spatial feature map (no layer returned an "
+                                f"(N, C, H, W) tensor with H * W > 1), which feature KD and k-center need")
+    return logits, maps[-1]
+
+
+def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last feature map of ``model`` on ``x`` (``features(x)`` where the model has it)."""
+    if hasattr(model, "features"):
+        return model.features(x)  # type: ignore[operator]
+    return forward_with_features(model, x)[1]

@@ -146,6 +146,13 @@ class OnnxClassifier(nn.Module):
         except Exception as e:
             raise EdgeCompressError(f"train_teacher.model: onnxruntime cannot load {path}: {e}") from None
         self.input_name = self.session.get_inputs()[0].name
+        # The graph's hash as a buffer: code that identifies a teacher by its tensors (stored soft
+        # targets) tells two ONNX teachers apart.
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        self.parameter_count = sum(int(np.prod(t.dims)) for t in graph.initializer)  # read by count_params
+        self.register_buffer("sha256", torch.tensor(list(bytes.fromhex(file_sha256(path))), dtype=torch.uint8))
         self.layout, self.normalized_input = layout, normalized_input
         self.mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1) if mean else None
         self.std = np.asarray(std, np.float32).reshape(1, -1, 1, 1) if std else None
@@ -294,16 +301,22 @@ def user_arch(spec: UserModelSpec, model: nn.Module, input_shape: tuple[int, int
     checkpoint's tensors; an exported program or ONNX graph is not copied: the arch names the file and
     its sha256, so a changed file is refused instead of silently teaching something else.
     """
+    if spec.form == "module":
+        return module_arch(spec.model, model, input_shape, num_classes)
     c, h, _ = input_shape
     arch: dict[str, Any] = {"kind": "user", "form": spec.form, "model": spec.model, "num_classes": num_classes,
                             "in_channels": c, "image_size": h}
-    if spec.form == "module":
-        arch["layer_shapes"] = layer_shapes(model)
-    else:
-        arch["sha256"] = file_sha256(spec.model)
-        if spec.form == "onnx":
-            arch.update(layout=spec.layout, normalized_input=spec.normalized_input, mean=list(mean), std=list(std))
+    arch["sha256"] = file_sha256(spec.model)
+    if spec.form == "onnx":
+        arch.update(layout=spec.layout, normalized_input=spec.normalized_input, mean=list(mean), std=list(std))
     return arch
+
+
+def module_arch(factory: str, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
+    """The arch of a module built by the user's ``factory`` (a teacher brought in, or a student trained here)."""
+    c, h, _ = input_shape
+    return {"kind": "user", "form": "module", "model": factory, "num_classes": num_classes, "in_channels": c,
+            "image_size": h, "layer_shapes": layer_shapes(model)}
 
 
 def rebuild_user(arch: dict[str, Any], state: dict[str, torch.Tensor], where: str = "checkpoint") -> nn.Module:

@@ -47,6 +47,7 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
     if prune.source == "ensemble" and teacher.ensemble_size < 2:
         raise EdgeCompressError(f"{path}: prune.source: ensemble needs train_teacher.ensemble_size >= 2; "
                                 f"set prune.source: auto or teacher")
+    _check_user_models(path, teacher, distill, prune)
     for name in check.targets:
         profile = load_target(Path(targets_dir) / f"{name}.yaml")
         if profile.artifact is None:
@@ -63,6 +64,45 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
                 f"(export.formats in {path}: {list(export.formats)}); add {profile.artifact.filename} to "
                 f"export.formats or change the profile's artifact")
     return cfg
+
+
+# dvc.yaml makes the stages that load a user's model depend on this directory, so that a changed
+# file re-runs what follows; a file elsewhere would change behind dvc's back.
+USER_DIR = "user"
+
+
+def _user_file(value: str, key: str, path: str | Path) -> None:
+    """A user's model file (``file.py:factory`` or a path) must exist under ``user/``."""
+    target = value.rsplit(":", 1)[0] if ":" in value else value
+    if ":" in value and not target.endswith(".py"):
+        return  # an installed package (package.module:factory): not a file of this repository
+    if Path(target).is_absolute() or not Path(target).parts or Path(target).parts[0] != USER_DIR:
+        raise EdgeCompressError(f"{path}: {key}: {target} is outside {USER_DIR}/; put your model files in {USER_DIR}/ "
+                                f"(e.g. {USER_DIR}/{Path(target).name}) so that dvc tracks them and a change re-runs "
+                                f"the chain")
+    if not Path(target).is_file():
+        raise EdgeCompressError(f"{path}: {key}: {target} not found")
+
+
+def _check_user_models(path: str | Path, teacher: Any, distill: Any, prune: Any) -> None:
+    """A brought teacher or student: its files under ``user/``; what its form cannot do, refused before training."""
+    if teacher.source != "train":
+        _user_file(teacher.model, "train_teacher.model", path)
+        if teacher.weights:
+            _user_file(teacher.weights, "train_teacher.weights", path)
+    if distill.student:
+        _user_file(distill.student, "distill.student", path)
+    if teacher.source not in ("exported", "onnx"):
+        return
+    what = "an ONNX graph" if teacher.source == "onnx" else "a torch.export program"
+    needs = [(prune.source_model == "teacher", "prune.source_model: teacher (pruning needs its layers)"),
+             (distill.scheme == "online", "distill.scheme: online (a fresh copy of the teacher trains as a peer)"),
+             (bool(distill.losses) and any(k != "response" for k in dict(distill.losses)),
+              "distill.losses beyond response (feature and relation KD read its layers)")]
+    for bad, why in needs:
+        if bad:
+            raise EdgeCompressError(f"{path}: train_teacher.source: {teacher.source} brings {what}, which cannot "
+                                    f"serve {why}; bring the teacher as source: module (code + weights) for that")
 
 
 def remove_stale_members(members: tuple[int, ...], directories: list[str | Path]) -> list[Path]:

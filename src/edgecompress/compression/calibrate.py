@@ -16,7 +16,7 @@ import numpy as np
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path
-from edgecompress.models import batched
+from edgecompress.models import batched, feature_map
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 SELECTIONS = ("random", "class_balanced", "kcenter")
@@ -59,18 +59,15 @@ class CalibrationConfig:
 
 
 def embeddings(model: Any, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Pooled features of ``model`` (``model.features(x)`` then global average pool) on normalized NCHW ``x``."""
+    """Pooled features of ``model`` (its last feature map, then global average pool) on normalized NCHW ``x``."""
     import torch
 
-    if not hasattr(model, "features"):
-        raise EdgeCompressError(f"selection=kcenter needs a model with a features() method; "
-                                f"{type(model).__name__} has none")
     if len(x) == 0:
         return np.zeros((0, 0), np.float32)
     model.eval()
 
     def pooled(xb: torch.Tensor) -> torch.Tensor:
-        f = model.features(xb)
+        f = feature_map(model, xb)
         return f.mean(dim=tuple(range(2, f.ndim))).reshape(len(f), -1)
 
     return batched(pooled, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), batch_size,

@@ -65,6 +65,7 @@ class PoolModel:
     meta: dict[str, Any]
     parent: str
     uncertainty: bool = False  # members or heads: it can say how unsure it is on the device
+    exportable: bool = True  # False: the user's exported program or ONNX graph, scored as the reference only
 
 
 def load_model(name: str, path: str | Path) -> PoolModel:
@@ -79,6 +80,11 @@ def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Pa
     pruning-ladder level (``ladder``/pruned-<percent>.pt), or the pruned student alone without a ladder."""
     t = load_model("teacher", teacher)
     models = [t, *([ensemble_model(t, members)] if members else []), load_model("student", student)]
+    form = t.meta["arch"].get("form")
+    if form in ("exported", "onnx"):  # it teaches and is the reference; we export and quantize only modules
+        print(f"[candidates] the teacher is the user's {form} model: scored as the reference, not a candidate "
+              f"(bring it as source: module to ship it)", file=sys.stderr, flush=True)
+        models[0] = replace(t, exportable=False)
     levels = ladder_levels(ladder)
     pinned = f"pruned-{round(100 * ratio)}"
     if any(p.stem == pinned for p in levels):
@@ -152,6 +158,11 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     try:
         for i, pm in enumerate(models):
             t0 = time.perf_counter()
+            if not pm.exportable:
+                logits = batched(pm.model.eval(), torch.from_numpy(x_eval), 1000, channels_last=False).numpy()
+                pytorch[pm.name] = {k: classification_metrics(softmax(logits.astype(np.float64)), scoring.y)[k]
+                                    for k in ("accuracy", "nll", "ece")}
+                continue
             # Models with members or heads keep their own calibration (the ensemble's is the point of it).
             if temperature and can_fold(pm.model) and not pm.uncertainty:
                 pm, tempered[pm.name] = _tempered(pm, x_sel, y_sel, x_eval, scoring.y)

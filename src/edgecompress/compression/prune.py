@@ -40,6 +40,7 @@ METHODS = ("channel", "magnitude", "none")
 CRITERIA = ("l1", "l2", "apoz", "taylor")
 SCHEDULES = ("geometric", "linear")
 PROTECTABLE = ("first", "last")
+SOURCE_MODELS = ("student", "teacher")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class PruneConfig:
     # Pruning ladder: after ``ratio`` (the level the stage's main output keeps), one more prune step +
     # KD fine-tune to each of these cumulative removed fractions; every level is a build candidate.
     ladder: tuple[float, ...] = ()
+    # What is pruned: the distilled student, or the teacher itself (the user's module: compressed directly,
+    # fine-tuned by self-distillation from its unpruned self).
+    source_model: str = "student"
 
     def __post_init__(self) -> None:
         method, criterion = self.method, self.criterion
@@ -89,6 +93,8 @@ class PruneConfig:
                   ("latency_runs", self.latency_runs >= 0, "must be >= 0"),
                   ("source", self.source in (*SOURCES, "auto"), f"allowed {[*SOURCES, 'auto']} (what the pruned "
                                                                  "student is fine-tuned from)"),
+                  ("source_model", self.source_model in SOURCE_MODELS, f"allowed {list(SOURCE_MODELS)} (the "
+                                                                         "network that is pruned)"),
                   ("temperature", self.temperature > 0, "must be > 0 (softmax(z / T))"),
                   ("alpha", 0 <= self.alpha <= 1, "must be within [0, 1]")]
         for name, ok, allowed in checks:

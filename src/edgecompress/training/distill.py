@@ -19,6 +19,7 @@ from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fi
 from edgecompress.training.loop import Tensors, TrainConfig, crop_fill, fit, model_report, tensors
 from edgecompress.training.losses import CombinedKDLoss, kd_loss, kd_loss_config
 from edgecompress.training.multihead import MultiHeadKDConfig
+from edgecompress.usermodel import build_module, module_arch
 from edgecompress.training.soft_targets import (SoftTargets, compute_soft_targets, fit_on_soft_targets,
                                                no_soft_targets, response)
 
@@ -58,6 +59,9 @@ class DistillConfig:
     # them once on V augmented views of each training image and replays those logits (response KD of
     # the teacher, the ensemble or the multi-head student; the prune stage's fine-tunes reuse them).
     views: int = 0
+    # The user's own student: "file.py:factory" (called with num_classes, in_channels, image_size)
+    # replaces our MobileNet (channels, strides, width and dropout then do not apply).
+    student: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -97,6 +101,9 @@ class DistillConfig:
             self.multihead_config(self.heads)  # fail at load time, naming the bad key
         if not isinstance(self.views, int) or self.views < 0:
             raise EdgeCompressError(f"invalid value views={self.views!r}: must be an integer >= 0 (0: online)")
+        if self.student is not None and (not isinstance(self.student, str) or self.heads > 1 or self.assistant_width):
+            raise EdgeCompressError(f"invalid value student={self.student!r}: a 'file.py:factory' string, used with "
+                                    f"heads: 1 and assistant_width: null (both build MobileNets of ours)")
         if self.views and (self.scheme == "online" or self.losses or self.assistant_width):
             raise EdgeCompressError(f"views={self.views} stores the teachers' logits, which serve response KD "
                                     f"only: set views: 0 with scheme online, losses or assistant_width")
@@ -108,6 +115,13 @@ class DistillConfig:
         if "num_heads" in extra:
             raise EdgeCompressError("multihead.num_heads: set distill.heads instead")
         return from_dict(MultiHeadKDConfig, {**extra, "num_heads": heads}, "params.yaml:distill.multihead")
+
+    def new_student(self, ds: Dataset, width: float | None = None) -> nn.Module:
+        """A freshly initialised student: the user's factory's network, or our MobileNet (``width`` overrides
+        the multiplier, e.g. for the teacher assistant)."""
+        if self.student:
+            return build_module(self.student, ds.num_classes, ds.channels, ds.input_shape[1], "distill.student")
+        return MobileNetStudent(**{k: v for k, v in self.arch(ds, width).items() if k != "kind"})
 
     def arch(self, ds: Dataset, width: float | None = None) -> dict[str, Any]:
         """The student's arch (``width`` overrides the multiplier, e.g. for the teacher assistant)."""
@@ -139,10 +153,9 @@ def _kd(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors, width: 
         name: str = "distill", targets: SoftTargets | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """One offline KD run: a fresh MobileNet (``width``) learns from the frozen ``teacher`` (its stored
     ``targets`` when given)."""
-    kw = {k: v for k, v in cfg.arch(ds, width).items() if k != "kind"}
     _frozen(teacher)
     torch.manual_seed(cfg.train.seed)
-    student = MobileNetStudent(**kw)
+    student = cfg.new_student(ds, width)
     loss = kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
     combined = None
     if cfg.losses is not None:
@@ -167,9 +180,8 @@ def _mutual(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, t: Tensors) -> 
     Each minimises (1 - alpha) * CE + alpha * T^2 * KL(other's softened prediction || its own), the
     other's prediction detached, on the same augmented batch; one optimiser (``cfg.train``) steps both.
     """
-    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
     torch.manual_seed(cfg.train.seed)
-    student = MobileNetStudent(**kw)
+    student = cfg.new_student(ds)
     peer = fresh_copy(teacher, cfg.train.seed + 1)
     loss = kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
 
@@ -244,12 +256,13 @@ def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, members: Sequen
         report["generations"] = generations  # [0] is the offline student every later one descends from
     report["kd"] = kd
     if cfg.baseline:
-        kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
         torch.manual_seed(cfg.train.seed)
-        base = MobileNetStudent(**kw)
+        base = cfg.new_student(ds)
         bh = fit(base, *t["train"], cfg.train, fill=crop_fill(ds), val=t["val"], name="baseline")
         report["baseline"] = {**model_report(base, ds, t), "history": bh}
         report["kd_gain_points"] = 100 * (report["kd"]["test"]["accuracy"] - report["baseline"]["test"]["accuracy"])
+    if cfg.student:
+        arch = module_arch(cfg.student, student, tuple(ds.input_shape), ds.num_classes)  # type: ignore[arg-type]
     return student, arch, report
 
 
@@ -261,11 +274,10 @@ def distill_ensemble(members: Sequence[nn.Module], ds: Dataset, student_cfg: Dis
     Uses ``student_cfg.temperature``/``alpha``/``train``; ``losses`` and ``baseline`` are not used.
     """
     cfg = student_cfg
-    kw = {k: v for k, v in cfg.arch(ds).items() if k != "kind"}
     t = tensors(ds)
     teacher = EnsembleTeacher(members)
     torch.manual_seed(cfg.train.seed)
-    student = MobileNetStudent(**kw)
+    student = cfg.new_student(ds)
     t0 = time.time()
     loss = ensemble_kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
     if targets is not None and targets.fits(cfg.train):
@@ -307,7 +319,7 @@ def distill_metrics(report: dict[str, Any], cfg: DistillConfig, teacher_params: 
     kd = report["kd"]
     metrics = {"test": kd["test"], "val": kd["val"], "params": kd["params"], "macs": kd["macs"],
                "scheme": cfg.scheme, "source": cfg.source, "heads": cfg.heads, "teacher_params": teacher_params,
-               "params_fraction_of_teacher": kd["params"] / teacher_params}
+               "params_fraction_of_teacher": kd["params"] / teacher_params if teacher_params else None}
     for key in ("assistant", "peer", "generations"):
         if key in report:
             metrics[key] = report[key]

@@ -27,6 +27,7 @@ from torch import nn
 
 from edgecompress.config import from_dict
 from edgecompress.errors import EdgeCompressError
+from edgecompress.models import feature_map
 from edgecompress.training.loop import LossFn
 
 KINDS = ("response", "hint", "rkd_distance", "rkd_angle", "attention")
@@ -265,7 +266,7 @@ def _probe_features(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
     model.eval()
     try:
         with torch.no_grad():
-            return model.features(example)  # type: ignore[operator]
+            return feature_map(model, example)
     finally:
         model.train(was_training)
 

@@ -13,14 +13,24 @@ from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import ResNetTeacher
 from edgecompress.training.loop import TrainConfig, crop_fill, fit, model_report, tensors
+from edgecompress.usermodel import FORMS, UserModelSpec, load_user_model, user_arch
 
+SOURCES = ("train", *FORMS)
 
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """ResNet-style teacher: stem width, per-stage widths and block counts, and training."""
+    """The teacher: our ResNet trained here (stem, per-stage widths and block counts, training), or the
+    user's own trained classifier (``source``: module | exported | onnx; see ``edgecompress.usermodel``)."""
 
+    # train: the ResNet below, trained here. module: model = "file.py:factory" + weights (a state dict);
+    # exported: model = a torch.export .pt2; onnx: model = an .onnx (layout, normalized_input describe its input).
+    source: str = "train"
+    model: str | None = None
+    weights: str | None = None
+    layout: str = "NCHW"
+    normalized_input: bool = True
     stem: int = 32
     widths: tuple[int, ...] = (48, 96, 192)
     blocks: tuple[int, ...] = (1, 1, 1)
@@ -40,6 +50,19 @@ class TeacherConfig:
     ENSEMBLE_KEYS = ("ensemble_size", "members", "member_epochs", "mc_samples")
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise EdgeCompressError(f"invalid value source={self.source!r}: allowed {list(SOURCES)}")
+        if self.source == "train" and (self.model or self.weights):
+            raise EdgeCompressError(f"model/weights are set but source is 'train' (the ResNet is trained here): "
+                                    f"set source: module, exported or onnx to bring your own teacher, or remove them")
+        if self.source != "train":
+            self.user_spec()  # names a missing model or weights, a bad layout
+            clash = [k for k, bad in (("ensemble_size", self.ensemble_size != 1), ("init", bool(self.init)),
+                                      ("freeze", bool(self.freeze)), ("mc_samples", bool(self.mc_samples))) if bad]
+            if clash:
+                raise EdgeCompressError(f"source={self.source!r} brings a trained teacher, which is not trained "
+                                        f"here: {', '.join(clash)} must be left at the default (ensemble_size: 1, "
+                                        f"members: [], init: null, freeze: 0, mc_samples: 0)")
         if not isinstance(self.ensemble_size, int) or self.ensemble_size < 1:
             raise EdgeCompressError(f"invalid value ensemble_size={self.ensemble_size!r}: must be an integer >= 1")
         if list(self.members) != list(range(1, self.ensemble_size)):
@@ -65,6 +88,11 @@ class TeacherConfig:
         if min(self.widths) < 1 or min(self.blocks) < 1 or self.stem < 1:
             raise EdgeCompressError("stem, widths and blocks must be positive integers")
 
+
+    def user_spec(self) -> UserModelSpec:
+        """Where the user's teacher comes from (``source`` is not ``train``)."""
+        return UserModelSpec(self.source, self.model or "", self.weights, self.layout, self.normalized_input,
+                             "train_teacher")
 
     def member(self, index: int) -> "TeacherConfig":
         """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index`` (and
@@ -117,7 +145,10 @@ def _freeze(model: ResNetTeacher, n: int) -> list[str]:
 
 
 def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Train the teacher from scratch, or fine-tune it from ``cfg.init``; returns (model, arch, report)."""
+    """Train the teacher from scratch, or fine-tune it from ``cfg.init``, or bring the user's (``cfg.source``);
+    returns (model, arch, report)."""
+    if cfg.source != "train":
+        return bring_teacher(ds, cfg)
     arch = cfg.arch(ds)
     torch.manual_seed(cfg.train.seed)
     model = ResNetTeacher(**{k: v for k, v in arch.items() if k != "kind"})
@@ -132,4 +163,14 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str,
     report = {**model_report(model, ds, t), "history": history}
     if transfer:
         report["transfer"] = transfer
+    return model, arch, report
+
+
+def bring_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The user's trained classifier as the teacher, checked on a batch and measured like ours (no training)."""
+    spec = cfg.user_spec()
+    shape = tuple(ds.input_shape)
+    model = load_user_model(spec, shape, ds.num_classes, tuple(ds.mean), tuple(ds.std))  # type: ignore[arg-type]
+    arch = user_arch(spec, model, shape, ds.num_classes, tuple(ds.mean), tuple(ds.std))  # type: ignore[arg-type]
+    report = {**model_report(model, ds, tensors(ds)), "history": [], "source": spec.form}
     return model, arch, report
