@@ -292,3 +292,27 @@ def test_remote_timeout_kills_and_cleans_up(sshd: Server, artifacts: Any, tmp_pa
             break
         time.sleep(0.1)
     assert not busy, f"the remote runner was left running: {busy}"
+
+
+def test_select_scores_the_pool_on_the_device(sshd: Server, artifacts: Any, tmp_path: Path) -> None:
+    """`edgecompress select --artifact --device ssh://`: the runner scores every pool image there."""
+    import csv
+
+    import numpy as np
+
+    from edgecompress.active.device import select_on_device
+
+    d, testset, _ = artifacts
+    x = np.load(testset)["x"]
+    np.savez(tmp_path / "pool.npz", x=x)
+    out = tmp_path / "to_label.csv"
+    summary = select_on_device(tmp_path / "pool.npz", d / "fp32.onnx", _profile(accuracy_samples=5),
+                               sshd.device(tmp_path / "remote"), "entropy", 6, out, tmp_path / "sheet.png")
+    assert summary["pool_size"] == 40 and summary["device"] == sshd.url  # all 40, not the profile's 5
+    rows = list(csv.DictReader(out.open()))
+    scores = [float(r["score"]) for r in rows]
+    assert len(rows) == 6 and scores == sorted(scores, reverse=True) and (tmp_path / "sheet.png").is_file()
+    with pytest.raises(EdgeCompressError, match=r"bald on a device needs an artifact with per-head outputs"):
+        select_on_device(tmp_path / "pool.npz", d / "fp32.onnx", _profile(), DeviceSpec(url="local"), "bald", 3, out)
+    with pytest.raises(EdgeCompressError, match=r"strategy 'kcenter' needs the model on this machine"):
+        select_on_device(tmp_path / "pool.npz", d / "fp32.onnx", _profile(), DeviceSpec(url="local"), "kcenter", 3, out)

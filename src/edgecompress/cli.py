@@ -75,6 +75,30 @@ def _validate(ns: argparse.Namespace) -> None:
     print(f"{ns.params}: ok ({', '.join(cfg)}; targets {', '.join(cfg['check'].targets) or 'none'})")
 
 
+def _select(ns: argparse.Namespace) -> None:
+    from edgecompress.active.select import SelectConfig, run_selection
+    from edgecompress.config import from_dict
+
+    cfg = from_dict(SelectConfig, {"strategy": ns.strategy, "budget": ns.budget, "mc_samples": ns.mc_samples,
+                                   "seed": ns.seed}, "edgecompress select")
+    out = ns.out or "reports/to_label.csv"
+    sheet = ns.sheet or str(Path(out).with_suffix(".png"))
+    if ns.artifact:  # scored where the images were seen, by the artifact's own runtime
+        from edgecompress.active.device import select_on_device
+        from edgecompress.deploy.devices import resolve_device
+        from edgecompress.deploy.targets import load_target
+
+        if not ns.target:
+            raise EdgeCompressError("--artifact needs --target: the profile says which runtime, threads and device")
+        profile = load_target(ns.target)
+        summary = select_on_device(ns.pool, ns.artifact, profile, resolve_device(profile.device, _device(ns)),
+                                   cfg.strategy, cfg.budget, out, sheet)
+    else:
+        summary = run_selection(ns.pool, ns.model or ["models/student.pt"], cfg, out, sheet, ns.labeled)
+    print(f"{summary['budget']} of {summary['pool_size']} images chosen by {summary['strategy']} -> {summary['csv']} "
+          f"(contact sheet {summary['sheet']}); the model's guesses per class: {summary['class_histogram']}")
+
+
 def _inspect(ns: argparse.Namespace) -> None:
     path = Path(ns.artifact)
     side = Path(str(path) + ".json")
@@ -126,6 +150,27 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--params", default="params.yaml")
     v.add_argument("--targets", default="targets", help="directory of target profiles (default targets)")
     v.set_defaults(fn=_validate)
+    from edgecompress.active.strategies import STRATEGIES
+
+    s = sub.add_parser("select", help="choose which unlabeled images to label next (active learning)")
+    s.add_argument("--pool", required=True, help="a folder of images or an .npz with x: the unlabeled pool")
+    s.add_argument("--budget", type=int, required=True, help="how many images to choose")
+    s.add_argument("--strategy", default="entropy", choices=list(STRATEGIES))
+    s.add_argument("--model", action="append", help="checkpoint (default models/student.pt); repeat it for an "
+                                                    "ensemble's members (bald then uses their disagreement)")
+    s.add_argument("--labeled", help="images labeled so far (.npz with x, or a folder): k-center's first centres")
+    s.add_argument("--mc-samples", type=int, default=10, help="MC-dropout passes for bald on one network")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--artifact", help="score on a device instead: an exported artifact (e.g. models/export/"
+                                      "heads.tflite) run by the standalone runner there (entropy, "
+                                      "least_confidence, bald)")
+    s.add_argument("--target", help="with --artifact: the target profile (runtime, threads, device)")
+    s.add_argument("--device", help="with --artifact: local or ssh://user@host[:port] (default: the profile's)")
+    s.add_argument("--key-file", help="ssh private key for the device")
+    s.add_argument("--remote-python", help="python interpreter on the device (default python3)")
+    s.add_argument("--out", help="the list to label (default reports/to_label.csv)")
+    s.add_argument("--sheet", help="contact sheet PNG (default: the CSV's name with .png)")
+    s.set_defaults(fn=_select)
     i = sub.add_parser("inspect", help="print an artifact's sidecar (what made it, how to feed it)")
     i.add_argument("artifact")
     i.set_defaults(fn=_inspect)

@@ -8,6 +8,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from edgecompress.active.select import SelectConfig
 from edgecompress.artifacts import ENGINE_FOR_FORMAT
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import ExportConfig
@@ -21,7 +22,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.teacher import TeacherConfig
 
-SECTIONS: dict[str, type] = {"candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
+SECTIONS: dict[str, type] = {"active_learning": SelectConfig, "candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
                              "check": CheckConfig}
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2  # 2: --score (per-image uncertainty of a pool)
 ENGINE_FOR_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 # ARM "CPU part" ids (implementer 0x41) -> core name; aarch64 kernels print no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
@@ -46,14 +46,20 @@ class Session:
     """A loaded model: ``run(x)`` returns the raw output array; ``info`` describes the runtime."""
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], info: dict[str, Any],
-                 input_dtype: str, warnings: list[str]) -> None:
+                 input_dtype: str, warnings: list[str],
+                 run_all: Callable[[np.ndarray], list[np.ndarray]] | None = None) -> None:
         self._run = run
+        self._run_all = run_all
         self.info = info
         self.input_dtype = input_dtype
         self.warnings = warnings
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self._run(x)
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output (a heads artifact has two: mean and per-head probabilities)."""
+        return self._run_all(x) if self._run_all else [self._run(x)]
 
 
 def _onnx_session(model_path: str, threads: int | None, providers: list[str] | None) -> Session:
@@ -89,10 +95,13 @@ def _onnx_session(model_path: str, threads: int | None, providers: list[str] | N
     def run(x: np.ndarray) -> np.ndarray:
         return sess.run([out.name], {inp.name: x})[0]
 
+    def run_all(x: np.ndarray) -> list[np.ndarray]:
+        return sess.run(None, {inp.name: x})
+
     info = {"name": "onnxruntime", "version": ort.__version__, "threads": threads,
             "requested_providers": requested, "active_providers": active, "available_providers": available,
             "provider_fallback": fallback, "delegate": None, "xnnpack": None}
-    return Session(run, info, dtypes.get(inp.type, inp.type), warnings)
+    return Session(run, info, dtypes.get(inp.type, inp.type), warnings, run_all)
 
 
 def _litert_interpreter_module() -> tuple[Any, str, str]:
@@ -141,11 +150,16 @@ def _litert_session(model_path: str, threads: int | None, xnnpack: bool, batch: 
         interp.invoke()
         return interp.get_tensor(o_index)  # get_tensor copies, so the buffer can be reused
 
+    def run_all(x: np.ndarray) -> list[np.ndarray]:
+        interp.set_tensor(i_d["index"], x)
+        interp.invoke()
+        return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+
     info = {"name": dist, "version": version, "threads": threads, "requested_providers": None,
             "active_providers": None, "available_providers": None, "provider_fallback": False,
             # LiteRT applies XNNPACK by default; the resolver type is the only switch we control.
             "delegate": "xnnpack" if xnnpack else "none", "xnnpack": xnnpack}
-    return Session(run, info, np.dtype(i_d["dtype"]).name, [])
+    return Session(run, info, np.dtype(i_d["dtype"]).name, [], run_all)
 
 
 def load_session(model_path: str | Path, engine: str | None = None, threads: int | None = None,
@@ -282,6 +296,42 @@ def scores(session: Session, sidecar: dict[str, Any], x: np.ndarray, y: np.ndarr
     p_true = probs[np.arange(len(y)), y]
     return {"accuracy": float(correct.mean()), "nll": float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean()),
             "ece": float(ece)}
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(-1)
+
+
+def score_pool(session: Session, sidecar: dict[str, Any], x: np.ndarray, batch: int = 1) -> dict[str, Any]:
+    """Per-image uncertainty of the uint8 NCHW pool ``x``: predictive entropy, the guess and its confidence
+    and, for an artifact with per-head (or per-member) probabilities (N, M, C), the mutual information
+    between the prediction and the heads (what active learning's BALD ranks by), all on the device."""
+    means, heads = [], []
+    probs_out = "head_probs" in (sidecar.get("outputs") or {})  # heads artifacts emit probabilities
+    for i in range(0, len(x), batch):
+        xb = preprocess(x[i:i + batch], sidecar)
+        n = len(xb)
+        if n < batch:
+            xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
+        outs = [postprocess(o, sidecar)[:n].astype(np.float64) for o in session.run_all(xb)]
+        two = next((o for o in outs if o.ndim == 2), None)
+        three = next((o for o in outs if o.ndim == 3), None)
+        if two is None:
+            raise RunnerError(f"the model's outputs have shapes {[o.shape for o in outs]}; scoring needs (N, C)")
+        if not probs_out:  # logits (or log-probabilities: softmax(log p) = p)
+            z = np.exp(two - two.max(1, keepdims=True))
+            two = z / z.sum(1, keepdims=True)
+        means.append(two)
+        if three is not None:
+            heads.append(three)
+    p = np.concatenate(means)
+    out: dict[str, Any] = {"images": int(len(p)), "entropy": _entropy(p).round(6).tolist(),
+                           "guess": p.argmax(1).tolist(), "confidence": p.max(1).round(6).tolist(),
+                           "mutual_information": None}
+    if heads:
+        h = np.concatenate(heads)  # (N, M, C)
+        out["mutual_information"] = np.clip(_entropy(p) - _entropy(h).mean(1), 0.0, None).round(6).tolist()
+    return out
 
 
 def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = None, y: np.ndarray | None = None,
@@ -427,6 +477,29 @@ def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path |
             "fingerprint": fingerprint(info), "warnings": warnings}
 
 
+def score(model: str | Path, pool: str | Path, sidecar: str | Path | None = None, engine: str | None = None,
+          threads: int | None = None, providers: list[str] | None = None, xnnpack: bool = True,
+          batch: int = 1) -> dict[str, Any]:
+    """``--score``: the pool's per-image uncertainty with the artifact's own runtime (raises RunnerError)."""
+    model = Path(model)
+    if not model.is_file():
+        raise RunnerError(f"model {model} does not exist")
+    sc = read_sidecar(sidecar or f"{model}.json")
+    try:
+        with np.load(pool, allow_pickle=False) as z:
+            x = z["x"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise RunnerError(f"pool {pool} is unreadable or has no x array ({type(e).__name__}: {e})") from None
+    if x.ndim != 4 or x.dtype != np.uint8 or not len(x):
+        raise RunnerError(f"pool {pool}: x must be uint8 (N, C, H, W) with N >= 1; got {x.dtype} {x.shape}")
+    _check_shape(preprocess(x[:1], sc), sc)
+    session = load_session(model, engine, threads, providers, xnnpack, batch)
+    t0 = time.perf_counter()
+    res = score_pool(session, sc, x, batch)
+    return {"runner_version": RUNNER_VERSION, "model": str(model), "runtime": session.info,
+            "seconds": time.perf_counter() - t0, **res, "fingerprint": fingerprint(session.info)}
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Send native and Python stdout to stderr, so runtime log lines cannot corrupt our one JSON line."""
@@ -457,6 +530,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed runs")
     p.add_argument("--accuracy-samples", type=int, help="first N test images (default: all)")
+    p.add_argument("--score", help="pool.npz (x uint8 NCHW): per-image entropy, guess and (heads artifacts) "
+                                   "mutual information instead of a benchmark")
     return p
 
 
@@ -475,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
         if not args.max_seconds > 0:
             raise RunnerError(f"--max-seconds must be > 0, got {args.max_seconds}")
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+        if args.score:
+            with _stdout_to_stderr():
+                result = score(args.model, args.score, args.sidecar, args.engine, args.threads, providers,
+                               not args.no_xnnpack, args.batch)
+            print(json.dumps(result))
+            return 0
         with _stdout_to_stderr():
             result = run(args.model, args.sidecar, args.data, args.engine, args.threads, providers,
                          not args.no_xnnpack, args.warmup, args.runs, args.batch, args.max_seconds,

@@ -1,0 +1,1 @@
+"""Active learning: which unlabeled images to label next (``strategies``), and the selection a person labels (``select``)."""

@@ -1,0 +1,96 @@
+"""Rank a pool where it was seen: the standalone runner scores it on the device with an exported artifact.
+
+The device needs nothing but numpy and the artifact's runtime: the runner (``--score``) returns each
+image's predictive entropy, the guess and its confidence and, for an artifact with per-head outputs
+(the multi-head student's ``heads.onnx``/``heads.tflite``), the mutual information between prediction
+and heads. The ranking then happens here; the strategies that need only those numbers run on them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.deploy.bench import local_command, run_local, runner_args
+from edgecompress.deploy.devices import DeviceSpec
+from edgecompress.deploy.remote import run_remote
+from edgecompress.deploy.targets import TargetProfile
+from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import read_json
+
+# What each strategy ranks by, from the runner's per-image numbers (higher = label sooner).
+DEVICE_SCORES = {"entropy": lambda r: np.asarray(r["entropy"]),
+                 "least_confidence": lambda r: 1.0 - np.asarray(r["confidence"]),
+                 "bald": lambda r: np.asarray(r["mutual_information"])}
+
+
+def score_on_device(artifact: str | Path, x: np.ndarray, profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
+    """The runner's ``--score`` result for the uint8 NCHW pool ``x``, on ``device`` with ``profile``'s runtime."""
+    artifact = Path(artifact)
+    sidecar = Path(f"{artifact}.json")
+    for f in (artifact, sidecar):
+        if not f.is_file():
+            raise EdgeCompressError(f"{f} not found; give an exported artifact with its sidecar "
+                                    f"(models/export/heads.tflite, models/targets/<target>/...)")
+    fmt = artifact.suffix.lstrip(".")
+    if fmt not in ("onnx", "tflite"):
+        raise EdgeCompressError(f"{artifact}: an .onnx or .tflite artifact runs on a device, not a .{fmt}")
+    # The profile running this artifact, every pool image sent (no accuracy subset).
+    pinned = profile.pinned(fmt, str(read_json(sidecar, "sidecar").get("precision", "fp32")))
+    whole = replace(pinned, bench=replace(pinned.bench, accuracy_samples=None))
+    with tempfile.TemporaryDirectory(prefix="edgecompress-pool-") as tmp:
+        pool = Path(tmp) / "pool.npz"
+        np.savez(pool, x=x, y=np.zeros(len(x), np.int64))
+        if device.is_local:
+            cmd = local_command(runner_args(whole, str(artifact.resolve()), str(sidecar.resolve()), None)
+                                + ["--score", str(pool)])
+            return run_local(cmd, artifact, device.timeout, f"target {profile.name}")
+        args = runner_args(whole, artifact.name, f"{artifact.name}.json", None) + ["--score", "testset.npz"]
+        return run_remote(whole, device, artifact, sidecar, pool, args)
+
+
+def rank_device_scores(result: dict[str, Any], strategy: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` pool indices to label first by ``strategy`` from the device's numbers."""
+    if strategy not in DEVICE_SCORES:
+        raise EdgeCompressError(f"strategy {strategy!r} needs the model on this machine; on a device: "
+                                f"{', '.join(DEVICE_SCORES)}")
+    if strategy == "bald" and result.get("mutual_information") is None:
+        raise EdgeCompressError("strategy bald on a device needs an artifact with per-head outputs (heads.onnx or "
+                                "heads.tflite of a multi-head student, distill.heads > 1); this one has one output")
+    score = DEVICE_SCORES[strategy](result)
+    if k > len(score):
+        raise EdgeCompressError(f"budget {k} is larger than the pool ({len(score)} images)")
+    order = np.argsort(-score, kind="stable")[:k]
+    return order, score[order]
+
+
+def select_on_device(pool: str | Path, artifact: str | Path, profile: TargetProfile, device: DeviceSpec,
+                     strategy: str, budget: int, out_csv: str | Path, sheet: str | Path | None = None,
+                     columns: int = 10) -> dict[str, Any]:
+    """``edgecompress select --artifact ... --device ...``: the pool scored on the device, ranked here, written
+    like ``run_selection`` does (the CSV and the contact sheet)."""
+    from edgecompress.active.select import read_pool, write_selection
+
+    side = read_json(f"{artifact}.json", "sidecar")
+    shape = [int(v) for v in side["input_shape"]]
+    chw = (shape[3], shape[1], shape[2]) if side.get("layout") == "NHWC" else tuple(shape[1:])
+    names, x = read_pool(pool, chw)  # type: ignore[arg-type]
+    if budget > len(x):
+        raise EdgeCompressError(f"budget {budget} is larger than the pool ({len(x)} images in {pool})")
+    if strategy not in DEVICE_SCORES:  # before the device is busy
+        rank_device_scores({}, strategy, budget)
+    result = score_on_device(artifact, x, profile, device)
+    idx, score = rank_device_scores(result, strategy, budget)
+    guess = np.asarray(result["guess"])[idx]
+    classes = [str(c) for c in side.get("class_names") or range(int(side.get("num_classes", guess.max() + 1)))]
+    chosen = {"indices": idx, "scores": score, "guesses": guess, "confidence": np.asarray(result["confidence"])[idx]}
+    write_selection(out_csv, names, x, chosen, classes, sheet, columns)
+    hist = np.bincount(guess, minlength=len(classes)).tolist()
+    return {"pool": str(pool), "pool_size": len(x), "strategy": strategy, "budget": budget, "artifact": str(artifact),
+            "device": device.url, "runtime": result.get("runtime"), "seconds_on_device": result.get("seconds"),
+            "csv": str(out_csv), "sheet": str(sheet) if sheet else None,
+            "class_histogram": dict(zip(classes, hist))}
