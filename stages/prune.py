@@ -1,18 +1,15 @@
-"""DVC stage: prune the student, or the teacher itself (prune.source_model), structured channels by default,
-and fine-tune it with KD."""
-
-import copy
+"""DVC stage: prune the student, or the teacher itself (prune.source_model), and fine-tune it with KD."""
 
 from edgecompress import stage
-from edgecompress.checkpoint import arch_after_pruning, load_checkpoint, save_checkpoint
+from edgecompress.checkpoint import arch_after_pruning, save_checkpoint
 from edgecompress.compression.ladder import write_ladder
-from edgecompress.compression.prune import PruneConfig, finetune_plan, prune_and_finetune
+from edgecompress.compression.finetune import finetune_plan, pruning_subject
+from edgecompress.compression.prune import PruneConfig, prune_and_finetune
 from edgecompress.config import read
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.training.soft_targets import load_soft_targets
 from edgecompress.training.teacher import TeacherConfig
-from edgecompress.usermodel import internals
 
 
 @friendly_main
@@ -24,13 +21,7 @@ def main() -> str | None:
                   ("--live", "directory of dvclive training curves"), ("--soft-targets", "the teachers' stored logits"),
                   ("--ladder", "one checkpoint per pruning level (pruned-30.pt, pruned-50.pt, ...)")])
     cfg = read(params, "prune", PruneConfig)
-    (student, smeta), (teacher, tmeta) = load_checkpoint(args.student), load_checkpoint(args.teacher)
-    parent = args.student
-    if cfg.source_model == "teacher":  # the teacher is pruned and learns from its unpruned self
-        internals(teacher, "prune.source_model: teacher")
-        student, smeta, parent = copy.deepcopy(teacher), tmeta, args.teacher
-        for p in student.parameters():
-            p.requires_grad_(True)
+    (student, smeta, parent), teacher = pruning_subject(cfg.source_model, args.student, args.teacher)
     source, multihead = finetune_plan(cfg, student, smeta, parent)
     indices = read(params, "train_teacher", TeacherConfig).members if source == "ensemble" else []
     members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values()) if indices else []

@@ -326,3 +326,29 @@ def test_params_for_a_brought_teacher_are_checked(tmp_path: Path, monkeypatch: p
         from_dict(TeacherConfig, {"source": "onnx", "model": "user/t.onnx", "ensemble_size": 2, "members": [1]})
     with pytest.raises(EdgeCompressError, match=r"model/weights are set but source is 'train'"):
         from_dict(TeacherConfig, {"model": "user/t.onnx"})
+
+
+def test_qat_runs_on_the_users_module(user: dict, tmp_path: Path) -> None:
+    """Quantization-aware training (PT2E, LiteRT's quantizer) through the squeeze-excite and concatenation."""
+    from edgecompress.compression.qat import QATConfig, export_tflite_qat
+    from edgecompress.compression.tflite import tflite_interpreter
+
+    ds = user["ds"]
+    x, y = ds.normalize(ds.train.x[:64]), ds.train.y[:64]
+    history = export_tflite_qat(copy.deepcopy(user["model"]), (1, 12, 12), tmp_path / "qat.tflite", x, y,
+                                QATConfig(enabled=True, epochs=1, lr=1e-3, batch_size=32))
+    assert len(history) == 1
+    interp = tflite_interpreter(tmp_path / "qat.tflite")
+    i_d, o_d = interp.get_input_details()[0], interp.get_output_details()[0]
+    assert i_d["dtype"] == np.int8 and o_d["dtype"] == np.int8  # full-integer: int8 in and out
+    xt = ds.normalize(ds.test.x)
+    scale, zero = i_d["quantization"]
+    agree = []
+    for k in range(len(xt)):
+        q = np.clip(np.round(xt[k:k + 1].transpose(0, 2, 3, 1) / scale) + zero, -128, 127).astype(np.int8)
+        interp.set_tensor(i_d["index"], q)
+        interp.invoke()
+        agree.append(int(interp.get_tensor(o_d["index"]).argmax()))
+    with torch.no_grad():
+        want = user["model"](torch.from_numpy(xt)).argmax(1).numpy()
+    assert (np.array(agree) == want).mean() >= 0.75

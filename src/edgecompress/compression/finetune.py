@@ -1,0 +1,99 @@
+"""What a pruned network keeps learning from while it is pruned (``finetune_plan``, ``finetuner``), and which
+network is pruned at all (``pruning_subject``: the distilled student, or the teacher itself)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from edgecompress.config import from_dict
+from edgecompress.errors import EdgeCompressError
+from edgecompress.models import MultiHeadStudent
+from edgecompress.training.distill import DistillConfig
+from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
+from edgecompress.training.loop import TrainConfig, fit
+from edgecompress.training.losses import kd_loss
+from edgecompress.training.multihead import MultiHeadKDConfig
+from edgecompress.training.soft_targets import SoftTargets, fit_on_soft_targets, response
+from edgecompress.usermodel import internals
+
+
+class _Sourced(Protocol):
+    source: str  # PruneConfig.source: teacher | ensemble | auto
+
+
+def pruning_subject(source_model: str, student: str, teacher: str) -> tuple[tuple[nn.Module, dict[str, Any], str],
+                                                                            nn.Module]:
+    """((the network ``prune.source_model`` names, its metadata, its path), the teacher) from the checkpoints:
+    the student, or a copy of the teacher, which then learns from its unpruned self; a teacher whose layers
+    are out of reach (an exported program, an ONNX graph) is refused."""
+    from edgecompress.checkpoint import load_checkpoint
+
+    t_model, t_meta = load_checkpoint(teacher)
+    if source_model != "teacher":
+        return (*load_checkpoint(student), student), t_model
+    internals(t_model, "prune.source_model: teacher")
+    return (copy.deepcopy(t_model), t_meta, teacher), t_model
+
+
+def finetune_plan(cfg: _Sourced, student: nn.Module, student_meta: dict[str, Any],
+                  where: str) -> tuple[str, MultiHeadKDConfig | None]:
+    """(source, multi-head loss config) for fine-tuning ``student``: resolves ``source: auto``.
+
+    Measured (README): heads fine-tuned on the mean alone drift apart (spurious MI, 1.8x the ECE),
+    so a multi-head student keeps distilling the ensemble with the Ferianc loss it was distilled
+    with (read from its checkpoint, ``where``); a single-head student gains nothing from the
+    ensemble at 3x the fine-tuning time, so ``auto`` gives it the teacher.
+    """
+    multi = isinstance(student, MultiHeadStudent)
+    source = cfg.source
+    if source == "auto":
+        source = "ensemble" if multi else "teacher"
+        print(f"[prune] source auto: fine-tuning from the {source}", flush=True)
+    if source != "ensemble" or not multi:
+        return source, None
+    distilled = (student_meta.get("params") or {}).get("distill")
+    if distilled is None:
+        raise EdgeCompressError(f"{where} is a multi-head student without the distill params that made it "
+                                "(params.distill in its metadata); re-run `dvc repro distill`, or set "
+                                "prune.source: teacher")
+    made_by = from_dict(DistillConfig, distilled, f"{where} (its distill params)")
+    return source, made_by.multihead_config(student.num_heads)  # type: ignore[union-attr]
+
+
+def finetuner(model: nn.Module, teacher: nn.Module | None, members: Sequence[nn.Module], finetune: TrainConfig,
+               temperature: float, alpha: float, multihead: MultiHeadKDConfig | None,
+               targets: SoftTargets | None = None) -> tuple[Callable[..., Any], str]:
+    """``fit`` bound to the loss the student should keep learning from while it is pruned, and its name.
+
+    With ``members`` the teacher is the whole ensemble (``teacher`` is member 0): ensemble KD, or, for
+    a multi-head student and a ``multihead`` config, the Ferianc & Rodrigues loss (head i <- member i).
+    The teachers' stored ``targets`` (the distill stage's) replace their forward passes when they fit
+    the fine-tune's augmentation.
+    """
+    stored = targets is not None and targets.fits(finetune) and teacher is not None
+    ensemble = [m for m in (teacher, *members) if m is not None]
+    if not members:
+        loss = kd_loss(temperature, alpha if teacher is not None else 0.0, finetune.label_smoothing)
+        name = "teacher" if teacher is not None else "labels"
+    else:
+        if teacher is None:
+            raise EdgeCompressError("ensemble fine-tuning needs the teacher (member 0) as well as the members")
+        if multihead is not None:
+            return (lambda *a, **kw: fit_multihead(model, ensemble, *a, finetune, multihead, targets=targets, **kw),
+                    f"multi-head ensemble of {len(ensemble)}" + (", stored logits" if stored else ""))
+        loss = ensemble_kd_loss(temperature, alpha, finetune.label_smoothing)
+        name = f"ensemble of {len(ensemble)}"
+    if stored:
+        assert targets is not None
+
+        def tune(x: torch.Tensor, y: torch.Tensor, **kw: Any) -> Any:
+            logits = targets.select(ensemble, x, "prune")
+            return fit_on_soft_targets(model, x, y, finetune, logits, targets, response(loss, bool(members)), **kw)
+
+        return tune, name + ", stored logits"
+    online = EnsembleTeacher(ensemble) if members else teacher
+    return (lambda *a, **kw: fit(model, *a, finetune, loss_fn=loss, teacher=online, **kw)), name
