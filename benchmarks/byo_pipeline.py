@@ -43,6 +43,10 @@ from edgecompress.usermodel import build_module  # noqa: E402
 FACTORY = "user/user_model.py:build_classifier"
 
 
+def _dvc() -> str:
+    return shutil.which("dvc", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}") or "dvc"
+
+
 def copy_repo(work: Path) -> None:
     """The pipeline's files (as in git) in ``work``, a fresh DVC project without git."""
     if work.exists():
@@ -50,9 +54,11 @@ def copy_repo(work: Path) -> None:
     work.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, work / name)
-    for name in ("stages", "targets", "src", "user", ".dvc/plots"):
+    for name in ("stages", "targets", "src", "user"):
         shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "models" / "members").mkdir(parents=True)
+    subprocess.run([_dvc(), "init", "--no-scm", "-q"], cwd=work, check=True)
+    shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")  # the plot templates dvc.yaml names
 
 
 def train_user_model(work: Path, data: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -78,8 +84,7 @@ def train_user_model(work: Path, data: dict[str, Any], epochs: int) -> dict[str,
 def run_pipeline(work: Path, log: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(work / "src"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
-    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=work, env=env, check=True)
+    dvc = _dvc()
     s = time.time()
     with log.open("w") as f:
         run = subprocess.run([dvc, "repro"], cwd=work, env=env, stdout=f, stderr=subprocess.STDOUT)

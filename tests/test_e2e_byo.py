@@ -7,15 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from edgecompress.compression.onnx import export_onnx
 from edgecompress.config import from_dict
 from edgecompress.data import DataConfig, load_dataset
-from edgecompress.training.loop import TrainConfig, fit
-from edgecompress.usermodel import build_module
 from tests.test_e2e_dvc import _dvc, _tiny_repo
+from tests.test_usermodel import write_user_forms
 
 # The user's file: the benchmark's network (inverted residuals with squeeze-excite and a concatenation
 # branch) at a small width, and a student of the user's own.
@@ -37,16 +34,8 @@ def _user_files(work: Path, params: dict) -> None:
     user = work / "user"
     (user / "my_models.py").write_text(USER_FILE)
     ds = load_dataset(from_dict(DataConfig, params["data"]))
-    model = build_module(f"{user}/my_models.py:small", ds.num_classes, ds.channels, ds.input_shape[1])
-    torch.manual_seed(0)
-    fit(model, ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y),
-        TrainConfig(epochs=3, batch_size=32, lr=0.05, crop_pad=0, flip=False))
-    model.eval()
-    torch.save(model.state_dict(), user / "teacher.pt")
-    x = ds.to_tensor(ds.test.x[:4])
-    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(user / "teacher.pt2"))
-    export_onnx(model, tuple(ds.input_shape), user / "teacher.onnx")
+    write_user_forms(f"{user}/my_models.py:small", ds, 3, user / "teacher.pt", user / "teacher.pt2",
+                     user / "teacher.onnx")
 
 
 def _repro(work: Path, params: dict) -> None:

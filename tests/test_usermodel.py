@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -52,24 +53,29 @@ def broken(num_classes, in_channels, image_size):
 '''
 
 
+def write_user_forms(factory: str, ds: Any, epochs: int, weights: Path, pt2: Path, onnx: Path) -> torch.nn.Module:
+    """Train the user's network briefly on ``ds`` and save it in all three forms (as a user would)."""
+    model = build_module(factory, ds.num_classes, ds.channels, ds.input_shape[1])
+    torch.manual_seed(0)
+    fit(model, ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y),
+        TrainConfig(epochs=epochs, batch_size=32, lr=0.05, crop_pad=0, flip=False))
+    model.eval()
+    torch.save(model.state_dict(), weights)
+    x = ds.to_tensor(ds.test.x[:4])
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), str(pt2))
+    export_onnx(model, tuple(ds.input_shape), onnx)
+    return model
+
+
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The user's files: my_models.py, trained weights, the .pt2 program and the .onnx graph."""
     d = tmp_path_factory.mktemp("user")
     (d / "my_models.py").write_text(USER_MODELS)
     ds = tiny_dataset()
-    model = build_module(f"{d}/my_models.py:small", ds.num_classes, 1, 12)
-    torch.manual_seed(0)
-    fit(model, ds.to_tensor(ds.train.x), torch.from_numpy(ds.train.y),
-        TrainConfig(epochs=6, batch_size=32, lr=0.05, crop_pad=0, flip=False))
-    model.eval()
-    torch.save(model.state_dict(), d / "weights.pt")
-    x = ds.to_tensor(ds.test.x[:4])
-    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, str(d / "model.pt2"))
-    fixed = torch.export.export(model, (x,))  # a fixed batch of 4: refused with the fix
+    model = write_user_forms(f"{d}/my_models.py:small", ds, 6, d / "weights.pt", d / "model.pt2", d / "model.onnx")
+    fixed = torch.export.export(model, (ds.to_tensor(ds.test.x[:4]),))  # a fixed batch of 4: refused with the fix
     torch.export.save(fixed, str(d / "fixed.pt2"))
-    export_onnx(model, (1, 12, 12), d / "model.onnx")
     return {"dir": d, "ds": ds, "model": model}
 
 
