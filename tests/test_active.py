@@ -218,3 +218,34 @@ def test_the_select_stage_writes_its_outputs_and_refuses_an_unknown_pool(tmp_pat
     bad = stage("nope")
     assert bad.returncode == 1 and "active_learning.pools has no pool 'nope'" in bad.stderr
     assert not (tmp_path / "out/nope.csv").exists()
+
+
+def test_labelled_rows_go_into_the_imagefolder_dataset(tmp_path: Path) -> None:
+    """The loop's last step: the person's labels become training images; bad rows copy nothing."""
+    from edgecompress.active.labels import merge_labels
+    from edgecompress.cli import main as cli
+
+    pool = _pool_dir(tmp_path, 4)
+    for c in ("bag", "shoe"):
+        (tmp_path / "ds" / "train" / c).mkdir(parents=True)
+    rows = [["file", "rank", "score", "guess", "confidence", "label"], ["day1/0.png", 1, 0.9, "bag", 0.5, "shoe"],
+            ["day1/1.png", 2, 0.8, "bag", 0.5, ""], ["day1/2.png", 3, 0.7, "shoe", 0.5, "bag"]]
+    out = tmp_path / "to_label.csv"
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    assert cli(["add-labels", "--csv", str(out), "--pool", str(pool), "--dataset", str(tmp_path / "ds")]) is None
+    assert sorted(p.name for p in (tmp_path / "ds/train/shoe").iterdir()) == ["day1_0.png"]
+    assert sorted(p.name for p in (tmp_path / "ds/train/bag").iterdir()) == ["day1_2.png"]
+    with pytest.raises(EdgeCompressError, match=r"already exists \(labelled twice\?\)"):
+        merge_labels(out, pool, tmp_path / "ds")
+    rows[1][5], rows[3][5] = "sandal", "bag"
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(EdgeCompressError, match=r"line 2: label 'sandal' is not a class of .* \(bag, shoe\)"):
+        merge_labels(out, pool, tmp_path / "ds")
+    # An npz pool: its images are written as PNG files the imagefolder loader reads.
+    np.savez(tmp_path / "field.npz", x=np.full((3, 1, 12, 12), 200, np.uint8))
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows([rows[0], ["field.npz[2]", 1, 0.9, "bag", 0.5, "bag"]])
+    assert merge_labels(out, tmp_path / "field.npz", tmp_path / "ds")["per_class"] == {"bag": 1}
+    assert np.asarray(Image.open(tmp_path / "ds/train/bag/field-2.png")).shape == (12, 12)

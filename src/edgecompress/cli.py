@@ -99,6 +99,14 @@ def _select(ns: argparse.Namespace) -> None:
           f"(contact sheet {summary['sheet']}); the model's guesses per class: {summary['class_histogram']}")
 
 
+def _add_labels(ns: argparse.Namespace) -> None:
+    from edgecompress.active.labels import merge_labels
+
+    done = merge_labels(ns.csv, ns.pool, ns.dataset)
+    print(f"added {done['added']} labelled images to {done['train']} ({done['per_class']}); retrain with "
+          f"`dvc repro -f train_teacher`")
+
+
 def _inspect(ns: argparse.Namespace) -> None:
     path = Path(ns.artifact)
     side = Path(str(path) + ".json")
@@ -171,6 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--out", help="the list to label (default reports/to_label.csv)")
     s.add_argument("--sheet", help="contact sheet PNG (default: the CSV's name with .png)")
     s.set_defaults(fn=_select)
+    a = sub.add_parser("add-labels", help="copy the images labelled in to_label.csv into an imagefolder dataset")
+    a.add_argument("--csv", default="reports/to_label.csv", help="the list select wrote, its label column filled in")
+    a.add_argument("--pool", required=True, help="the pool it was chosen from (folder or .npz)")
+    a.add_argument("--dataset", required=True, help="the imagefolder dataset (data.path): images go to train/<label>/")
+    a.set_defaults(fn=_add_labels)
     i = sub.add_parser("inspect", help="print an artifact's sidecar (what made it, how to feed it)")
     i.add_argument("artifact")
     i.set_defaults(fn=_inspect)
