@@ -26,6 +26,11 @@ MIN_BIN_SHARE = 0.01
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
+def has_dropout(model: nn.Module) -> bool:
+    """Whether MC dropout can sample ``model``: some dropout layer with p > 0."""
+    return any(isinstance(m, _DROPOUT) and m.p > 0 for m in model.modules())
+
+
 @torch.no_grad()
 def mc_dropout_probs(model: nn.Module, x: torch.Tensor, samples: int, outputs: str = "logits") -> torch.Tensor:
     """MC dropout (Gal & Ghahramani 2016): ``samples`` stochastic passes, probabilities (S, N, C).

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress.active.strategies import class_histogram, top_k
 from edgecompress.deploy.bench import local_command, run_local, runner_args
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.remote import run_remote
@@ -64,8 +65,7 @@ def rank_device_scores(result: dict[str, Any], strategy: str, k: int) -> tuple[n
     score = DEVICE_SCORES[strategy](result)
     if k > len(score):
         raise EdgeCompressError(f"budget {k} is larger than the pool ({len(score)} images)")
-    order = np.argsort(-score, kind="stable")[:k]
-    return order, score[order]
+    return top_k(score, k)
 
 
 def select_on_device(pool: str | Path, artifact: str | Path, profile: TargetProfile, device: DeviceSpec,
@@ -89,7 +89,7 @@ def select_on_device(pool: str | Path, artifact: str | Path, profile: TargetProf
     classes = [str(c) for c in side.get("class_names") or range(int(side.get("num_classes", guess.max() + 1)))]
     chosen = {"indices": idx, "scores": score, "guesses": guess, "confidence": np.asarray(result["confidence"])[idx]}
     write_selection(out_csv, names, x, chosen, classes, sheet, columns)
-    hist = np.bincount(guess, minlength=len(classes)).tolist()
+    hist = class_histogram(guess, len(classes))
     return {"pool": str(pool), "pool_size": len(x), "strategy": strategy, "budget": budget, "artifact": str(artifact),
             "device": device.url, "runtime": result.get("runtime"), "seconds_on_device": result.get("seconds"),
             "csv": str(out_csv), "sheet": str(sheet) if sheet else None,

@@ -34,7 +34,10 @@ def merge_labels(csv_path: str | Path, pool: str | Path, dataset: str | Path) ->
     if not rows:
         raise EdgeCompressError(f"{csv_path} has no row with a label; fill in its label column first")
     plan: list[tuple[Any, Path]] = []
-    npz = np.load(pool, allow_pickle=False)["x"] if pool.suffix == ".npz" else None
+    npz = None
+    if pool.suffix == ".npz":
+        with np.load(pool, allow_pickle=False) as z:
+            npz = z["x"]
     for i, r in enumerate(rows, 2):
         label, name = r["label"].strip(), r["file"]
         if label not in classes:

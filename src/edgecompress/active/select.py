@@ -23,7 +23,7 @@ from edgecompress.active.strategies import NEEDS_EMBEDDINGS, NEEDS_SAMPLES, STRA
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_text
 from edgecompress.models import MultiHeadStudent, batched, feature_map
-from edgecompress.uncertainty import _DROPOUT, mc_dropout_probs
+from edgecompress.uncertainty import has_dropout, mc_dropout_probs
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 MODELS = ("student", "pruned", "teacher", "ensemble")
@@ -112,10 +112,6 @@ def read_pool(path: str | Path, input_shape: tuple[int, int, int]) -> tuple[list
         else:
             raise EdgeCompressError(f"pool {path} is {x.dtype}; store uint8 0..255 or floats in [0, 1]")
     return names, np.ascontiguousarray(x)
-
-
-def has_dropout(model: nn.Module) -> bool:
-    return any(isinstance(m, _DROPOUT) and m.p > 0 for m in model.modules())
 
 
 @torch.no_grad()

@@ -45,30 +45,30 @@ class Scored:
 Picked = tuple[np.ndarray, np.ndarray]  # (indices, their scores), most wanted first
 
 
-def _top(score: np.ndarray, k: int) -> Picked:
+def top_k(score: np.ndarray, k: int) -> Picked:
     # Stable order on ties (lowest index first), so a selection is reproducible.
     order = np.argsort(-score, kind="stable")[:k]
     return order, score[order]
 
 
 def least_confidence(s: Scored, k: int, seed: int = 0) -> Picked:
-    return _top(1.0 - s.probs.max(1), k)
+    return top_k(1.0 - s.probs.max(1), k)
 
 
 def margin(s: Scored, k: int, seed: int = 0) -> Picked:
     top2 = np.sort(s.probs, 1)[:, -2:]
-    return _top(-(top2[:, 1] - top2[:, 0]), k)  # the smaller the margin, the more wanted
+    return top_k(-(top2[:, 1] - top2[:, 0]), k)  # the smaller the margin, the more wanted
 
 
 def entropy_(s: Scored, k: int, seed: int = 0) -> Picked:
-    return _top(entropy(s.probs), k)
+    return top_k(entropy(s.probs), k)
 
 
 def bald(s: Scored, k: int, seed: int = 0) -> Picked:
     if s.samples is None or len(s.samples) < 2:
         raise EdgeCompressError("strategy bald needs several predictions per image: MC dropout (a model with "
                                 "dropout and mc_samples >= 2), ensemble members or a multi-head student")
-    return _top(uncertainty_decomposition(s.samples)["mutual_information"], k)
+    return top_k(uncertainty_decomposition(s.samples)["mutual_information"], k)
 
 
 def _embeddings(s: Scored, what: str) -> np.ndarray:

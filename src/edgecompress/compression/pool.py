@@ -108,13 +108,18 @@ def _eval_split(ds: Dataset, selection: int) -> tuple[int, Split]:
     return keep, Split(ds.val.x[keep:], ds.val.y[keep:])
 
 
+def _scores(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """NLL, ECE and accuracy of the PyTorch ``model`` on normalized ``x``."""
+    logits = batched(model, torch.from_numpy(x), 1000, channels_last=False).numpy()
+    m = classification_metrics(softmax(logits.astype(np.float64)), y)
+    return {"nll": m["nll"], "ece": m["ece"], "accuracy": m["accuracy"]}
+
+
 def _tempered(pm: PoolModel, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray,
               y_eval: np.ndarray) -> tuple[PoolModel, dict[str, Any]]:
     """``pm`` with a fitted temperature folded in, and the fit (T, NLL/ECE before and after on x_eval)."""
     def scores(model: nn.Module) -> dict[str, float]:
-        logits = batched(model, torch.from_numpy(x_eval), 1000, channels_last=False).numpy()
-        m = classification_metrics(softmax(logits.astype(np.float64)), y_eval)
-        return {"nll": m["nll"], "ece": m["ece"], "accuracy": m["accuracy"]}
+        return _scores(model, x_eval, y_eval)
 
     fit_logits = batched(pm.model, torch.from_numpy(x_fit), 1000, channels_last=False).numpy()
     t = fit_temperature(fit_logits, y_fit)
@@ -159,9 +164,8 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
         for i, pm in enumerate(models):
             t0 = time.perf_counter()
             if not pm.exportable:
-                logits = batched(pm.model.eval(), torch.from_numpy(x_eval), 1000, channels_last=False).numpy()
-                pytorch[pm.name] = {k: classification_metrics(softmax(logits.astype(np.float64)), scoring.y)[k]
-                                    for k in ("accuracy", "nll", "ece")}
+                score = _scores(pm.model.eval(), x_eval, scoring.y)
+                pytorch[pm.name] = {k: score[k] for k in ("accuracy", "nll", "ece")}
                 continue
             # Models with members or heads keep their own calibration (the ensemble's is the point of it).
             if temperature and can_fold(pm.model) and not pm.uncertainty:
