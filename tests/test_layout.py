@@ -101,3 +101,14 @@ def test_normalisation_matches_the_runner() -> None:
     x = np.random.default_rng(0).integers(0, 256, (3, 2, 5, 5), dtype=np.uint8)
     side = {"mean": [0.2, 0.4], "std": [0.3, 0.25], "layout": "NCHW", "input_dtype": "float32"}
     assert np.array_equal(normalize_images(x, side["mean"], side["std"]), preprocess(x, side))
+
+
+def test_stages_that_read_images_depend_on_the_dataset() -> None:
+    # Images added or relabelled in place (edgecompress add-labels) must re-run what learns from them.
+    stages = _stages()
+    readers = [n for n, s in stages.items() if "data" in s.get("params", []) and n != "validate"]
+    assert len(readers) >= 7
+    for name in readers:
+        assert "${data.path}" in stages[name]["deps"], f"dvc.yaml stage {name} reads the data but not ${{data.path}}"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["data"]["path"], "dvc.yaml interpolates data.path: params.yaml must name the dataset"

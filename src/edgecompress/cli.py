@@ -103,8 +103,8 @@ def _add_labels(ns: argparse.Namespace) -> None:
     from edgecompress.active.labels import merge_labels
 
     done = merge_labels(ns.csv, ns.pool, ns.dataset)
-    print(f"added {done['added']} labelled images to {done['train']} ({done['per_class']}); retrain with "
-          f"`dvc repro -f train_teacher`")
+    print(f"added {done['added']} labelled images to {done['train']} ({done['per_class']}); `dvc repro` "
+          f"retrains on them (data.path is a dependency of every stage that reads the images)")
 
 
 def _inspect(ns: argparse.Namespace) -> None:

@@ -2,8 +2,8 @@
 
 ``merge_labels`` copies every pool image whose ``label`` column is filled in to ``<dataset>/train/<label>/``
 (the class folders the dataset already has), refusing unknown class names, images that are gone and
-files that would overwrite another; rows left blank stay in the pool. The next ``dvc repro -f
-train_teacher`` (the dataset folder is not a DVC dependency) trains on them.
+files that would overwrite another; rows left blank stay in the pool. ``data.path`` is a dependency of
+every stage that reads the images, so the next ``dvc repro`` trains on them.
 """
 
 from __future__ import annotations
