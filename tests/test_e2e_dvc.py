@@ -192,3 +192,41 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
 
     shown = _dvc(work, "metrics", "show")
     assert shown.returncode == 0 and "metrics/export.json" in shown.stdout
+
+
+@pytest.mark.slow
+def test_labelled_images_make_dvc_repro_retrain(tmp_path: Path) -> None:
+    """select -> a person labels -> add-labels -> plain `dvc repro` retrains on the new images."""
+    from PIL import Image
+
+    work, params = _tiny_repo(tmp_path)
+    ds, pool = tmp_path / "shapes", tmp_path / "unlabeled"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c, name in enumerate(("bar", "dot")):
+            (ds / split / name).mkdir(parents=True)
+            for i in range(n):
+                x = rng.integers(0, 40, (12, 12)).astype(np.uint8)
+                x[2 + 6 * c:4 + 6 * c] = 250
+                Image.fromarray(x).save(ds / split / name / f"{i}.png")
+    pool.mkdir()
+    Image.fromarray(np.full((12, 12), 250, np.uint8)).save(pool / "new.png")
+    params["data"].update(format="imagefolder", path=str(ds), limit=None)
+    params["train_teacher"].update(ensemble_size=1, members=[])
+    params["distill"]["source"] = "teacher"
+    params["check"]["targets"] = ["tiny-host"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
+    first = _dvc(work, "repro", "train_teacher")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "train_teacher" not in _dvc(work, "status", "train_teacher").stdout
+
+    (work / "to_label.csv").write_text("file,rank,score,guess,confidence,label\nnew.png,1,0.9,bar,0.5,dot\n")
+    added = subprocess.run([sys.executable, "-m", "edgecompress.cli", "add-labels", "--csv", "to_label.csv",
+                            "--pool", str(pool), "--dataset", str(ds)], cwd=work, capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    assert f"modified:           {ds}" in _dvc(work, "status", "train_teacher").stdout
+    again = _dvc(work, "repro", "train_teacher")
+    assert again.returncode == 0 and "Running stage 'train_teacher'" in again.stdout, again.stderr[-3000:]
+    sizes = json.loads((work / "models/teacher.pt.json").read_text())["data"]["sizes"]
+    assert sizes["train"] + sizes["val"] == 2 * 12 + 1
