@@ -18,16 +18,17 @@ def main() -> str:
         ("--pruned", "pruned student checkpoint (prune.ratio)"), ("--calibration", "calibration .npz"),
         ("--out", "candidate pool directory"), ("--metrics", "metrics JSON")],
         optional=[("--members", "directory of ensemble member checkpoints"),
-                  ("--ladder", "directory of the pruning ladder's checkpoints (pruned-<percent>.pt)")])
+                  ("--ladder", "directory of the pruning ladder's checkpoints (pruned-<percent>.pt)"),
+                  ("--clustered", "directory of the weight-clustered checkpoints (the cluster stage's)")])
     indices = read(params, "train_teacher", TeacherConfig).members
     members = list(stage.load_members(args.members, indices, "the ensemble candidate").values()) if indices else []
     models, aliases = pool_models(args.teacher, members, args.student, args.pruned, args.ladder,
-                                  read(params, "prune", PruneConfig).ratio)
+                                  read(params, "prune", PruneConfig).ratio, args.clustered)
     index = build_pool(models, stage.data(params), load_calibration(args.calibration),
                        read(params, "calibrate", CalibrationConfig), read(params, "export", ExportConfig), args.out,
                        aliases, temperature=read(params, "candidates", PoolConfig).temperature)
     write_json(args.metrics, {k: index[k] for k in ("scored_on", "reference", "pytorch", "temperature")} | {"candidates": {
-        c["name"]: {k: c[k] for k in ("accuracy", "nll", "ece", "size_bytes", "top1_agreement")}
+        c["name"]: {k: c[k] for k in ("accuracy", "nll", "ece", "size_bytes", "package_bytes", "top1_agreement")}
         for c in index["candidates"]}})
     return f"{len(index['candidates'])} candidates from {len(models)} models"
 

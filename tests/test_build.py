@@ -19,6 +19,7 @@ from edgecompress.data import Dataset, Split
 from edgecompress.deploy.build import MeasurementCache, build_target, load_index, overshoot, pool_candidates
 from edgecompress.deploy.build_report import plot_rows, render_markdown, summary
 from edgecompress.deploy.check import run_target_check
+from edgecompress.deploy.package import unpack
 from edgecompress.deploy.targets import Budgets, load_target
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher
@@ -119,6 +120,10 @@ def test_budgets_decide_and_a_changed_budget_is_not_measured_again(pool: Path, t
     assert tight["chosen"]["name"] == smallest["name"]
     file = Path(smallest["path"]).name
     assert (tmp_path / "tight" / file).is_file() and (tmp_path / "tight" / f"{file}.json").is_file()
+    # The package ships beside it and restores it bit for bit; the index knew its size before any device run.
+    shipped = (tmp_path / "tight" / f"{file}.ecpk").read_bytes()
+    assert unpack(shipped)[0] == (tmp_path / "tight" / file).read_bytes()
+    assert len(shipped) == smallest["package_bytes"] == tight["chosen"]["download_bytes"] < smallest["size_bytes"]
     rows = {r["name"]: r for r in tight["candidates"]}
     assert rows["teacher/fp32.onnx"]["measured"] == "not measured"  # ruled out by size before any run
     assert any(w.startswith("size ") for w in rows["teacher/fp32.onnx"]["why"])

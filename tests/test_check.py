@@ -107,6 +107,14 @@ def test_check_target_end_to_end(artifacts: Any) -> None:
     assert proxy["status"] == "proxy-pass" and proxy["hardware_reasons"]
     assert "PROXY-PASS" in render_markdown(proxy)
 
+    # A download budget: the package of the checked file is what counts.
+    from edgecompress.deploy.package import pack_file
+
+    shipped = len(pack_file(d / "fp32.onnx"))
+    res = check_target(_profile(Budgets(download_mb=shipped / 2**20 * 0.99)), d, testset)
+    assert res["artifact"]["package_bytes"] == shipped and res["status"] == "fail"
+    assert res["budgets"][0]["name"] == "download" and res["budgets"][0]["measured"] == shipped / 2**20
+
 
 def test_main_check_writes_reports_then_fails(artifacts: Any, tmp_path: Path) -> None:
     d, testset, acc = artifacts
@@ -184,3 +192,19 @@ def test_teacher_accuracy_on_the_runner_subset(tmp_path: Path, tiny_student) -> 
     np.savez(tmp_path / "test.npz", x=x, y=y)
     assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", None) == pytest.approx(20 / 30)
     assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", 10) == 0.0
+
+
+def test_the_download_budget_judges_the_shipped_package(tmp_path: Path) -> None:
+    from edgecompress.deploy.check import package_bytes
+
+    rows = {r["name"]: r for r in evaluate_budgets(_profile(Budgets(download_mb=0.05)),
+                                                   {**_result(), "package_bytes": 40_000})}
+    assert rows["download"]["ok"] and rows["download"]["measured"] == pytest.approx(40_000 / 2**20)
+    assert not evaluate_budgets(_profile(Budgets(download_mb=0.05)), _result())[0]["ok"]  # no package: not passed
+    # The build's package beside the artifact is what ships; without one, the artifact is packed for the check.
+    model = tmp_path / "fp32.onnx"
+    torch.onnx.export(torch.nn.Linear(64, 8), (torch.zeros(1, 64),), str(model), dynamo=False)
+    packed = package_bytes(model)
+    assert 0 < packed < model.stat().st_size
+    (tmp_path / "fp32.onnx.ecpk").write_bytes(b"ECPK" + bytes(10))
+    assert package_bytes(model) == 14

@@ -17,11 +17,12 @@ MIB = 2**20
 
 def cand(name: str, accuracy: float, p90: float | None = 1.0, *, model: str = "student", precision: str = "int8",
          engine: str = "litert", size_mb: float = 0.25, p50: float | None = None, ece: float | None = 0.02,
-         nll: float | None = 0.3, mem: float | None = 50.0, uncertainty: bool = False) -> Candidate:
+         nll: float | None = 0.3, mem: float | None = 50.0, uncertainty: bool = False,
+         download_mb: float | None = None) -> Candidate:
     latency = {k: v for k, v in (("p50", p50 if p50 is not None else p90), ("p90", p90)) if v is not None}
     return Candidate(name=name, model=model, precision=precision, engine=engine, size_bytes=int(size_mb * MIB),
                      accuracy=accuracy, ece=ece, nll=nll, latency_ms=latency, peak_memory_mb=mem,
-                     uncertainty=uncertainty)
+                     uncertainty=uncertainty, download_bytes=None if download_mb is None else int(download_mb * MIB))
 
 
 ALL = BuildSpec()
@@ -31,6 +32,10 @@ ALL = BuildSpec()
     (Budgets(latency_ms={"p90": 1.0}), cand("a", 0.9, p90=2.1), None, ["latency p90 2.10 ms > 1.00 ms (by 1.10 ms)"]),
     (Budgets(size_mb=0.5), cand("a", 0.9, size_mb=1.2), None, ["size 1.20 MiB > 0.50 MiB (by 0.70 MiB)"]),
     (Budgets(peak_memory_mb=40.0), cand("a", 0.9, mem=60.0), None, ["peak memory 60.0 MiB > 40.0 MiB (by 20.0 MiB)"]),
+    (Budgets(download_mb=0.05), cand("a", 0.9, download_mb=0.0625), None,
+     ["download 0.062 MiB > 0.050 MiB (by 0.012 MiB)"]),
+    (Budgets(download_mb=0.05), cand("a", 0.9), None, ["download size unknown (no package; re-run the candidates stage)"]),
+    (Budgets(download_mb=0.05, size_mb=1.0), cand("a", 0.9, size_mb=0.25, download_mb=0.04), None, []),
     (Budgets(min_accuracy=0.91), cand("a", 0.901), None, ["accuracy 90.10% < 91.00% (by 0.90 pt)"]),
     (Budgets(max_drop=2.0), cand("a", 0.90), 0.93, ["accuracy drop 3.00 pt > 2.00 pt vs teacher 93.00% (by 1.00 pt)"]),
     (Budgets(max_ece=0.03), cand("a", 0.9, ece=0.041), None, ["ECE 0.041 > 0.030 (by 0.011)"]),
@@ -185,6 +190,8 @@ def test_candidate_errors() -> None:
         cand("x", 91.0)
     with pytest.raises(EdgeCompressError, match=r"candidate 'x': latency_ms p95"):
         replace(cand("x", 0.9), latency_ms={"p95": 1.0})
+    with pytest.raises(EdgeCompressError, match=r"candidate 'x': download_bytes -1 must be an integer >= 0"):
+        replace(cand("x", 0.9), download_bytes=-1)
 
 
 PROFILE = """\
@@ -203,3 +210,14 @@ def test_profile_with_calibration_budgets_loads(tmp_path: Path) -> None:
     path.write_text(PROFILE + "  max_ece: 2\n")
     with pytest.raises(EdgeCompressError, match=r"t\.yaml: field budgets\.max_ece: 2 must be a fraction"):
         load_target(path)
+
+
+def test_a_download_budget_ships_the_clustered_copy_the_file_size_alone_would_not_choose() -> None:
+    """size_mb counts what the runtime loads; download_mb the package a device fetches over the air."""
+    table = [cand("student/int8.tflite", 0.92, size_mb=0.10, download_mb=0.07),
+             cand("student-c4/int8.tflite", 0.915, model="student-c4", size_mb=0.10, download_mb=0.03)]
+    assert choose(table, Budgets(size_mb=0.125), ALL).chosen.model == "student"
+    chosen = choose(table, Budgets(size_mb=0.125, download_mb=0.05), ALL)
+    assert chosen.chosen.model == "student-c4"
+    why = {r.name: r.reasons for r in chosen.rejected}
+    assert why["student/int8.tflite"] == ("download 0.070 MiB > 0.050 MiB (by 0.020 MiB)",)

@@ -71,7 +71,10 @@ def test_dvc_repro_with_the_users_teacher(tmp_path: Path) -> None:
     export = _json(work, "metrics/export.json")
     assert export["fp32.onnx"]["top1_agreement"] == 1.0 and export["fp32.tflite"]["top1_agreement"] == 1.0
     index = _json(work, "models/candidates/index.json")
-    assert {c["model"] for c in index["candidates"]} == {"teacher", "student", "pruned-30", "pruned-50"}
+    assert {c["model"] for c in index["candidates"]} == {"teacher", "student", "pruned-30", "pruned-50",
+                                                         "student-c4", "pruned-30-c4", "pruned-50-c4"}
+    # The pruned user's module, weight-clustered like our students: at most 16 values in every layer.
+    assert all(0 < n <= 16 for n in _json(work, "metrics/cluster.json")["pruned-30-c4"]["distinct_values"].values())
     assert _json(work, "metrics/check/tiny-host.json")["status"] == "pass"
 
     # exported: the .pt2 teaches our student and the user's own student; the student is pruned.

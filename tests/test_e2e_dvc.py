@@ -40,6 +40,7 @@ bench: {warmup: 2, runs: 20, batch: 1, max_seconds: 10}
 budgets:
   latency_ms: {p50: 1000.0}
   size_mb: 0.3
+  download_mb: 0.2
 """
 
 
@@ -142,10 +143,21 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
         assert small["status"].startswith("proxy")
     # Two targets, two choices: their budgets and engines decide, from one pool of every model and level.
     index = json.loads((work / "models/candidates/index.json").read_text())
-    assert {c["model"] for c in index["candidates"]} == {"teacher", "ensemble", "student", "pruned-30", "pruned-50"}
+    assert {c["model"] for c in index["candidates"]} == {"teacher", "ensemble", "student", "pruned-30", "pruned-50",
+                                                         "student-c4", "pruned-30-c4", "pruned-50-c4"}
+    # Weight sharing: the clustered copies keep at most 16 values per layer, and ship as smaller packages.
+    clustered = json.loads((work / "metrics/cluster.json").read_text())
+    assert set(clustered) == {"student-c4", "pruned-30-c4", "pruned-50-c4"}
+    assert all(0 < n <= 16 for r in clustered.values() for n in r["distinct_values"].values())
+    by = {c["name"]: c for c in index["candidates"]}
+    assert by["student-c4/fp32.onnx"]["package_bytes"] < 0.5 * by["student/fp32.onnx"]["package_bytes"]
     built = {t: json.loads((work / f"models/targets/{t}/build.json").read_text()) for t in ("tiny-host", "tiny-small")}
     assert built["tiny-host"]["chosen"]["engine"] == "onnxruntime" and built["tiny-small"]["chosen"]["engine"] == "litert"
     assert built["tiny-small"]["chosen"]["size_bytes"] <= 0.3 * 2**20
+    assert built["tiny-small"]["chosen"]["download_bytes"] <= 0.2 * 2**20
+    file = built["tiny-small"]["chosen"]["file"]
+    shipped = (work / f"models/targets/tiny-small/{file}.ecpk").stat().st_size
+    assert {r["name"]: r for r in small["budgets"]}["download"]["measured"] == shipped / 2**20
     assert host["artifact"]["candidate"] == built["tiny-host"]["chosen"]["name"]
     why = {c["name"]: c["why"] for c in built["tiny-small"]["candidates"]}
     assert any(w.startswith("size ") for w in why["teacher/int8.tflite"])

@@ -60,6 +60,10 @@ BAD_PARAMS = [
     (lambda p: p["distill"]["train"].update(lr=float("nan")), r"distill\.train\.lr=nan: must be a finite number"),
     (lambda p: p["prune"].update(temperature=float("inf")), r"prune\.temperature=inf: must be a finite number"),
     (lambda p: p["prune"]["finetune"].update(seed=-1), r"prune\.finetune: invalid value seed=-1: must be >= 0"),
+    (lambda p: p["cluster"].update(bits=12), r"params\.yaml:cluster: invalid value cluster\.bits=12: must be an integer in 2\.\.8"),
+    (lambda p: p["cluster"].update(models=["teacher"]), r"cluster\.models=\['teacher'\]: must be a list of distinct names"),
+    (lambda p: p["cluster"].update(models=["pruned-90"]),
+     r"cluster\.models names \['pruned-90'\], which are not levels of the pruning ladder \(pruned-30, pruned-50, pruned-70\)"),
 ]
 
 

@@ -77,10 +77,11 @@ def test_every_stage_script_is_thin() -> None:
 
 
 def test_no_module_over_400_lines() -> None:
-    runner = SRC / "edgecompress" / "deploy" / "runner.py"  # the standalone runner is one file by design
+    # The files copied alone onto devices (the runner, the package decoder) are one file by design.
+    standalone = {SRC / "edgecompress" / "deploy" / name for name in ("runner.py", "package.py")}
     for path in sorted((SRC / "edgecompress").rglob("*.py")):
         n = len(path.read_text().splitlines())
-        assert path == runner or n <= 400, f"{path.relative_to(ROOT)} has {n} lines (split it by idea)"
+        assert path in standalone or n <= 400, f"{path.relative_to(ROOT)} has {n} lines (split it by idea)"
 
 
 def test_runner_engines_match_the_artifact_registry() -> None:

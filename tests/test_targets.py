@@ -70,6 +70,7 @@ def test_fp16_tflite_and_ssh_device_are_valid(tmp_path: Path) -> None:
     ("arch: any", "arch: arm64", r"field hardware\.arch: 'arm64' is not one of x86_64, aarch64"),
     ("{p50: 1.0}", "{p50: -1.0}", r"field budgets\.latency_ms\.p50: -1\.0 must be > 0"),
     ("min_accuracy: 0.88", "min_accuracy: 0.88\n  size_mb: -2", r"field budgets\.size_mb: -2 must be > 0"),
+    ("min_accuracy: 0.88", "min_accuracy: 0.88\n  download_mb: 0", r"field budgets\.download_mb: 0 must be > 0"),
     ("min_accuracy: 0.88", "min_accuracy: 0.88\n  size_mb: .inf", r"field budgets\.size_mb: inf must be a finite number"),
     ("{p50: 1.0}", "{p95: 1.0}", r"field budgets\.latency_ms\.p95: 'p95' is not one of p50, p90, p99, mean"),
     ("format: onnx", "format: tflite", r"field runtime\.engine: 'onnxruntime' cannot run artifact\.format 'tflite'; use litert"),

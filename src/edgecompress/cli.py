@@ -120,6 +120,37 @@ def _inspect(ns: argparse.Namespace) -> None:
     print(json.dumps(read_json(side, "sidecar"), indent=2))
 
 
+def _pack(ns: argparse.Namespace) -> None:
+    from edgecompress.deploy.package import PackageError, pack_file, package_stats
+    from edgecompress.fileio import atomic_path
+
+    out = Path(ns.out or f"{ns.model}.ecpk")
+    try:
+        pkg = pack_file(ns.model)
+    except FileNotFoundError as e:
+        raise EdgeCompressError(f"{ns.model} not found; give an exported model, e.g. models/export/fp32.onnx") from e
+    except PackageError as e:
+        raise EdgeCompressError(str(e)) from e
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(pkg)
+    stats = package_stats(pkg)
+    coded = sum(r["kind"].startswith("huffman") for r in stats["runs"])
+    print(f"{ns.model}: {stats['file']} -> {stats['package']} bytes ({stats['file'] / stats['package']:.1f}x; "
+          f"{coded} of {len(stats['runs'])} weight tensors Huffman-coded) -> {out}")
+
+
+def _unpack(ns: argparse.Namespace) -> None:
+    from edgecompress.deploy.package import PackageError, unpack_file
+
+    try:
+        out = unpack_file(ns.package, ns.out)
+    except FileNotFoundError as e:
+        raise EdgeCompressError(f"{e.filename} not found; give a package written by `edgecompress pack`") from e
+    except PackageError as e:
+        raise EdgeCompressError(f"{ns.package}: {e}") from e
+    print(f"{ns.package} -> {out} (size and sha256 verified)")
+
+
 @friendly_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
@@ -187,6 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     i = sub.add_parser("inspect", help="print an artifact's sidecar (what made it, how to feed it)")
     i.add_argument("artifact")
     i.set_defaults(fn=_inspect)
+    k = sub.add_parser("pack", help="Huffman-code an .onnx/.tflite model into a smaller package to ship")
+    k.add_argument("model", help="the model file, e.g. models/export/fp32.onnx")
+    k.add_argument("--out", help="the package (default MODEL.ecpk)")
+    k.set_defaults(fn=_pack)
+    u = sub.add_parser("unpack", help="restore a package's model file bit for bit (sha256 checked)")
+    u.add_argument("package")
+    u.add_argument("--out", help="the model file (default: the package's name without .ecpk)")
+    u.set_defaults(fn=_unpack)
     ns = p.parse_args(argv)
     ns.fn(ns)
 

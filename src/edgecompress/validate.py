@@ -11,9 +11,10 @@ from typing import Any
 from edgecompress.active.select import SelectConfig
 from edgecompress.artifacts import ENGINE_FOR_FORMAT
 from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.cluster import ClusterConfig
 from edgecompress.compression.export import ExportConfig
 from edgecompress.compression.pool import PoolConfig
-from edgecompress.compression.prune import PruneConfig
+from edgecompress.compression.prune import PruneConfig, level_name
 from edgecompress.config import read
 from edgecompress.data import DataConfig
 from edgecompress.deploy.check import CheckConfig
@@ -24,7 +25,7 @@ from edgecompress.training.teacher import TeacherConfig
 
 SECTIONS: dict[str, type] = {"active_learning": SelectConfig, "candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
-                             "check": CheckConfig}
+                             "cluster": ClusterConfig, "check": CheckConfig}
 
 
 def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
@@ -49,6 +50,12 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
         raise EdgeCompressError(f"{path}: prune.source: ensemble needs train_teacher.ensemble_size >= 2; "
                                 f"set prune.source: auto or teacher")
     _check_user_models(path, teacher, distill, prune)
+    levels = {level_name(r) for r in (prune.ratio, *prune.ladder)} if prune.ladder else set()
+    unknown = [m for m in cfg["cluster"].models if m.startswith("pruned-") and m not in levels]
+    if unknown:
+        raise EdgeCompressError(f"{path}: cluster.models names {unknown}, which are not levels of the pruning "
+                                f"ladder ({', '.join(sorted(levels)) or 'prune.ladder is empty'}); name one of "
+                                f"those, or student / pruned")
     for name in check.targets:
         profile = load_target(Path(targets_dir) / f"{name}.yaml")
         if profile.artifact is None:

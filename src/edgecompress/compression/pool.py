@@ -34,6 +34,7 @@ from edgecompress.compression.export import ExportConfig, export_all, swap_in
 from edgecompress.compression.ladder import ladder_levels
 from edgecompress.compression.temperature import can_fold, fit_temperature, fold_temperature
 from edgecompress.data import Dataset, Split, save_npz_split
+from edgecompress.deploy.package import pack_file
 from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import write_json
@@ -75,9 +76,12 @@ def load_model(name: str, path: str | Path) -> PoolModel:
 
 
 def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Path, pruned: str | Path,
-                ladder: str | Path | None, ratio: float) -> tuple[list[PoolModel], dict[str, str]]:
+                ladder: str | Path | None, ratio: float,
+                clustered: str | Path | None = None) -> tuple[list[PoolModel], dict[str, str]]:
     """(every model of the pool, aliases): teacher, the ensemble (with ``members``), student and each
-    pruning-ladder level (``ladder``/pruned-<percent>.pt), or the pruned student alone without a ladder."""
+    pruning-ladder level (``ladder``/pruned-<percent>.pt), or the pruned student alone without a ladder,
+    then the weight-clustered copies in ``clustered`` (the cluster stage's, e.g. student-c4.pt)."""
+    shared = [load_model(p.stem, p) for p in sorted(Path(clustered).glob("*.pt"))] if clustered else []
     t = load_model("teacher", teacher)
     models = [t, *([ensemble_model(t, members)] if members else []), load_model("student", student)]
     form = t.meta["arch"].get("form")
@@ -88,8 +92,8 @@ def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Pa
     levels = ladder_levels(ladder)
     pinned = f"pruned-{round(100 * ratio)}"
     if any(p.stem == pinned for p in levels):
-        return models + [load_model(p.stem, p) for p in levels], {"pruned": pinned}
-    return models + [load_model("pruned", pruned)], {}
+        return models + [load_model(p.stem, p) for p in levels] + shared, {"pruned": pinned}
+    return models + [load_model("pruned", pruned)] + shared, {}
 
 
 def ensemble_model(teacher: PoolModel, members: list[nn.Module]) -> PoolModel:
@@ -181,6 +185,8 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
                 candidates.append({
                     "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
                     "engine": a.engine, "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
+                    # What a device downloads (budgets.download_mb): the Huffman-coded package of the file.
+                    "package_bytes": len(pack_file(path)),
                     "sha256": file_sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
                     "top1_agreement": r["top1_agreement"], "uncertainty": pm.uncertainty,
                     **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})

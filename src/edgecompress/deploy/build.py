@@ -27,6 +27,7 @@ from edgecompress.deploy.check import BUILD_RECORD, hardware_matches, run_check
 from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, choose, misses,
                                         ranked_for_search)
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
+from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
@@ -74,7 +75,8 @@ def pool_candidates(index: Mapping[str, Any]) -> list[Candidate]:
     """The index as candidates, not yet measured on any device."""
     return [Candidate(name=c["name"], model=c["model"], precision=c["precision"], engine=c["engine"],
                       size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"), nll=c.get("nll"),
-                      latency_ms={}, uncertainty=bool(c.get("uncertainty"))) for c in index["candidates"]]
+                      latency_ms={}, uncertainty=bool(c.get("uncertainty")),
+                      download_bytes=c.get("package_bytes")) for c in index["candidates"]]
 
 
 class MeasurementCache:
@@ -226,6 +228,8 @@ def overshoot(c: Candidate, profile: TargetProfile, ref: float | None) -> float:
         total += max(0.0, c.latency_ms.get(key, 0.0) / limit - 1)
     if b.size_mb is not None:
         total += max(0.0, c.size_bytes / 2**20 / b.size_mb - 1)
+    if b.download_mb is not None and c.download_bytes is not None:
+        total += max(0.0, c.download_bytes / 2**20 / b.download_mb - 1)
     if b.peak_memory_mb is not None and c.peak_memory_mb is not None:
         total += max(0.0, c.peak_memory_mb / b.peak_memory_mb - 1)
     if b.min_accuracy:
@@ -249,7 +253,8 @@ def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, re
 def _row(c: Candidate, fate: str, reasons: tuple[str, ...], raw: Mapping[str, Any] | None,
          source: str) -> dict[str, Any]:
     return {"name": c.name, "model": c.model, "precision": c.precision, "engine": c.engine,
-            "size_bytes": c.size_bytes, "accuracy": c.accuracy, "nll": c.nll, "ece": c.ece,
+            "size_bytes": c.size_bytes, "download_bytes": c.download_bytes, "accuracy": c.accuracy, "nll": c.nll,
+            "ece": c.ece,
             "latency_ms": dict(c.latency_ms) or None, "peak_memory_mb": c.peak_memory_mb,
             "measured": source, "fate": fate, "why": list(reasons),
             "warnings": list((raw or {}).get("warnings") or [])}
@@ -275,7 +280,8 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], c
         if cand is None:
             cand = Candidate(name=name, model=c["model"], precision=c["precision"], engine=c["engine"],
                              size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"),
-                             nll=c.get("nll"), latency_ms={}, uncertainty=bool(c.get("uncertainty")))
+                             nll=c.get("nll"), latency_ms={}, uncertainty=bool(c.get("uncertainty")),
+                             download_bytes=c.get("package_bytes"))
         source = "device" if name in raw else "not measured"
         rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source))
     chosen_raw = raw.get(choice.chosen.name) or {}
@@ -289,7 +295,8 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], c
             "chosen": {"name": choice.chosen.name, "model": choice.chosen.model, "file": Path(
                        next(c["path"] for c in index["candidates"] if c["name"] == choice.chosen.name)).name,
                        "precision": choice.chosen.precision, "engine": choice.chosen.engine,
-                       "size_bytes": choice.chosen.size_bytes, "val_accuracy": choice.chosen.accuracy,
+                       "size_bytes": choice.chosen.size_bytes, "download_bytes": choice.chosen.download_bytes,
+                       "val_accuracy": choice.chosen.accuracy,
                        "val_ece": choice.chosen.ece, "val_nll": choice.chosen.nll,
                        "latency_ms": dict(choice.chosen.latency_ms)},
             "reference": {"model": index["reference"]["model"], "val_accuracy": index["reference"]["accuracy"],
@@ -306,6 +313,8 @@ def _write_out(pool_dir: Path, chosen_path: str, out_dir: Path, record: Mapping[
         src = pool_dir / chosen_path
         shutil.copyfile(src, scratch / src.name)
         shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
+        # What the device downloads and stores: restores the artifact bit for bit (edgecompress unpack).
+        (scratch / f"{src.name}{PACKAGE_SUFFIX}").write_bytes(pack_file(src))
         write_json(scratch / BUILD_RECORD, record)
         replace_dir(scratch, out_dir)
     finally:

@@ -100,6 +100,9 @@ def evaluate_budgets(profile: TargetProfile, result: dict[str, Any],
     if b.size_mb is not None:
         size = result.get("model_size_bytes")
         row("size", "size", "MB", b.size_mb, None if size is None else size / 2**20, "max")
+    if b.download_mb is not None:
+        pkg = result.get("package_bytes")
+        row("download", "download (package)", "MB", b.download_mb, None if pkg is None else pkg / 2**20, "max")
     if b.peak_memory_mb is not None:
         row("peak_memory", "peak memory", "MB", b.peak_memory_mb, (result.get("memory") or {}).get("peak_rss_mb"), "max")
     if b.min_accuracy is not None:
@@ -130,6 +133,14 @@ def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int |
     xn = torch.from_numpy(normalize_images(x, meta["data"]["mean"], meta["data"]["std"]))
     pred = batched(lambda xb: model(xb).argmax(1), xn, 1000, channels_last=False).numpy()
     return float((pred == y).mean())
+
+
+def package_bytes(model: Path) -> int:
+    """Bytes the device downloads for ``model``: the build's shipped package beside it, else one packed now."""
+    from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
+
+    shipped = model.with_name(model.name + PACKAGE_SUFFIX)
+    return shipped.stat().st_size if shipped.is_file() else len(pack_file(model))
 
 
 def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
@@ -169,6 +180,8 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     """
     dev = resolve_device(profile.device, device)
     raw = run_check(profile, Path(artifacts_dir), testset, dev)
+    if profile.budgets.download_mb is not None:
+        raw["package_bytes"] = package_bytes(Path(artifacts_dir) / profile.artifact.filename)
     rows = evaluate_budgets(profile, raw, reference_accuracy)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
@@ -180,7 +193,8 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     return {"target": profile.name, "description": profile.description, "device": dev.url,
             "remote": raw.get("remote"),
             "artifact": {"path": _display_path(raw.get("model")), "format": profile.artifact.format,
-                         "precision": profile.artifact.precision, "size_bytes": raw.get("model_size_bytes")},
+                         "precision": profile.artifact.precision, "size_bytes": raw.get("model_size_bytes"),
+                         "package_bytes": raw.get("package_bytes")},
             "status": status, "strict": strict, "hardware_match": match, "hardware_reasons": reasons,
             "fingerprint": fp, "runtime": raw.get("runtime"), "bench": raw.get("bench"),
             "latency_ms": raw.get("latency_ms"), "throughput_per_s": raw.get("throughput_per_s"),

@@ -43,6 +43,7 @@ class Candidate:
     latency_ms: Mapping[str, float]  # keys among LATENCY_KEYS; a missing key was not measured
     peak_memory_mb: float | None = None
     uncertainty: bool = False  # has heads or members, so it can report uncertainty on the device
+    download_bytes: int | None = None  # its Huffman-coded package (deploy.package); None: not packed
 
     def __post_init__(self) -> None:
         # A candidate table is read from reports; a wrong value here would silently pick the wrong model.
@@ -54,8 +55,9 @@ class Candidate:
             raise bad(f"precision {self.precision!r} is not one of {', '.join(BUILD_PRECISIONS)}")
         if self.engine not in ENGINES:
             raise bad(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
-        if isinstance(self.size_bytes, bool) or not isinstance(self.size_bytes, int) or self.size_bytes < 0:
-            raise bad(f"size_bytes {self.size_bytes!r} must be an integer >= 0")
+        for k, n in (("size_bytes", self.size_bytes), ("download_bytes", self.download_bytes)):
+            if (n is not None or k == "size_bytes") and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                raise bad(f"{k} {n!r} must be an integer >= 0")
         if not _is_number(self.accuracy) or not 0 <= self.accuracy <= 1:
             raise bad(f"accuracy {self.accuracy!r} must be a fraction between 0 and 1")
         for k, v in (("ece", self.ece), ("nll", self.nll), ("peak_memory_mb", self.peak_memory_mb)):
@@ -147,6 +149,12 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
     if budgets.size_mb is not None and c.size_bytes / MIB > budgets.size_mb:
         v = c.size_bytes / MIB
         out.append(f"size {_f(v, 2)} MiB > {_exact(budgets.size_mb, 2)} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
+    if budgets.download_mb is not None:
+        if c.download_bytes is None:
+            out.append("download size unknown (no package; re-run the candidates stage)")
+        elif c.download_bytes / MIB > budgets.download_mb:
+            v, b = c.download_bytes / MIB, budgets.download_mb
+            out.append(f"download {_f(v, 3)} MiB > {_exact(b, 3)} MiB (by {_f(v - b, 3)} MiB)")
     if budgets.peak_memory_mb is not None and device:
         v, b = c.peak_memory_mb, budgets.peak_memory_mb
         if v is None:

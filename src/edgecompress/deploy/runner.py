@@ -1,5 +1,8 @@
 """Standalone benchmark runner: one artifact, its runtime, latency/memory/accuracy as one JSON object.
 
+``--model`` may also be a cascade manifest (``*.cascade.json``, written by edgecompress.compression.cascade):
+early-exit segments chained image by image, each image leaving at the first confident exit.
+
 This file is copied alone onto devices, so at module level it imports only the standard library and
 numpy; the runtime (onnxruntime or LiteRT) is imported inside the functions that need it.
 
@@ -26,7 +29,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-RUNNER_VERSION = 2  # 2: --score (per-image uncertainty of a pool)
+# 2: --score (per-image uncertainty of a pool); 3: cascade manifests (early-exit segments, exit_fractions)
+RUNNER_VERSION = 3
 ENGINE_FOR_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 # ARM "CPU part" ids (implementer 0x41) -> core name; aarch64 kernels print no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
@@ -285,7 +289,11 @@ def scores(session: Session, sidecar: dict[str, Any], x: np.ndarray, y: np.ndarr
         if n < batch:  # pad the last batch instead of resizing the model
             xb = np.concatenate([xb, np.zeros((batch - n, *xb.shape[1:]), xb.dtype)])
         parts.append(postprocess(session.run(xb), sidecar)[:n].astype(np.float64))
-    logits = np.concatenate(parts)
+    return _classification(np.concatenate(parts), y)
+
+
+def _classification(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Top-1 accuracy, NLL and ECE of float64 ``logits`` against labels ``y``."""
     z = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     conf, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)
@@ -456,6 +464,12 @@ def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path |
         xnnpack: bool = True, warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
         accuracy_samples: int | None = None) -> dict[str, Any]:
     """Everything the CLI does, as a function: returns the result dict (raises RunnerError)."""
+    if is_cascade(model):
+        if sidecar is not None or batch != 1:
+            raise RunnerError("a cascade manifest is its own sidecar and runs batch 1 (images leave at different "
+                              "exits): drop --sidecar and --batch")
+        return run_cascade(model, data, engine, threads, providers, xnnpack, warmup, runs, max_seconds,
+                           accuracy_samples)
     baseline = peak_rss_mb()
     model = Path(model)
     if not model.is_file():
@@ -500,6 +514,142 @@ def score(model: str | Path, pool: str | Path, sidecar: str | Path | None = None
             "seconds": time.perf_counter() - t0, **res, "fingerprint": fingerprint(session.info)}
 
 
+# --------------------------------------------------------------------------- early-exit cascades
+
+
+def is_cascade(path: str | Path) -> bool:
+    """Whether ``path`` names a cascade manifest (``*.cascade.json`` or ``cascade.json``)."""
+    name = Path(path).name
+    return name == "cascade.json" or name.endswith(".cascade.json")
+
+
+def read_cascade(path: str | Path) -> dict[str, Any]:
+    """The manifest, checked: segment files exist, one threshold (a number or null) per early exit."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunnerError(f"cascade manifest {path} does not exist")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunnerError(f"cascade manifest {path} is not valid JSON: {e}") from None
+    missing = [k for k in ("segments", "thresholds", "input_shape", "layout", "input_dtype", "mean", "std")
+               if k not in m]
+    if missing:
+        raise RunnerError(f"cascade manifest {path} lacks {', '.join(missing)}; re-export the cascade")
+    segs, thr = m["segments"], m["thresholds"]
+    if not isinstance(segs, list) or not segs or not all(isinstance(s, dict) and "file" in s for s in segs):
+        raise RunnerError(f"cascade manifest {path}: segments must be a non-empty list of {{\"file\": ...}} entries")
+    if not isinstance(thr, list) or len(thr) != len(segs) - 1:
+        raise RunnerError(f"cascade manifest {path}: {len(segs)} segments need {len(segs) - 1} thresholds "
+                          f"(one per early exit), got {thr!r}")
+    if any(t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))) for t in thr):
+        raise RunnerError(f"cascade manifest {path}: thresholds must be numbers or null (never exit), got {thr!r}")
+    for k, s in enumerate(segs):
+        f = path.parent / s["file"]
+        if not f.is_file():
+            raise RunnerError(f"cascade manifest {path}: segment {k} file {f} does not exist (copy every segment "
+                              f"next to the manifest)")
+    return m
+
+
+def _cascade_step(session: Session, h: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, feature map or None) of one segment; told apart by rank, as converters rename outputs."""
+    outs = session.run_all(h)
+    logits = next((o for o in outs if o.ndim == 2), None)
+    if logits is None:
+        raise RunnerError(f"a cascade segment's outputs have shapes {[o.shape for o in outs]}; need (1, C) logits")
+    return logits, next((o for o in outs if o.ndim == 4), None)
+
+
+def cascade_infer(sessions: list[Session], thresholds: list[float | None], inp: np.ndarray) -> tuple[np.ndarray, int]:
+    """(float64 logits (1, C), exit index) of one preprocessed image: segment k's exit is taken when its max
+    softmax probability >= thresholds[k] (None: never); the last segment always answers."""
+    h = inp
+    last = len(sessions) - 1
+    for k, session in enumerate(sessions):
+        logits, feat = _cascade_step(session, h)
+        if k == last:
+            return logits.astype(np.float64), k
+        t = thresholds[k]
+        z = logits[0].astype(np.float64)
+        if t is not None and 1.0 / np.exp(z - z.max()).sum() >= t:  # max softmax = 1 / sum exp(z - max z)
+            return logits.astype(np.float64), k
+        if feat is None:
+            raise RunnerError(f"cascade segment {k} has no feature-map output for segment {k + 1}")
+        h = feat
+    raise AssertionError("unreachable")
+
+
+def run_cascade(model: str | Path, data: str | Path | None = None, engine: str | None = None,
+                threads: int | None = None, providers: list[str] | None = None, xnnpack: bool = True,
+                warmup: int = 10, runs: int = 100, max_seconds: float = 60.0,
+                accuracy_samples: int | None = None) -> dict[str, Any]:
+    """A cascade manifest benchmarked at batch 1: whole-cascade latency per image (timed calls cycle over the
+    test images, since the exit taken depends on the image), accuracy and the fraction leaving at each exit."""
+    baseline = peak_rss_mb()
+    path = Path(model)
+    m = read_cascade(path)
+    segs = [path.parent / s["file"] for s in m["segments"]]
+    x, y = load_testset(data) if data else (None, None)
+    warnings: list[str] = []
+    if x is None:
+        warnings.append("no --data: timed on random images, whose exits say nothing about real ones")
+        x_raw = np.random.default_rng(0).integers(0, 256, (max(runs, 1), *_nchw_shape(m)), dtype=np.uint8)
+    else:
+        x_raw = x
+    sessions = [load_session(f, engine, threads, providers, xnnpack, 1) for f in segs]
+    n_acc = None if y is None else (len(x_raw) if accuracy_samples is None else min(accuracy_samples, len(x_raw)))
+    n_pre = max(min(runs, len(x_raw)), n_acc or 0)
+    inputs = preprocess(x_raw[:n_pre], m)  # outside the timing, as benchmark() does
+    _check_shape(inputs[:1], m)
+    if sessions[0].input_dtype != inputs.dtype.name:
+        raise RunnerError(f"manifest says input_dtype {m['input_dtype']} but segment 0 takes "
+                          f"{sessions[0].input_dtype}; re-export the cascade")
+    thr = [None if t is None else float(t) for t in m["thresholds"]]
+    n_in = min(runs, len(inputs))
+    try:
+        for i in range(warmup):
+            cascade_infer(sessions, thr, inputs[i % n_in:i % n_in + 1])
+        times: list[int] = []
+        timed_exits = np.zeros(len(sessions), np.int64)
+        deadline = time.perf_counter_ns() + int(max_seconds * 1e9)
+        stopped_by = "runs"
+        while len(times) < runs:
+            i = len(times) % n_in
+            t0 = time.perf_counter_ns()
+            _, k = cascade_infer(sessions, thr, inputs[i:i + 1])
+            t1 = time.perf_counter_ns()
+            times.append(t1 - t0)
+            timed_exits[k] += 1
+            if t1 >= deadline and len(times) < runs:
+                stopped_by = "max_seconds"
+                warnings.append(f"stopped after {len(times)} of {runs} runs at the {max_seconds:g} s cap")
+                break
+        measured: dict[str, Any] = {"accuracy": None, "nll": None, "ece": None, "exit_fractions": None}
+        if y is not None and n_acc:
+            outs = [cascade_infer(sessions, thr, inputs[i:i + 1]) for i in range(n_acc)]
+            measured = dict(_classification(np.concatenate([o[0] for o in outs]), y[:n_acc]))
+            counts = np.bincount([o[1] for o in outs], minlength=len(sessions))
+            measured["exit_fractions"] = (counts / n_acc).tolist()
+    except RunnerError:
+        raise
+    except Exception as e:  # a runtime failing mid-run is reported, not crashed
+        raise RunnerError(f"cascade inference failed: {type(e).__name__}: {e}") from None
+    stats = latency_stats(times)
+    info = sessions[0].info
+    return {"runner_version": RUNNER_VERSION, "model": str(path), "kind": "cascade",
+            "model_size_bytes": sum(f.stat().st_size for f in segs), "format": m.get("format"),
+            "precision": m.get("precision"), "segments": [str(f) for f in segs], "thresholds": m["thresholds"],
+            "runtime": info, "provider_fallback": any(s.info["provider_fallback"] for s in sessions),
+            "requested_providers": info["requested_providers"], "active_providers": info["active_providers"],
+            "bench": {"warmup": warmup, "runs_requested": runs, "batch": 1, "max_seconds": max_seconds,
+                      "stopped_by": stopped_by, "images_cycled": n_in},
+            "latency_ms": stats, "throughput_per_s": 1000.0 / stats["mean"], **measured,
+            "timed_exit_fractions": (timed_exits / max(len(times), 1)).tolist(), "accuracy_samples": n_acc,
+            "memory": {"baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()},
+            "fingerprint": fingerprint(info), "warnings": [w for s in sessions for w in s.warnings] + warnings}
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Send native and Python stdout to stderr, so runtime log lines cannot corrupt our one JSON line."""
@@ -517,7 +667,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgecompress.deploy.runner", description=__doc__.split("\n")[0])
-    p.add_argument("--model", help="model file (.onnx or .tflite); required unless --probe")
+    p.add_argument("--model", help="model file (.onnx or .tflite) or cascade manifest (*.cascade.json); "
+                                   "required unless --probe")
     p.add_argument("--probe", action="store_true", help="print the machine and runtime versions, measure nothing")
     p.add_argument("--sidecar", help="sidecar JSON (default: MODEL.json)")
     p.add_argument("--data", help="testset.npz (x uint8 NCHW, y labels) for accuracy and real inputs")

@@ -117,7 +117,8 @@ class Budgets:
     """Limits the target must meet. Latency in ms per batch call; sizes in MiB (2**20 bytes)."""
 
     latency_ms: Mapping[str, float] = field(default_factory=dict)
-    size_mb: float | None = None
+    size_mb: float | None = None  # the model file the runtime loads
+    download_mb: float | None = None  # what the device downloads and stores: the Huffman-coded package
     peak_memory_mb: float | None = None  # peak RSS of the runner process
     min_accuracy: float | None = None  # fraction in [0, 1]
     max_drop: float | None = None  # accuracy POINTS below the teacher on the same test images
@@ -133,6 +134,7 @@ class Budgets:
         # Own copy: later edits to the caller's dict must not change a validated profile.
         object.__setattr__(self, "latency_ms", dict(self.latency_ms))
         positive("size_mb", self.size_mb, optional=True)
+        positive("download_mb", self.download_mb, optional=True)
         positive("peak_memory_mb", self.peak_memory_mb, optional=True)
         bounded("min_accuracy", self.min_accuracy, 0, 1, "a fraction between 0 and 1 (e.g. 0.88)")
         bounded("max_drop", self.max_drop, 0, 100, "accuracy points between 0 and 100 (e.g. 3.0)")
@@ -142,11 +144,11 @@ class Budgets:
             # NaN and .inf fail the range test too: a budget that can never bind is a typo.
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
                 raise FieldError("max_nll", f"{v!r} must be a finite number of nats > 0 (e.g. 0.35)")
-        if (not self.latency_ms and self.size_mb is None and self.peak_memory_mb is None
+        if (not self.latency_ms and self.size_mb is None and self.download_mb is None and self.peak_memory_mb is None
                 and self.min_accuracy is None and self.max_drop is None and self.max_ece is None
                 and self.max_nll is None):
             raise FieldError("(all)", "no budget is set; give at least one of latency_ms, size_mb, "
-                                      "peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll")
+                                      "download_mb, peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll")
 
 
 OBJECTIVES = ("accuracy",)
@@ -279,8 +281,8 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
             raise FieldError(k, "is required")
     if isinstance(raw["budgets"], dict) and not any(v not in (None, {}) for v in raw["budgets"].values()):
         # A profile without budgets would always pass: that is a mistake, never an intent.
-        raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, max_drop, "
-                                    "peak_memory_mb, min_accuracy, max_ece, max_nll")
+        raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, download_mb, "
+                                    "max_drop, peak_memory_mb, min_accuracy, max_ece, max_nll")
 
     hardware = build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
     if raw.get("artifact") is None and raw.get("build") is None:
@@ -306,8 +308,8 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
     bench = build(BenchSpec, "bench",
                    _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples")))
     budgets = build(Budgets, "budgets",
-                     _section(raw, "budgets", ("latency_ms", "size_mb", "peak_memory_mb", "min_accuracy",
-                                               "max_drop", "max_ece", "max_nll")))
+                     _section(raw, "budgets", ("latency_ms", "size_mb", "download_mb", "peak_memory_mb",
+                                               "min_accuracy", "max_drop", "max_ece", "max_nll")))
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
