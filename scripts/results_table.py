@@ -80,9 +80,9 @@ def builds(unc: dict) -> None:
 
     names = yaml.safe_load(Path("params.yaml").read_text())["check"]["targets"]
     teacher = (unc.get("teacher") or {}).get("accuracy")
-    print("\n| target | shipped | size | its last build: measured / cached / skipped / of | val accuracy | test accuracy "
-          "(images) | vs teacher | ECE | p50 ms | p90 ms | status |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| target | shipped | size | package | its last build: measured / cached / skipped / of | val accuracy | "
+          "test accuracy (images) | vs teacher | ECE | p50 ms | p90 ms | status |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         b, c = load(f"metrics/build/{name}.json"), load(f"metrics/check/{name}.json")
         if not b or not c:
@@ -90,7 +90,8 @@ def builds(unc: dict) -> None:
         lat = c.get("latency_ms") or {}
         gap = "-" if teacher is None or c.get("accuracy") is None else f"{100 * (c['accuracy'] - teacher):+.2f} pt"
         ece = c.get("ece")
-        print(f"| {name} | `{b['chosen']}` | {b['size_bytes'] / 1024:.1f} KiB | {b['device_runs']} / {b['cache_hits']} / "
+        pkg = "-" if b.get("download_bytes") is None else f"{b['download_bytes'] / 1024:.1f} KiB"
+        print(f"| {name} | `{b['chosen']}` | {b['size_bytes'] / 1024:.1f} KiB | {pkg} | {b['device_runs']} / {b['cache_hits']} / "
               f"{b['skipped']} / {b['candidates']} | {pct(b['val_accuracy'])} | {pct(c.get('accuracy'))} "
               f"({c.get('accuracy_samples'):,}) | {gap} | {'-' if ece is None else f'{ece:.4f}'} | "
               f"{lat.get('p50', 0):.3f} | {lat.get('p90', 0):.3f} | {c.get('status')} |")

@@ -48,7 +48,9 @@ def render_markdown(record: Mapping[str, Any]) -> str:
         lines += [record["description"], ""]
     lat = ch.get("latency_ms") or {}
     gap = 100 * (ref["val_accuracy"] - ch["val_accuracy"])
-    lines += [f"- chosen: `{ch['name']}` ({ch['precision']} on {ch['engine']}, {ch['size_bytes'] / 1024:.1f} KiB)",
+    pkg = ch.get("download_bytes")
+    shipped = "" if pkg is None else f"; its package, what a device downloads: {pkg / 1024:.1f} KiB"
+    lines += [f"- chosen: `{ch['name']}` ({ch['precision']} on {ch['engine']}, {ch['size_bytes'] / 1024:.1f} KiB{shipped})",
               f"- validation accuracy {100 * ch['val_accuracy']:.2f}% ({abs(gap):.2f} pt {'below' if gap >= 0 else 'above'} "
               f"the {ref['model']}'s {100 * ref['val_accuracy']:.2f}%), ECE {_f(ch.get('val_ece'))}, "
               f"NLL {_f(ch.get('val_nll'))}",
@@ -72,13 +74,14 @@ def render_markdown(record: Mapping[str, Any]) -> str:
             lines += ["", f"{len(better) - len(by_budget)} more accurate candidate(s) are outside the profile's "
                           f"build spec (its engines, precisions, models or requirements)."]
     lines += ["", "## Every candidate", "",
-              "| candidate | val accuracy | ECE | size KiB | p50 ms | p90 ms | peak MiB | measured | fate | why |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| candidate | val accuracy | ECE | size KiB | package KiB | p50 ms | p90 ms | peak MiB | measured | fate | why |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(record["candidates"], key=lambda c: -c["accuracy"]):
         lt = c.get("latency_ms") or {}
         mem = c.get("peak_memory_mb")
         lines.append(f"| `{c['name']}` | {100 * c['accuracy']:.2f}% | {_f(c.get('ece'))} | "
-                     f"{c['size_bytes'] / 1024:.1f} | {_ms(lt.get('p50'))} | {_ms(lt.get('p90'))} | "
+                     f"{c['size_bytes'] / 1024:.1f} | {_kib(c.get('download_bytes'))} | {_ms(lt.get('p50'))} | "
+                     f"{_ms(lt.get('p90'))} | "
                      f"{'n/a' if mem is None else f'{mem:.0f}'} | {c['measured']} | {c['fate']} | "
                      f"{'; '.join(c['why'])} |")
     fp, rt = record.get("fingerprint") or {}, record.get("runtime") or {}
@@ -91,6 +94,10 @@ def render_markdown(record: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _kib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1024:.1f}"
+
+
 def _f(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -101,6 +108,7 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     lat = ch.get("latency_ms") or {}
     return {"target": record["target"], "status": record["status"], "chosen": ch["name"],
             "val_accuracy": ch["val_accuracy"], "val_ece": ch.get("val_ece"), "size_bytes": ch["size_bytes"],
+            "download_bytes": ch.get("download_bytes"),
             "p50_ms": lat.get("p50"), "p90_ms": lat.get("p90"), "candidates": s["candidates"],
             "device_runs": s["device_runs"], "cache_hits": s["cache_hits"], "skipped": s["skipped"],
             "seconds": s["seconds"]}
