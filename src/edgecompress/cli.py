@@ -121,10 +121,10 @@ def _inspect(ns: argparse.Namespace) -> None:
 
 
 def _pack(ns: argparse.Namespace) -> None:
-    from edgecompress.deploy.package import PackageError, pack_file, package_stats
+    from edgecompress.deploy.package import PACKAGE_SUFFIX, PackageError, pack_file, package_stats
     from edgecompress.fileio import atomic_path
 
-    out = Path(ns.out or f"{ns.model}.ecpk")
+    out = Path(ns.out or f"{ns.model}{PACKAGE_SUFFIX}")
     try:
         pkg = pack_file(ns.model)
     except FileNotFoundError as e:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgecompress.compression.export import io_details
-from edgecompress.compression.onnx import ort_session, quiet
+from edgecompress.compression.onnx import ort_session, quiet, run_onnx
 from edgecompress.compression.tflite import tflite_interpreter
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_json
@@ -160,9 +160,7 @@ def run_segments(manifest_path: Path, x: np.ndarray) -> list[np.ndarray]:
         path = base / seg["file"]
         if path.suffix == ".onnx":
             sess = ort_session(path)
-            names = [o.name for o in sess.get_outputs()]
-            got = [sess.run(None, {seg["input_name"]: h[i:i + 500]}) for i in range(0, len(h), 500)]
-            res = {n: np.concatenate([g[j] for g in got]) for j, n in enumerate(names)}
+            res = dict(zip((o.name for o in sess.get_outputs()), run_onnx(sess, h, seg["input_name"])))
             logits, feat = res["logits"], res.get("features")
         else:
             interp = tflite_interpreter(path)
@@ -205,9 +203,8 @@ def export_cascade(net: EarlyExitNet, data_meta: dict[str, Any], out_dir: Path,
         print(f"[cascade] {artifact}: {net.num_segments} segments ...", file=sys.stderr, flush=True)
         segments = export_segments(net, data_meta["input_shape"], out_dir, artifact)
         path = out_dir / f"{artifact}.cascade.json"
-        write_manifest(path, segments, choice, data_meta, net, parent, phash)
+        manifest = write_manifest(path, segments, choice, data_meta, net, parent, phash)
         check = verify_cascade(path, net, x_check)
-        manifest = json.loads(path.read_text())
         manifest["verification"] = check
         write_json(path, manifest)
         results[artifact] = {"manifest": str(path), "segments": segments, "verification": check}

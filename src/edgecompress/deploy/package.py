@@ -386,7 +386,7 @@ def unpack_file(pkg_path: str | Path, out_path: str | Path | None = None) -> Pat
     pkg_path = Path(pkg_path)
     data, suffix = unpack(pkg_path.read_bytes())
     if out_path is None:
-        stem = pkg_path.with_suffix("") if pkg_path.suffix == ".ecpk" else pkg_path
+        stem = pkg_path.with_suffix("") if pkg_path.suffix == PACKAGE_SUFFIX else pkg_path
         out_path = stem if stem.suffix == suffix else Path(str(stem) + suffix)
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")

@@ -182,19 +182,27 @@ def load_session(model_path: str | Path, engine: str | None = None, threads: int
     raise RunnerError(f"cannot choose a runtime for {path}: engine {engine!r} is not onnxruntime or litert")
 
 
+INPUT_KEYS = ("input_shape", "layout", "input_dtype", "mean", "std")  # how to feed the model
+
+
+def _read_json(path: Path, what: str, keys: tuple[str, ...], absent: str, fix: str) -> dict[str, Any]:
+    """``path`` parsed, with every one of ``keys``; one RunnerError naming ``what`` otherwise."""
+    if not path.is_file():
+        raise RunnerError(f"{what} {path} does not exist{absent}")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunnerError(f"{what} {path} is not valid JSON: {e}") from None
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise RunnerError(f"{what} {path} lacks {', '.join(missing)}; {fix}")
+    return doc
+
+
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """The export stage's JSON next to the model (input layout, normalization, int8 quantization)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunnerError(f"sidecar {path} does not exist (the export stage writes MODEL.json next to MODEL)")
-    try:
-        sc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunnerError(f"sidecar {path} is not valid JSON: {e}") from None
-    missing = [k for k in ("input_shape", "layout", "input_dtype", "mean", "std") if k not in sc]
-    if missing:
-        raise RunnerError(f"sidecar {path} lacks {', '.join(missing)}; re-run the export stage")
-    return sc
+    return _read_json(Path(path), "sidecar", INPUT_KEYS, " (the export stage writes MODEL.json next to MODEL)",
+                      "re-run the export stage")
 
 
 def preprocess(x_uint8_nchw: np.ndarray, sidecar: dict[str, Any]) -> np.ndarray:
@@ -526,16 +534,7 @@ def is_cascade(path: str | Path) -> bool:
 def read_cascade(path: str | Path) -> dict[str, Any]:
     """The manifest, checked: segment files exist, one threshold (a number or null) per early exit."""
     path = Path(path)
-    if not path.is_file():
-        raise RunnerError(f"cascade manifest {path} does not exist")
-    try:
-        m = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunnerError(f"cascade manifest {path} is not valid JSON: {e}") from None
-    missing = [k for k in ("segments", "thresholds", "input_shape", "layout", "input_dtype", "mean", "std")
-               if k not in m]
-    if missing:
-        raise RunnerError(f"cascade manifest {path} lacks {', '.join(missing)}; re-export the cascade")
+    m = _read_json(path, "cascade manifest", ("segments", "thresholds", *INPUT_KEYS), "", "re-export the cascade")
     segs, thr = m["segments"], m["thresholds"]
     if not isinstance(segs, list) or not segs or not all(isinstance(s, dict) and "file" in s for s in segs):
         raise RunnerError(f"cascade manifest {path}: segments must be a non-empty list of {{\"file\": ...}} entries")

@@ -181,19 +181,6 @@ class EarlyExitNet(nn.Module):
             outs.append(logits)
         return outs
 
-    def arch(self, backbone_arch: dict[str, Any]) -> dict[str, Any]:
-        """The arch dict a checkpoint stores (``backbone_arch`` as ``build_model`` takes it)."""
-        return {"kind": "early_exit", "backbone": backbone_arch, "exits": list(self.exits),
-                "head_conv": self.head_conv}
-
-
-def build_early_exit(arch: dict[str, Any], backbone: nn.Module) -> EarlyExitNet:
-    """Rebuild from ``arch`` (``EarlyExitNet.arch``) around ``backbone`` (built from ``arch['backbone']``)."""
-    try:
-        return EarlyExitNet(backbone, arch["exits"], arch.get("head_conv", 0))
-    except KeyError as e:
-        raise EdgeCompressError(f"early-exit arch {arch} lacks {e}") from e
-
 
 @torch.no_grad()
 def exit_probabilities(net: EarlyExitNet, x: torch.Tensor, batch_size: int = 1000) -> list[np.ndarray]:
