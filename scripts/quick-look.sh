@@ -19,7 +19,7 @@ import yaml
 work = Path(sys.argv[1])
 p = yaml.safe_load((work / "params.yaml").read_text())
 p["data"]["limit"] = 5000
-p["train_teacher"].update(ensemble_size=2, members=[1], member_epochs=3)
+p["train_teacher"].update(ensemble_size=2, members=[1], member_epochs=2)
 p["train_teacher"]["train"]["epochs"] = 5
 p["distill"]["train"]["epochs"] = 5
 p["prune"].update(steps=1, latency_runs=20, ladder=[0.5])

@@ -15,14 +15,15 @@ from edgecompress.config import read, section
 def main() -> str | None:
     args, params = stage.setup("Train the teacher or one ensemble member.",
                                [("--out", "teacher checkpoint"), ("--metrics", "metrics JSON")],
-                               optional=[("--member", "ensemble member index (seed = train.seed + index); "
-                                                      "default 0, the teacher itself"), ("--live", "directory of dvclive training curves")])
+                               optional=[("--member", "ensemble member index (seed = train.seed + index); default 0, "
+                                                      "the teacher itself"), ("--teacher", "the trained teacher's "
+                                         "checkpoint (member_init: teacher)"), ("--live", "dvclive curves directory")])
     sec = section(params, "train_teacher")
     cfg = read(params, "train_teacher", TeacherConfig)
     member = int(args.member or 0)
-    cfg = cfg.member(member)
+    cfg = cfg.member(member, args.teacher)
     if member:
-        print(f"[teacher] ensemble member {member} of {cfg.ensemble_size} (seed {cfg.train.seed})", file=sys.stderr)
+        print(f"[teacher] ensemble member {member} of {cfg.ensemble_size}: {cfg.describe_member()}", file=sys.stderr)
     ds = stage.data(params)
     model, arch, report = train_teacher(ds, cfg)
     if not stage.main_process():  # under torchrun rank 0 alone writes
@@ -33,14 +34,14 @@ def main() -> str | None:
     trained_by = {k: v for k, v in sec.items() if k not in TeacherConfig.ENSEMBLE_KEYS}
     meta = stage.meta(ds, {**params, "train_teacher": trained_by}, "train_teacher", None, metrics)
     if member:
-        meta["member"] = {"index": member, "seed": cfg.train.seed, "epochs": cfg.train.epochs}
+        meta["member"] = {"index": member, "seed": cfg.train.seed, "epochs": cfg.train.epochs, "lr": cfg.train.lr,
+                          "init": cfg.member_init}
     save_checkpoint(args.out, model, arch, meta)
     write_json(args.metrics, {**metrics, "member": member, "seed": cfg.train.seed, "epochs": report["history"]})
     # A brought teacher trains no epochs: one point (its validation accuracy) keeps the plot an output.
     history = report["history"] or [{"epoch": 0, "val_accuracy": (metrics["val"] or metrics["test"])["accuracy"]}]
     stage.log_curves(args.live, {f"member-{member}" if member else "teacher": history})
-    brought = f"{cfg.source} {cfg.model}: " if cfg.source != "train" else ""
-    return f"{brought}test accuracy {metrics['test']['accuracy']:.4f}"
+    return (f"{cfg.source} {cfg.model}: " if cfg.source != "train" else "") + f"test accuracy {metrics['test']['accuracy']:.4f}"
 
 
 if __name__ == "__main__":

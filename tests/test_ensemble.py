@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,31 @@ def test_prune_keeps_the_multihead_loss_and_the_heads(ds: Dataset, members: list
     assert isinstance(pruned, MultiHeadStudent) and pruned.num_heads == 2
     assert pruned.heads[0].in_features == pruned.heads[1].in_features < width  # heads follow the pruned core
     assert head_probs(pruned, torch.zeros(3, 1, 12, 12)).shape == (2, 3, 4)
+
+
+def test_members_warm_started_from_the_teacher(ds: Dataset, tmp_path) -> None:
+    """member_init: teacher starts member i from the teacher's weights (its own seed, epochs and peak lr);
+    scratch members start from their own random initialisation."""
+    from edgecompress.checkpoint import save_checkpoint
+    from edgecompress.training.teacher import train_teacher
+
+    cfg = dataclasses.replace(TEACHER, ensemble_size=3, members=(1, 2), member_init="teacher", member_epochs=2,
+                              member_lr=1e-6)
+    teacher, arch, _ = train_teacher(ds, cfg)
+    save_checkpoint(tmp_path / "teacher.pt", teacher, arch, {})
+    m1 = cfg.member(1, str(tmp_path / "teacher.pt"))
+    assert (m1.init, m1.train.epochs, m1.train.lr, m1.train.seed) == (str(tmp_path / "teacher.pt"), 2, 1e-6, 1)
+    member, _, report = train_teacher(ds, m1)
+    assert report["transfer"]["loaded"] > 0 and report["transfer"]["kept_fresh"] == []
+    t, m = teacher.state_dict(), member.state_dict()
+    convs = [k for k in t if k.endswith("weight") and t[k].ndim == 4]
+    # A near-zero learning rate leaves the member at the teacher's weights; a scratch member is elsewhere.
+    assert all(torch.allclose(t[k], m[k], atol=1e-4) for k in convs)
+    scratch, _, _ = train_teacher(ds, dataclasses.replace(cfg, member_init="scratch").member(1))
+    assert not torch.allclose(t[convs[0]], scratch.state_dict()[convs[0]], atol=1e-2)
+    with pytest.raises(EdgeCompressError, match="needs the trained teacher's checkpoint"):
+        cfg.member(1)
+    with pytest.raises(EdgeCompressError, match="member_init='snapshot'"):
+        dataclasses.replace(cfg, member_init="snapshot")
+    with pytest.raises(EdgeCompressError, match="member_lr=0"):
+        dataclasses.replace(cfg, member_lr=0)

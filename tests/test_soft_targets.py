@@ -66,6 +66,21 @@ def test_replay_trains_the_same_student_as_online_kd(ds, members) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_targets_precision_runs_the_stored_pass_in_bf16(ds, members) -> None:
+    """targets_precision: bf16 autocasts only the pass that stores the logits: they stay close to fp32's
+    (bf16 keeps 8 bits of mantissa), and the student's own training precision is untouched."""
+    cfg = dataclasses.replace(STUDENT, source="ensemble", baseline=False, views=1)
+    fp32, cost32 = teacher_targets(members[0], ds, cfg, members[1:])
+    bf16, cost16 = teacher_targets(members[0], ds, dataclasses.replace(cfg, targets_precision="bf16"), members[1:])
+    assert (cost32["precision"], cost16["precision"]) == ("auto", "bf16")
+    assert not torch.equal(fp32.logits, bf16.logits)
+    scale = fp32.logits.abs().max()
+    assert (fp32.logits - bf16.logits).abs().max() <= 0.05 * scale
+    assert (fp32.logits.argmax(-1) == bf16.logits.argmax(-1)).float().mean() >= 0.95
+    with pytest.raises(EdgeCompressError, match="targets_precision='fp16'"):
+        DistillConfig(targets_precision="fp16")
+
+
 def test_replay_runs_no_teacher_and_distills_from_the_views(ds, members) -> None:
     cfg = dataclasses.replace(STUDENT, train=dataclasses.replace(AUGMENTED, epochs=3), baseline=False, views=2)
     teacher = counting(members[0])

@@ -42,6 +42,16 @@ def test_train_teacher_rejects_bad_params(tmp_path: Path, edit, message: str) ->
     assert not out.exists() and not (tmp_path / "m.json").exists()
 
 
+def test_a_warm_started_member_names_the_missing_teacher(tmp_path: Path) -> None:
+    out = tmp_path / "models" / "members" / "member-1.pt"
+    proc = subprocess.run([sys.executable, str(REPO / "stages/train_teacher.py"), "--params", str(REPO / "params.yaml"),
+                           "--member", "1", "--teacher", str(tmp_path / "teacher.pt"), "--out", str(out),
+                           "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "teacher.pt is missing: run `dvc repro train_teacher` first, or set member_init: scratch" in proc.stderr
+    assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
 def test_export_stage_reports_a_missing_parent(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "stages/export.py"), "--params", str(REPO / "params.yaml"),
                            "--model", str(tmp_path / "pruned.pt"), "--calibration", str(tmp_path / "c.npz"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,10 +45,17 @@ class TeacherConfig:
     members: tuple[int, ...] = ()
     # Members 1..N-1 may train shorter than the teacher: averaging recovers what each loses (README).
     member_epochs: int | None = None  # None: train.epochs, as the teacher
+    # scratch: each member trains from its own random initialisation (Lakshminarayanan et al.);
+    # teacher: from the trained teacher's weights, a short restarted one-cycle with its own seed (data
+    # order and augmentation), as snapshot/fast-geometric ensembles do: measured as accurate for a
+    # fraction of the cost (README).
+    member_init: str = "scratch"
+    member_lr: float | None = None  # the members' peak learning rate; None: train.lr
     mc_samples: int = 0  # > 0: also evaluate the teacher with that many MC-dropout passes (needs dropout)
 
     # Keys that say how many members there are and how they are evaluated, not how one is trained.
-    ENSEMBLE_KEYS = ("ensemble_size", "members", "member_epochs", "mc_samples")
+    ENSEMBLE_KEYS = ("ensemble_size", "members", "member_epochs", "member_init", "member_lr", "mc_samples")
+    MEMBER_INITS = ("scratch", "teacher")
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -73,6 +81,10 @@ class TeacherConfig:
         if self.member_epochs is not None and self.member_epochs < 1:
             raise EdgeCompressError(f"invalid value member_epochs={self.member_epochs!r}: must be >= 1, or null "
                                     f"for train.epochs")
+        if self.member_init not in self.MEMBER_INITS:
+            raise EdgeCompressError(f"invalid value member_init={self.member_init!r}: allowed {list(self.MEMBER_INITS)}")
+        if self.member_lr is not None and not self.member_lr > 0:
+            raise EdgeCompressError(f"invalid value member_lr={self.member_lr!r}: must be > 0, or null for train.lr")
         if not isinstance(self.mc_samples, int) or self.mc_samples < 0:
             raise EdgeCompressError(f"invalid value mc_samples={self.mc_samples!r}: must be an integer >= 0")
         if self.mc_samples and not self.dropout > 0:
@@ -94,13 +106,30 @@ class TeacherConfig:
         return UserModelSpec(self.source, self.model or "", self.weights, self.layout, self.normalized_input,
                              "train_teacher")
 
-    def member(self, index: int) -> "TeacherConfig":
-        """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index`` (and
-        ``member_epochs`` epochs when set; member 0, the teacher, always trains ``train.epochs``)."""
-        if index != 0 and index not in self.members:
+    def member(self, index: int, teacher: str | None = None) -> "TeacherConfig":
+        """Config of ensemble member ``index``: the same teacher with seed ``train.seed + index``,
+        ``member_epochs`` epochs and ``member_lr`` when set, and with ``member_init: teacher`` starting from
+        the ``teacher`` checkpoint. Member 0, the teacher, is ``self``."""
+        if index == 0:
+            return self
+        if index not in self.members:
             raise EdgeCompressError(f"member {index} is not in train_teacher.members {list(self.members)}")
-        epochs = self.member_epochs if index and self.member_epochs else self.train.epochs
-        return replace(self, train=replace(self.train, seed=self.train.seed + index, epochs=epochs))
+        train = replace(self.train, seed=self.train.seed + index, epochs=self.member_epochs or self.train.epochs,
+                        lr=self.member_lr or self.train.lr)
+        if self.member_init == "scratch":
+            return replace(self, train=train)
+        if not teacher:
+            raise EdgeCompressError("member_init: teacher needs the trained teacher's checkpoint "
+                                    "(stages/train_teacher.py --member i --teacher models/teacher.pt)")
+        if not Path(teacher).is_file():
+            raise EdgeCompressError(f"train_teacher.member_init is 'teacher' but the teacher's checkpoint {teacher} "
+                                    f"is missing: run `dvc repro train_teacher` first, or set member_init: scratch")
+        return replace(self, train=train, init=teacher)
+
+    def describe_member(self) -> str:
+        """How this member config trains, for the stage's log line."""
+        start = f"from {self.init}" if self.member_init == "teacher" else "from scratch"
+        return f"seed {self.train.seed}, {start}, {self.train.epochs} epochs, peak lr {self.train.lr}"
 
     def arch(self, ds: Dataset) -> dict[str, Any]:
         return {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
@@ -114,8 +143,6 @@ def load_pretrained(model: nn.Module, path: str) -> dict[str, Any]:
     ``weights_only=True``: a checkpoint can carry tensors and plain data, never code. Layers that
     differ (a new classifier for other classes) keep their fresh initialisation and are listed.
     """
-    from pathlib import Path
-
     if not Path(path).is_file():
         raise EdgeCompressError(f"train_teacher.init: checkpoint {path} not found; give a local .pt file")
     try:
