@@ -55,7 +55,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def project_copy(recipe: str, limit: int | None) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f"edgecompress-time-{recipe}."))
-    for name in ("dvc.yaml", "stages", "targets", "src"):
+    for name in ("dvc.yaml", "stages", "targets", "src", "user"):  # user: a dependency of the stages (your model files)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, work / name)
     (work / "models/members").mkdir(parents=True)
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), RECIPES[recipe])

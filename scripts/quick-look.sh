@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then bash scripts/install.sh; fi
 export PATH="$PWD/.venv/bin:$PATH"  # dvc.yaml runs `python`: make it the venv's
 work="$(mktemp -d -t edgecompress-quick-look.XXXXXX)"
-cp -r dvc.yaml params.yaml stages targets src "$work"/  # src: the stages depend on the code they run
+cp -r dvc.yaml params.yaml stages targets src user "$work"/  # src, user: the stages depend on the code they run
 mkdir -p "$work/models/members"
 python - "$work" <<'PY'
 import sys
