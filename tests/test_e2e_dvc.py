@@ -144,7 +144,9 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     # Two targets, two choices: their budgets and engines decide, from one pool of every model and level.
     index = json.loads((work / "models/candidates/index.json").read_text())
     assert {c["model"] for c in index["candidates"]} == {"teacher", "ensemble", "student", "pruned-30", "pruned-50",
-                                                         "student-c4", "pruned-30-c4", "pruned-50-c4"}
+                                                         "student-c4", "pruned-30-c4", "pruned-50-c4", "teacher-ee"}
+    # The teacher with early exits is offered as cascades, which targets on percentiles never consider.
+    assert len(json.loads((work / "metrics/early_exit.json").read_text())["teacher-ee"]["cascade"]["thresholds"]) == 2
     # Weight sharing: the clustered copies keep at most 16 values per layer, and ship as smaller packages.
     clustered = json.loads((work / "metrics/cluster.json").read_text())
     assert set(clustered) == {"student-c4", "pruned-30-c4", "pruned-50-c4"}
@@ -161,6 +163,7 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     assert host["artifact"]["candidate"] == built["tiny-host"]["chosen"]["name"]
     why = {c["name"]: c["why"] for c in built["tiny-small"]["candidates"]}
     assert any(w.startswith("size ") for w in why["teacher/int8.tflite"])
+    assert by["teacher-ee/fp32.tflite"]["segments"] and any("mean-latency" in w for w in why["teacher-ee/fp32.tflite"])
     assert "Why nothing more accurate ships" in (work / "reports/build/tiny-small.md").read_text() or \
         built["tiny-small"]["chosen"]["val_accuracy"] >= max(c["accuracy"] for c in index["candidates"])
     assert (work / "reports/check/tiny-host.md").read_text().strip()

@@ -42,3 +42,5 @@ PRECISIONS = tuple(dict.fromkeys(a.precision for a in REGISTRY.values()))
 BUILD_PRECISIONS = ("int8", "fp16", "fp32")
 # A multi-head student also gets these: mean and per-head probabilities (not targets' artifacts).
 HEAD_ARTIFACTS = ("heads.onnx", "heads.tflite")
+# An early-exit cascade's manifest beside its segment files (compression.cascade; the runner's is_cascade).
+CASCADE_SUFFIX = ".cascade.json"

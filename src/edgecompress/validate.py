@@ -21,11 +21,12 @@ from edgecompress.deploy.check import CheckConfig
 from edgecompress.deploy.targets import load_target
 from edgecompress.errors import EdgeCompressError
 from edgecompress.training.distill import DistillConfig
+from edgecompress.training.early_exit import EarlyExitConfig
 from edgecompress.training.teacher import TeacherConfig
 
 SECTIONS: dict[str, type] = {"active_learning": SelectConfig, "candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
-                             "cluster": ClusterConfig, "check": CheckConfig}
+                             "cluster": ClusterConfig, "early_exit": EarlyExitConfig, "check": CheckConfig}
 
 
 def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.artifacts import CASCADE_SUFFIX
 from edgecompress.compression.export import io_details
 from edgecompress.compression.onnx import ort_session, quiet, run_onnx
 from edgecompress.compression.tflite import tflite_interpreter
@@ -202,7 +203,7 @@ def export_cascade(net: EarlyExitNet, data_meta: dict[str, Any], out_dir: Path,
     for artifact in artifacts:
         print(f"[cascade] {artifact}: {net.num_segments} segments ...", file=sys.stderr, flush=True)
         segments = export_segments(net, data_meta["input_shape"], out_dir, artifact)
-        path = out_dir / f"{artifact}.cascade.json"
+        path = out_dir / f"{artifact}{CASCADE_SUFFIX}"
         manifest = write_manifest(path, segments, choice, data_meta, net, parent, phash)
         check = verify_cascade(path, net, x_check)
         manifest["verification"] = check

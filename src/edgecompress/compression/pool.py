@@ -14,6 +14,7 @@ Layout of the pool directory::
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from torch import nn
 from edgecompress.artifacts import BUILD_PRECISIONS, REGISTRY
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.cascade import ARTIFACTS as CASCADE_ARTIFACTS
+from edgecompress.compression.cascade import export_cascade, run_segments
 from edgecompress.compression.ensemble_graph import EnsembleGraph
 from edgecompress.compression.export import ExportConfig, export_all, swap_in
 from edgecompress.compression.ladder import ladder_levels
@@ -40,6 +43,10 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import write_json
 from edgecompress.metrics import classification_metrics, softmax
 from edgecompress.models import MultiHeadStudent, batched
+from edgecompress.training.early_exit import (EarlyExitConfig, EarlyExitNet, cascade_predict, choose_thresholds,
+                                              exit_probabilities)
+from edgecompress.training.exit_checkpoints import SUFFIX as EXIT_SUFFIX
+from edgecompress.training.exit_checkpoints import load_early_exit
 
 INDEX = "index.json"
 
@@ -76,12 +83,15 @@ def load_model(name: str, path: str | Path) -> PoolModel:
 
 
 def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Path, pruned: str | Path,
-                ladder: str | Path | None, ratio: float,
-                clustered: str | Path | None = None) -> tuple[list[PoolModel], dict[str, str]]:
+                ladder: str | Path | None, ratio: float, clustered: str | Path | None = None,
+                early_exit: str | Path | None = None) -> tuple[list[PoolModel], dict[str, str]]:
     """(every model of the pool, aliases): teacher, the ensemble (with ``members``), student and each
     pruning-ladder level (``ladder``/pruned-<percent>.pt), or the pruned student alone without a ladder,
-    then the weight-clustered copies in ``clustered`` (the cluster stage's, e.g. student-c4.pt)."""
+    then the weight-clustered copies in ``clustered`` (the cluster stage's, e.g. student-c4.pt) and the
+    early-exit networks in ``early_exit`` (the early_exit stage's, e.g. teacher-ee.pt: cascades)."""
     shared = [load_model(p.stem, p) for p in sorted(Path(clustered).glob("*.pt"))] if clustered else []
+    shared += [PoolModel(p.stem, *load_early_exit(p), str(p)) for p in sorted(Path(early_exit).glob(f"*{EXIT_SUFFIX}.pt"))] \
+        if early_exit else []
     t = load_model("teacher", teacher)
     models = [t, *([ensemble_model(t, members)] if members else []), load_model("student", student)]
     form = t.meta["arch"].get("form")
@@ -171,6 +181,12 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
                 score = _scores(pm.model.eval(), x_eval, scoring.y)
                 pytorch[pm.name] = {k: score[k] for k in ("accuracy", "nll", "ece")}
                 continue
+            if isinstance(pm.model, EarlyExitNet):
+                print(f"[candidates] {i + 1}/{len(models)} {pm.name}: cascades", file=sys.stderr, flush=True)
+                pytorch[pm.name], found = cascade_candidates(pm, scratch / pm.name, formats, (x_sel, y_sel),
+                                                             (x_eval, scoring.y))
+                candidates += found
+                continue
             # Models with members or heads keep their own calibration (the ensemble's is the point of it).
             if temperature and can_fold(pm.model) and not pm.uncertainty:
                 pm, tempered[pm.name] = _tempered(pm, x_sel, y_sel, x_eval, scoring.y)
@@ -203,3 +219,43 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return index
+
+
+def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decide: tuple[np.ndarray, np.ndarray],
+                       score: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """(PyTorch scores, index entries) of early-exit model ``pm`` as cascades in the fp32 formats of
+    ``formats``: thresholds chosen on the ``decide`` images (within the early_exit stage's max_drop), then
+    every cascade scored on the ``score`` images through its own runtime, each image leaving where the
+    device would let it (``cascade_predict``: the runner's rule)."""
+    net: EarlyExitNet = pm.model
+    max_drop = float(pm.meta["params"]["early_exit"].get("max_drop", EarlyExitConfig.max_drop))
+    choice = choose_thresholds(exit_probabilities(net, torch.from_numpy(decide[0])), decide[1], max_drop)
+    x, y = score
+    results = export_cascade(net, pm.meta["data"], out, choice, decide[0][:64],
+                             [a for a in CASCADE_ARTIFACTS if a in formats], pm.parent, pm.meta.get("params_hash", ""))
+
+    def metrics(exit_logits: list[np.ndarray]) -> dict[str, Any]:
+        probs = [softmax(lg.astype(np.float64)) for lg in exit_logits]
+        pred, leave = cascade_predict(probs, choice.thresholds)
+        m = classification_metrics(np.stack(probs)[leave, np.arange(len(y))], y)
+        fractions = [float((leave == k).mean()) for k in range(len(probs))]
+        return {"accuracy": m["accuracy"], "nll": m["nll"], "ece": m["ece"], "exit_fractions": fractions, "pred": pred}
+
+    with torch.no_grad():
+        reference = metrics([o.numpy() for o in net.eval().forward_exits(torch.from_numpy(x))])
+    entries = []
+    for art, r in results.items():
+        a, manifest = REGISTRY[art], Path(r["manifest"])
+        segments = [out / seg["file"] for seg in r["segments"]]
+        got = metrics(run_segments(manifest, x))
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in [manifest, *segments])).hexdigest()
+        entries.append({
+            "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
+            "engine": a.engine, "path": f"{pm.name}/{manifest.name}", "segments": [f.name for f in segments],
+            "size_bytes": sum(f.stat().st_size for f in segments),
+            "package_bytes": manifest.stat().st_size + sum(len(pack_file(f)) for f in segments),
+            "sha256": digest, "accuracy": got["accuracy"], "nll": got["nll"], "ece": got["ece"],
+            "top1_agreement": float((got["pred"] == reference["pred"]).mean()), "uncertainty": False,
+            "thresholds": choice.as_dict()["thresholds"], "exit_fractions": got["exit_fractions"],
+            "macs_to_exit": (pm.meta.get("metrics") or {}).get("macs_to_exit")})
+    return {k: reference[k] for k in ("accuracy", "nll", "ece")}, entries

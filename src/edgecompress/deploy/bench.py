@@ -19,10 +19,11 @@ from edgecompress.errors import EdgeCompressError
 RUNNER = Path(__file__).with_name("runner.py")
 
 
-def runner_args(profile: TargetProfile, model: str, sidecar: str, testset: str | None) -> list[str]:
-    """The runner's flags for ``profile``; shared by the local and the SSH check so both measure alike."""
+def runner_args(profile: TargetProfile, model: str, sidecar: str | None, testset: str | None) -> list[str]:
+    """The runner's flags for ``profile``; shared by the local and the SSH check so both measure alike.
+    A cascade manifest is its own sidecar (``sidecar`` None)."""
     rt, b = profile.runtime, profile.bench
-    args = ["--model", model, "--sidecar", sidecar, "--engine", rt.engine,
+    args = ["--model", model, *(["--sidecar", sidecar] if sidecar else []), "--engine", rt.engine,
             "--warmup", str(b.warmup), "--runs", str(b.runs), "--batch", str(b.batch),
             "--max-seconds", str(b.max_seconds)]
     if testset is not None:
@@ -38,9 +39,9 @@ def runner_args(profile: TargetProfile, model: str, sidecar: str, testset: str |
     return args
 
 
-def runner_command(profile: TargetProfile, model: Path, sidecar: Path, testset: Path | None) -> list[str]:
+def runner_command(profile: TargetProfile, model: Path, sidecar: Path | None, testset: Path | None) -> list[str]:
     """The local runner invocation for ``profile``; absolute paths so the cwd does not matter."""
-    return local_command(runner_args(profile, str(model.resolve()), str(sidecar.resolve()),
+    return local_command(runner_args(profile, str(model.resolve()), None if sidecar is None else str(sidecar.resolve()),
                                      None if testset is None else str(testset.resolve())))
 
 

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edgecompress.deploy.bench import local_command, run_local
-from edgecompress.deploy.check import BUILD_RECORD, hardware_matches, run_check
-from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, choose, misses,
-                                        ranked_for_search)
+from edgecompress.deploy.check import BUILD_RECORD, cascade_segments, hardware_matches, run_check
+from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, cascades_for,
+                                        choose, misses, ranked_for_search)
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
 from edgecompress.deploy.remote import run_remote
-from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
+from edgecompress.deploy.targets import LATENCY_KEYS, ArtifactSpec, BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
 from edgecompress.dirs import replace_dir
 from edgecompress.fileio import read_json, write_json
@@ -48,10 +48,12 @@ def load_index(pool_dir: str | Path) -> dict[str, Any]:
         raise EdgeCompressError(f"{pool_dir / INDEX}: not a candidate index (no 'candidates' list); {_HINT}")
     for c in index["candidates"]:
         path = pool_dir / c["path"]
-        if not path.is_file() or not Path(f"{path}.json").is_file():
-            raise EdgeCompressError(f"{path}: candidate {c['name']} (or its sidecar) is missing; {_HINT}")
-        if path.stat().st_size != c["size_bytes"]:
-            raise EdgeCompressError(f"{path}: {path.stat().st_size} bytes but the index says {c['size_bytes']}: "
+        segments = [path.with_name(f) for f in c.get("segments") or []]  # a cascade: its manifest is its sidecar
+        if not all(f.is_file() for f in [path, *segments] + ([] if segments else [Path(f"{path}.json")])):
+            raise EdgeCompressError(f"{path}: candidate {c['name']} (or its sidecar or segments) is missing; {_HINT}")
+        size = sum(f.stat().st_size for f in segments) if segments else path.stat().st_size
+        if size != c["size_bytes"]:
+            raise EdgeCompressError(f"{path}: {size} bytes but the index says {c['size_bytes']}: "
                                     f"the file changed after it was scored; {_HINT}")
     return index
 
@@ -73,10 +75,14 @@ def resolve_spec(index: Mapping[str, Any], profile: TargetProfile) -> BuildSpec:
 
 def pool_candidates(index: Mapping[str, Any]) -> list[Candidate]:
     """The index as candidates, not yet measured on any device."""
-    return [Candidate(name=c["name"], model=c["model"], precision=c["precision"], engine=c["engine"],
-                      size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"), nll=c.get("nll"),
-                      latency_ms={}, uncertainty=bool(c.get("uncertainty")),
-                      download_bytes=c.get("package_bytes")) for c in index["candidates"]]
+    return [_candidate(c) for c in index["candidates"]]
+
+
+def _candidate(c: Mapping[str, Any]) -> Candidate:
+    return Candidate(name=c["name"], model=c["model"], precision=c["precision"], engine=c["engine"],
+                     size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"), nll=c.get("nll"),
+                     latency_ms={}, uncertainty=bool(c.get("uncertainty")), download_bytes=c.get("package_bytes"),
+                     cascade=bool(c.get("segments")))
 
 
 class MeasurementCache:
@@ -133,10 +139,9 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: 
     ``exhaustive`` measures every allowed candidate (the benchmark's baseline). Returns the measured
     candidates, the raw runner results, those skipped and the run counts.
     """
-    kept, _ = allowed(candidates, spec)
+    kept, _ = allowed(candidates, spec, cascades_for(profile.budgets))
     order = ranked_for_search(c for c in kept if exhaustive or not misses(c, profile.budgets, reference, device=False))
     probe = probe_device(profile, device)
-    bench = replace(profile.bench, accuracy_samples=profile.bench.batch)  # real inputs; scores are the pool's
     measured: dict[str, Candidate] = {}
     raw: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
@@ -146,8 +151,10 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: 
         if best is not None and c.accuracy < best and not exhaustive:
             skipped.append(c.name)
             continue
-        fmt = paths[c.name].rsplit(".", 1)[1]
-        variant = replace(profile.pinned(fmt, c.precision), bench=bench)
+        art = ArtifactSpec.from_filename(Path(paths[c.name]).name)
+        variant = profile.pinned(art.format, art.precision, art.cascade)
+        # Real inputs, as many as one batch: the scores are the pool's, the device gives the latency.
+        variant = replace(variant, bench=replace(variant.bench, accuracy_samples=variant.bench.batch))
         key = cache.key(hashes[c.name], probe, variant)
         result = cache.get(key)
         if result is None:
@@ -202,7 +209,7 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
         choice = choose(table, profile.budgets, spec, ref, profile.name)
         infeasible = None
     except NoFeasibleCandidate as e:
-        if not allowed(table, spec)[0]:
+        if not allowed(table, spec, cascades_for(profile.budgets))[0]:
             raise  # the profile allows nothing in the pool: its build section is wrong, on any machine
         infeasible = e
         choice = _nearest(table, profile, spec, ref)
@@ -244,7 +251,7 @@ def overshoot(c: Candidate, profile: TargetProfile, ref: float | None) -> float:
 
 def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, ref: float | None) -> Choice:
     """On proxy hardware with nothing feasible: the allowed candidate closest to its budgets."""
-    kept, rejected = allowed(table, spec)
+    kept, rejected = allowed(table, spec, cascades_for(profile.budgets))
     best = min(kept, key=lambda c: (overshoot(c, profile, ref), -c.accuracy, c.name))
     rest = [Rejection(c.name, tuple(misses(c, profile.budgets, ref))) for c in kept if c.name != best.name]
     return Choice(chosen=best, feasible=(), rejected=tuple(rejected + rest))
@@ -278,10 +285,7 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], c
         fate = ("chosen" if name == choice.chosen.name else "feasible, less accurate" if cand in choice.feasible
                 else "skipped" if any(s.name == name for s in skipped) else "rejected")
         if cand is None:
-            cand = Candidate(name=name, model=c["model"], precision=c["precision"], engine=c["engine"],
-                             size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"),
-                             nll=c.get("nll"), latency_ms={}, uncertainty=bool(c.get("uncertainty")),
-                             download_bytes=c.get("package_bytes"))
+            cand = _candidate(c)
         source = "device" if name in raw else "not measured"
         rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source))
     chosen_raw = raw.get(choice.chosen.name) or {}
@@ -312,9 +316,14 @@ def _write_out(pool_dir: Path, chosen_path: str, out_dir: Path, record: Mapping[
     try:
         src = pool_dir / chosen_path
         shutil.copyfile(src, scratch / src.name)
-        shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
-        # What the device downloads and stores: restores the artifact bit for bit (edgecompress unpack).
-        (scratch / f"{src.name}{PACKAGE_SUFFIX}").write_bytes(pack_file(src))
+        # A cascade: the manifest (its own sidecar) and its segments; else the artifact and its sidecar.
+        shipped = cascade_segments(src) if ArtifactSpec.from_filename(src.name).cascade else [src]
+        if shipped == [src]:
+            shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
+        for f in shipped:
+            shutil.copyfile(f, scratch / f.name)
+            # What the device downloads and stores: restores the artifact bit for bit (edgecompress unpack).
+            (scratch / f"{f.name}{PACKAGE_SUFFIX}").write_bytes(pack_file(f))
         write_json(scratch / BUILD_RECORD, record)
         replace_dir(scratch, out_dir)
     finally:

@@ -17,7 +17,7 @@ from edgecompress.fileio import read_json
 from edgecompress.deploy.bench import run_local, runner_args, runner_command
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
-from edgecompress.deploy.targets import Hardware, TargetProfile, load_target, valid_name
+from edgecompress.deploy.targets import ArtifactSpec, Hardware, TargetProfile, load_target, valid_name
 
 @dataclass(frozen=True)
 class CheckConfig:
@@ -41,20 +41,33 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExec
 _LATENCY_LABEL = {"p50": "p50 latency", "p90": "p90 latency", "p99": "p99 latency", "mean": "mean latency"}
 
 
-def _inputs(profile: TargetProfile, artifacts_dir: Path, testset: Path | None) -> tuple[Path, Path, Path | None]:
-    """(model, sidecar, testset) after checking they exist, so a remote run fails before connecting."""
+def cascade_segments(manifest: Path) -> list[Path]:
+    """The segment files an early-exit cascade manifest names (beside it), checked to exist."""
+    from edgecompress.deploy.runner import RunnerError, read_cascade
+
+    try:
+        return [manifest.parent / seg["file"] for seg in read_cascade(manifest)["segments"]]
+    except RunnerError as e:
+        raise EdgeCompressError(str(e)) from None
+
+
+def _inputs(profile: TargetProfile, artifacts_dir: Path,
+            testset: Path | None) -> tuple[Path, Path | None, Path | None, list[Path]]:
+    """(model, sidecar, testset, a cascade's segments) after checking they exist, so a remote run fails
+    before connecting. A cascade manifest is its own sidecar (None)."""
     model = Path(artifacts_dir) / profile.artifact.filename
-    sidecar = Path(f"{model}.json")
+    sidecar = None if profile.artifact.cascade else Path(f"{model}.json")
     for path, what in ((model, "artifact"), (sidecar, "artifact sidecar")):
-        if not path.is_file():
+        if path is not None and not path.is_file():
             raise EdgeCompressError(f"target {profile.name}: {what} {path} not found; run the stage that writes "
                                     f"{artifacts_dir} (dvc repro build@{profile.name}, or export)")
+    segments = cascade_segments(model) if profile.artifact.cascade else []
     if testset is not None and not Path(testset).is_file():
         raise EdgeCompressError(f"target {profile.name}: test set {testset} not found; the export stage writes it "
                                 f"(dvc repro export)")
     if testset is None and profile.budgets.min_accuracy is not None:
         raise EdgeCompressError(f"target {profile.name}: budgets.min_accuracy needs a test set")
-    return model, sidecar, None if testset is None else Path(testset)
+    return model, sidecar, None if testset is None else Path(testset), segments
 
 
 def _display_path(path: str | None) -> str | None:
@@ -71,10 +84,11 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
               device: DeviceSpec | None = None) -> dict[str, Any]:
     """Run the profile's artifact through the runner (here, or on ``device`` over SSH); the runner's JSON."""
     device = device or profile.device
-    model, sidecar, testset = _inputs(profile, Path(artifacts_dir), testset)
+    model, sidecar, testset, segments = _inputs(profile, Path(artifacts_dir), testset)
     if not device.is_local:
-        names = runner_args(profile, model.name, f"{model.name}.json", None if testset is None else "testset.npz")
-        raw = run_remote(profile, device, model, sidecar, testset, names)
+        names = runner_args(profile, model.name, sidecar and f"{model.name}.json",
+                            None if testset is None else "testset.npz")
+        raw = run_remote(profile, device, model, sidecar, testset, names, segments)
         raw["model"] = str(model)  # the remote copy is gone; reports name the artifact that was measured
         return raw
     return run_local(runner_command(profile, model, sidecar, testset), model, profile.bench.max_seconds * 3 + 60, f"target {profile.name}",
@@ -135,10 +149,13 @@ def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int |
     return float((pred == y).mean())
 
 
-def package_bytes(model: Path) -> int:
-    """Bytes the device downloads for ``model``: the build's shipped package beside it, else one packed now."""
+def package_bytes(model: Path, cascade: bool = False) -> int:
+    """Bytes the device downloads for ``model``: the build's shipped package beside it, else one packed now;
+    for a cascade, its manifest plus every segment's package."""
     from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
 
+    if cascade:
+        return model.stat().st_size + sum(package_bytes(seg) for seg in cascade_segments(model))
     shipped = model.with_name(model.name + PACKAGE_SUFFIX)
     return shipped.stat().st_size if shipped.is_file() else len(pack_file(model))
 
@@ -181,7 +198,7 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     dev = resolve_device(profile.device, device)
     raw = run_check(profile, Path(artifacts_dir), testset, dev)
     if profile.budgets.download_mb is not None:
-        raw["package_bytes"] = package_bytes(Path(artifacts_dir) / profile.artifact.filename)
+        raw["package_bytes"] = package_bytes(Path(artifacts_dir) / profile.artifact.filename, profile.artifact.cascade)
     rows = evaluate_budgets(profile, raw, reference_accuracy)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
@@ -285,12 +302,11 @@ def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[Ta
         return profile, None
     record = read_json(path, "build record")
     try:
-        chosen = record["chosen"]
-        precision, fmt = chosen["file"].split(".")
+        spec = ArtifactSpec.from_filename(record["chosen"]["file"])
         if record["target"] != profile.name:
             raise EdgeCompressError(f"{path} is the build of target {record['target']!r}, not {profile.name!r}; "
                                     f"re-run dvc repro build@{profile.name}")
-        return profile.pinned(fmt, precision), record
+        return profile.pinned(spec.format, spec.precision, spec.cascade), record
     except (KeyError, TypeError, ValueError, AttributeError):
         raise EdgeCompressError(f"{path}: not a build record (no chosen.file); re-run dvc repro build@{profile.name}") \
             from None

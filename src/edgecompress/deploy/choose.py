@@ -44,6 +44,7 @@ class Candidate:
     peak_memory_mb: float | None = None
     uncertainty: bool = False  # has heads or members, so it can report uncertainty on the device
     download_bytes: int | None = None  # its Huffman-coded package (deploy.package); None: not packed
+    cascade: bool = False  # an early-exit cascade: only targets with a mean-latency budget consider it
 
     def __post_init__(self) -> None:
         # A candidate table is read from reports; a wrong value here would silently pick the wrong model.
@@ -98,8 +99,11 @@ def _exact(value: float, decimals: int) -> str:
     return text if float(text) == value else f"{value:g}"
 
 
-def allowed(candidates: Iterable[Candidate], spec: BuildSpec) -> tuple[list[Candidate], list[Rejection]]:
-    """(kept, rejected) by the build spec alone; no measurement is looked at."""
+def allowed(candidates: Iterable[Candidate], spec: BuildSpec,
+            cascades: bool = False) -> tuple[list[Candidate], list[Rejection]]:
+    """(kept, rejected) by the build spec alone; no measurement is looked at. ``cascades``: the target budgets
+    mean latency (``cascades_for``), the one figure an early-exit cascade improves; its p90/p99 are the slow
+    path's, so targets on percentiles never consider one."""
     kept: list[Candidate] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
@@ -116,11 +120,18 @@ def allowed(candidates: Iterable[Candidate], spec: BuildSpec) -> tuple[list[Cand
             reasons.append(f"engine {c.engine} not allowed by build.engines")
         if "uncertainty" in spec.requires and not c.uncertainty:
             reasons.append("requires uncertainty: no heads or members")
+        if c.cascade and not cascades:
+            reasons.append("early-exit cascade: only for targets with a mean-latency budget (budgets.latency_ms.mean)")
         if reasons:
             rejected.append(Rejection(c.name, tuple(reasons)))
         else:
             kept.append(c)
     return kept, rejected
+
+
+def cascades_for(budgets: Budgets) -> bool:
+    """Whether a target with ``budgets`` considers early-exit cascades: it budgets mean latency."""
+    return "mean" in budgets.latency_ms
 
 
 def _need_reference(budgets: Budgets, reference_accuracy: float | None) -> None:
@@ -208,7 +219,7 @@ def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
     """
     candidates = list(candidates)
     _need_reference(budgets, reference_accuracy)  # before any work: a config error, not a miss
-    kept, rejected = allowed(candidates, spec)
+    kept, rejected = allowed(candidates, spec, cascades_for(budgets))
     if not kept:
         why = (f"all {len(candidates)} candidate(s) are excluded by the build spec" if candidates
                else "no candidates were given")

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -121,11 +121,15 @@ def _last_lines(text: str, n: int = 6) -> str:
 
 
 def _stage(tmp: Path, profile: TargetProfile, model: Path | None, sidecar: Path | None,
-           testset: Path | None) -> list[Path]:
-    """Local files to copy, under the names the remote command uses; a test-set subset saves bandwidth."""
+           testset: Path | None, extra: Sequence[Path] = ()) -> list[Path]:
+    """Local files to copy, under the names the remote command uses; a test-set subset saves bandwidth.
+    ``extra``: files the model needs beside it (a cascade manifest's segments)."""
     files = {"runner.py": RUNNER}
-    if model is not None and sidecar is not None:  # a --probe copies the runner alone
-        files.update({model.name: model, f"{model.name}.json": sidecar})
+    if model is not None:  # a --probe copies the runner alone
+        files[model.name] = model
+        if sidecar is not None:  # a cascade manifest is its own sidecar
+            files[f"{model.name}.json"] = sidecar
+        files.update({p.name: p for p in extra})
     n = profile.bench.accuracy_samples
     if testset is not None and n is not None:
         x, y = load_npz_split(testset)
@@ -149,11 +153,12 @@ def _stage(tmp: Path, profile: TargetProfile, model: Path | None, sidecar: Path 
 
 
 def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, sidecar: Path | None,
-               testset: Path | None, runner_args: list[str]) -> dict[str, Any]:
+               testset: Path | None, runner_args: list[str], extra: Sequence[Path] = ()) -> dict[str, Any]:
     """Copy, run ``python runner.py <runner_args>`` in a fresh remote dir, remove it; the runner's JSON.
 
-    ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz),
-    as staged here; with no ``model`` only the runner is copied (``runner_args = ["--probe"]``). The result's ``remote`` entry says where it ran and whether the dir was removed.
+    ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz, and
+    ``extra``'s: a cascade's segments), as staged here; with no ``model`` only the runner is copied
+    (``runner_args = ["--probe"]``). The result's ``remote`` entry says where it ran and whether the dir was removed.
     """
     s = _Session(profile, device)
     if s.key and not Path(s.key).is_file():
@@ -172,7 +177,7 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, s
     result: dict[str, Any] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="edgecompress-ssh-") as tmp:
-            files = _stage(Path(tmp), profile, model, sidecar, testset)
+            files = _stage(Path(tmp), profile, model, sidecar, testset, extra)
             s.run(["scp", *s.scp_opts, "--", *map(str, files), f"{s.dest}:{run_dir}/"], "copying the files")
         # `exec` keeps the runner's pid = the shell's, written first so a timed-out run can be killed.
         command = shlex.join([device.python, "runner.py", *runner_args])

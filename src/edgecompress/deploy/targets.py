@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from edgecompress.artifacts import BUILD_PRECISIONS, ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
+from edgecompress.artifacts import BUILD_PRECISIONS, CASCADE_SUFFIX, ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
 from edgecompress.config import load_yaml
 from edgecompress.deploy.devices import DeviceSpec, parse_device
 from edgecompress.deploy.fields import FieldError, bounded, build, integer, one_of, opt_str, positive
@@ -56,18 +56,26 @@ class ArtifactSpec:
 
     format: str
     precision: str
+    cascade: bool = False  # an early-exit cascade: a manifest and its segments (what a build may choose)
 
     def __post_init__(self) -> None:
         one_of("format", self.format, FORMATS)
         one_of("precision", self.precision, PRECISIONS)
-        if self.filename not in REGISTRY:
+        if f"{self.precision}.{self.format}" not in REGISTRY:
             raise FieldError("precision", f"{self.precision!r} has no {self.format} artifact; the export stage "
                                           f"writes {', '.join(REGISTRY)}")
 
     @property
     def filename(self) -> str:
-        """Name inside the export directory, e.g. ``int8.tflite``."""
-        return f"{self.precision}.{self.format}"
+        """Name inside the export directory, e.g. ``int8.tflite`` (a cascade: ``fp32.onnx.cascade.json``)."""
+        return f"{self.precision}.{self.format}" + (CASCADE_SUFFIX if self.cascade else "")
+
+    @staticmethod
+    def from_filename(name: str) -> "ArtifactSpec":
+        """The spec of an artifact file name (``int8.tflite``, ``fp32.onnx.cascade.json``)."""
+        cascade = name.endswith(CASCADE_SUFFIX)
+        precision, fmt = name.removesuffix(CASCADE_SUFFIX).split(".")
+        return ArtifactSpec(fmt, precision, cascade)
 
 
 @dataclass(frozen=True)
@@ -235,9 +243,11 @@ class TargetProfile:
         assert a is not None
         return BuildSpec(models=(PINNED_MODEL,), precisions=(a.precision,), engines=(ENGINE_FOR_FORMAT[a.format],))
 
-    def pinned(self, fmt: str, precision: str) -> "TargetProfile":
-        """This profile running one given artifact: what the runner measures for a candidate or the check."""
-        return replace(self, artifact=ArtifactSpec(fmt, precision), build=None,
+    def pinned(self, fmt: str, precision: str, cascade: bool = False) -> "TargetProfile":
+        """This profile running one given artifact: what the runner measures for a candidate or the check.
+        A cascade runs one image at a time (images leave at different exits): its bench batch is 1."""
+        bench = replace(self.bench, batch=1) if cascade else self.bench
+        return replace(self, artifact=ArtifactSpec(fmt, precision, cascade), build=None, bench=bench,
                        runtime=replace(self.runtime, engine=ENGINE_FOR_FORMAT[fmt]))
 
     @property

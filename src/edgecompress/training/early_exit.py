@@ -31,6 +31,7 @@ from edgecompress.training.loop import TrainConfig, crop_fill, fit, tensors
 from edgecompress.training.losses import kd_loss
 
 BODY_NAMES = ("blocks", "stages", "features")  # MobileNetStudent, ResNetTeacher, torchvision-style
+EXIT_MODELS = ("teacher", "student", "pruned")  # the chain's checkpoints the early_exit stage can extend
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class EarlyExitConfig:
     # true: only the heads learn (the final exit stays exactly the backbone it wraps); false: joint fine-tune.
     freeze_backbone: bool = False
     train_samples: int | None = None  # fine-tune on a seeded subset of this many training images; None: all
+    # The early_exit stage: which of the chain's models get exits (teacher | student | pruned; each becomes
+    # the pool model <name>-ee, exported as cascades), and the validation accuracy the thresholds may give up.
+    models: tuple[str, ...] = ()
+    max_drop: float = 0.1  # accuracy points below the final exit, on the validation split
     # A fine-tune of trained weights: a short schedule with a learning rate well below training from scratch.
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=0.01, weight_decay=1e-4))
 
@@ -72,6 +77,12 @@ class EarlyExitConfig:
             raise EdgeCompressError(f"invalid value temperature={self.temperature!r}: must be > 0")
         if not 0 <= self.alpha <= 1:
             raise EdgeCompressError(f"invalid value alpha={self.alpha!r}: must be within [0, 1]")
+        bad = [m for m in self.models if m not in EXIT_MODELS]
+        if isinstance(self.models, str) or bad:
+            raise EdgeCompressError(f"invalid value models={self.models!r}: a list among {list(EXIT_MODELS)}")
+        object.__setattr__(self, "models", tuple(self.models))
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) or self.max_drop < 0:
+            raise EdgeCompressError(f"invalid value max_drop={self.max_drop!r}: accuracy points, a number >= 0")
         if self.train_samples is not None and (isinstance(self.train_samples, bool)
                                                or not isinstance(self.train_samples, int) or self.train_samples < 1):
             raise EdgeCompressError(f"invalid value train_samples={self.train_samples!r}: must be an integer >= 1 "
@@ -361,3 +372,4 @@ def thresholds_on_val(net: EarlyExitNet, ds: Dataset, max_drop: float) -> Thresh
     if not len(ds.val):
         raise EdgeCompressError("choosing exit thresholds needs a validation split: set data.val_fraction > 0")
     return choose_thresholds(exit_probabilities(net, ds.to_tensor(ds.val.x)), ds.val.y, max_drop)
+
