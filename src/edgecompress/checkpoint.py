@@ -36,17 +36,22 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: dict[str, Any], me
     write_json(Path(str(path) + ".json"), {"arch": arch, **payload["meta"]})
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from a checkpoint; returns (model in eval mode, metadata with 'arch')."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """(arch, meta, state dict) of a checkpoint file, or one clear error if it is missing or corrupt."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise EdgeCompressError(f"checkpoint {path} does not exist; run the stage that produces it (dvc repro)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        arch, meta, state = payload["arch"], payload["meta"], payload["state_dict"]
+        return payload["arch"], payload["meta"], payload["state_dict"]
     except Exception as e:  # torch raises many types for truncated/corrupt files
         raise EdgeCompressError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
                                 f"delete it and re-run dvc repro") from e
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint; returns (model in eval mode, metadata with 'arch')."""
+    arch, meta, state = read_checkpoint(path)
     if arch.get("kind") == "user":  # the user's own classifier: its factory, exported program or ONNX graph
         return rebuild_user(arch, state, f"checkpoint {path}"), {"arch": arch, **meta}
     shapes = arch.get("layer_shapes")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -41,3 +44,17 @@ def replace_dir(src: str | Path, out: str | Path) -> None:
         shutil.copytree(src, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+@contextmanager
+def whole_dir(out: str | Path) -> Iterator[Path]:
+    """A scratch directory to fill that replaces directory ``out`` when the block completes; if the block
+    raises, ``out`` is left as it was and the scratch is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: replace_dir renames
+    try:
+        yield scratch
+        replace_dir(scratch, out)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

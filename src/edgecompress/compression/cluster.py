@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +32,7 @@ from torch.nn.utils import parametrize
 from edgecompress.checkpoint import load_checkpoint, save_checkpoint
 from edgecompress.compression.finetune import finetuner
 from edgecompress.data import Dataset
-from edgecompress.dirs import replace_dir
+from edgecompress.dirs import whole_dir
 from edgecompress.errors import EdgeCompressError
 from edgecompress.training.loop import TrainConfig, crop_fill, evaluate, tensors
 from edgecompress.training.soft_targets import SoftTargets
@@ -294,11 +292,8 @@ def cluster_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Datase
         raise EdgeCompressError(f"cluster.models names {missing}, which the pipeline did not make; it has "
                                 f"{', '.join(sources)} (pruning ladder levels come from prune.ladder)")
     t = tensors(ds)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: replace_dir renames
     reports: dict[str, Any] = {}
-    try:
+    with whole_dir(out) as scratch:
         for i, name in enumerate(cfg.models):
             print(f"[cluster] {i + 1}/{len(cfg.models)} {name} -> {cfg.name(name)}", flush=True)
             model, smeta = load_checkpoint(sources[name])
@@ -309,7 +304,4 @@ def cluster_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Datase
             save_checkpoint(scratch / f"{cfg.name(name)}.pt", clustered, smeta["arch"],
                             meta({k: v for k, v in rep.items() if k != "history"}, str(sources[name])))
             reports[cfg.name(name)] = rep
-        replace_dir(scratch, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return reports

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
 from edgecompress.checkpoint import arch_after_pruning, save_checkpoint
-from edgecompress.dirs import replace_dir
+from edgecompress.dirs import whole_dir
 
 Level = tuple[str, nn.Module, dict[str, Any]]  # (name, model at that level, its report entry)
 
@@ -19,17 +17,11 @@ def write_ladder(out: str | Path, levels: list[Level], meta: Callable[[dict[str,
                  arch: dict[str, Any]) -> None:
     """``out/<name>.pt`` for every level of the network ``arch`` describes (before pruning), ``meta(level
     report)`` its metadata; the directory appears whole."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: replace_dir is a rename
-    try:
+    with whole_dir(out) as scratch:
         for name, model, level in levels:
             # The history is in metrics and dvclive already; checkpoint metadata keeps the level's numbers.
             save_checkpoint(scratch / f"{name}.pt", model, arch_after_pruning(model, arch),
                             meta({k: v for k, v in level.items() if k != "history"}))
-        replace_dir(scratch, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def ladder_levels(directory: str | Path | None) -> list[Path]:

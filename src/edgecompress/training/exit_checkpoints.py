@@ -3,18 +3,15 @@ their thresholds on the validation split, and saves each as ``<model>-ee.pt`` fo
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
-from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+from edgecompress.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from edgecompress.data import Dataset
-from edgecompress.dirs import replace_dir
+from edgecompress.dirs import whole_dir
 from edgecompress.errors import EdgeCompressError
 from edgecompress.training.early_exit import EarlyExitConfig, EarlyExitNet, thresholds_on_val, train_early_exit
 
@@ -39,14 +36,7 @@ def save_early_exit(path: str | Path, net: EarlyExitNet, backbone_arch: dict[str
 def load_early_exit(path: str | Path) -> tuple[EarlyExitNet, dict[str, Any]]:
     """An early-exit checkpoint (the early_exit stage's) as (net in eval mode, metadata with 'arch')."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgeCompressError(f"checkpoint {path} does not exist; run the stage that produces it (dvc repro)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        arch, meta, state = payload["arch"], payload["meta"], payload["state_dict"]
-    except Exception as e:  # torch raises many types for truncated/corrupt files
-        raise EdgeCompressError(f"checkpoint {path} is unreadable or corrupt ({type(e).__name__}: {e}); "
-                                f"delete it and re-run dvc repro") from e
+    arch, meta, state = read_checkpoint(path)
     if arch.get("kind") != "early_exit":
         raise EdgeCompressError(f"checkpoint {path} is a {arch.get('kind')!r} network, not an early-exit one; "
                                 f"the early_exit stage writes those (dvc repro early_exit)")
@@ -64,11 +54,8 @@ def exit_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Dataset, 
     """``out/<model>-ee.pt`` for every ``cfg.models`` checkpoint in ``sources`` (name -> path): exits trained
     (a student's distilled from ``teacher``; the teacher's from its own final exit) and thresholds chosen on
     validation within ``cfg.max_drop``; ``meta(report, parent)`` their metadata. The directory appears whole."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: replace_dir renames
     reports: dict[str, Any] = {}
-    try:
+    with whole_dir(out) as scratch:
         for i, name in enumerate(cfg.models):
             print(f"[early-exit] {i + 1}/{len(cfg.models)} {name}: exits after blocks {list(cfg.exits)}",
                   file=sys.stderr, flush=True)
@@ -89,7 +76,4 @@ def exit_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Dataset, 
             reports[name + SUFFIX] = {**rep, "history": trained["history"]}
             print(f"[early-exit] {name}{SUFFIX}: thresholds {rep['cascade']['thresholds']}, validation exit fractions "
                   f"{[round(f, 3) for f in choice.exit_fractions]}", file=sys.stderr, flush=True)
-        replace_dir(scratch, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return reports
