@@ -25,9 +25,10 @@ def main() -> str:
     members = list(stage.load_members(args.members, indices, "the ensemble candidate").values()) if indices else []
     models, aliases = pool_models(args.teacher, members, args.student, args.pruned, args.ladder,
                                   read(params, "prune", PruneConfig).ratio, args.clustered, args.early_exit)
+    pool = read(params, "candidates", PoolConfig)
     index = build_pool(models, stage.data(params), load_calibration(args.calibration),
                        read(params, "calibrate", CalibrationConfig), read(params, "export", ExportConfig), args.out,
-                       aliases, temperature=read(params, "candidates", PoolConfig).temperature)
+                       aliases, temperature=pool.temperature, workers=pool.processes())
     write_json(args.metrics, {k: index[k] for k in ("scored_on", "reference", "pytorch", "temperature")} | {"candidates": {
         c["name"]: {k: c[k] for k in ("accuracy", "nll", "ece", "size_bytes", "package_bytes", "top1_agreement")}
         for c in index["candidates"]}})

@@ -14,7 +14,7 @@ import torch
 
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import ExportConfig
-from edgecompress.compression.pool import PoolModel, build_pool, ensemble_model
+from edgecompress.compression.pool import PoolConfig, PoolModel, build_pool, ensemble_model, in_processes
 from edgecompress.data import Dataset, Split
 from edgecompress.deploy.build import MeasurementCache, build_target, load_index, overshoot, pool_candidates
 from edgecompress.deploy.build_report import plot_rows, render_markdown, summary
@@ -45,8 +45,8 @@ def _trained(model: torch.nn.Module, ds: Dataset, seed: int) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pool of a teacher, a 2-member ensemble and a small student, each as fp32 and int8 ONNX."""
+def pool_inputs() -> tuple[list[PoolModel], Dataset, np.ndarray]:
+    """A teacher, a 2-member ensemble and a small student, the data and the calibration images."""
     base = blob_dataset()
     # Score on more images than the 32 the blob split has: the pool splits val in decide/score halves.
     ds = Dataset(base.train, Split(np.concatenate([base.val.x, base.test.x]), np.concatenate([base.val.y, base.test.y])),
@@ -56,11 +56,55 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     student = _trained(MobileNetStudent(1, 4, [8, 16], [2]), ds, 2)
     t = PoolModel("teacher", teacher, _meta(ds, "t"), "teacher.pt")
     models = [t, ensemble_model(t, [member]), PoolModel("student", student, _meta(ds, "s"), "student.pt")]
+    return models, ds, ds.normalize(ds.train.x[:32])
+
+
+def _build_pool(inputs: tuple[list[PoolModel], Dataset, np.ndarray], out: Path, workers: int = 1) -> dict[str, Any]:
+    models, ds, calib = inputs
+    return build_pool(models, ds, calib, CalibrationConfig(val_samples=16, max_drop=None),
+                      ExportConfig(formats=FORMATS), out, aliases={"pruned": "student"}, temperature=True,
+                      workers=workers)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory, pool_inputs: tuple[list[PoolModel], Dataset, np.ndarray]) -> Path:
+    """The pool of ``pool_inputs``, each model as fp32 and int8 ONNX, exported in this process."""
     out = tmp_path_factory.mktemp("pool") / "candidates"
-    calib = ds.normalize(ds.train.x[:32])
-    build_pool(models, ds, calib, CalibrationConfig(val_samples=16, max_drop=None), ExportConfig(formats=FORMATS), out,
-               aliases={"pruned": "student"}, temperature=True)
+    _build_pool(pool_inputs, out)
     return out
+
+
+def test_pool_in_two_processes_is_the_same_pool(pool: Path, pool_inputs: tuple[list[PoolModel], Dataset, np.ndarray],
+                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """candidates.workers: models exported side by side in spawned processes give the index one process gives."""
+    serial, parallel = load_index(pool), _build_pool(pool_inputs, tmp_path / "pool", workers=2)
+    assert "in 2 processes" in capsys.readouterr().err
+    assert [c["name"] for c in parallel["candidates"]] == [c["name"] for c in serial["candidates"]]
+    for a, b in zip(serial["candidates"], parallel["candidates"]):
+        assert b["accuracy"] == a["accuracy"] and b["size_bytes"] == a["size_bytes"], a["name"]
+        # An untempered graph is the same byte for byte; a fitted temperature may differ in its last bits
+        # (float sums over another thread count), so a tempered one may too.
+        if a["precision"] == "fp32" and a["model"] not in serial["temperature"]:
+            assert b["sha256"] == a["sha256"], a["name"]
+    for model, scores in serial["pytorch"].items():
+        assert parallel["pytorch"][model] == pytest.approx(scores, rel=1e-4, abs=1e-9), model
+    assert {m: t["temperature"] for m, t in parallel["temperature"].items()} == pytest.approx(
+        {m: t["temperature"] for m, t in serial["temperature"].items()}, rel=1e-4)
+    assert load_index(tmp_path / "pool")["candidates"] == parallel["candidates"]
+
+
+def test_pool_exports_in_one_process_what_cannot_be_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    """A model pickle cannot send (like a module class defined in a brought script) is exported here."""
+    unsendable = [lambda: 1, lambda: 2]  # pickle refuses lambdas
+    assert in_processes(lambda make: make() * 2, unsendable, workers=2) == [2, 4]
+    assert "one model at a time" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, "two", 1.5])
+def test_pool_workers_must_be_a_count(workers: object) -> None:
+    with pytest.raises(EdgeCompressError, match="workers"):
+        PoolConfig(workers=workers)  # type: ignore[arg-type]
+    assert PoolConfig(workers=3).processes() == 3 and PoolConfig().processes() >= 1
 
 
 def _profile(tmp_path: Path, budgets: str, build: str = "{models: all, precisions: [int8, fp32], "

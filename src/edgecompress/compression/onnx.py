@@ -107,6 +107,7 @@ def ort_session(path: Path) -> Any:
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = torch.get_num_threads()  # the cores this process may use (its share in a pool)
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 

@@ -15,13 +15,18 @@ Layout of the pool directory::
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
+import pickle
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -58,10 +63,21 @@ class PoolConfig:
     # Fit a temperature per single-network model on the held-out validation half and fold it into
     # its classifier: same predictions, better-calibrated probabilities (ECE/NLL before and after kept).
     temperature: bool = True
+    # Processes exporting models side by side; null: one per core, at most 8. TFLite conversion is
+    # single-threaded Python (tracing, decompositions), so on 2 cores two of them nearly halve the stage.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.temperature, bool):
             raise EdgeCompressError(f"invalid value temperature={self.temperature!r}: must be true or false")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise EdgeCompressError(f"invalid value workers={self.workers!r}: must be null (one per core) or an "
+                                    f"integer >= 1")
+
+    def processes(self) -> int:
+        """How many export processes to run (``workers``, or one per core up to 8)."""
+        return self.workers or min(os.cpu_count() or 1, 8)
 
 
 @dataclass(frozen=True)
@@ -147,13 +163,14 @@ def _tempered(pm: PoolModel, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.nd
 
 def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: CalibrationConfig,
                export_cfg: ExportConfig, out: str | Path, aliases: dict[str, str] | None = None,
-               reference: str = "teacher", temperature: bool = False) -> dict[str, Any]:
+               reference: str = "teacher", temperature: bool = False, workers: int = 1) -> dict[str, Any]:
     """Export every model in every build precision of ``export.formats``, score each, write ``out`` whole.
 
     ``aliases`` name a model by another name (``pruned`` -> the level ``prune.ratio`` keeps, what a
     pinned profile ships). ``temperature``: fit one per single network on the decision half of the
     validation images and fold it in (``compression.temperature``); the index records T and the
-    NLL/ECE before and after on the scoring half. Returns the index (also written as ``out/index.json``).
+    NLL/ECE before and after on the scoring half. ``workers`` > 1 exports that many models at a time, each
+    in its own process (``in_processes``). Returns the index (also written as ``out/index.json``).
     """
     names = [m.name for m in models]
     if len(set(names)) != len(names):
@@ -175,38 +192,20 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     pytorch: dict[str, Any] = {}
     tempered: dict[str, Any] = {}
     try:
-        for i, pm in enumerate(models):
-            t0 = time.perf_counter()
-            if not pm.exportable:
+        one = partial(_model_candidates, scratch=scratch, formats=formats, calib=calib, cfg=cfg, pool_cfg=pool_cfg,
+                      select=(x_sel, y_sel), score=(x_eval, scoring.y), train=train, temperature=temperature,
+                      total=len(models))
+        jobs = [(i + 1, pm) for i, pm in enumerate(models) if pm.exportable]
+        done = {name: rest for name, *rest in in_processes(one, jobs, workers)}
+        for pm in models:
+            if not pm.exportable:  # the user's exported program or ONNX graph: the reference, scored in PyTorch
                 score = _scores(pm.model.eval(), x_eval, scoring.y)
                 pytorch[pm.name] = {k: score[k] for k in ("accuracy", "nll", "ece")}
                 continue
-            if isinstance(pm.model, EarlyExitNet):
-                print(f"[candidates] {i + 1}/{len(models)} {pm.name}: cascades", file=sys.stderr, flush=True)
-                pytorch[pm.name], found = cascade_candidates(pm, scratch / pm.name, formats, (x_sel, y_sel),
-                                                             (x_eval, scoring.y))
-                candidates += found
-                continue
-            # Models with members or heads keep their own calibration (the ensemble's is the point of it).
-            if temperature and can_fold(pm.model) and not pm.uncertainty:
-                pm, tempered[pm.name] = _tempered(pm, x_sel, y_sel, x_eval, scoring.y)
-            print(f"[candidates] {i + 1}/{len(models)} {pm.name}: {', '.join(formats)}", file=sys.stderr, flush=True)
-            results = export_all(pm.model.eval(), pm.meta, scratch / pm.name, calib, cfg, x_eval, scoring.y,
-                                 pm.parent, pm.meta.get("params_hash", ""), export_cfg=pool_cfg, x_val=x_sel,
-                                 y_val=y_sel, train=train)
-            pytorch[pm.name] = {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}
-            for art in formats:
-                r, a = results[art], REGISTRY[art]
-                path = scratch / pm.name / art
-                candidates.append({
-                    "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
-                    "engine": a.engine, "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
-                    # What a device downloads (budgets.download_mb): the Huffman-coded package of the file.
-                    "package_bytes": len(pack_file(path)),
-                    "sha256": file_sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
-                    "top1_agreement": r["top1_agreement"], "uncertainty": pm.uncertainty,
-                    **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})
-            print(f"[candidates] {pm.name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            pytorch[pm.name], fit, found = done[pm.name]
+            if fit is not None:
+                tempered[pm.name] = fit
+            candidates += found
         save_npz_split(scratch / "valset.npz", scoring, ds.class_names)
         save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)
         index = {"scored_on": {"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
@@ -219,6 +218,74 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return index
+
+
+def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[str, ...], calib: np.ndarray,
+                      cfg: CalibrationConfig, pool_cfg: ExportConfig, select: tuple[np.ndarray, np.ndarray],
+                      score: tuple[np.ndarray, np.ndarray], train: tuple[np.ndarray, np.ndarray] | None,
+                      temperature: bool, total: int) -> tuple[str, dict[str, float], dict[str, Any] | None,
+                                                              list[dict[str, Any]]]:
+    """(name, PyTorch scores, temperature fit or None, index entries) of pool model number ``job[0]``: every
+    format of ``formats`` exported into ``scratch/<name>`` and scored on the ``score`` images."""
+    i, pm = job
+    t0 = time.perf_counter()
+    if isinstance(pm.model, EarlyExitNet):
+        print(f"[candidates] {i}/{total} {pm.name}: cascades", file=sys.stderr, flush=True)
+        scores, found = cascade_candidates(pm, scratch / pm.name, formats, select, score)
+        return pm.name, scores, None, found
+    fit = None
+    # Models with members or heads keep their own calibration (the ensemble's is the point of it).
+    if temperature and can_fold(pm.model) and not pm.uncertainty:
+        pm, fit = _tempered(pm, *select, *score)
+    print(f"[candidates] {i}/{total} {pm.name}: {', '.join(formats)}", file=sys.stderr, flush=True)
+    results = export_all(pm.model.eval(), pm.meta, scratch / pm.name, calib, cfg, *score, pm.parent,
+                         pm.meta.get("params_hash", ""), export_cfg=pool_cfg, x_val=select[0], y_val=select[1],
+                         train=train)
+    found = []
+    for art in formats:
+        r, a = results[art], REGISTRY[art]
+        path = scratch / pm.name / art
+        found.append({
+            "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
+            "engine": a.engine, "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
+            # What a device downloads (budgets.download_mb): the Huffman-coded package of the file.
+            "package_bytes": len(pack_file(path)),
+            "sha256": file_sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
+            "top1_agreement": r["top1_agreement"], "uncertainty": pm.uncertainty,
+            **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})
+    print(f"[candidates] {pm.name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return pm.name, {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}, fit, found
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _share_cores(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def in_processes(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
+    """``[fn(x) for x in items]``, run by up to ``workers`` spawned processes that share the cores; results in
+    the order of ``items``. Serial when one worker would do or an item cannot be sent to another process (a
+    brought module whose class only the stage's own process can import)."""
+    workers = min(workers, len(items))
+    if workers > 1:
+        try:
+            pickle.dumps(items)
+        except Exception as e:  # pickling user classes raises many types
+            print(f"[candidates] exporting one model at a time: a model cannot be sent to another process "
+                  f"({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+            workers = 1
+    if workers <= 1:
+        return [fn(x) for x in items]
+    # spawn, not fork: a forked child inherits torch's thread pools mid-use and can hang.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    print(f"[candidates] exporting {len(items)} models in {workers} processes ({threads} thread(s) each)",
+          file=sys.stderr, flush=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores,
+                             initargs=(threads,)) as ex:
+        return list(ex.map(fn, items))
 
 
 def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decide: tuple[np.ndarray, np.ndarray],

@@ -6,7 +6,6 @@ Models take NHWC input (``NHWCWrapper``), the layout TFLite kernels and camera p
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +119,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path,
 def tflite_interpreter(path: Path) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    # torch's thread count: the cores this process may use (all of them, or its share in the pool's workers)
+    interp = Interpreter(model_path=str(path), num_threads=torch.get_num_threads())
     interp.allocate_tensors()
     return interp
