@@ -13,10 +13,10 @@ Recipes are params.yaml with overrides:
 * before: the default until issue #12: five members trained from scratch for 15 fp32 epochs each, and
   the ensemble run on every student batch (no stored soft targets).
 
-`--limit 10000` (1/5 of Fashion-MNIST's training images) measures both in about 40 minutes on a 2-core
-VM. At full size `after` took 35 minutes there; `before` was not run at full size (estimated 1.5 hours
-or more: its five fp32 ResNets alone are 75 epochs of ~45 s on that VM). `--recipes after` alone
-times what a full default run costs.
+`--limit 10000` (1/5 of Fashion-MNIST's training images) measures both in about 35 minutes on a 2-core
+VM. At full size `after` took 34 minutes there; `before` was not run at full size (estimated 1.7 hours:
+its five fp32 ResNets alone are 75 epochs of ~57 s on that VM). `--recipes after` alone times what a
+full default run costs.
 """
 
 from __future__ import annotations
