@@ -100,6 +100,14 @@ def test_pool_exports_in_one_process_what_cannot_be_sent(capsys: pytest.CaptureF
     assert "one model at a time" in capsys.readouterr().err
 
 
+def test_a_dead_export_process_is_one_clear_error() -> None:
+    """An export process the system kills (out of memory) names the setting that avoids it."""
+    import os
+
+    with pytest.raises(EdgeCompressError, match="candidates.workers to 1"):
+        in_processes(os._exit, [3, 3], workers=2)  # each worker exits at once, as a killed one would
+
+
 @pytest.mark.parametrize("workers", [0, -1, True, "two", 1.5])
 def test_pool_workers_must_be_a_count(workers: object) -> None:
     with pytest.raises(EdgeCompressError, match="workers"):

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -283,9 +284,14 @@ def in_processes(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     print(f"[candidates] exporting {len(items)} models in {workers} processes ({threads} thread(s) each)",
           file=sys.stderr, flush=True)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores,
-                             initargs=(threads,)) as ex:
-        return list(ex.map(fn, items))
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores,
+                                 initargs=(threads,)) as ex:
+            return list(ex.map(fn, items))
+    except BrokenProcessPool as e:
+        raise EdgeCompressError(f"an export process of the candidate pool died (the system stops one that runs out "
+                                f"of memory); set candidates.workers to 1 (or fewer than {workers}) in params.yaml "
+                                f"and re-run dvc repro") from e
 
 
 def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decide: tuple[np.ndarray, np.ndarray],
