@@ -244,11 +244,10 @@ def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[
                          train=train)
     found = []
     for art in formats:
-        r, a = results[art], REGISTRY[art]
+        r = results[art]
         path = scratch / pm.name / art
         found.append({
-            "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
-            "engine": a.engine, "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
+            **_identity(pm.name, art), "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
             # What a device downloads (budgets.download_mb): the Huffman-coded package of the file.
             "package_bytes": len(pack_file(path)),
             "sha256": file_sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
@@ -256,6 +255,13 @@ def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[
             **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})
     print(f"[candidates] {pm.name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return pm.name, {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}, fit, found
+
+
+def _identity(model: str, art: str) -> dict[str, str]:
+    """The fields that name a candidate in the index: ``<model>/<artifact>`` and what the artifact is."""
+    a = REGISTRY[art]
+    return {"name": f"{model}/{art}", "model": model, "precision": a.precision, "format": a.format,
+            "engine": a.engine}
 
 
 T = TypeVar("T")
@@ -318,13 +324,12 @@ def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decid
         reference = metrics([o.numpy() for o in net.eval().forward_exits(torch.from_numpy(x))])
     entries = []
     for art, r in results.items():
-        a, manifest = REGISTRY[art], Path(r["manifest"])
+        manifest = Path(r["manifest"])
         segments = [out / seg["file"] for seg in r["segments"]]
         got = metrics(run_segments(manifest, x))
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in [manifest, *segments])).hexdigest()
         entries.append({
-            "name": f"{pm.name}/{art}", "model": pm.name, "precision": a.precision, "format": a.format,
-            "engine": a.engine, "path": f"{pm.name}/{manifest.name}", "segments": [f.name for f in segments],
+            **_identity(pm.name, art), "path": f"{pm.name}/{manifest.name}", "segments": [f.name for f in segments],
             "size_bytes": sum(f.stat().st_size for f in segments),
             "package_bytes": manifest.stat().st_size + sum(len(pack_file(f)) for f in segments),
             "sha256": digest, "accuracy": got["accuracy"], "nll": got["nll"], "ece": got["ece"],
