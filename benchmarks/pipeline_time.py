@@ -13,10 +13,11 @@ Recipes are params.yaml with overrides:
 * before: the default until issue #12: five members trained from scratch for 15 fp32 epochs each, and
   the ensemble run on every student batch (no stored soft targets).
 
-`--limit 10000` (1/5 of Fashion-MNIST's training images) measures both in about 35 minutes on a 2-core
-VM. At full size `after` took 34 minutes there; `before` was not run at full size (estimated 1.7 hours:
-its five fp32 ResNets alone are 75 epochs of ~57 s on that VM). `--recipes after` alone times what a
-full default run costs.
+At full size (the default) the pair takes about 2.2 hours on a 2-core VM: `before` 6,154 s, `after`
+1,934 s, 3.18x (benchmarks/results/pipeline_time_full.md). `--limit 10000` (1/5 of Fashion-MNIST's
+training images) measures both in about 35 minutes, where fixed costs weigh more (2.23x there).
+`--recipes after` alone times what a full default run costs. Each finished recipe is written to --out
+at once, so a pair stopped half-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -152,12 +153,17 @@ def main() -> None:
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipes {unknown}: choose from {list(RECIPES)}")
-    results = {n: run(n, args.limit) for n in names}
-    text = table(results, args.limit)
+    results: dict[str, dict[str, Any]] = {}
+    for n in names:
+        results[n] = run(n, args.limit)
+        # Tables list the recipes in RECIPES order (before, after) whichever ran first; each finished
+        # recipe is written at once, so a long pair stopped half-way keeps what it measured.
+        ordered = {r: results[r] for r in RECIPES if r in results}
+        text = table(ordered, args.limit)
+        if args.out:
+            Path(args.out).write_text(text)
+            Path(args.out).with_suffix(".json").write_text(json.dumps(ordered, indent=2) + "\n")
     print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
