@@ -73,11 +73,11 @@ def select_on_device(pool: str | Path, artifact: str | Path, profile: TargetProf
                      columns: int = 10) -> dict[str, Any]:
     """``edgecompress select --artifact ... --device ...``: the pool scored on the device, ranked here, written
     like ``run_selection`` does (the CSV and the contact sheet)."""
-    from edgecompress.active.select import read_pool, write_selection
+    from edgecompress.active.pool import read_pool
+    from edgecompress.active.select import write_selection
 
     side = read_json(f"{artifact}.json", "sidecar")
-    shape = [int(v) for v in side["input_shape"]]
-    chw = (shape[3], shape[1], shape[2]) if side.get("layout") == "NHWC" else tuple(shape[1:])
+    chw = _sidecar_chw(side, f"{artifact}.json")
     names, x = read_pool(pool, chw)  # type: ignore[arg-type]
     if budget > len(x):
         raise EdgeCompressError(f"budget {budget} is larger than the pool ({len(x)} images in {pool})")
@@ -94,3 +94,16 @@ def select_on_device(pool: str | Path, artifact: str | Path, profile: TargetProf
             "device": device.url, "runtime": result.get("runtime"), "seconds_on_device": result.get("seconds"),
             "csv": str(out_csv), "sheet": str(sheet) if sheet else None,
             "class_histogram": dict(zip(classes, hist))}
+
+
+def _sidecar_chw(side: Any, sidecar: str) -> tuple[int, int, int]:
+    """(C, H, W) the artifact takes, from its sidecar's ``input_shape`` (N, C, H, W) or (N, H, W, C)."""
+    shape = side.get("input_shape") if isinstance(side, dict) else None
+    layout = side.get("layout", "NCHW") if isinstance(side, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                               and v > 0 for v in shape[1:])) \
+            or layout not in ("NCHW", "NHWC"):
+        raise EdgeCompressError(f"sidecar {sidecar} has no usable input_shape/layout (input_shape="
+                                f"{shape if shape is not None else 'missing'}, layout={layout!r}; want [N, C, H, W] or "
+                                f"[N, H, W, C] with layout NCHW/NHWC); re-export the artifact (dvc repro export)")
+    return (shape[3], shape[1], shape[2]) if layout == "NHWC" else (shape[1], shape[2], shape[3])

@@ -1,6 +1,6 @@
 """Choose which images of an unlabeled pool a person should label next, and write the list.
 
-``read_pool`` reads a folder of images or an ``.npz`` (checked against the model's input),
+``read_pool`` (``active/pool.py``) reads a folder of images or an ``.npz`` (checked against the model's input),
 ``score_pool`` runs the model (its MC-dropout samples, the ensemble's members or a multi-head
 student's heads where the strategy wants several predictions, its embeddings where it wants
 distances), ``select_images`` applies one strategy (``strategies.choose``) and ``write_selection``
@@ -9,8 +9,6 @@ writes the CSV (file, rank, score, the model's guess) and a contact sheet of the
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.active.pool import read_pool  # its users import it from here too
 from edgecompress.active.strategies import NEEDS_EMBEDDINGS, NEEDS_SAMPLES, STRATEGIES, Scored, choose, class_histogram
+from edgecompress.active.tolabel import format_selection
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_text
 from edgecompress.models import MultiHeadStudent, batched, feature_map
 from edgecompress.uncertainty import has_dropout, mc_dropout_probs
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 MODELS = ("student", "pruned", "teacher", "ensemble")
 
 
@@ -58,62 +57,6 @@ class SelectConfig:
                 raise EdgeCompressError(f"invalid value {name}={v!r}: must be an integer >= 1")
 
 
-def read_pool(path: str | Path, input_shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray]:
-    """(names, uint8 (N, C, H, W)) of the unlabeled pool: a folder of images (searched recursively) or an
-    ``.npz`` with ``x`` (N, H, W[, C]) or (N, C, H, W); every image must have the model's size and channels."""
-    path = Path(path)
-    c, h, w = input_shape
-    if path.suffix == ".npz":
-        if not path.is_file():
-            raise EdgeCompressError(f"pool {path} not found")
-        try:
-            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-                key = next((k for k in ("x", "images", "x_pool") if k in z.files), None)
-                if key is None:
-                    raise EdgeCompressError(f"pool {path} has no array x (it has {sorted(z.files)})")
-                x = z[key]
-        except EdgeCompressError:
-            raise
-        except Exception as e:
-            raise EdgeCompressError(f"cannot read pool {path} as npz ({e})") from None
-        if x.ndim == 3:
-            x = x[:, None]
-        elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # NHWC
-            x = x.transpose(0, 3, 1, 2)
-        names = [f"{path.name}[{i}]" for i in range(len(x))]
-    elif path.is_dir():
-        from PIL import Image
-
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise EdgeCompressError(f"pool {path} holds no images ({', '.join(IMAGE_EXTS)})")
-        arrays = []
-        for p in files:
-            try:
-                with Image.open(p) as im:
-                    a = np.asarray(im.convert("L" if c == 1 else "RGB"))
-            except Exception as e:
-                raise EdgeCompressError(f"cannot read image {p}: {e}") from None
-            if a.shape[:2] != (h, w):
-                raise EdgeCompressError(f"pool image {p} is {a.shape[1]}x{a.shape[0]}, the model takes {w}x{h}; "
-                                        f"resize the pool's images to the training images' size")
-            arrays.append(a[None] if c == 1 else a.transpose(2, 0, 1))
-        x, names = np.stack(arrays), [str(p.relative_to(path)) for p in files]
-    else:
-        raise EdgeCompressError(f"pool {path} is neither a folder of images nor an .npz file")
-    if len(x) == 0:
-        raise EdgeCompressError(f"pool {path} is empty: nothing to choose from")
-    if x.shape[1:] != (c, h, w):
-        raise EdgeCompressError(f"pool {path} holds images of shape {tuple(x.shape[1:])} (C, H, W); the model "
-                                f"takes {(c, h, w)}: same size and channels as its training images")
-    if x.dtype != np.uint8:
-        if np.issubdtype(x.dtype, np.floating) and x.min() >= 0 and x.max() <= 1:
-            x = np.rint(x * 255).astype(np.uint8)
-        else:
-            raise EdgeCompressError(f"pool {path} is {x.dtype}; store uint8 0..255 or floats in [0, 1]")
-    return names, np.ascontiguousarray(x)
-
-
 @torch.no_grad()
 def score_pool(models: Sequence[nn.Module], x: torch.Tensor, cfg: SelectConfig,
                labeled: torch.Tensor | None = None) -> Scored:
@@ -130,7 +73,12 @@ def score_pool(models: Sequence[nn.Module], x: torch.Tensor, cfg: SelectConfig,
     first = models[0]
     samples = None
     if len(models) > 1:
-        samples = np.stack([_probs(m, x) for m in models])
+        each = [_probs(m, x) for m in models]
+        widths = [p.shape[1] for p in each]
+        if len(set(widths)) > 1:
+            raise EdgeCompressError(f"the ensemble's members predict different numbers of classes ({widths}, in "
+                                    f"the order given); give members trained on the same classes")
+        samples = np.stack(each)
         probs = samples.mean(0)
     elif isinstance(first, MultiHeadStudent):
         samples = batched(lambda xb: torch.softmax(first.forward_heads(xb).double(), -1), x, 1000, dim=1).numpy()
@@ -179,13 +127,9 @@ def write_selection(out_csv: str | Path, names: Sequence[str], x: np.ndarray, ch
                     class_names: Sequence[str], sheet: str | Path | None = None, columns: int = 10) -> None:
     """``out_csv``: file, rank, score, guess, confidence (a ``label`` column left for the person); a contact
     sheet PNG of the chosen images in rank order. Both appear whole."""
-    buf = io.StringIO()  # written whole below: a half-written list must never be labelled
-    w = csv.writer(buf)
-    w.writerow(["file", "rank", "score", "guess", "confidence", "label"])
-    for rank, (i, s, g, c) in enumerate(zip(chosen["indices"], chosen["scores"], chosen["guesses"],
-                                            chosen["confidence"]), 1):
-        w.writerow([names[i], rank, f"{s:.6g}", class_names[g], f"{c:.4f}", ""])
-    write_text(out_csv, buf.getvalue())
+    rows = [(names[i], rank, s, class_names[g], c) for rank, (i, s, g, c) in
+            enumerate(zip(chosen["indices"], chosen["scores"], chosen["guesses"], chosen["confidence"]), 1)]
+    write_text(out_csv, format_selection(rows))  # written whole: a half-written list must never be labelled
     if sheet is not None:
         contact_sheet(x[chosen["indices"]], sheet, columns)
 
@@ -224,6 +168,7 @@ def run_selection(pool: str | Path, checkpoints: Sequence[str | Path], cfg: Sele
         raise EdgeCompressError(f"{checkpoints[0]} does not record its data (input shape, mean, std); re-run the "
                                 f"stage that wrote it")
     shape = tuple(int(v) for v in data["input_shape"])
+    _check_members(checkpoints, loaded, shape)
     names, x = read_pool(pool, shape)  # type: ignore[arg-type]
     if cfg.budget > len(x):
         raise EdgeCompressError(f"budget {cfg.budget} is larger than the pool ({len(x)} images in {pool}); lower "
@@ -238,3 +183,34 @@ def run_selection(pool: str | Path, checkpoints: Sequence[str | Path], cfg: Sele
             "models": [str(p) for p in checkpoints], "csv": str(out_csv), "sheet": str(sheet) if sheet else None,
             "class_histogram": dict(zip(map(str, classes), chosen["class_histogram"])),
             "mean_score": float(np.mean(chosen["scores"][np.isfinite(chosen["scores"])])) if len(chosen["scores"]) else None}
+
+
+def _check_members(checkpoints: Sequence[str | Path], loaded: Sequence[tuple[nn.Module, dict[str, Any]]],
+                   shape: tuple[int, ...]) -> None:
+    """An ensemble's members must take the same input and predict the same classes as the first model."""
+    if len(loaded) < 2:
+        return
+    first = loaded[0][1].get("data") or {}
+    want = _num_classes(loaded[0][0], shape, checkpoints[0])
+    for path, (model, meta) in zip(checkpoints[1:], loaded[1:]):
+        data = meta.get("data") or {}
+        if data.get("input_shape") and tuple(int(v) for v in data["input_shape"]) != shape:
+            raise EdgeCompressError(f"--model {path} takes input {tuple(data['input_shape'])}, but {checkpoints[0]} "
+                                    f"takes {shape}: an ensemble's members must be trained on the same images")
+        got = _num_classes(model, shape, path)
+        names, first_names = data.get("class_names"), first.get("class_names")
+        if got != want or (names and first_names and list(names) != list(first_names)):
+            raise EdgeCompressError(f"--model {path} predicts {got} classes {list(names or [])}, but "
+                                    f"{checkpoints[0]} predicts {want} {list(first_names or [])}: an ensemble's "
+                                    f"members must be trained on the same classes")
+
+
+def _num_classes(model: nn.Module, shape: tuple[int, ...], path: str | Path) -> int:
+    # One blank image: the output width is the truth, whatever the metadata says (or leaves out).
+    try:
+        with torch.no_grad():
+            return int(model.eval()(torch.zeros(1, *shape)).shape[-1])
+    except Exception as e:
+        raise EdgeCompressError(f"--model {path} cannot run on input {shape} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}); an "
+                                f"ensemble's members must be trained on the same images") from None
