@@ -121,10 +121,10 @@ def test_infeasible_error_names_target_and_nearest_with_amounts() -> None:
     text = str(info.value)
     assert text.startswith("target raspberry-pi: no candidate meets every budget (8 checked, 0 excluded")
     rows = text.splitlines()[2:]
-    # Fewest misses first, then the most accurate: c6 .. c2 (c1, c0 and two-misses are left out).
-    assert [r.split()[0] for r in rows] == ["c6", "c5", "c4", "c3", "c2"]
-    assert "86.00%" in rows[0] and "latency p90 8.00 ms > 1.50 ms (by 6.50 ms)" in rows[0]
-    assert "two-misses" not in text and "c1 " not in text
+    # Nearest first, by how far each misses (issue #26 item 11): c0 .. c4 (c5, c6 and two-misses are left out).
+    assert [r.split()[0] for r in rows] == ["c0", "c1", "c2", "c3", "c4"]
+    assert "80.00%" in rows[0] and "latency p90 2.00 ms > 1.50 ms (by 0.50 ms)" in rows[0]
+    assert "two-misses" not in text and "c5 " not in text
     assert isinstance(info.value, EdgeCompressError)
 
 

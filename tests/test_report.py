@@ -108,7 +108,7 @@ def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
     assert host[5:8] == ["91.16%", "{:.2f}–{:.2f}%".format(*(100 * v for v in accuracy_interval(0.9116, 360))),
                          "360"]
     assert host[1] == "`student/int8.onnx`" and host[8] == "0.0210"
-    assert host[10] == "p50 -0.45 ms, accuracy -0.0016 **missed**"
+    assert host[10] == "p50 -0.45 ms, accuracy -0.16 pt **missed**"
     art = _cells(next(ln for ln in lines if ln.startswith("| int8.tflite ")))
     assert art[3:6] == ["91.11%", f"{100 * lo:.2f}–{100 * hi:.2f}%", "360"]
     # Without the models' metrics (an older caller) the summary still renders, without that table.

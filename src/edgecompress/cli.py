@@ -124,31 +124,54 @@ def _pack(ns: argparse.Namespace) -> None:
     from edgecompress.deploy.package import PACKAGE_SUFFIX, PackageError, pack_file, package_stats
     from edgecompress.fileio import atomic_path
 
+    model = Path(ns.model)
     out = Path(ns.out or f"{ns.model}{PACKAGE_SUFFIX}")
+    if not model.is_file():
+        raise EdgeCompressError(f"{model} {'is a directory' if model.is_dir() else 'not found'}; give one exported "
+                                f"model file, e.g. models/export/fp32.onnx")
+    _not_a_dir(out, "package", f"{model.name}{PACKAGE_SUFFIX}")
     try:
-        pkg = pack_file(ns.model)
-    except FileNotFoundError as e:
-        raise EdgeCompressError(f"{ns.model} not found; give an exported model, e.g. models/export/fp32.onnx") from e
+        pkg = pack_file(model)
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(pkg)
     except PackageError as e:
         raise EdgeCompressError(str(e)) from e
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(pkg)
+    except OSError as e:  # unreadable model, read-only or odd output folder
+        raise EdgeCompressError(f"{model}: packing into {out} failed ({e.strerror}: {e.filename}); give a readable "
+                                f"model and an --out in a writable folder") from e
     stats = package_stats(pkg)
     coded = sum(r["kind"].startswith("huffman") for r in stats["runs"])
     print(f"{ns.model}: {stats['file']} -> {stats['package']} bytes ({stats['file'] / stats['package']:.1f}x; "
           f"{coded} of {len(stats['runs'])} weight tensors Huffman-coded) -> {out}")
 
 
+def _not_a_dir(out: Path, what: str, example: str) -> None:
+    """An output path that is a folder: one error naming it (writing would fail late with IsADirectoryError)."""
+    if out.is_dir():
+        raise EdgeCompressError(f"{out} is a directory; give the {what} file to write with --out, e.g. "
+                                f"{out / example}")
+
+
 def _unpack(ns: argparse.Namespace) -> None:
     from edgecompress.deploy.package import PackageError, unpack_file
 
+    pkg = Path(ns.package)
+    if not pkg.is_file():
+        raise EdgeCompressError(f"{pkg} {'is a directory' if pkg.is_dir() else 'not found'}; give a package "
+                                f"written by `edgecompress pack` (e.g. models/targets/<name>/int8.onnx.ecpk)")
+    if ns.out is not None:
+        _not_a_dir(Path(ns.out), "model", pkg.name.removesuffix(".ecpk"))
     try:
-        out = unpack_file(ns.package, ns.out)
-    except FileNotFoundError as e:
-        raise EdgeCompressError(f"{e.filename} not found; give a package written by `edgecompress pack`") from e
+        out = unpack_file(pkg, ns.out)
     except PackageError as e:
-        raise EdgeCompressError(f"{ns.package}: {e}") from e
-    print(f"{ns.package} -> {out} (size and sha256 verified)")
+        raise EdgeCompressError(f"{pkg}: {e}") from e
+    except OSError as e:  # the output: a folder by that name, a missing or read-only folder
+        where = e.filename2 or e.filename or ns.out
+        if e.filename is not None and Path(e.filename) == pkg:
+            raise EdgeCompressError(f"{pkg} cannot be read ({e.strerror})") from e
+        raise EdgeCompressError(f"{pkg}: cannot write the restored model ({e.strerror}: {where}); give --out a "
+                                f"file path in a writable folder") from e
+    print(f"{pkg} -> {out} (size and sha256 verified)")
 
 
 @friendly_main

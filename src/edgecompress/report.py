@@ -9,7 +9,7 @@ from typing import Any
 
 from edgecompress.artifacts import REGISTRY
 from edgecompress.deploy.bench import local_command, run_local
-from edgecompress.deploy.check import gate_error
+from edgecompress.deploy.check import gate_error, margin_text
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
 
@@ -182,7 +182,7 @@ def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = N
 
 
 def _margins(rows: list[dict[str, Any]]) -> str:
-    """Each budget's margin in its unit, e.g. 'p50 -0.21 ms, size -0.06 MB, accuracy +0.031'."""
+    """Each budget's margin in its unit, e.g. 'p50 -0.21 ms, size -0.06 MB, accuracy +3.10 pt'."""
     short = {"accuracy_drop": "drop", "peak_memory": "memory"}
     out = []
     for r in rows:
@@ -190,8 +190,7 @@ def _margins(rows: list[dict[str, Any]]) -> str:
         if r.get("margin") is None:
             out.append(f"{name} n/a")
         else:
-            out.append(f"{name} {r['margin']:+.3g}{(' ' + r['unit']) if r['unit'] else ''}"
-                       + ("" if r["ok"] else " **missed**"))
+            out.append(f"{name} {margin_text(r)}" + ("" if r["ok"] else " **missed**"))
     return ", ".join(out)
 
 

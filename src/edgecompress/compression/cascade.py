@@ -14,7 +14,6 @@ run between invokes). Outputs are told apart by rank: logits are 2-D, feature ma
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +26,7 @@ from edgecompress.artifacts import CASCADE_SUFFIX
 from edgecompress.compression.export import io_details
 from edgecompress.compression.onnx import ort_session, quiet, run_onnx
 from edgecompress.compression.tflite import tflite_interpreter
+from edgecompress.deploy.runner import RunnerError, read_cascade
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_json
 from edgecompress.training.early_exit import EarlyExitNet, ThresholdChoice
@@ -153,7 +153,10 @@ def write_manifest(path: Path, segments: list[dict[str, Any]], choice: Threshold
 def run_segments(manifest_path: Path, x: np.ndarray) -> list[np.ndarray]:
     """Every exit's logits on normalized NCHW ``x``, every image through every segment (no early stop),
     with each artifact's own runtime: what verification compares with PyTorch's ``forward_exits``."""
-    manifest = json.loads(Path(manifest_path).read_text())
+    try:  # the runner's reading: a JSON object whose segments lie inside the manifest's folder
+        manifest = read_cascade(manifest_path)
+    except RunnerError as e:
+        raise EdgeCompressError(str(e)) from None
     base = Path(manifest_path).parent
     h = x if manifest["layout"] == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     outs = []

@@ -15,6 +15,9 @@ Layout of the pool directory::
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
+import io
 import multiprocessing
 import os
 import pickle
@@ -268,21 +271,60 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _share_cores(threads: int) -> None:
+def _start_worker(threads: int, brought: list[tuple[str, str]]) -> None:
+    """A spawned export process: its share of the cores, and the user's scripts loaded under the names the
+    parent gave them, before any model arrives (unpickling one looks its class up by module name)."""
     torch.set_num_threads(threads)
+    for name, path in brought:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+class _ClassRecorder(pickle.Pickler):
+    """A pickler that notes the module of every class it pickles by reference (what the receiver imports)."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), pickle.HIGHEST_PROTOCOL)
+        self.modules: set[str] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type):
+            self.modules.add(obj.__module__)
+        return NotImplemented  # pickle it as usual
+
+
+def _brought(modules: set[str]) -> list[tuple[str, str]]:
+    """(name, file) of the ``modules`` a spawned process cannot import by name: scripts loaded from a path
+    (a brought model, ``usermodel.load_factory``). The parent's ``__main__`` is re-run by spawn itself."""
+    out = []
+    for name in sorted(modules):
+        origin = getattr(getattr(sys.modules.get(name), "__spec__", None), "origin", None)
+        if name in ("__main__", "__mp_main__") or "." in name or not origin or not Path(origin).is_file():
+            continue
+        if importlib.machinery.PathFinder.find_spec(name) is None:  # not on sys.path, which the workers share
+            out.append((name, origin))
+    return out
 
 
 def in_processes(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
     """``[fn(x) for x in items]``, run by up to ``workers`` spawned processes that share the cores; results in
-    the order of ``items``. Serial when one worker would do or an item cannot be sent to another process (a
-    brought module whose class only the stage's own process can import)."""
+    the order of ``items``. A model whose class comes from the user's script is rebuilt in each process from
+    that script; serial when one worker would do or an item cannot be pickled at all."""
     workers = min(workers, len(items))
+    brought: list[tuple[str, str]] = []
     if workers > 1:
+        recorder = _ClassRecorder()
         try:
-            pickle.dumps(items)
-        except Exception as e:  # pickling user classes raises many types
-            print(f"[candidates] exporting one model at a time: a model cannot be sent to another process "
-                  f"({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+            recorder.dump(items)
+            brought = _brought(recorder.modules)
+        except Exception as e:  # pickling user objects raises many types
+            what = str(e).split(":")[0] or type(e).__name__
+            print(f"[candidates] exporting one model at a time: a model holds something that cannot be copied "
+                  f"to another process ({what}); candidates.workers needs models made of importable classes",
+                  file=sys.stderr, flush=True)
             workers = 1
     if workers <= 1:
         return [fn(x) for x in items]
@@ -291,8 +333,8 @@ def in_processes(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
     print(f"[candidates] exporting {len(items)} models in {workers} processes ({threads} thread(s) each)",
           file=sys.stderr, flush=True)
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores,
-                                 initargs=(threads,)) as ex:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                 initargs=(threads, brought)) as ex:
             return list(ex.map(fn, items))
     except BrokenProcessPool as e:
         raise EdgeCompressError(f"an export process of the candidate pool died (the system stops one that runs out "

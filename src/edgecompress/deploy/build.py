@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -25,13 +26,15 @@ from typing import Any, Mapping
 from edgecompress.deploy.bench import local_command, run_local
 from edgecompress.deploy.check import BUILD_RECORD, cascade_segments, hardware_matches, run_check
 from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, cascades_for,
-                                        choose, misses, ranked_for_search)
+                                        choose, misses, nearest_first, ranked_for_search)
+from edgecompress.deploy.choose import overshoot as budget_overshoot
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
 from edgecompress.deploy.remote import run_remote
+from edgecompress.deploy.runner import RunnerError, segment_path
 from edgecompress.deploy.targets import LATENCY_KEYS, ArtifactSpec, BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
-from edgecompress.dirs import replace_dir
+from edgecompress.dirs import file_sha256, replace_dir
 from edgecompress.fileio import read_json, write_json
 
 INDEX = "index.json"
@@ -41,21 +44,40 @@ _HINT = "re-run the candidates stage (dvc repro candidates)"
 
 
 def load_index(pool_dir: str | Path) -> dict[str, Any]:
-    """The pool's index, checked against the files it names (a missing or changed artifact is an error)."""
+    """The pool's index, checked against the files it names (a missing or changed artifact is an error).
+
+    Size and sha256: a file swapped for another of the same size must not ship on the scores and the
+    cached measurements of the one that was scored (the cache keys on the index's sha256).
+    """
     pool_dir = Path(pool_dir)
     index = read_json(pool_dir / INDEX, "candidate pool index")
     if not isinstance(index, dict) or not isinstance(index.get("candidates"), list):
         raise EdgeCompressError(f"{pool_dir / INDEX}: not a candidate index (no 'candidates' list); {_HINT}")
     for c in index["candidates"]:
         path = pool_dir / c["path"]
-        segments = [path.with_name(f) for f in c.get("segments") or []]  # a cascade: its manifest is its sidecar
+        try:  # a cascade: its manifest is its sidecar; its segments lie beside it, never outside the pool
+            segments = [segment_path(path.parent, f, f"{pool_dir / INDEX}: candidate {c.get('name')!r} segment {k}",
+                                     _HINT) for k, f in enumerate(c.get("segments") or [])]
+        except RunnerError as e:
+            raise EdgeCompressError(str(e)) from None
         if not all(f.is_file() for f in [path, *segments] + ([] if segments else [Path(f"{path}.json")])):
             raise EdgeCompressError(f"{path}: candidate {c['name']} (or its sidecar or segments) is missing; {_HINT}")
         size = sum(f.stat().st_size for f in segments) if segments else path.stat().st_size
         if size != c["size_bytes"]:
             raise EdgeCompressError(f"{path}: {size} bytes but the index says {c['size_bytes']}: "
                                     f"the file changed after it was scored; {_HINT}")
+        if _digest(path, segments) != c.get("sha256"):
+            raise EdgeCompressError(f"{path}: its sha256 differs from the index's (same size, other bytes): the file "
+                                    f"changed after it was scored, so its scores and measurements are not its own; "
+                                    f"{_HINT}")
     return index
+
+
+def _digest(path: Path, segments: list[Path]) -> str:
+    """What the pool recorded as the candidate's sha256: the file's, or a cascade's manifest and segments'."""
+    if not segments:
+        return file_sha256(path)
+    return hashlib.sha256(b"".join(f.read_bytes() for f in [path, *segments])).hexdigest()
 
 
 def resolve_spec(index: Mapping[str, Any], profile: TargetProfile) -> BuildSpec:
@@ -94,7 +116,15 @@ class MeasurementCache:
     """
 
     def __init__(self, directory: str | Path | None = None) -> None:
+        self.source = "--cache" if directory else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default"
         self.dir = Path(directory or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+        # Before any device run: a file in the way would fail the first put with FileExistsError.
+        for p in (self.dir, *self.dir.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise EdgeCompressError(f"measurement cache {self.dir} (from {self.source}): {p} is a file, "
+                                            f"not a directory; point --cache or {CACHE_ENV} at a directory")
+                break
 
     @staticmethod
     def key(sha256: str, probe: Mapping[str, Any], profile: TargetProfile) -> str:
@@ -108,14 +138,42 @@ class MeasurementCache:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The entry, or None when absent; a corrupt one (a killed run's, an edited one) is measured again."""
         path = self.dir / f"{key}.json"
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):  # absent, or a half-written entry from a killed run: measure again
+        if not path.exists():
             return None
+        try:
+            entry = json.loads(path.read_text())
+            why = _unusable(entry)
+        except (OSError, ValueError) as e:
+            why = f"{type(e).__name__}: {e}"
+        if why is None:
+            return entry
+        print(f"[build] warning: ignoring the corrupt measurement cache entry {path} ({why}); measuring again",
+              file=sys.stderr, flush=True)
+        return None
 
     def put(self, key: str, result: Mapping[str, Any]) -> None:
-        write_json(self.dir / f"{key}.json", result)
+        try:
+            write_json(self.dir / f"{key}.json", result)
+        except OSError as e:
+            raise EdgeCompressError(f"measurement cache {self.dir} (from {self.source}): cannot write "
+                                    f"{key}.json ({e.strerror}); point --cache or {CACHE_ENV} at a writable "
+                                    f"directory") from None
+
+
+def _unusable(entry: Any) -> str | None:
+    """Why a cache entry cannot be a runner result (None: it can): what ``_measured`` reads must be numbers."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    lat, mem = entry.get("latency_ms"), entry.get("memory")
+    if not isinstance(lat, dict) or not isinstance(mem, (dict, type(None))):
+        return "no latency_ms object"
+    values = [lat.get(k) for k in LATENCY_KEYS] + [(mem or {}).get("peak_rss_mb")]
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf)
+           for v in values):
+        return "a latency or memory figure is not a number >= 0"
+    return None
 
 
 def probe_device(profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
@@ -222,37 +280,23 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
     skipped = [Rejection(n, (f"not measured: {chosen.name} is more accurate and fits",)) for n in found["skipped"]]
     record = _record(profile, spec, index, choice, skipped, found, status, match, reasons, ref, dev,
                      time.perf_counter() - t0, str(infeasible) if infeasible else None)
-    _write_out(pool_dir, paths[chosen.name], Path(out_dir), record)
-    if infeasible is not None and (match or strict):
+    failed = infeasible is not None and (match or strict)
+    if failed:  # in the record on disk too: the check of this directory must say the build failed
         record["error"] = str(infeasible)
+    # A failed build leaves only its record: nothing in out_dir may look shippable (a stale artifact included).
+    _write_out(pool_dir, None if failed else paths[chosen.name], Path(out_dir), record)
     return record
 
 
 def overshoot(c: Candidate, profile: TargetProfile, ref: float | None) -> float:
-    """How far ``c`` is outside its budgets: the sum of relative excesses (0 when it fits)."""
-    b, total = profile.budgets, 0.0
-    for key, limit in b.latency_ms.items():
-        total += max(0.0, c.latency_ms.get(key, 0.0) / limit - 1)
-    if b.size_mb is not None:
-        total += max(0.0, c.size_bytes / 2**20 / b.size_mb - 1)
-    if b.download_mb is not None and c.download_bytes is not None:
-        total += max(0.0, c.download_bytes / 2**20 / b.download_mb - 1)
-    if b.peak_memory_mb is not None and c.peak_memory_mb is not None:
-        total += max(0.0, c.peak_memory_mb / b.peak_memory_mb - 1)
-    if b.min_accuracy:
-        total += max(0.0, 1 - c.accuracy / b.min_accuracy)
-    if b.max_drop is not None and ref is not None:
-        total += max(0.0, 100 * (ref - c.accuracy) - b.max_drop) / max(b.max_drop, 1.0)
-    for v, limit in ((c.ece, b.max_ece), (c.nll, b.max_nll)):
-        if limit and v is not None:
-            total += max(0.0, v / limit - 1)
-    return total
+    """How far ``c`` is outside ``profile``'s budgets (``choose.overshoot``; 0 when it fits)."""
+    return budget_overshoot(c, profile.budgets, ref)
 
 
 def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, ref: float | None) -> Choice:
     """On proxy hardware with nothing feasible: the allowed candidate closest to its budgets."""
     kept, rejected = allowed(table, spec, cascades_for(profile.budgets))
-    best = min(kept, key=lambda c: (overshoot(c, profile, ref), -c.accuracy, c.name))
+    best = min(kept, key=lambda c: nearest_first(c, profile.budgets, ref))
     rest = [Rejection(c.name, tuple(misses(c, profile.budgets, ref))) for c in kept if c.name != best.name]
     return Choice(chosen=best, feasible=(), rejected=tuple(rejected + rest))
 
@@ -311,20 +355,26 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], c
             "infeasible": infeasible, "candidates": rows}
 
 
-def _write_out(pool_dir: Path, chosen_path: str, out_dir: Path, record: Mapping[str, Any]) -> None:
+def _write_out(pool_dir: Path, chosen_path: str | None, out_dir: Path, record: Mapping[str, Any]) -> None:
+    """Replace ``out_dir`` by the chosen artifact, its sidecar, packages and the record (``chosen_path`` None:
+    the record alone)."""
     scratch = Path(tempfile.mkdtemp(prefix="edgecompress-build."))
     try:
-        src = pool_dir / chosen_path
-        shutil.copyfile(src, scratch / src.name)
-        # A cascade: the manifest (its own sidecar) and its segments; else the artifact and its sidecar.
-        shipped = cascade_segments(src) if ArtifactSpec.from_filename(src.name).cascade else [src]
-        if shipped == [src]:
-            shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
-        for f in shipped:
-            shutil.copyfile(f, scratch / f.name)
-            # What the device downloads and stores: restores the artifact bit for bit (edgecompress unpack).
-            (scratch / f"{f.name}{PACKAGE_SUFFIX}").write_bytes(pack_file(f))
+        if chosen_path is not None:
+            _copy_artifact(pool_dir / chosen_path, scratch)
         write_json(scratch / BUILD_RECORD, record)
         replace_dir(scratch, out_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _copy_artifact(src: Path, scratch: Path) -> None:
+    shutil.copyfile(src, scratch / src.name)
+    # A cascade: the manifest (its own sidecar) and its segments; else the artifact and its sidecar.
+    shipped = cascade_segments(src) if ArtifactSpec.from_filename(src.name).cascade else [src]
+    if shipped == [src]:
+        shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
+    for f in shipped:
+        shutil.copyfile(f, scratch / f.name)
+        # What the device downloads and stores: restores the artifact bit for bit (edgecompress unpack).
+        (scratch / f"{f.name}{PACKAGE_SUFFIX}").write_bytes(pack_file(f))

@@ -50,7 +50,9 @@ def render_markdown(record: Mapping[str, Any]) -> str:
     gap = 100 * (ref["val_accuracy"] - ch["val_accuracy"])
     pkg = ch.get("download_bytes")
     shipped = "" if pkg is None else f"; its package, what a device downloads: {pkg / 1024:.1f} KiB"
-    lines += [f"- chosen: `{ch['name']}` ({ch['precision']} on {ch['engine']}, {ch['size_bytes'] / 1024:.1f} KiB{shipped})",
+    # A failed build wrote its record only: its "chosen" is the nearest candidate, and nothing shipped.
+    label = "nearest, not shipped (the build failed)" if record.get("error") else "chosen"
+    lines += [f"- {label}: `{ch['name']}` ({ch['precision']} on {ch['engine']}, {ch['size_bytes'] / 1024:.1f} KiB{shipped})",
               f"- validation accuracy {100 * ch['val_accuracy']:.2f}% ({abs(gap):.2f} pt {'below' if gap >= 0 else 'above'} "
               f"the {ref['model']}'s {100 * ref['val_accuracy']:.2f}%), ECE {_f(ch.get('val_ece'))}, "
               f"NLL {_f(ch.get('val_nll'))}",

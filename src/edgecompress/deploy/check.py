@@ -15,6 +15,7 @@ from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
 from edgecompress.deploy.bench import run_local, runner_args, runner_command
+from edgecompress.deploy.choose import shown_apart
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.targets import ArtifactSpec, Hardware, TargetProfile, load_target, valid_name
@@ -235,6 +236,23 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.3f} {unit}"
 
 
+def _pair(r: Mapping[str, Any]) -> tuple[str, str]:
+    """(measured, limit) of a budget row as text, with enough digits that a miss never reads as equal."""
+    if r["measured"] is None:
+        return "n/a", _fmt(r["budget"], r["unit"])
+    shown, limit = shown_apart(r["measured"], r["budget"], 4 if r["unit"] == "" else 3)
+    return (f"{shown} {r['unit']}".rstrip(), f"{limit} {r['unit']}".rstrip())
+
+
+def margin_text(r: Mapping[str, Any]) -> str:
+    """A budget row's margin in its unit; an accuracy (a fraction) in points, as the accuracy drop is."""
+    if r.get("margin") is None:
+        return "n/a"
+    if r["name"] == "accuracy":
+        return f"{100 * r['margin']:+.2f} pt"
+    return f"{r['margin']:+.3g}" + (f" {r['unit']}" if r["unit"] else "")
+
+
 def _missed(rows: list[dict[str, Any]]) -> str:
     parts = []
     for r in rows:
@@ -244,8 +262,8 @@ def _missed(rows: list[dict[str, Any]]) -> str:
             parts.append(f"{r['label']} was not measured (budget {_fmt(r['budget'], r['unit'])})")
         else:
             op = ">" if r["kind"] == "max" else "<"
-            parts.append(f"{r['label']} {_fmt(r['measured'], r['unit'])} {op} {_fmt(r['budget'], r['unit'])} "
-                         f"({r['margin']:+.3g})")
+            shown, limit = _pair(r)
+            parts.append(f"{r['label']} {shown} {op} {limit} ({margin_text(r)})")
     return ", ".join(parts)
 
 
@@ -254,6 +272,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     art, fp, rt = result["artifact"], result.get("fingerprint") or {}, result.get("runtime") or {}
     lat = result.get("latency_ms") or {}
     lines = [f"# Target `{result['target']}`: **{result['status'].upper()}**", ""]
+    if result.get("build_infeasible"):
+        lines += [f"**Its build found no candidate that meets every budget: this artifact is only the nearest one, "
+                  f"shipped by a proxy build** (reports/build/{result['target']}.md says what each misses).", ""]
     if result.get("description"):
         lines += [result["description"], ""]
     size = art.get("size_bytes")
@@ -266,9 +287,8 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"- peak memory: {_fmt((result.get('memory') or {}).get('peak_rss_mb'), 'MB')}", "",
               "| budget | limit | measured | margin | result |", "|---|---|---|---|---|"]
     for r in result["budgets"]:
-        limit = ("≥ " if r["kind"] == "min" else "≤ ") + _fmt(r["budget"], r["unit"])
-        margin = "n/a" if r["margin"] is None else f"{r['margin']:+.3g}"
-        lines.append(f"| {r['label']} | {limit} | {_fmt(r['measured'], r['unit'])} | {margin} | "
+        shown, limit = _pair(r)
+        lines.append(f"| {r['label']} | {'≥' if r['kind'] == 'min' else '≤'} {limit} | {shown} | {margin_text(r)} | "
                      f"{'ok' if r['ok'] else '**MISSED**'} |")
     providers = rt.get("active_providers")
     lines += ["", "## Where it ran", "",
@@ -306,6 +326,10 @@ def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[Ta
         if record["target"] != profile.name:
             raise EdgeCompressError(f"{path} is the build of target {record['target']!r}, not {profile.name!r}; "
                                     f"re-run dvc repro build@{profile.name}")
+        if record.get("error") or record.get("status") == "infeasible":  # failed: it wrote its record only
+            raise EdgeCompressError(f"{path}: build@{profile.name} found no candidate that meets every budget, so "
+                                    f"nothing was shipped to check; relax a budget or widen the build (see "
+                                    f"reports/build/{profile.name}.md), then re-run dvc repro build@{profile.name}")
         return profile.pinned(spec.format, spec.precision, spec.cascade), record
     except (KeyError, TypeError, ValueError, AttributeError):
         raise EdgeCompressError(f"{path}: not a build record (no chosen.file); re-run dvc repro build@{profile.name}") \
@@ -337,6 +361,11 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
     if built is not None:
         result["artifact"]["candidate"] = built["chosen"]["name"]
         result["build_status"] = built["status"]
+        if built.get("infeasible"):  # a proxy build shipped its nearest: whatever the test set says, it failed
+            result["build_infeasible"] = True
+            result["status"] = "fail" if result["hardware_match"] else "proxy-fail"
+            result["warnings"].insert(0, f"build@{profile.name} found no candidate that meets every budget; this "
+                                         f"artifact is only the nearest one")
     result["gate_failed"] = gate(result, strict)
     return result
 
@@ -346,5 +375,8 @@ def gate_error(result: dict[str, Any], report_path: str | Path) -> EdgeCompressE
     if not result.get("gate_failed"):
         return None
     where = " on proxy hardware (check.strict is true)" if result["status"] == "proxy-fail" else ""
-    return EdgeCompressError(f"target {result['target']} missed budget(s){where}: {_missed(result['budgets'])}; "
-                             f"see {report_path}")
+    missed = _missed(result["budgets"])
+    if result.get("build_infeasible"):
+        missed = "its build found no candidate that meets every budget (this is only the nearest)" + \
+            (f"; {missed}" if missed else "")
+    return EdgeCompressError(f"target {result['target']} missed budget(s){where}: {missed}; see {report_path}")

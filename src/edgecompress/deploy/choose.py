@@ -99,6 +99,18 @@ def _exact(value: float, decimals: int) -> str:
     return text if float(text) == value else f"{value:g}"
 
 
+def shown_apart(value: float, budget: float, decimals: int) -> tuple[str, str]:
+    """(measured, budget) as text that differ visibly: the measurement gets at least the budget's decimals,
+    and more until rounding no longer makes it look equal (0.0489 vs 0.045 MiB is "0.049", not "0.05")."""
+    limit = _exact(budget, decimals)
+    places = max(decimals, len(limit.partition(".")[2]) if "e" not in limit else decimals)
+    text = f"{value:.{places}f}"
+    while float(text) == float(limit) and value != budget and places < 9:
+        places += 1
+        text = f"{value:.{places}f}"
+    return text, limit
+
+
 def allowed(candidates: Iterable[Candidate], spec: BuildSpec,
             cascades: bool = False) -> tuple[list[Candidate], list[Rejection]]:
     """(kept, rejected) by the build spec alone; no measurement is looked at. ``cascades``: the target budgets
@@ -156,30 +168,33 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
         if v is None:
             out.append(f"latency {key} not measured")
         elif v > budget:
-            out.append(f"latency {key} {_f(v, 2)} ms > {_exact(budget, 2)} ms (by {_f(v - budget, 2)} ms)")
+            shown, limit = shown_apart(v, budget, 2)
+            out.append(f"latency {key} {shown} ms > {limit} ms (by {_f(v - budget, 2)} ms)")
     if budgets.size_mb is not None and c.size_bytes / MIB > budgets.size_mb:
         v = c.size_bytes / MIB
-        out.append(f"size {_f(v, 2)} MiB > {_exact(budgets.size_mb, 2)} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
+        shown, limit = shown_apart(v, budgets.size_mb, 2)
+        out.append(f"size {shown} MiB > {limit} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
     if budgets.download_mb is not None:
         if c.download_bytes is None:
             out.append("download size unknown (no package; re-run the candidates stage)")
         elif c.download_bytes / MIB > budgets.download_mb:
             v, b = c.download_bytes / MIB, budgets.download_mb
-            out.append(f"download {_f(v, 3)} MiB > {_exact(b, 3)} MiB (by {_f(v - b, 3)} MiB)")
+            out.append("download {} MiB > {} MiB".format(*shown_apart(v, b, 3)) + f" (by {_f(v - b, 3)} MiB)")
     if budgets.peak_memory_mb is not None and device:
         v, b = c.peak_memory_mb, budgets.peak_memory_mb
         if v is None:
             out.append("peak memory not measured")
         elif v > b:
-            out.append(f"peak memory {_f(v, 1)} MiB > {_exact(b, 1)} MiB (by {_f(v - b, 1)} MiB)")
+            out.append("peak memory {} MiB > {} MiB".format(*shown_apart(v, b, 1)) + f" (by {_f(v - b, 1)} MiB)")
     if budgets.min_accuracy is not None and c.accuracy < budgets.min_accuracy:
         b = budgets.min_accuracy
-        out.append(f"accuracy {100 * c.accuracy:.2f}% < {100 * b:.2f}% (by {_f(100 * (b - c.accuracy), 2)} pt)")
+        out.append("accuracy {}% < {}%".format(*shown_apart(100 * c.accuracy, 100 * b, 2))
+                   + f" (by {_f(100 * (b - c.accuracy), 2)} pt)")
     if budgets.max_drop is not None and reference_accuracy is not None:
         # Rounded: 0.93 - 0.91 is 0.0200000000000002 in floats, which must not miss a 2-point budget.
         drop = round(100 * (reference_accuracy - c.accuracy), 9)
         if drop > budgets.max_drop:
-            out.append(f"accuracy drop {_f(drop, 2)} pt > {_exact(budgets.max_drop, 2)} pt vs teacher "
+            out.append("accuracy drop {} pt > {} pt".format(*shown_apart(drop, budgets.max_drop, 2)) + f" vs teacher "
                        f"{100 * reference_accuracy:.2f}% (by {_f(drop - budgets.max_drop, 2)} pt)")
     for label, v, b, unit in (("ECE", c.ece, budgets.max_ece, ""), ("NLL", c.nll, budgets.max_nll, " nats")):
         if b is None:
@@ -187,7 +202,8 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
         if v is None:
             out.append(f"{label} not measured")
         elif v > b:
-            out.append(f"{label} {_f(v, 3)}{unit} > {_exact(b, 3)}{unit} (by {_f(v - b, 3)}{unit})")
+            shown, limit = shown_apart(v, b, 3)
+            out.append(f"{label} {shown}{unit} > {limit}{unit} (by {_f(v - b, 3)}{unit})")
     return out
 
 
@@ -203,8 +219,37 @@ def ranked_for_search(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.accuracy, c.size_bytes, c.name))
 
 
-def _nearest_table(missed: list[tuple[Candidate, list[str]]]) -> str:
-    rows = sorted(missed, key=lambda cm: (len(cm[1]), -cm[0].accuracy, cm[0].name))[:NEAREST]
+def overshoot(c: Candidate, budgets: Budgets, reference_accuracy: float | None) -> float:
+    """How far ``c`` is outside ``budgets``: the sum of relative excesses (0 when it fits). "Nearest" means
+    this, both in the infeasible error's table and for the candidate a proxy build ships instead."""
+    b, ref, total = budgets, reference_accuracy, 0.0
+    for key, limit in b.latency_ms.items():
+        total += max(0.0, c.latency_ms.get(key, 0.0) / limit - 1)
+    if b.size_mb is not None:
+        total += max(0.0, c.size_bytes / MIB / b.size_mb - 1)
+    if b.download_mb is not None and c.download_bytes is not None:
+        total += max(0.0, c.download_bytes / MIB / b.download_mb - 1)
+    if b.peak_memory_mb is not None and c.peak_memory_mb is not None:
+        total += max(0.0, c.peak_memory_mb / b.peak_memory_mb - 1)
+    if b.min_accuracy:
+        total += max(0.0, 1 - c.accuracy / b.min_accuracy)
+    if b.max_drop is not None and ref is not None:
+        total += max(0.0, 100 * (ref - c.accuracy) - b.max_drop) / max(b.max_drop, 1.0)
+    for v, limit in ((c.ece, b.max_ece), (c.nll, b.max_nll)):
+        if limit and v is not None:
+            total += max(0.0, v / limit - 1)
+    return total
+
+
+def nearest_first(c: Candidate, budgets: Budgets, reference_accuracy: float | None) -> tuple[float, float, str]:
+    """Sort key of the candidates that miss: smallest overshoot first, then the more accurate."""
+    return overshoot(c, budgets, reference_accuracy), -c.accuracy, c.name
+
+
+def _nearest_table(missed: list[tuple[Candidate, list[str]]], budgets: Budgets,
+                   reference_accuracy: float | None) -> str:
+    # By how far each misses, not how many budgets: a size-bound target lists the closest file, not the largest.
+    rows = sorted(missed, key=lambda cm: nearest_first(cm[0], budgets, reference_accuracy))[:NEAREST]
     width = max(len("candidate"), *(len(c.name) for c, _ in rows))
     lines = [f"  {'candidate':<{width}}  accuracy  misses"]
     lines += [f"  {c.name:<{width}}  {100 * c.accuracy:7.2f}%  {'; '.join(m)}" for c, m in rows]
@@ -240,7 +285,8 @@ def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
     if not feasible:
         raise NoFeasibleCandidate(
             f"target {target}: no candidate meets every budget ({len(kept)} checked, {len(candidates) - len(kept)} "
-            f"excluded by the build spec); relax a budget or widen the build. Nearest:\n{_nearest_table(missed)}")
+            f"excluded by the build spec); relax a budget or widen the build. Nearest:\n"
+            f"{_nearest_table(missed, budgets, reference_accuracy)}")
     order = {c.name: i for i, c in enumerate(candidates)}  # report rejections in the table's order
     feasible.sort(key=_best_first)
     return Choice(chosen=feasible[0], feasible=tuple(feasible),

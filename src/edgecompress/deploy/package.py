@@ -41,7 +41,8 @@ PACKAGE_SUFFIX = ".ecpk"  # MODEL.onnx -> MODEL.onnx.ecpk
 VERSION = 1
 MIN_ELEMENTS = 64  # below this a codebook and code table cost more than they save
 MAX_CODE_LEN = 24  # a code plus a 7-bit offset still fits the decoder's 32-bit window
-SUFFIXES = (".onnx", ".tflite")
+SUFFIXES = (".onnx", ".tflite")  # the only suffixes a header may carry; never a path (it names no file)
+MAX_FILE = 2**31  # protobuf (.onnx) and flatbuffers (.tflite) cannot address more: a larger claim is hostile
 _HEAD = struct.Struct("<4sHB")
 _META = struct.Struct("<Q32sI")
 _SKEL = struct.Struct("<BQI")
@@ -115,7 +116,7 @@ def _huffman_decode(stream: bytes, lengths: np.ndarray, n: int, what: str) -> np
     if len(lengths) == 1:
         if lengths[0] != 0 or stream:
             raise PackageError(f"package corrupt: {what} has one symbol but a code stream")
-        return np.zeros(n, np.int64)
+        return np.zeros(n, np.uint8)  # index 0 of the book: 1 byte per element, not an int64 index
     if lengths.min() < 1 or lengths.max() > MAX_CODE_LEN:
         raise PackageError(f"package corrupt: {what} has code lengths outside 1..{MAX_CODE_LEN}")
     max_len = int(lengths.max())
@@ -221,8 +222,8 @@ def _decode_run(kind: int, payload: bytes, length: int, width: int, what: str) -
 
 def pack(model_bytes: bytes, tensors: list[np.ndarray], suffix: str) -> bytes:
     """The package of ``model_bytes``; each tensor found verbatim in it (>= 64 elements) is coded alone."""
-    if not suffix.isascii() or len(suffix) > 255:
-        raise PackageError(f"suffix {suffix!r} must be short ASCII, e.g. '.onnx' or '.tflite'")
+    if suffix not in SUFFIXES:
+        raise PackageError(f"suffix {suffix!r} must be one of {', '.join(SUFFIXES)}")
     chosen: list[tuple[int, int, int]] = []  # (offset, length, width)
     # Any fixed-width dtype (bfloat16 and float8 too): runs are coded as raw integers of their width.
     usable = [t for t in tensors if not t.dtype.hasobject and t.dtype.itemsize in (1, 2, 4, 8)
@@ -285,6 +286,12 @@ def _parse(package: bytes) -> dict[str, Any]:
     pos += count * _RUN.size
     if zlib.crc32(package[:pos]) != _CRC.unpack_from(package, pos)[0]:
         raise PackageError("package corrupt: the header fails its crc32")
+    # A valid crc32 proves nothing against a crafted header: the suffix and size are checked before use.
+    if suffix not in SUFFIXES:
+        raise PackageError(f"package corrupt: its header names the suffix {suffix!r}, not one of {', '.join(SUFFIXES)}")
+    if size > MAX_FILE:
+        raise PackageError(f"package corrupt: its header claims a {size}-byte model; an .onnx or .tflite file holds "
+                           f"at most {MAX_FILE} bytes")
     pos += _CRC.size
     expected = pos + skel_len + sum(r[4] for r in runs)
     _need(package, expected, f"the header and {count + 1} payloads")
@@ -379,15 +386,14 @@ def pack_file(path: str | Path) -> bytes:
 
 
 def unpack_file(pkg_path: str | Path, out_path: str | Path | None = None) -> Path:
-    """Restore a package to ``out_path`` (default: the package's name without .ecpk, with its suffix).
-
-    Written atomically: a partial file never appears, and a failure leaves nothing behind.
+    """Restore a package to ``out_path`` (default: beside it, its name without .ecpk, plus the model suffix
+    when that name lacks it). Written atomically: a partial file never appears, and a failure leaves nothing.
     """
     pkg_path = Path(pkg_path)
-    data, suffix = unpack(pkg_path.read_bytes())
-    if out_path is None:
-        stem = pkg_path.with_suffix("") if pkg_path.suffix == PACKAGE_SUFFIX else pkg_path
-        out_path = stem if stem.suffix == suffix else Path(str(stem) + suffix)
+    data, suffix = unpack(pkg_path.read_bytes())  # ``suffix`` is one of SUFFIXES (checked by _parse)
+    if out_path is None:  # the package's own name, so the header cannot steer the write elsewhere
+        name = pkg_path.name.removesuffix(PACKAGE_SUFFIX) or pkg_path.name
+        out_path = pkg_path.with_name(name if name.endswith(suffix) else name + suffix)
     out_path = Path(out_path)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:

@@ -3,10 +3,14 @@
 Only the system ``ssh`` and ``scp`` binaries are used, always with argument lists (no local shell).
 ssh joins the remote command into one string for the remote user's shell, so every word of it is
 quoted with ``shlex.quote``. The device needs python3 with numpy and the runtime, nothing else.
+
+Every name on the device is ours: an artifact folder cannot supply a file that lands on the runner's
+(or the test set's) name, and the device's python checks the runner's sha256 before it runs it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -20,17 +24,35 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgecompress.artifacts import CASCADE_SUFFIX
 from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.deploy.bench import RUNNER, parse_runner_output
 from edgecompress.deploy.devices import DeviceSpec
+from edgecompress.deploy.runner import ENGINE_FOR_SUFFIX, RunnerError, is_cascade, read_cascade, segment_path
 from edgecompress.deploy.targets import TargetProfile
+from edgecompress.fileio import write_json
 
 # ssh's own failures (exit 255) that mean "the host or port cannot be reached".
 _UNREACHABLE = ("Connection refused", "timed out", "No route to host", "Could not resolve hostname",
                 "Network is unreachable", "Connection reset", "Connection closed by remote host")
 _RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (tflite-runtime on older boards)"}
 _CLEANUP_TIMEOUT = 15.0  # seconds; cleanup runs even after the run's deadline has passed
+# What scp (SFTP mode, OpenSSH >= 9's default) prints when the device runs no SFTP server.
+_NO_SFTP = re.compile(r"^scp: Connection closed\s*$", re.MULTILINE)
+# Run by the device's python: read runner.py once, compare its sha256 with argv[1], run those same bytes
+# as __main__ with the rest of argv (a file swapped in after the check cannot run).
+_VERIFY_AND_RUN = (
+    "import hashlib, json, sys\n"
+    "src = open('runner.py', 'rb').read()\n"
+    "got = hashlib.sha256(src).hexdigest()\n"
+    "if got != sys.argv[1]:\n"
+    "    print(json.dumps({'error': 'runner.py on the device has sha256 ' + got[:16] + '..., not that of the copy '\n"
+    "                      'sent (' + sys.argv[1][:16] + '...); it was not run. Check who else writes to the '\n"
+    "                      'device work_dir'}))\n"
+    "    sys.exit(2)\n"
+    "sys.argv = sys.argv[2:]\n"
+    "exec(compile(src, 'runner.py', 'exec'), {'__name__': '__main__', '__file__': 'runner.py'})\n")
 
 
 class _Session:
@@ -62,8 +84,10 @@ class _Session:
             return flags[field]
         return f"device.{field} in {self.profile.where}"
 
-    def run(self, argv: list[str], step: str, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` within the remaining time; ssh's own failures (exit 255) become clear errors."""
+    def run(self, argv: list[str], step: str, timeout: float | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` within the remaining time; ssh's own failures (exit 255) become clear errors
+        (``check`` False: the caller reads the exit code and stderr itself)."""
         left = self.deadline - time.monotonic() if timeout is None else timeout
         if left <= 0:
             raise self._timeout()
@@ -75,7 +99,7 @@ class _Session:
         except FileNotFoundError:
             raise self.fail(f"{argv[0]} is not installed on this machine; install openssh-client "
                             f"(apt-get install openssh-client)") from None
-        if proc.returncode == 255 or (argv[0] == "scp" and proc.returncode != 0):
+        if check and (proc.returncode == 255 or (argv[0] == "scp" and proc.returncode != 0)):
             self._connection_error(proc.stderr, step)
         return proc
 
@@ -120,26 +144,59 @@ def _last_lines(text: str, n: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-n:] if line.strip())
 
 
+def _cascade_files(tmp: Path, manifest: Path, segments: Sequence[Path]) -> dict[str, Path]:
+    """{device name: local file} for a cascade: its segments as ``segment<k>.<format>`` and the manifest,
+    rewritten into ``tmp`` to name them so. The names come from us, never from the manifest, so no segment
+    can land on the runner, the test set or the manifest; ``segments`` must be the ones the manifest names."""
+    try:
+        m = read_cascade(manifest)  # segments checked to lie inside the manifest's folder
+    except RunnerError as e:
+        raise EdgeCompressError(str(e)) from None
+    named = [segment_path(manifest.parent, seg["file"], str(manifest)) for seg in m["segments"]]
+    if segments and [p.resolve() for p in segments] != [p.resolve() for p in named]:
+        raise EdgeCompressError(f"cascade manifest {manifest}: asked to copy {[str(p) for p in segments]}, not the "
+                                f"segments it names; copy only what the manifest names")
+    stem = manifest.name[:-len(CASCADE_SUFFIX)] if manifest.name.endswith(CASCADE_SUFFIX) else ""
+    files: dict[str, Path] = {}
+    for k, (seg, src) in enumerate(zip(m["segments"], named)):
+        # segment0.fp32.onnx as the export names them; the suffix tells the runner the engine.
+        tail = f".{stem}" if stem else (src.suffix if src.suffix in ENGINE_FOR_SUFFIX else "")
+        seg["file"] = f"segment{k}{tail}"
+        files[seg["file"]] = src
+    write_json(tmp / manifest.name, m)
+    return {manifest.name: tmp / manifest.name, **files}
+
+
 def _stage(tmp: Path, profile: TargetProfile, model: Path | None, sidecar: Path | None,
            testset: Path | None, extra: Sequence[Path] = ()) -> list[Path]:
     """Local files to copy, under the names the remote command uses; a test-set subset saves bandwidth.
-    ``extra``: files the model needs beside it (a cascade manifest's segments)."""
+    ``extra``: a cascade manifest's segments (checked against it; see ``_cascade_files``)."""
     files = {"runner.py": RUNNER}
-    if model is not None:  # a --probe copies the runner alone
-        files[model.name] = model
-        if sidecar is not None:  # a cascade manifest is its own sidecar
-            files[f"{model.name}.json"] = sidecar
-        files.update({p.name: p for p in extra})
+
+    def add(name: str, src: Path) -> None:
+        if name in files:  # e.g. an artifact called runner.py or testset.npz
+            raise EdgeCompressError(f"{src}: its name {name!r} is taken on the device by {files[name]}; "
+                                    f"rename the artifact")
+        files[name] = src
+
+    if model is not None and is_cascade(model):
+        for name, src in _cascade_files(tmp, model, extra).items():
+            add(name, src)
+    elif model is not None:  # a --probe copies the runner alone
+        if extra:
+            raise EdgeCompressError(f"{model}: only a cascade manifest has segments to copy beside it")
+        add(model.name, model)
+        if sidecar is not None:
+            add(f"{model.name}.json", sidecar)
     n = profile.bench.accuracy_samples
     if testset is not None and n is not None:
         x, y = load_npz_split(testset)
         if n < len(x):
             # The runner scores the first N images, so the first N are all the device needs.
             np.savez(tmp / "testset.npz", x=x[:n], y=y[:n])
-            testset = None
-            files["testset.npz"] = tmp / "testset.npz"
+            testset = tmp / "testset.npz"
     if testset is not None:
-        files["testset.npz"] = testset
+        add("testset.npz", testset)
     staged = []
     for name, src in files.items():
         dst = tmp / name
@@ -154,10 +211,11 @@ def _stage(tmp: Path, profile: TargetProfile, model: Path | None, sidecar: Path 
 
 def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, sidecar: Path | None,
                testset: Path | None, runner_args: list[str], extra: Sequence[Path] = ()) -> dict[str, Any]:
-    """Copy, run ``python runner.py <runner_args>`` in a fresh remote dir, remove it; the runner's JSON.
+    """Copy, run ``runner.py <runner_args>`` (its sha256 checked first) in a fresh remote dir, remove it;
+    the runner's JSON.
 
-    ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz, and
-    ``extra``'s: a cascade's segments), as staged here; with no ``model`` only the runner is copied
+    ``runner_args`` name the files by their bare names (runner.py, MODEL, MODEL.json, testset.npz; a
+    cascade's segments are renamed in the copied manifest), as staged here; with no ``model`` only the runner is copied
     (``runner_args = ["--probe"]``). The result's ``remote`` entry says where it ran and whether the dir was removed.
     """
     s = _Session(profile, device)
@@ -175,12 +233,15 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, s
         raise s.fail(f"cannot create a directory under {device.work_dir} ({_last_lines(proc.stderr) or run_dir!r}); "
                      f"set device.work_dir in {profile.where} to a writable directory")
     result: dict[str, Any] | None = None
+    fallback: str | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="edgecompress-ssh-") as tmp:
             files = _stage(Path(tmp), profile, model, sidecar, testset, extra)
-            s.run(["scp", *s.scp_opts, "--", *map(str, files), f"{s.dest}:{run_dir}/"], "copying the files")
-        # `exec` keeps the runner's pid = the shell's, written first so a timed-out run can be killed.
-        command = shlex.join([device.python, "runner.py", *runner_args])
+            fallback = _copy(s, files, run_dir)
+        # `exec` keeps the runner's pid = the shell's, written first so a timed-out run can be killed;
+        # the python that runs the runner first checks it is the file we sent (_VERIFY_AND_RUN).
+        sha = hashlib.sha256(RUNNER.read_bytes()).hexdigest()
+        command = shlex.join([device.python, "-c", _VERIFY_AND_RUN, sha, "runner.py", *runner_args])
         script = f"cd {shlex.quote(run_dir)} && echo $$ > runner.pid && exec {command}"
         proc = s.ssh(script, "running the runner")
         result = _result(s, proc, run_dir, parse_runner_output(proc.stdout))
@@ -188,11 +249,27 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, s
         problem = _cleanup(s, run_dir, kill=s.timed_out)
         if result is not None:
             result["remote"]["cleaned_up"] = problem is None
-            if problem:
-                result.setdefault("warnings", []).append(problem)
+            for warning in filter(None, [fallback, problem]):
+                result.setdefault("warnings", []).append(warning)
         elif problem:  # an error is on its way out; still say what is left on the device
             print(f"edgecompress: warning: {problem}", file=sys.stderr)
     return result
+
+
+def _copy(s: _Session, files: list[Path], run_dir: str) -> str | None:
+    """scp ``files`` into ``run_dir`` over SFTP (scp's default since OpenSSH 9); where the device has no SFTP
+    server, over the legacy scp protocol (``scp -O``, which needs scp on the device). Returns a warning
+    for the result when the fallback was used."""
+    where = [*map(str, files), f"{s.dest}:{run_dir}/"]
+    proc = s.run(["scp", *s.scp_opts, "--", *where], "copying the files", check=False)
+    if proc.returncode == 0:
+        return None
+    if not _NO_SFTP.search(proc.stderr):
+        s._connection_error(proc.stderr, "copying the files")
+    step = ("copying the files (the device has no SFTP server, which scp uses by default, so the legacy protocol, "
+            "scp -O, was tried; enable SFTP in the device's sshd_config or install scp there)")
+    s.run(["scp", "-O", *s.scp_opts, "--", *where], step)
+    return f"copied with scp -O (legacy protocol): {s.device.url} has no SFTP server"
 
 
 def _result(s: _Session, proc: subprocess.CompletedProcess[str], run_dir: str,

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-# 2: --score (per-image uncertainty of a pool); 3: cascade manifests (early-exit segments, exit_fractions)
-RUNNER_VERSION = 3
+# 2: --score (per-image uncertainty of a pool); 3: cascade manifests (early-exit segments, exit_fractions);
+# 4: cascade segments must lie inside the manifest's folder, a manifest must be a JSON object
+RUNNER_VERSION = 4
 ENGINE_FOR_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 # ARM "CPU part" ids (implementer 0x41) -> core name; aarch64 kernels print no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
@@ -193,6 +194,8 @@ def _read_json(path: Path, what: str, keys: tuple[str, ...], absent: str, fix: s
         doc = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunnerError(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise RunnerError(f"{what} {path} is a JSON {type(doc).__name__}, not an object; {fix}")
     missing = [k for k in keys if k not in doc]
     if missing:
         raise RunnerError(f"{what} {path} lacks {', '.join(missing)}; {fix}")
@@ -544,11 +547,28 @@ def read_cascade(path: str | Path) -> dict[str, Any]:
     if any(t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))) for t in thr):
         raise RunnerError(f"cascade manifest {path}: thresholds must be numbers or null (never exit), got {thr!r}")
     for k, s in enumerate(segs):
-        f = path.parent / s["file"]
+        f = segment_path(path.parent, s["file"], f"cascade manifest {path}: segment {k}")
         if not f.is_file():
             raise RunnerError(f"cascade manifest {path}: segment {k} file {f} does not exist (copy every segment "
                               f"next to the manifest)")
     return m
+
+
+def segment_path(folder: Path, name: Any, what: str, fix: str = "re-export the cascade") -> Path:
+    """``folder / name`` for a segment file name read from a manifest or index, refused (RunnerError naming
+    ``what``) unless it is a string that resolves inside ``folder``, symlinks followed: a manifest must not
+    make a check load, or copy to a device, a file from elsewhere (a key, another artifact)."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise RunnerError(f"{what}: file {name!r} must be a file name (a string); {fix}")
+    f = folder / name
+    try:
+        inside = folder.resolve() in f.resolve().parents
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise RunnerError(f"{what}: file {name!r} lies outside the cascade's folder {folder} (a segment must be "
+                          f"a file beside its manifest, symlinks included); {fix}")
+    return f
 
 
 def _cascade_step(session: Session, h: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
