@@ -4,5 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"  # dvc.yaml runs `python`: make it the venv's
+# params.yaml and the checked profiles first, with a line naming the bad key: DVC expands check.targets into
+# stage paths before any stage runs, so a name like ../x stops there with an "overlapping outputs" error.
+.venv/bin/edgecompress validate
 .venv/bin/dvc repro "$@"
-.venv/bin/dvc metrics show
+# The run's overview (a plain `dvc metrics show` puts every stage's keys in one table thousands of columns wide).
+cat reports/summary.md

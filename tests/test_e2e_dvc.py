@@ -74,7 +74,9 @@ def _tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
         shutil.copy(REPO / name, work / name)
     for name in ("stages", "targets", "src", "user"):
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (work / "models" / "members").mkdir(parents=True)  # in git as models/members/.gitkeep
+    # Not a mkdir: it hid that models/members/.gitkeep was never committed (#26); tests/test_e2e_clone.py clones.
+    shutil.copytree(REPO / "models" / "members", work / "models" / "members", ignore=lambda d, names: [
+        n for n in names if n != ".gitkeep"])
     (work / "targets" / "tiny-host.yaml").write_text(TINY_HOST)
     (work / "targets" / "tiny-small.yaml").write_text(TINY_SMALL)
 

@@ -70,7 +70,8 @@ def write_user_forms(factory: str, ds: Any, epochs: int, weights: Path, pt2: Pat
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The user's files: my_models.py, trained weights, the .pt2 program and the .onnx graph."""
-    d = tmp_path_factory.mktemp("user")
+    d = tmp_path_factory.mktemp("repo") / "user"  # a repository's user/: checkpoints may name code only there
+    d.mkdir()
     (d / "my_models.py").write_text(USER_MODELS)
     ds = tiny_dataset()
     model = write_user_forms(f"{d}/my_models.py:small", ds, 6, d / "weights.pt", d / "model.pt2", d / "model.onnx")
@@ -213,9 +214,12 @@ def test_a_pruned_user_module_rebuilds_from_its_factory_and_plain_tensors(user: 
 
 
 @pytest.mark.parametrize("form", ["module", "exported", "onnx"])
-def test_a_checkpoint_payload_rebuilds_every_form(user: dict, form: str, tmp_path: Path) -> None:
+def test_a_checkpoint_payload_rebuilds_every_form(user: dict, form: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """arch (JSON) + tensors, saved and loaded with weights_only: the same logits; a changed file is refused."""
     import json
+
+    monkeypatch.chdir(user["dir"].parent)
     import shutil
 
     from edgecompress.usermodel import rebuild_user, user_arch
@@ -241,9 +245,11 @@ def test_a_checkpoint_payload_rebuilds_every_form(user: dict, form: str, tmp_pat
 
 
 @pytest.mark.parametrize("form", ["module", "exported", "onnx"])
-def test_save_and_load_checkpoint_of_every_form(user: dict, form: str, tmp_path: Path) -> None:
+def test_save_and_load_checkpoint_of_every_form(user: dict, form: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """``load_checkpoint`` dispatches kind user; MACs count through a module's layers or PyTorch's FLOP
     counter (the exported program: the same number) and are None for an ONNX graph."""
+    monkeypatch.chdir(user["dir"].parent)
     from edgecompress.checkpoint import load_checkpoint, save_checkpoint
     from edgecompress.models import count_macs
     from edgecompress.usermodel import user_arch
@@ -262,8 +268,9 @@ def test_save_and_load_checkpoint_of_every_form(user: dict, form: str, tmp_path:
     assert 0.8 * count_params(user["model"]) < count_params(loaded) <= count_params(user["model"])
 
 
-def test_pruned_teacher_checkpoints_round_trip(user: dict, tmp_path: Path) -> None:
+def test_pruned_teacher_checkpoints_round_trip(user: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pruned network its arch's widths cannot describe (our ResNet, the user's module) keeps its layer shapes."""
+    monkeypatch.chdir(user["dir"].parent)
     from edgecompress.checkpoint import arch_after_pruning, load_checkpoint, save_checkpoint
     from edgecompress.models import ResNetTeacher
     from edgecompress.usermodel import module_arch

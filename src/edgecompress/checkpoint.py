@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import atomic_path, write_json
+from edgecompress.fileio import save_torch, write_json
 from edgecompress.models import arch_of, build_model
 from edgecompress.usermodel import layer_shapes, rebuild_user, restore_pruned
 
@@ -31,8 +31,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: dict[str, Any], me
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"arch": arch, "meta": json.loads(json.dumps(meta, default=str)), "state_dict": state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)  # byte-identical for identical runs (dvc.lock's md5 stays put)
     write_json(Path(str(path) + ".json"), {"arch": arch, **payload["meta"]})
 
 

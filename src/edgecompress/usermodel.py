@@ -28,8 +28,27 @@ from torch import nn
 
 from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import check_pt2
 
 FORMS = ("module", "exported", "onnx")
+# dvc.yaml makes the stages that load a user's model depend on this directory, so that a changed file
+# re-runs what follows; a file elsewhere would change behind dvc's back (and a checkpoint could name any).
+USER_DIR = "user"
+# How to fix a program exported for one batch size (its guards fail on any other).
+DYNAMIC_BATCH = ("the program was exported for one fixed batch size: export it with a dynamic batch, "
+                 "torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},))")
+
+
+def user_file(value: str, where: str) -> Path:
+    """The file ``value`` names (``file.py:factory`` or a path), resolved (``..`` and symlinks) and required to
+    lie inside this repository's ``user/`` (the working directory's): ``user/../x.py`` and links out are refused."""
+    target = value.rsplit(":", 1)[0] if ":" in value else value
+    resolved = (Path.cwd() / target).resolve()
+    if not resolved.is_relative_to((Path.cwd() / USER_DIR).resolve()):
+        raise EdgeCompressError(f"{where}: {target} is outside {USER_DIR}/; put your model files in {USER_DIR}/ "
+                                f"(e.g. {USER_DIR}/{Path(target).name}) so that dvc tracks them and a change re-runs "
+                                f"the chain")
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,7 @@ class UserModelSpec:
     """Where a user's classifier comes from; ``where`` names the params key in error messages."""
 
     form: str
-    model: str  # module: "file.py:factory" or "package.module:factory"; exported: .pt2; onnx: .onnx
+    model: str  # module: "user/file.py:factory"; exported: .pt2; onnx: .onnx
     weights: str | None = None  # module only: a state dict (.pt)
     layout: str = "NCHW"  # onnx only: the input layout the graph expects
     normalized_input: bool = True  # onnx only: false = the graph takes x/255 and normalizes itself
@@ -54,6 +73,15 @@ class UserModelSpec:
                                     f"torch.save(model.state_dict(), path))")
         if self.layout not in ("NCHW", "NHWC"):
             raise EdgeCompressError(f"{self.where}.layout: {self.layout!r} is not NCHW or NHWC")
+
+    def check_user_dir(self) -> None:
+        """Every file this spec names lies inside ``user/`` (an installed package's factory is not a file)."""
+        if self.form == "module" and not self.model.rsplit(":", 1)[0].endswith(".py"):
+            raise EdgeCompressError(f"{self.where}.model: {self.model!r} names an installed package; a checkpoint may "
+                                    f"name code only in user/: write user/<name>.py that imports the factory")
+        user_file(self.model, f"{self.where}.model")
+        if self.weights:
+            user_file(self.weights, f"{self.where}.weights")
 
 
 def load_factory(spec: str, where: str = "train_teacher.model") -> Callable[..., Any]:
@@ -145,7 +173,12 @@ class OnnxClassifier(nn.Module):
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise EdgeCompressError(f"train_teacher.model: onnxruntime cannot load {path}: {e}") from None
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise EdgeCompressError(f"train_teacher.model: {path} has {len(inputs)} graph inputs "
+                                    f"({', '.join(i.name for i in inputs) or 'none'}); a classifier takes one, the image "
+                                    f"batch (N, C, H, W or N, H, W, C): export it with that input")
+        self.input_name = inputs[0].name
         # The graph's hash as a buffer: code that identifies a teacher by its tensors (stored soft
         # targets) tells two ONNX teachers apart.
         import onnx
@@ -182,18 +215,26 @@ class ExportedClassifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
+        try:
+            return self.program(x)
+        except (AssertionError, RuntimeError) as e:
+            if "Guard failed" in str(e) or "to be equal to" in str(e):  # a static batch met another batch size
+                raise EdgeCompressError(f"the torch.export teacher cannot take a batch of {x.shape[0]}; "
+                                        f"{DYNAMIC_BATCH}") from None
+            raise
 
 
-def load_exported(path: str | Path) -> nn.Module:
-    """A ``torch.export`` program (``.pt2``) as a module that runs without the user's code."""
+def load_exported(path: str | Path, where: str = "train_teacher.model") -> nn.Module:
+    """A ``torch.export`` program (``.pt2``) as a module that runs without the user's code; an archive
+    that could run code while loading (``check_pt2``) is refused before torch opens it."""
     path = Path(path)
     if not path.is_file():
-        raise EdgeCompressError(f"train_teacher.model: {path} not found")
+        raise EdgeCompressError(f"{where}: {path} not found")
+    check_pt2(path, where)
     try:
         program = torch.export.load(str(path))
     except Exception as e:
-        raise EdgeCompressError(f"train_teacher.model: {path} is not a torch.export program "
+        raise EdgeCompressError(f"{where}: {path} is not a torch.export program "
                                 f"({type(e).__name__}: {e}); save one with torch.export.save(torch.export.export("
                                 f"model, (example,)), path)") from None
     return ExportedClassifier(program.module())
@@ -209,20 +250,22 @@ def internals(model: nn.Module, what: str) -> None:
 
 def check_classifier(model: nn.Module, input_shape: tuple[int, int, int], num_classes: int,
                      where: str = "train_teacher") -> None:
-    """Run a batch of 2 zero images; the output must be (2, num_classes) logits."""
-    x = torch.zeros(2, *input_shape)
-    try:
-        with torch.no_grad():  # the caller puts it in eval mode (an exported program has no train/eval switch)
-            out = model(x)
-    except EdgeCompressError:
-        raise
-    except Exception as e:
-        raise EdgeCompressError(f"{where}: the model cannot take input of shape {tuple(x.shape)} (N, C, H, W, "
-                                f"normalized): {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise EdgeCompressError(f"{where}: the model returned {got} for 2 images; a classifier for this dataset "
-                                f"must return (2, {num_classes}) logits ({num_classes} classes)")
+    """Run batches of 2 and 3 zero images; the output must be (n, num_classes) logits. Two sizes, so that a
+    model fixed to one batch size (a static torch.export program) fails here, not in the middle of training."""
+    for n in (2, 3):
+        x = torch.zeros(n, *input_shape)
+        try:
+            with torch.no_grad():  # the caller puts it in eval mode (an exported program has no train/eval switch)
+                out = model(x)
+        except EdgeCompressError:
+            raise
+        except Exception as e:
+            raise EdgeCompressError(f"{where}: the model cannot take input of shape {tuple(x.shape)} (N, C, H, W, "
+                                    f"normalized): {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, num_classes):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise EdgeCompressError(f"{where}: the model returned {got} for {n} images; a classifier for this "
+                                    f"dataset must return ({n}, {num_classes}) logits ({num_classes} classes)")
 
 
 def load_user_model(spec: UserModelSpec, input_shape: tuple[int, int, int], num_classes: int,
@@ -233,23 +276,22 @@ def load_user_model(spec: UserModelSpec, input_shape: tuple[int, int, int], num_
         model = build_module(spec.model, num_classes, c, h, f"{spec.where}.model")
         load_weights(model, spec.weights or "", f"{spec.where}.weights")
     else:
-        model = load_exported(spec.model) if spec.form == "exported" else \
+        model = load_exported(spec.model, f"{spec.where}.model") if spec.form == "exported" else \
             OnnxClassifier(spec.model, spec.layout, spec.normalized_input, mean, std)
     model.eval()
     try:
         check_classifier(model, input_shape, num_classes, spec.where)
     except EdgeCompressError as e:
-        if spec.form == "exported" and "Guard failed" in str(e):
-            raise EdgeCompressError(f"{e}; the program was exported for one fixed batch size: export it with a "
-                                    f"dynamic batch, torch.export.export(model, (x,), dynamic_shapes=({{0: "
-                                    f"torch.export.Dim('batch')}},))") from None
+        if spec.form == "exported" and DYNAMIC_BATCH in str(e):  # ExportedClassifier names a guard that failed
+            raise EdgeCompressError(f"{spec.where}.model: {spec.model}: {DYNAMIC_BATCH}") from None
         raise
     return model
 
 
 # Layer attributes that channel pruning changes; with them a fresh module from the factory can take a
 # pruned module's weights (torch-pruning's own state_dict pickles whole modules, which weights_only refuses).
-_SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+_SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+                "num_channels")
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -290,6 +332,10 @@ def restore_pruned(model: nn.Module, shapes: dict[str, dict[str, int]], state: d
         model.load_state_dict(state)
     except RuntimeError as e:
         raise EdgeCompressError(f"{where}: the weights do not fit the rebuilt model: {str(e).splitlines()[0]}") from None
+    for m in model.modules():
+        # Checkpoints from before layer_shapes kept num_channels: an affine GroupNorm is as wide as its weight.
+        if isinstance(m, nn.GroupNorm) and m.affine:
+            m.num_channels = int(m.weight.shape[0])
     return model
 
 
@@ -315,27 +361,39 @@ def user_arch(spec: UserModelSpec, model: nn.Module, input_shape: tuple[int, int
 def module_arch(factory: str, model: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> dict[str, Any]:
     """The arch of a module built by the user's ``factory`` (a teacher brought in, or a student trained here)."""
     c, h, _ = input_shape
-    return {"kind": "user", "form": "module", "model": factory, "num_classes": num_classes, "in_channels": c,
-            "image_size": h, "layer_shapes": layer_shapes(model)}
+    arch: dict[str, Any] = {"kind": "user", "form": "module", "model": factory, "num_classes": num_classes,
+                            "in_channels": c, "image_size": h, "layer_shapes": layer_shapes(model)}
+    target = factory.rsplit(":", 1)[0]
+    if target.endswith(".py"):  # what rebuild_user requires before it imports the file again
+        arch["sha256"] = file_sha256(target)
+    return arch
 
 
 def rebuild_user(arch: dict[str, Any], state: dict[str, torch.Tensor], where: str = "checkpoint") -> nn.Module:
     """The model a ``user_arch`` describes, with ``state`` loaded (modules) or its file checked (the others)."""
     form = arch.get("form")
-    if form == "module":
-        model = build_module(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"],
-                             f"{where}: arch.model")
-        return restore_pruned(model, arch.get("layer_shapes") or {}, state, where).eval()
-    if form not in ("exported", "onnx"):
+    if form not in FORMS:
         raise EdgeCompressError(f"{where}: user model form {form!r} is not one of {', '.join(FORMS)}")
-    path = Path(arch["model"])
+    path = Path(str(arch.get("model")).rsplit(":", 1)[0] if form == "module" else str(arch.get("model")))
+    if form == "module":
+        # A checkpoint is data (weights_only), but importing the factory it names runs that file: only a file
+        # inside user/ whose bytes match the sha256 recorded when the checkpoint was written.
+        if path.suffix != ".py":
+            raise EdgeCompressError(f"{where}: arch.model {arch.get('model')!r} is not a file in {USER_DIR}/; a "
+                                    f"checkpoint may name only code in this repository's {USER_DIR}/ (copy the factory "
+                                    f"there and re-run the stage that wrote the checkpoint)")
+        user_file(str(path), f"{where}: arch.model")
     if not path.is_file():
         raise EdgeCompressError(f"{where}: the {form} model {path} it was made from is gone; restore it or re-run "
                                 f"the stage that brought it in")
     if file_sha256(path) != arch.get("sha256"):
-        raise EdgeCompressError(f"{where}: {path} changed since this checkpoint was written; re-run the stage that "
-                                f"brought it in (dvc repro)")
+        raise EdgeCompressError(f"{where}: {path} changed since this checkpoint was written (or it recorded no "
+                                f"sha256); re-run the stage that wrote it (dvc repro)")
+    if form == "module":
+        model = build_module(arch["model"], arch["num_classes"], arch["in_channels"], arch["image_size"],
+                             f"{where}: arch.model")
+        return restore_pruned(model, arch.get("layer_shapes") or {}, state, where).eval()
     if form == "exported":
-        return load_exported(path).eval()
+        return load_exported(path, where).eval()
     return OnnxClassifier(path, arch.get("layout", "NCHW"), bool(arch.get("normalized_input", True)),
                           tuple(arch.get("mean") or ()), tuple(arch.get("std") or ())).eval()

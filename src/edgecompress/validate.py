@@ -23,6 +23,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.early_exit import EarlyExitConfig
 from edgecompress.training.teacher import TeacherConfig
+from edgecompress.usermodel import user_file
 
 SECTIONS: dict[str, type] = {"active_learning": SelectConfig, "candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
@@ -75,20 +76,19 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
     return cfg
 
 
-# dvc.yaml makes the stages that load a user's model depend on this directory, so that a changed
-# file re-runs what follows; a file elsewhere would change behind dvc's back.
-USER_DIR = "user"
-
-
 def _user_file(value: str, key: str, path: str | Path) -> None:
-    """A user's model file (``file.py:factory`` or a path) must exist under ``user/``."""
+    """A user's model file (``file.py:factory`` or a path) must exist inside ``user/`` once resolved."""
     target = value.rsplit(":", 1)[0] if ":" in value else value
     if ":" in value and not target.endswith(".py"):
-        return  # an installed package (package.module:factory): not a file of this repository
-    if Path(target).is_absolute() or not Path(target).parts or Path(target).parts[0] != USER_DIR:
-        raise EdgeCompressError(f"{path}: {key}: {target} is outside {USER_DIR}/; put your model files in {USER_DIR}/ "
-                                f"(e.g. {USER_DIR}/{Path(target).name}) so that dvc tracks them and a change re-runs "
-                                f"the chain")
+        # A checkpoint may name code only inside user/ (with its sha256), so a factory from an installed package
+        # would train a teacher that no later stage could load: refuse it here, with the one-line way around.
+        raise EdgeCompressError(f"{path}: {key}: {value!r} names an installed package; write user/{target.split('.')[-1]}.py "
+                                f"holding 'from {target} import {value.rsplit(':', 1)[1]}' and name "
+                                f"'user/{target.split('.')[-1]}.py:{value.rsplit(':', 1)[1]}'")
+    try:
+        user_file(value, key)  # resolved first: user/../x.py and symlinks out of user/ are outside
+    except EdgeCompressError as e:
+        raise EdgeCompressError(f"{path}: {e}") from None
     if not Path(target).is_file():
         raise EdgeCompressError(f"{path}: {key}: {target} not found")
 
@@ -99,6 +99,8 @@ def _check_user_models(path: str | Path, teacher: Any, distill: Any, prune: Any)
         _user_file(teacher.model, "train_teacher.model", path)
         if teacher.weights:
             _user_file(teacher.weights, "train_teacher.weights", path)
+    if teacher.init:
+        _user_file(teacher.init, "train_teacher.init", path)
     if distill.student:
         _user_file(distill.student, "distill.student", path)
     if teacher.source not in ("exported", "onnx"):

@@ -7,6 +7,7 @@ channel's post-ReLU activation is zero on a data batch) and first-order Taylor (
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,6 +27,38 @@ def protected_layers(model: nn.Module, protect: tuple[str, ...] = ("last",)) -> 
     if "first" in protect and convs:
         out.append(convs[0])
     return out
+
+
+def channel_widths(model: nn.Module, protect: tuple[str, ...]) -> dict[str, int]:
+    """Output width of every conv and linear layer that pruning may narrow (protected ones keep theirs)."""
+    skip = {id(m) for m in protected_layers(model, protect)}
+    return {n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in skip}
+
+
+def whole_groups(pruner: Any, group: Any, round_to: int) -> Any:
+    """``group`` (the channels torch-pruning chose) re-planned so the kept count is a multiple of round_to and
+    of the layer's channel groups (GroupNorm groups), removing the least important channel of every group; None
+    when that would leave no channel (the layer is then left whole)."""
+    dg = pruner.DG
+    dep = group[0].dep
+    module, fn = dep.target.module, dep.handler
+    channels = dg.get_out_channels(module) if dg.is_out_channel_pruning_fn(fn) else dg.get_in_channels(module)
+    full = dg.get_pruning_group(module, fn, list(range(channels)))
+    n_groups = pruner._get_channel_groups(full)
+    step = math.lcm(n_groups, round_to)
+    keep = channels - len(group[0].idxs)
+    keep -= keep % step
+    if keep <= 0:
+        # As torch-pruning's own check_pruning_group: a layer that rounding would empty keeps every channel
+        # (the achieved-ratio check after the step says so when that moves the total far from the ratio asked).
+        return None
+    imp = pruner.estimate_importance(full)
+    if imp is None:
+        return group
+    per = channels // n_groups
+    drop = imp.view(n_groups, per).mean(dim=0).cpu().argsort()[:per - keep // n_groups]
+    return dg.get_pruning_group(module, fn, sorted(torch.cat([drop + g * per for g in range(n_groups)]).tolist()))
 
 
 class APoZImportance:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from edgecompress.compression.finetune import finetuner
-from edgecompress.compression.importance import channel_importance, protected_layers
+from edgecompress.compression.importance import channel_importance, channel_widths, protected_layers, whole_groups
 from edgecompress.compression.onnx import export_onnx
 from edgecompress.compression.sparse import sparse_size
 from edgecompress.deploy.runner import benchmark, load_session
@@ -66,6 +66,9 @@ class PruneConfig:
     # What is pruned: the distilled student, or the teacher itself (the user's module: compressed directly,
     # fine-tuned by self-distillation from its unpruned self).
     source_model: str = "student"
+    # How far the removed fraction a step or level reaches (channels; weights for magnitude) may be from the
+    # one asked before the stage refuses: round_to and GroupNorm groups floor small layers' widths coarsely.
+    ratio_tolerance: float = 0.15
 
     def __post_init__(self) -> None:
         method, criterion = self.method, self.criterion
@@ -94,7 +97,8 @@ class PruneConfig:
                   ("source_model", self.source_model in SOURCE_MODELS, f"allowed {list(SOURCE_MODELS)} (the "
                                                                          "network that is pruned)"),
                   ("temperature", self.temperature > 0, "must be > 0 (softmax(z / T))"),
-                  ("alpha", 0 <= self.alpha <= 1, "must be within [0, 1]")]
+                  ("alpha", 0 <= self.alpha <= 1, "must be within [0, 1]"),
+                  ("ratio_tolerance", 0 < self.ratio_tolerance < 1, "must be within (0, 1)")]
         for name, ok, allowed in checks:
             if not ok:
                 raise EdgeCompressError(f"invalid value {name}={getattr(self, name)!r}: {allowed}")
@@ -132,7 +136,8 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
     """Physically remove ``ratio`` of the prunable channels ranked by ``cfg.criterion``, in place.
 
     Per layer (or globally with ``cfg.global_ranking``), kept channels are floored to multiples of
-    ``cfg.round_to``; protected layers keep their output channels.
+    ``cfg.round_to`` and, for group-normalised (or grouped-conv) channels, of the group count too: every
+    group loses the same channels, so GroupNorm's groups stay whole. Protected layers keep their outputs.
     """
     import torch_pruning as tp
 
@@ -140,11 +145,17 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
         return model
     model.eval()
     importance = channel_importance(cfg.criterion, model, batch)
+    # round_to=None: torch-pruning's own rounding counts a GroupNorm(4) layer's channels per group but removes
+    # that count from every group (a 30% prune took 32 channels to 16); whole_groups rounds instead.
     pruner = tp.pruner.MagnitudePruner(
         model, torch.zeros(1, *input_shape), importance=importance, pruning_ratio=ratio,
-        ignored_layers=protected_layers(model, cfg.protect), round_to=cfg.round_to,
+        ignored_layers=protected_layers(model, cfg.protect), round_to=None,
         global_pruning=cfg.global_ranking, max_pruning_ratio=0.9 if cfg.global_ranking else 1.0)
-    pruner.step()
+    # Every group is planned on the unpruned model before any is pruned (scores stay those of one network).
+    plans = [whole_groups(pruner, group, cfg.round_to) for group in pruner.step(interactive=True)]
+    for plan in plans:
+        if plan is not None:
+            plan.prune()
     model.zero_grad(set_to_none=True)
     empty = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.out_channels == 0]
     if empty:
@@ -225,6 +236,40 @@ def level_name(ratio: float) -> str:
     return f"pruned-{round(100 * ratio)}"
 
 
+def removed_fraction(model: nn.Module, cfg: PruneConfig, widths0: dict[str, int]) -> float:
+    """Fraction of the original channels (``widths0``; of the weights for magnitude) that ``model`` lacks."""
+    if cfg.method == "magnitude":
+        return sparsity(model, cfg.protect)
+    if cfg.method == "none":
+        return 0.0  # nothing is pruned, whatever ratio says
+    now = channel_widths(model, cfg.protect)
+    return 1 - sum(now.get(n, 0) for n in widths0) / max(sum(widths0.values()), 1)
+
+
+def check_removed(model: nn.Module, cfg: PruneConfig, widths0: dict[str, int], asked: float, where: str,
+                  previous: float = 0.0) -> float:
+    """The removed fraction ``model`` reached; refused when it is further than ``cfg.ratio_tolerance`` from
+    ``asked``, or no more than the ``previous`` level's (a level is never named for a ratio it did not reach)."""
+    removed = removed_fraction(model, cfg, widths0)
+    what = "weights" if cfg.method == "magnitude" else "channels"
+    if cfg.method != "none" and asked > 0 and removed <= previous:
+        raise EdgeCompressError(f"{where} removed no more of the {what} than the level before it ({removed:.0%}), "
+                                f"so it would be the same network under another name; lower prune.round_to or drop "
+                                f"the level from prune.ladder")
+    if cfg.method == "none" or abs(removed - asked) <= cfg.ratio_tolerance:
+        return removed
+    now = channel_widths(model, cfg.protect)
+    worst = sorted(widths0, key=lambda n: (now.get(n, 0) / widths0[n], n))[:3]
+    shrunk = ", ".join(f"{n} {widths0[n]} -> {now.get(n, 0)}" for n in worst)
+    layers = f" ({shrunk})" if cfg.method == "channel" else ""
+    fix = (f"prune.round_to={cfg.round_to} (and any GroupNorm groups) floors these widths too coarsely: lower "
+           "prune.round_to (1 keeps exact counts)" if removed > asked else
+           "some layers could not be pruned (a layer torch-pruning cannot trace, or only protected ones left): "
+           "lower prune.ratio / prune.ladder")
+    raise EdgeCompressError(f"{where} asked to remove {asked:.0%} of the {what} and removed {removed:.0%}{layers}; "
+                            f"{fix}, or widen prune.ratio_tolerance ({cfg.ratio_tolerance})")
+
+
 def prune_step(model: nn.Module, cfg: PruneConfig, ratio: float, input_shape: tuple[int, ...],
                batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
     """Apply one pruning step of ``ratio`` with ``cfg.method`` (``batch`` feeds apoz/taylor)."""
@@ -292,10 +337,13 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
     before = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
               "val_accuracy": val_accuracy(), "latency_p50_ms": latency()}
     tune, tuned_from = finetuner(model, teacher, members, finetune, cfg.temperature, cfg.alpha, multihead, targets)
+    widths0, reached = channel_widths(model, cfg.protect), [0.0]  # reached: the removed fraction of each level
 
-    def advance(r: float, cum: float, name: str) -> dict[str, Any]:
+    def advance(r: float, cum: float, name: str, where: str) -> dict[str, Any]:
         """Prune one step of ``r`` (reaching ``cum`` removed), fine-tune; what the report records of it."""
         prune_step(model, cfg, r, shape, batch)
+        removed = check_removed(model, cfg, widths0, cum, where, reached[-1])
+        reached.append(removed)
         pruned_acc = val_accuracy()
         hooks, masks = [], {}
         if cfg.method == "magnitude":
@@ -309,22 +357,24 @@ def prune_and_finetune(model: nn.Module, teacher: nn.Module | None, ds: Dataset,
             for n, p in model.named_parameters():
                 if n in masks:
                     p.mul_(masks[n])
-        return {"step_ratio": r, "target_removed": cum, **structure_stats(model, shape),
+        return {"step_ratio": r, "target_removed": cum, "removed": removed, **structure_stats(model, shape),
                 "val_accuracy_before_finetune": pruned_acc, "val_accuracy": val_accuracy(),
                 "latency_p50_ms": latency(), "history": history}
 
-    steps = [{"step": i + 1, **advance(r, cum, f"prune step {i + 1}/{cfg.steps}")}
+    steps = [{"step": i + 1, **advance(r, cum, f"prune step {i + 1}/{cfg.steps}",
+                                           f"prune step {i + 1}/{cfg.steps} of prune.ratio {cfg.ratio:g}")}
              for i, (r, cum) in enumerate(zip(step_ratios(cfg), cumulative_ratios(cfg)))]
-    after = {**structure_stats(model, shape), "test": evaluate(model, *t["test"]),
+    after = {**structure_stats(model, shape), "removed": reached[-1], "test": evaluate(model, *t["test"]),
              "latency_p50_ms": steps[-1]["latency_p50_ms"] if steps else before["latency_p50_ms"]}
     # The ladder keeps pruning ``model`` in place: hand back a snapshot of the ratio level instead.
     result = copy.deepcopy(model) if cfg.ladder else model
     if on_level is not None:
         on_level(level_name(cfg.ratio), copy.deepcopy(model), {
-            "name": level_name(cfg.ratio), "target_removed": cfg.ratio, **after, "val_accuracy": steps[-1]["val_accuracy"]})
+            "name": level_name(cfg.ratio), "target_removed": cfg.ratio, **after,
+            "val_accuracy": steps[-1]["val_accuracy"]})
     ladder = []
     for r, level in zip(ladder_ratios(cfg), cfg.ladder):
-        entry = advance(r, level, f"ladder {level:g}")
+        entry = advance(r, level, f"ladder {level:g}", f"prune.ladder level {level:g} ({level_name(level)})")
         history = entry.pop("history")  # after the metrics, as in ``steps``
         ladder.append({"name": level_name(level), **entry, "test": evaluate(model, *t["test"]), "history": history})
         if on_level is not None:

@@ -19,7 +19,7 @@ from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fi
 from edgecompress.training.loop import Tensors, TrainConfig, crop_fill, fit, model_report, tensors
 from edgecompress.training.losses import CombinedKDLoss, kd_loss, kd_loss_config
 from edgecompress.training.multihead import MultiHeadKDConfig
-from edgecompress.usermodel import build_module, module_arch
+from edgecompress.usermodel import build_module, module_arch, user_file
 from edgecompress.training.soft_targets import (SoftTargets, compute_soft_targets, fit_on_soft_targets,
                                                no_soft_targets, response)
 
@@ -126,6 +126,7 @@ class DistillConfig:
         """A freshly initialised student: the user's factory's network, or our MobileNet (``width`` overrides
         the multiplier, e.g. for the teacher assistant)."""
         if self.student:
+            user_file(self.student, "distill.student")  # resolved: only code inside user/ runs (validate says so too)
             return build_module(self.student, ds.num_classes, ds.channels, ds.input_shape[1], "distill.student")
         return MobileNetStudent(**{k: v for k, v in self.arch(ds, width).items() if k != "kind"})
 

@@ -40,6 +40,9 @@ def load_early_exit(path: str | Path) -> tuple[EarlyExitNet, dict[str, Any]]:
     if arch.get("kind") != "early_exit":
         raise EdgeCompressError(f"checkpoint {path} is a {arch.get('kind')!r} network, not an early-exit one; "
                                 f"the early_exit stage writes those (dvc repro early_exit)")
+    if not isinstance(arch.get("backbone"), str) or Path(arch["backbone"]).name != arch["backbone"]:
+        raise EdgeCompressError(f"checkpoint {path}: arch.backbone {arch.get('backbone')!r} must be a file name beside "
+                                f"it; re-run dvc repro early_exit")
     backbone, _ = load_checkpoint(path.with_name(arch["backbone"]))
     net = EarlyExitNet(backbone, arch["exits"], arch["head_conv"])
     try:
