@@ -111,7 +111,7 @@ def main() -> None:
             rows.append({"model": name, "artifact": "fp32.onnx", **measure(d / f"{tag}.fp32.onnx", ds, x_test)})
             export_onnx_int8(d / f"{tag}.fp32.onnx", d / f"{tag}.int8.onnx", calib, CalibrationConfig())
             rows.append({"model": name, "artifact": "int8.onnx", **measure(d / f"{tag}.int8.onnx", ds, x_test)})
-            # lr 0.003: chosen on the validation split (0.003 vs 0.01, 1 vs 2 epochs; README), for both methods.
+            # lr 0.003: chosen on the validation split (0.003 vs 0.01, 1 vs 2 epochs; docs/results.md), for both methods.
             cfg = ClusterConfig(bits=args.bits, finetune=TrainConfig(epochs=args.epochs, lr=0.003, weight_decay=0.0,
                                                                      seed=2))
             for method in ("uniform", "cluster"):

@@ -1,4 +1,4 @@
-"""Print the README's results tables from a finished `dvc repro` (metrics/*.json).
+"""Print the results tables of docs/results.md (and the README's one) from a finished `dvc repro` (metrics/*.json).
 
 Usage: python scripts/results_table.py   (from the repository root)
 """

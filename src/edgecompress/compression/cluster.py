@@ -48,7 +48,7 @@ class ClusterConfig:
     models: tuple[str, ...] = ("student", "pruned")  # student | pruned | a ladder level (pruned-50); () = none
     bits: int = 4                 # 2**bits shared values per layer (2..8)
     init: str = "density"         # density: at the quantiles of the weights | linear: evenly over [min, max]
-    #                               (Han et al.'s choice; fragile after BN folding: README)
+    #                               (Han et al.'s choice; fragile after BN folding: docs/results.md)
     iterations: int = 30          # Lloyd iterations of the per-layer 1-D k-means
     min_weights: int = 64         # smaller tensors stay float (a few bytes; not worth a codebook)
     temperature: float = 4.0

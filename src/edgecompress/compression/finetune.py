@@ -43,7 +43,7 @@ def finetune_plan(cfg: _Sourced, student: nn.Module, student_meta: dict[str, Any
                   where: str) -> tuple[str, MultiHeadKDConfig | None]:
     """(source, multi-head loss config) for fine-tuning ``student``: resolves ``source: auto``.
 
-    Measured (README): heads fine-tuned on the mean alone drift apart (spurious MI, 1.8x the ECE),
+    Measured (docs/results.md): heads fine-tuned on the mean alone drift apart (spurious MI, 1.8x the ECE),
     so a multi-head student keeps distilling the ensemble with the Ferianc loss it was distilled
     with (read from its checkpoint, ``where``); a single-head student gains nothing from the
     ensemble at 3x the fine-tuning time, so ``auto`` gives it the teacher.

@@ -43,12 +43,12 @@ class TeacherConfig:
     # foreach cannot count, so ``members`` spells the indices out and must equal 1..ensemble_size-1.
     ensemble_size: int = 1
     members: tuple[int, ...] = ()
-    # Members 1..N-1 may train shorter than the teacher: averaging recovers what each loses (README).
+    # Members 1..N-1 may train shorter than the teacher: averaging recovers what each loses (docs/results.md).
     member_epochs: int | None = None  # None: train.epochs, as the teacher
     # scratch: each member trains from its own random initialisation (Lakshminarayanan et al.);
     # teacher: from the trained teacher's weights, a short restarted one-cycle with its own seed (data
     # order and augmentation), as snapshot/fast-geometric ensembles do: measured as accurate for a
-    # fraction of the cost (README).
+    # fraction of the cost (docs/results.md).
     member_init: str = "scratch"
     member_lr: float | None = None  # the members' peak learning rate; None: train.lr
     mc_samples: int = 0  # > 0: also evaluate the teacher with that many MC-dropout passes (needs dropout)
@@ -196,6 +196,7 @@ def train_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str,
 def bring_teacher(ds: Dataset, cfg: TeacherConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The user's trained classifier as the teacher, checked on a batch and measured like ours (no training)."""
     spec = cfg.user_spec()
+    spec.check_user_dir()  # as the validate stage does, for a stage run on its own
     shape = tuple(ds.input_shape)
     model = load_user_model(spec, shape, ds.num_classes, tuple(ds.mean), tuple(ds.std))  # type: ignore[arg-type]
     arch = user_arch(spec, model, shape, ds.num_classes, tuple(ds.mean), tuple(ds.std))  # type: ignore[arg-type]
