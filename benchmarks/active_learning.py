@@ -20,9 +20,7 @@ every run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import harness
+from harness import ROOT
 
-from edgecompress.active.select import SelectConfig, score_pool  # noqa: E402
-from edgecompress.active.strategies import choose  # noqa: E402
-from edgecompress.data import DataConfig, load_dataset  # noqa: E402
-from edgecompress.deploy.runner import fingerprint  # noqa: E402
+from edgecompress.active.select import SelectConfig, score_pool
+from edgecompress.active.strategies import choose
+from edgecompress.deploy.runner import fingerprint
+from edgecompress.fileio import write_text
 
 SCHEDULE = (200, 400, 700, 1000, 1500, 2000, 3000)
 STRATEGIES = {  # benchmark name -> (library strategy, ensemble size)
@@ -153,29 +151,31 @@ def svg_plot(stats: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(out) + "\n")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--pool", type=int, default=10000, help="unlabeled pool size (a seeded subset of the train split)")
     p.add_argument("--steps", type=int, default=300, help="Adam steps of 64 images per training")
     p.add_argument("--strategies", nargs="*", default=list(STRATEGIES))
-    p.add_argument("--limit", type=int, help="data.limit (a quick look; the report says so)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/active_learning.md"))
+    harness.add_limit(p, help="data.limit (a quick look; the report says so)")
+    harness.add_out(p, ROOT / "benchmarks/results/active_learning.md")
     p.add_argument("--from-json", help="re-render the report of a finished run (its .json) without training")
-    a = p.parse_args()
+    a, bench = harness.parse(p, argv)
     torch.set_num_threads(2)
     t0 = time.time()
-    ds = load_dataset(DataConfig(limit=a.limit))
+    ds = harness.load_data(limit=a.limit)  # the library's default data (Fashion-MNIST), not params.yaml's
     pool = min(a.pool, len(ds.train.y))
     out = Path(a.out)
     runs: list[dict[str, Any]] = []
+    prior = None
     if a.from_json:  # re-render a finished run's report (its curves), no training
         saved = json.loads(Path(a.from_json).read_text())
+        prior = saved.get("provenance")
         runs, minutes = saved["runs"], saved.get("minutes", 0.0)
     for seed in range(0 if a.from_json else a.seeds):
         for s in a.strategies:
             runs.append(run(s, seed, ds, pool, a.steps))
-            out.with_suffix(".partial.json").write_text(json.dumps(runs) + "\n")  # a stopped run keeps its curves
+            write_text(out.with_suffix(".partial.json"), json.dumps(runs) + "\n")  # a stopped run keeps its curves
     if not a.from_json:
         minutes = (time.time() - t0) / 60
     stats: dict[str, Any] = {}
@@ -212,12 +212,12 @@ def main() -> None:
                    "No strategy reached random's 3,000-label accuracy within 3,000 labels.")
         lines += ["", verdict]
     lines += ["", f"![learning curves]({out.with_suffix('.svg').name})"]
-    out.write_text("\n".join(lines) + "\n")
+    payload = {"schedule": SCHEDULE, "runs": runs, "stats": stats, "minutes": minutes,
+               "need": {s: dict(zip(map(str, targets), v)) for s, v in need.items()}, "fingerprint": fp}
+    if a.from_json and prior:
+        payload["provenance"] = prior  # the run whose curves these are
+    harness.write_results(out.with_suffix(".json"), payload, bench, markdown="\n".join(lines) + "\n", md_path=out)
     out.with_suffix(".partial.json").unlink(missing_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"schedule": SCHEDULE, "runs": runs, "stats": stats,
-                                                    "minutes": minutes,
-                                                    "need": {s: dict(zip(map(str, targets), v)) for s, v in need.items()},
-                                                    "fingerprint": fp}, indent=2) + "\n")
     print("\n".join(lines))
 
 

@@ -11,8 +11,6 @@ candidates that cannot win. Results: benchmarks/results/build_search.{md,json}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import sys
@@ -21,13 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import harness
+from harness import ROOT
 
-from edgecompress.config import load_params  # noqa: E402
-from edgecompress.deploy.build import MeasurementCache, build_target  # noqa: E402
-from edgecompress.deploy.runner import fingerprint  # noqa: E402
-from edgecompress.deploy.targets import load_target  # noqa: E402
+from edgecompress.deploy.build import MeasurementCache, build_target
+from edgecompress.deploy.runner import fingerprint
+from edgecompress.deploy.targets import load_target
 
 
 def one(profile: Any, pool: Path, exhaustive: bool) -> dict[str, Any]:
@@ -39,14 +36,15 @@ def one(profile: Any, pool: Path, exhaustive: bool) -> dict[str, Any]:
                 "chosen": record["chosen"]["name"]}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__)
     p.add_argument("--candidates", default=str(ROOT / "models/candidates"))
     p.add_argument("--targets", help="comma-separated (default: params.yaml check.targets)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/build_search.md"))
-    a = p.parse_args()
-    names = a.targets.split(",") if a.targets else load_params(ROOT / "params.yaml")["check"]["targets"]
+    harness.add_params(p, ROOT / "params.yaml")
+    harness.add_out(p, ROOT / "benchmarks/results/build_search.md")
+    a, bench = harness.parse(p, argv)
+    names = a.targets.split(",") if a.targets else harness.load_params(a.params)["check"]["targets"]
     rows = []
     for name in names:
         profile = load_target(ROOT / "targets" / f"{name}.yaml")
@@ -77,8 +75,8 @@ def main() -> None:
     lines += ["", f"All targets: {sum(r['search_runs'] for r in rows)} device runs in {total_s:.1f} s for the search, "
               f"{sum(r['all_runs'] for r in rows)} in {total_a:.1f} s measuring everything ({total_a / total_s:.1f}x). "
               "Wall time includes the device probe and writing the build record.", ""]
-    Path(a.out).write_text("\n".join(lines))
-    Path(a.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "fingerprint": fp}, indent=2) + "\n")
+    harness.write_results(Path(a.out).with_suffix(".json"), {"rows": rows, "fingerprint": fp}, bench,
+                          markdown="\n".join(lines), md_path=a.out)
     print("\n".join(lines))
 
 

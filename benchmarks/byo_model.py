@@ -12,10 +12,7 @@ edgecompress.usermodel exactly as a user's would. Everything runs on the real Fa
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +21,18 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import harness
+from harness import ROOT
 
-from edgecompress.compression.calibrate import CalibrationConfig  # noqa: E402
-from edgecompress.compression.export import run_artifact  # noqa: E402
-from edgecompress.compression.prune import PruneConfig, prune_and_finetune  # noqa: E402
-from edgecompress.compression.tflite import export_tflite  # noqa: E402
-from edgecompress.data import DataConfig, load_dataset  # noqa: E402
-from edgecompress.deploy.runner import fingerprint  # noqa: E402
-from edgecompress.metrics import classification_metrics, softmax  # noqa: E402
-from edgecompress.training.distill import DistillConfig, distill  # noqa: E402
-from edgecompress.training.loop import TrainConfig, crop_fill, fit, model_report, tensors  # noqa: E402
-from edgecompress.usermodel import UserModelSpec, build_module, load_user_model  # noqa: E402
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.export import run_artifact
+from edgecompress.compression.prune import PruneConfig, prune_and_finetune
+from edgecompress.compression.tflite import export_tflite
+from edgecompress.deploy.runner import fingerprint
+from edgecompress.metrics import classification_metrics, softmax
+from edgecompress.training.distill import DistillConfig, distill
+from edgecompress.training.loop import TrainConfig, crop_fill, fit, model_report, tensors
+from edgecompress.usermodel import UserModelSpec, build_module, load_user_model
 
 FACTORY = "benchmarks/user_model.py:build_classifier"
 
@@ -61,14 +57,14 @@ def row(name: str, model: torch.nn.Module, ds: Any, t: Any, d: Path, seconds: fl
             "seconds": round(seconds)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--limit", type=int)
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__)
+    harness.add_limit(p)
     p.add_argument("--epochs", type=int, default=6, help="epochs for the user's training and the distillation")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/byo_model.md"))
-    a = p.parse_args()
+    harness.add_out(p, ROOT / "benchmarks/results/byo_model.md")
+    a, bench = harness.parse(p, argv)
     t0 = time.time()
-    ds = load_dataset(DataConfig(limit=a.limit))
+    ds = harness.load_data(limit=a.limit)  # the library's default data (Fashion-MNIST), not params.yaml's
     t = tensors(ds)
     train = TrainConfig(epochs=a.epochs, batch_size=128, lr=0.1, weight_decay=5e-4, crop_pad=2, flip=True)
     rows = []
@@ -109,8 +105,8 @@ def main() -> None:
         lines.append(f"| {r['model']} | {100 * r['test_accuracy']:.2f}% | {r['ece']:.4f} | {r['params']:,} | "
                      f"{r['macs']:,} | {r['int8_tflite']['size_kib']:.1f} KiB | "
                      f"{100 * r['int8_tflite']['accuracy']:.2f}% | {r['seconds']} |")
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    Path(a.out).with_suffix(".json").write_text(json.dumps({"rows": rows, "fingerprint": fp}, indent=2) + "\n")
+    harness.write_results(Path(a.out).with_suffix(".json"), {"rows": rows, "fingerprint": fp}, bench,
+                          markdown="\n".join(lines) + "\n", md_path=a.out)
     print("\n".join(lines))
 
 

@@ -17,7 +17,6 @@ chooses among the user's model, its pruned levels and our student, measured as a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,15 +29,13 @@ from typing import Any
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import harness
+from harness import ROOT
 
-from edgecompress.compression.onnx import export_onnx  # noqa: E402
-from edgecompress.config import from_dict  # noqa: E402
-from edgecompress.data import DataConfig, load_dataset  # noqa: E402
-from edgecompress.deploy.runner import fingerprint  # noqa: E402
-from edgecompress.training.loop import TrainConfig, crop_fill, fit, tensors  # noqa: E402
-from edgecompress.usermodel import build_module  # noqa: E402
+from edgecompress.compression.onnx import export_onnx
+from edgecompress.deploy.runner import fingerprint
+from edgecompress.training.loop import TrainConfig, crop_fill, fit, tensors
+from edgecompress.usermodel import build_module
 
 FACTORY = "user/user_model.py:build_classifier"
 
@@ -61,11 +58,11 @@ def copy_repo(work: Path) -> None:
     shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots")  # the plot templates dvc.yaml names
 
 
-def train_user_model(work: Path, data: dict[str, Any], epochs: int) -> dict[str, Any]:
+def train_user_model(work: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
     """The user's side: train their network, keep code + state dict (and a .pt2 and .onnx of it) in user/."""
     user = work / "user"
     shutil.copy(ROOT / "benchmarks" / "user_model.py", user / "user_model.py")
-    ds = load_dataset(from_dict(DataConfig, data))
+    ds = harness.load_data(params, where=str(work / "params.yaml"))
     t = tensors(ds)
     torch.manual_seed(0)
     net = build_module(str(user / "user_model.py") + ":build_classifier", ds.num_classes, ds.channels, ds.image_size)
@@ -93,7 +90,8 @@ def run_pipeline(work: Path, log: Path) -> float:
     return time.time() - s
 
 
-def report(work: Path, params: dict[str, Any], trained: dict[str, Any], seconds: float, out: Path) -> None:
+def report(work: Path, params: dict[str, Any], trained: dict[str, Any], seconds: float, out: Path,
+           bench: harness.Run) -> None:
     def load(name: str) -> Any:
         return json.loads((work / name).read_text())
 
@@ -129,33 +127,33 @@ def report(work: Path, params: dict[str, Any], trained: dict[str, Any], seconds:
         lines.append(f"| {target} | {check['artifact'].get('candidate', '')} | "
                      f"{'' if acc is None else f'{100 * acc:.2f}%'} ({check.get('accuracy_samples', 0):,} images) | "
                      f"{check['status']} |")
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"models": models, "fingerprint": fp, "seconds": seconds,
-                                                    "trained": trained}, indent=2) + "\n")
+    harness.write_results(out.with_suffix(".json"), {"models": models, "fingerprint": fp, "seconds": seconds,
+                                                     "trained": trained}, bench,
+                          markdown="\n".join(lines) + "\n", md_path=out)
     print("\n".join(lines))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__)
     p.add_argument("--epochs", type=int, default=6, help="epochs the user's network trains (the user's side)")
-    p.add_argument("--limit", type=int, help="training images (a quick look; the report says so)")
+    harness.add_limit(p, help="training images (a quick look; the report says so)")
     p.add_argument("--work", default="/tmp/edgecompress-byo", help="where the copy of the pipeline runs")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/byo_pipeline.md"))
-    a = p.parse_args()
+    harness.add_out(p, ROOT / "benchmarks/results/byo_pipeline.md")
+    a, bench = harness.parse(p, argv)
     work = Path(a.work)
     copy_repo(work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
+    params = harness.load_params(work / "params.yaml")
     params["data"]["limit"] = a.limit
     params["train_teacher"].update(source="module", model=FACTORY, weights="user/teacher.pt", ensemble_size=1,
                                    members=[])
     params["distill"].update(source="teacher")
     params["prune"].update(source_model="teacher")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    trained = train_user_model(work, params["data"], a.epochs)
+    trained = train_user_model(work, params, a.epochs)
     print(f"[byo] the user's network trained in {trained['seconds']} s; dvc repro in {work} (log: {work}/repro.log)",
           flush=True)
     seconds = run_pipeline(work, work / "repro.log")
-    report(work, params, trained, seconds, Path(a.out))
+    report(work, params, trained, seconds, Path(a.out), bench)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import harness
+
 TIMING = re.compile(r"(seconds|latency|_ms$|^p\d\d$|^mean$|^std$|^min$|^max$|throughput|memory|rss|fingerprint|"
                     r"hostname|bench|warnings|remote|cpu|^measured$|^margin$)", re.I)
 
@@ -103,8 +105,12 @@ def compare(a: Path, b: Path, rel: Path) -> tuple[bool, str]:
     return False, f"BYTES DIFFER {sha(da)} vs {sha(db)}"
 
 
-def main(argv: list[str]) -> int:
-    a, b = Path(argv[0]), Path(argv[1])
+def main(argv: list[str] | None = None) -> int:
+    p = harness.parser(__doc__)
+    p.add_argument("before", help="the first checkout (its models/ and metrics/)")
+    p.add_argument("after", help="the second checkout")
+    args, _ = harness.parse(p, argv)
+    a, b = Path(args.before), Path(args.after)
     files = sorted({p.relative_to(a) for d in ("models", "metrics") for p in (a / d).rglob("*")
                     if p.is_file() and p.name != ".gitkeep"})
     ok = True
@@ -117,4 +123,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -21,8 +21,6 @@ Smoke: python benchmarks/compression.py --limit 600 --epochs 1 --ratios 0.5 --ru
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,11 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
+import harness
+
 from edgecompress.checkpoint import load_checkpoint
-from edgecompress.data import DataConfig, load_dataset
 from edgecompress.compression.export import export_onnx, export_onnx_int8, export_tflite, io_details, verify
 from edgecompress.models import count_macs, count_params
-from edgecompress.config import from_dict, load_params, section
+from edgecompress.config import from_dict, section
+from edgecompress.fileio import write_json
+from edgecompress.log import get_logger
 from edgecompress.compression.prune import PruneConfig, prune_and_finetune
 from edgecompress.compression.calibrate import CalibrationConfig, select_calibration
 from edgecompress.deploy.runner import benchmark, fingerprint, load_session
@@ -46,7 +47,7 @@ FORMATS = (("fp32", "onnx"), ("fp32", "tflite"), ("int8", "onnx"), ("int8", "tfl
 
 
 def log(msg: str) -> None:
-    print(f"[compression] {msg}", file=sys.stderr, flush=True)
+    get_logger("compression").info(msg)
 
 
 def prune_variant(student_ckpt: Path, teacher: torch.nn.Module, ds: Any, params: dict[str, Any],
@@ -146,25 +147,22 @@ def plot_png(points: list[dict[str, Any]], path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--models", default="models", help="folder with teacher.pt and student.pt")
-    p.add_argument("--params", default="params.yaml")
+    harness.add_params(p)
     p.add_argument("--epochs", type=int, default=2, help="KD fine-tune epochs after pruning")
     p.add_argument("--ratios", default="0.3,0.5,0.7", help="comma-separated structured pruning ratios")
-    p.add_argument("--limit", type=int, help="data subset per split (quick smoke runs)")
+    harness.add_limit(p, help="data subset per split (quick smoke runs)")
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per artifact and thread count")
-    p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
+    harness.add_out(p, "benchmarks/results")
+    args, bench = harness.parse(p, argv)
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores)
     t_start = time.time()
 
-    params = load_params(args.params)
-    data_sec = dict(section(params, "data"))
-    if args.limit:
-        data_sec["limit"] = args.limit
-    ds = load_dataset(from_dict(DataConfig, data_sec, "params.yaml:data"))
+    params = harness.load_params(args.params)
+    ds = harness.load_data(params, args.limit)
     shape = tuple(ds.input_shape)
     x_test = ds.normalize(ds.test.x)
     cal_cfg = from_dict(CalibrationConfig, section(params, "calibrate"), "params.yaml:calibrate")
@@ -236,13 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(md)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compression.md").write_text(md + "\n")
-    (out / "compression_pareto.json").write_text(json.dumps(points, indent=2) + "\n")
-    (out / "compression.json").write_text(json.dumps({"rows": rows, "fingerprint": fp, "ratios": ratios,
-                                                      "epochs": args.epochs, "limit": args.limit,
-                                                      "prune_reports": {v[0]: v[3] for v in variants if v[3]}},
-                                                     indent=2, default=str) + "\n")
+    # The Pareto points stay a plain list: `dvc plots` reads them; compression.json carries the provenance.
+    write_json(out / "compression_pareto.json", points)
+    harness.write_results(out / "compression.json", {"rows": rows, "fingerprint": fp, "ratios": ratios,
+                                                     "epochs": args.epochs, "limit": args.limit,
+                                                     "prune_reports": {v[0]: v[3] for v in variants if v[3]}},
+                          bench, markdown=md + "\n", md_path=out / "compression.md", default=str)
     log(f"wrote {out / 'compression.md'}, {out / 'compression_pareto.json'}"
         + (f", {out / 'compression_pareto.png'}" if plot_png(points, out / "compression_pareto.png")
            else " (matplotlib missing: no PNG)"))

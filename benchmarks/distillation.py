@@ -32,16 +32,18 @@ import argparse
 import dataclasses
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import harness
+
 from edgecompress.data import DataConfig, load_dataset
 from edgecompress.checkpoint import load_checkpoint
-from edgecompress.config import from_dict, load_params, section
+from edgecompress.config import from_dict, section
+from edgecompress.log import get_logger
 from edgecompress.models import MobileNetStudent
 from edgecompress.training.distill import DistillConfig, distill, distill_ensemble, distill_multihead
 from edgecompress.training.ensemble import ensemble_report, train_ensemble
@@ -53,14 +55,11 @@ COLUMNS = ("accuracy", "nll", "ece", "brier", "entropy", "mutual_information")
 
 
 def log(msg: str) -> None:
-    print(f"[distillation] {msg}", file=sys.stderr, flush=True)
+    get_logger("distillation").info(msg)
 
 
 def configs(params: dict[str, Any], args: argparse.Namespace) -> tuple[DataConfig, TeacherConfig, DistillConfig]:
-    data_sec = section(params, "data")
-    if args.limit:
-        data_sec["limit"] = args.limit
-    data = from_dict(DataConfig, data_sec, "params.yaml:data")
+    data = harness.data_config(params, args.limit, where=args.params)
     tcfg = from_dict(TeacherConfig, section(params, "train_teacher"))
     scfg = from_dict(DistillConfig, section(params, "distill"))
     t_over: dict[str, Any] = {"seed": args.seed}
@@ -134,25 +133,25 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--params", default="params.yaml")
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__)
+    harness.add_params(p)
     p.add_argument("--members", type=int, default=5, help="ensemble size (= heads of the multi-head student)")
     p.add_argument("--teacher-epochs", type=int, help="override train_teacher.train.epochs")
     p.add_argument("--student-epochs", type=int, help="override distill.train.epochs (all four students)")
-    p.add_argument("--limit", type=int, help="data subset per split (quick smoke runs)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (members use seed..seed+N-1)")
+    harness.add_limit(p, help="data subset per split (quick smoke runs)")
+    harness.add_seed(p, help="training seed (members use seed..seed+N-1)")
     p.add_argument("--multihead", default="", help="MultiHeadKDConfig overrides for (d), e.g. a=0.5,lam_max=0.1")
     p.add_argument("--students", default="d,c", help="which of the trained students (c, d) to run, in order")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--members-from", help="load the ensemble from this models/ directory (teacher.pt, members/) "
                                           "instead of training it")
     p.add_argument("--pipeline-students", help="take (a) and (b) from this distill-stage metrics JSON")
-    p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args()
+    harness.add_out(p, "benchmarks/results")
+    args, bench = harness.parse(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = load_params(args.params)
+    params = harness.load_params(args.params)
     data_cfg, tcfg, scfg = configs(params, args)
     overrides = {k: float(v) for k, v in (kv.split("=") for kv in args.multihead.split(",") if kv)}
     mh_cfg = MultiHeadKDConfig(**{**dataclasses.asdict(MultiHeadKDConfig()), **overrides, "num_heads": args.members})
@@ -226,11 +225,10 @@ def main() -> None:
                 f"averaged. Member train s = ensemble time / members. Run time so far {timings['total']:.0f} s."
                 + (f" Not run (yet): {', '.join(missing)}." if missing else "") + f"\n\n{markdown(rows)}\n")
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "distillation.md").write_text(text)
-        (out / "distillation.json").write_text(json.dumps({
+        harness.write_results(out / "distillation.json", {
             "args": vars(args), "setup": setup, "rows": rows, "timings_s": timings,
-            "ensemble": ens, "students": reports}, indent=2, default=str))
+            "ensemble": ens, "students": reports}, bench, markdown=text, md_path=out / "distillation.md",
+            default=str, newline=False)
         log(f"wrote {out / 'distillation.md'} and {out / 'distillation.json'} ({timings['total']:.0f} s so far)")
         if not missing:
             print(text)

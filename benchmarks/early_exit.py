@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
+import harness
+
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.compression.cascade import export_segments, verify_cascade, write_manifest
 from edgecompress.compression.export import io_details
 from edgecompress.compression.onnx import export_onnx
 from edgecompress.compression.tflite import export_tflite
-from edgecompress.config import load_params, section
-from edgecompress.data import DataConfig, load_dataset
 from edgecompress.deploy import runner
 from edgecompress.fileio import write_json
 from edgecompress.training.early_exit import (EarlyExitConfig, EarlyExitNet, ThresholdChoice, exit_probabilities,
@@ -191,11 +191,11 @@ def table(label: str, res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__)
     p.add_argument("--models", default="models")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--limit", type=int, help="data.limit override (smoke runs)")
+    harness.add_params(p)
+    harness.add_limit(p, help="data.limit override (smoke runs)")
     p.add_argument("--budget-min", type=float, default=6.0, help="fine-tune budget for the student (minutes)")
     p.add_argument("--teacher-budget-min", type=float, default=3.0)
     p.add_argument("--train-samples", type=int, default=20000)
@@ -212,14 +212,11 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3000)
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher-sized backbone")
     p.add_argument("--work", help="artifact directory (default: a temp dir)")
-    p.add_argument("--out", default="benchmarks/results")
-    a = p.parse_args()
+    harness.add_out(p, "benchmarks/results")
+    a, bench = harness.parse(p, argv)
     torch.set_num_threads(1)  # 2 shared cores: training and timing on one thread, as the runner measures
-    params = load_params(a.params)
-    data = section(params, "data")
-    if a.limit:
-        data["limit"] = a.limit
-    ds = load_dataset(DataConfig.from_dict(data))
+    params = harness.load_params(a.params)
+    ds = harness.load_data(params, a.limit, where=a.params)
     log(f"data: {len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test")
     models = Path(a.models)
     student, smeta = load_checkpoint(models / "student.pt")
@@ -247,8 +244,6 @@ def main() -> None:
         result["teacher"] = run_size("teacher", teacher, tnet, trep, ds, data_meta, drops, work, testset, a)
     result["seconds"] = time.time() - T0
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "early_exit.json", result)
     fp = result["fingerprint"]
     md = ["# Early exits (BranchyNet) as a cascade on the standalone runner", "",
           f"Machine: {fp['cpu_model']} ({fp['cores']} cores, shared), {fp['os']}. Data: {result['data']}. "
@@ -266,7 +261,8 @@ def main() -> None:
                    f"Per-exit test accuracy (PyTorch) {[round(x, 4) for x in ft['test_accuracy']]}; MACs to each exit "
                    f"{ft['macs_to_exit']}."]
             md += table(label, r)
-    (out / "early_exit.md").write_text("\n".join(md) + "\n")
+    harness.write_results(out / "early_exit.json", result, bench, markdown="\n".join(md) + "\n",
+                          md_path=out / "early_exit.md")
     print("\n".join(md))
 
 

@@ -14,25 +14,22 @@ Writes OUT/gpu_check.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import harness
+from harness import ROOT
 
-from edgecompress.compression.cluster import ClusterConfig, compress_weights  # noqa: E402
-from edgecompress.config import load_params  # noqa: E402
-from edgecompress.data import DataConfig, load_dataset, save_npz_split  # noqa: E402
-from edgecompress.models import MobileNetStudent, ResNetTeacher, student_channels  # noqa: E402
-from edgecompress.training.loop import TrainConfig, crop_fill, evaluate, fit, tensors  # noqa: E402
-from edgecompress.training.losses import kd_loss  # noqa: E402
+from edgecompress.compression.cluster import ClusterConfig, compress_weights
+from edgecompress.data import save_npz_split
+from edgecompress.models import MobileNetStudent, ResNetTeacher, student_channels
+from edgecompress.training.loop import TrainConfig, crop_fill, evaluate, fit, tensors
+from edgecompress.training.losses import kd_loss
 
 
 def timed_fit(name: str, model: torch.nn.Module, t: Any, cfg: TrainConfig, fill: torch.Tensor,
@@ -65,7 +62,7 @@ def gpu_server_check(teacher: torch.nn.Module, ds: Any, out: Path) -> dict[str, 
         sidecar = {"format": "onnx", "precision": precision, **io_details(path), "mean": ds.mean, "std": ds.std,
                    "class_names": ds.class_names, "num_classes": len(ds.class_names)}
         (d / f"{precision}.onnx.json").write_text(json.dumps(sidecar))
-        r = check_target(profile.pinned("onnx", precision), d, d / "testset.npz")
+        r = check_target(profile.pinned("onnx", precision), d, d / "testset.npz").to_json()
         results[precision] = {k: r.get(k) for k in ("status", "hardware_match", "hardware_reasons", "latency_ms",
                                                      "accuracy", "ece", "warnings")}
         results[precision]["budgets"] = [{k: b[k] for k in ("name", "budget", "measured", "ok")} for b in r["budgets"]]
@@ -74,14 +71,15 @@ def gpu_server_check(teacher: torch.nn.Module, ds: Any, out: Path) -> dict[str, 
     return results
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__)
     ap.add_argument("--data", required=True, help="folder with the Fashion-MNIST IDX files")
     ap.add_argument("--teacher-epochs", type=int, default=15)
     ap.add_argument("--student-epochs", type=int, default=12)
-    ap.add_argument("--limit", type=int, default=None, help="a smaller run (smoke test)")
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+    harness.add_limit(ap, help="a smaller run (smoke test)")
+    harness.add_params(ap, ROOT / "params.yaml")
+    harness.add_out(ap, "benchmarks/results")
+    args, bench = harness.parse(ap, argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import onnxruntime as ort
@@ -90,8 +88,8 @@ def main() -> None:
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "onnxruntime": ort.__version__, "ort_providers": ort.get_available_providers()}
     print(f"[gpu] {env}", flush=True)
-    params = load_params(ROOT / "params.yaml")
-    ds = load_dataset(DataConfig(path=args.data, limit=args.limit))
+    params = harness.load_params(args.params)
+    ds = harness.load_data(limit=args.limit, path=args.data)  # the IDX files given, not params.yaml's data
     t, fill = tensors(ds), crop_fill(ds)
     tp, dp = params["train_teacher"], params["distill"]
     report: dict[str, Any] = {"env": env}
@@ -110,7 +108,7 @@ def main() -> None:
         report["cluster"][init] = {k: rep[k] for k in ("accuracy_float", "accuracy_before_finetune", "accuracy")} | {
             "max_distinct_values": max(rep["distinct_values"].values()), "seconds": time.perf_counter() - t0}
     report["gpu_server"] = gpu_server_check(teacher, ds, out)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    harness.write_results(out / "gpu_check.json", report, bench, default=str)
     print(json.dumps(report, indent=2, default=str))
 
 

@@ -22,7 +22,6 @@ at once, so a pair stopped half-way keeps what it measured.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -37,7 +36,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
+from harness import ROOT
+
+from edgecompress.log import get_logger
+
 RECIPES: dict[str, dict[str, Any]] = {
     "before": {"train_teacher": {"ensemble_size": 5, "members": [1, 2, 3, 4], "member_init": "scratch",
                                  "member_epochs": None, "member_lr": None, "train": {"precision": "auto"}},
@@ -62,7 +65,7 @@ def project_copy(recipe: str, limit: int | None) -> Path:
     for name in ("dvc.yaml", "stages", "targets", "src", "user"):  # user: a dependency of the stages (your model files)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, work / name)
     (work / "models/members").mkdir(parents=True)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), RECIPES[recipe])
+    params = merge(harness.load_params(ROOT / "params.yaml"), RECIPES[recipe])
     params["data"]["limit"] = limit
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=work, env=ENV, check=True)
@@ -74,7 +77,7 @@ def run(recipe: str, limit: int | None) -> dict[str, Any]:
     """`dvc repro` of ``recipe`` from scratch: per-stage seconds, total seconds and the accuracies."""
     work = project_copy(recipe, limit)
     log = (work / "repro.log").open("w")
-    print(f"[pipeline-time] {recipe}: dvc repro in {work} (log: {work / 'repro.log'})", file=sys.stderr, flush=True)
+    get_logger("pipeline-time").info(f"{recipe}: dvc repro in {work} (log: {work / 'repro.log'})")
     stages: dict[str, float] = {}
     current, since = None, time.monotonic()
     start = since
@@ -90,7 +93,7 @@ def run(recipe: str, limit: int | None) -> dict[str, Any]:
             if current:
                 stages[current] = now - since
             current, since = m.group(1), now
-            print(f"[pipeline-time] {recipe}: {current} ({now - start:.0f} s in)", file=sys.stderr, flush=True)
+            get_logger("pipeline-time").info(f"{recipe}: {current} ({now - start:.0f} s in)")
     gate = "passed"
     if proc.wait() != 0:
         # The report stage fails `dvc repro` after everything ran when a target on matching hardware
@@ -143,12 +146,12 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--limit", type=int, default=None, help="data.limit for both recipes (default: all images)")
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__)
+    harness.add_limit(ap, help="data.limit for both recipes (default: all images)")
     ap.add_argument("--recipes", default="before,after", help=f"comma-separated, from {list(RECIPES)}")
-    ap.add_argument("--out", default=None, help="also write the markdown table here")
-    args = ap.parse_args()
+    harness.add_out(ap, None, help="also write the markdown table here (and its .json beside it)")
+    args, bench = harness.parse(ap, argv)
     names = args.recipes.split(",")
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
@@ -161,8 +164,7 @@ def main() -> None:
         ordered = {r: results[r] for r in RECIPES if r in results}
         text = table(ordered, args.limit)
         if args.out:
-            Path(args.out).write_text(text)
-            Path(args.out).with_suffix(".json").write_text(json.dumps(ordered, indent=2) + "\n")
+            harness.write_results(Path(args.out).with_suffix(".json"), ordered, bench, markdown=text, md_path=args.out)
     print(text)
 
 

@@ -10,7 +10,6 @@ Usage: python benchmarks/runner_agreement.py [models/export] [--runs 2000] [--ro
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import harness
 
 
 def plain_loop(model: Path, runs: int, warmup: int) -> float:
@@ -65,13 +66,13 @@ def runner(model: Path, runs: int, warmup: int) -> float:
     return json.loads(out)["latency_ms"]["p50"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    p = harness.parser(__doc__, description=__doc__)
     p.add_argument("artifacts", nargs="?", default="models/export")
     p.add_argument("--runs", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--rounds", type=int, default=3)
-    a = p.parse_args()
+    a, _ = harness.parse(p, argv)
     print("| artifact | runner p50 (ms) | plain loop median (ms) | runner / loop |")
     print("|---|---|---|---|")
     worst = 0.0

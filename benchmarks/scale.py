@@ -32,6 +32,8 @@ import torch
 import yaml
 from torch import nn
 
+import harness
+
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import io_details
 from edgecompress.compression.onnx import export_onnx, export_onnx_fp16, export_onnx_int8
@@ -39,6 +41,7 @@ from edgecompress.compression.prune import PruneConfig, prune_channels
 from edgecompress.compression.tflite import export_tflite, export_tflite_fp16
 from edgecompress.deploy.bench import local_command, run_local
 from edgecompress.deploy.runner import fingerprint
+from edgecompress.log import get_logger
 from edgecompress.models import count_macs, count_params
 
 # (expansion t, output channels c, repeats n, first stride s): table 2 of Sandler et al. 2018.
@@ -55,7 +58,7 @@ Row = dict[str, Any]
 
 
 def log(msg: str) -> None:
-    print(f"[scale] {msg}", file=sys.stderr, flush=True)
+    get_logger("scale").info(msg)
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -327,7 +330,7 @@ def report(rows: list[Row], meta: dict[str, Any], profiles: dict[str, dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--res", default="28,96,224", help="comma-separated square RGB input sizes")
     p.add_argument("--width", type=float, default=1.0, help="MobileNetV2 width multiplier")
     p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per measurement (capped by --max-seconds)")
@@ -339,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-until", type=float, default=600, help="stop waiting for quiet after this many seconds of the run")
     p.add_argument("--student", default="models/export", help="the pipeline's export dir (28x28 reference; '' skips)")
     p.add_argument("--targets", default="targets", help="folder of target profiles (*.yaml)")
-    p.add_argument("--out", default="benchmarks/results")
+    harness.add_out(p, "benchmarks/results")
     p.add_argument("--from-json", help="re-render scale.md from a previous scale.json (no measuring)")
     p.add_argument("--quick", action="store_true", help="smoke run: 32 px, width 0.25, few runs, results to a temp dir")
-    a = p.parse_args(argv)
+    a, bench = harness.parse(p, argv)
     if a.quick:
         a.res, a.width, a.runs, a.warmup, a.max_seconds, a.calib, a.rounds = "32", 0.25, 20, 2, 0.5, 4, 1
         a.out = a.out if a.out != "benchmarks/results" else tempfile.mkdtemp(prefix="scale-quick-")
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(a.from_json).read_text())
         data["profiles"] = read_profiles(Path(a.targets), data["meta"]["cores"])  # today's budgets, same figures
         data["meta"]["conclusions"] = conclusions(data["rows"], data["meta"], data["profiles"])
-        return write(Path(a.out), data)
+        return write(Path(a.out), data, bench)
     res_list, cores, t_start = [int(r) for r in a.res.split(",") if r.strip()], os.cpu_count() or 1, time.time()
     torch.manual_seed(0)
     bn_images = normalize(synthetic(32, res_list[0], seed=1))
@@ -405,15 +408,13 @@ def main(argv: list[str] | None = None) -> int:
             "student": f"{a.student}, from {student_parent}", "seconds": time.time() - t_start}
     meta["headline"] = add_ratios(rows, res_list, cores)
     meta["conclusions"] = conclusions(rows, meta, profiles)
-    return write(Path(a.out), {"meta": meta, "rows": rows, "profiles": profiles, "failed": failed})
+    return write(Path(a.out), {"meta": meta, "rows": rows, "profiles": profiles, "failed": failed}, bench)
 
 
-def write(out: Path, data: dict[str, Any]) -> int:
-    """scale.md and scale.json into ``out``."""
+def write(out: Path, data: dict[str, Any], bench: harness.Run) -> int:
+    """scale.md and scale.json into ``out`` (a re-render keeps the measuring run's provenance beside its own)."""
     md = report(data["rows"], data["meta"], data["profiles"], data["failed"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scale.md").write_text(md + "\n")
-    (out / "scale.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    harness.write_results(out / "scale.json", data, bench, markdown=md + "\n", md_path=out / "scale.md", default=str)
     print(md)
     log(f"wrote {out / 'scale.md'} and {out / 'scale.json'}")
     return 0

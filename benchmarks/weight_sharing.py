@@ -17,10 +17,7 @@ The reference is the fp32 teacher's ONNX file (models/teacher.pt exported here) 
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,21 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+import harness
 
-from edgecompress.checkpoint import load_checkpoint  # noqa: E402
-from edgecompress.compression.calibrate import CalibrationConfig  # noqa: E402
-from edgecompress.compression.cluster import ClusterConfig, compress_weights  # noqa: E402
-from edgecompress.compression.export import io_details, load_calibration, run_artifact  # noqa: E402
-from edgecompress.compression.onnx import export_onnx, export_onnx_int8  # noqa: E402
-from edgecompress.compression.prune import PruneConfig, prune_and_finetune  # noqa: E402
-from edgecompress.compression.tflite import export_tflite  # noqa: E402
-from edgecompress.data import DataConfig, load_dataset  # noqa: E402
-from edgecompress.deploy import package  # noqa: E402
-from edgecompress.deploy.runner import fingerprint  # noqa: E402
-from edgecompress.training.loop import TrainConfig, crop_fill, tensors  # noqa: E402
-from edgecompress.training.soft_targets import load_soft_targets  # noqa: E402
+from edgecompress.checkpoint import load_checkpoint
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.cluster import ClusterConfig, compress_weights
+from edgecompress.compression.export import io_details, load_calibration, run_artifact
+from edgecompress.compression.onnx import export_onnx, export_onnx_int8
+from edgecompress.compression.prune import PruneConfig, prune_and_finetune
+from edgecompress.compression.tflite import export_tflite
+from edgecompress.deploy import package
+from edgecompress.deploy.runner import fingerprint
+from edgecompress.training.loop import TrainConfig, crop_fill, tensors
+from edgecompress.training.soft_targets import load_soft_targets
 
 
 def measure(path: Path, ds: Any, x_test: np.ndarray) -> dict[str, Any]:
@@ -66,8 +61,8 @@ def pruned_teacher(teacher: torch.nn.Module, ds: Any, ratio: float, epochs: int,
     return model
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__)
     ap.add_argument("--models", default="models")
     ap.add_argument("--epochs", type=int, default=2, help="KD fine-tune epochs after clustering / uniform quantization")
     ap.add_argument("--bits", type=int, default=4)
@@ -75,13 +70,13 @@ def main() -> None:
                     "fraction (two steps, each with a KD fine-tune of --epochs) and compress it like the students (0: skip)")
     ap.add_argument("--teacher-only", action="store_true", help="only the pruned teacher (beside the reference)")
     ap.add_argument("--name", default="weight_sharing", help="output file stem under --out")
-    ap.add_argument("--limit", type=int, default=None, help="subsample the data (a smaller run, said in the report)")
+    harness.add_limit(ap, help="subsample the data (a smaller run, said in the report)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results")
-    args = ap.parse_args()
+    harness.add_out(ap, "benchmarks/results")
+    args, bench = harness.parse(ap, argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ds = load_dataset(DataConfig(limit=args.limit))
+    ds = harness.load_data(limit=args.limit)  # the library's default data (Fashion-MNIST), not params.yaml's
     t = tensors(ds)
     x_test = ds.normalize(ds.test.x)
     calib = load_calibration(Path(args.models) / "calibration.npz")
@@ -133,9 +128,8 @@ def main() -> None:
               "test": len(ds.test)}}, "epochs": args.epochs, "bits": args.bits, "rows": rows,
               "seconds": time.time() - start}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(report))
+    harness.write_results(out / f"{args.name}.json", report, bench, markdown=markdown(report),
+                          md_path=out / f"{args.name}.md")
     print(markdown(report))
 
 

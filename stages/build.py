@@ -24,11 +24,11 @@ def main() -> str:
     write_json(args.plot, plot_rows(record, profile.budgets))
     md = render_markdown(record)
     write_text(args.out_md, md)
-    if record.get("error"):
-        raise EdgeCompressError(f"{record['error']}\nsee {args.out_md}")
-    s = record["search"]
-    return (f"{record['status']}: {record['chosen']['name']} ({s['device_runs']} measured, {s['cache_hits']} from "
-            f"the cache, {s['skipped']} skipped, of {s['candidates']})")
+    if record.error:
+        raise EdgeCompressError(f"{record.error}\nsee {args.out_md}")
+    s = record.search
+    return (f"{record.status}: {record.chosen.name} ({s.device_runs} measured, {s.cache_hits} from "
+            f"the cache, {s.skipped} skipped, of {s.candidates})")
 
 
 if __name__ == "__main__":

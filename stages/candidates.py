@@ -29,10 +29,12 @@ def main() -> str:
     index = build_pool(models, stage.data(params), load_calibration(args.calibration),
                        read(params, "calibrate", CalibrationConfig), read(params, "export", ExportConfig), args.out,
                        aliases, temperature=pool.temperature, workers=pool.processes())
-    write_json(args.metrics, {k: index[k] for k in ("scored_on", "reference", "pytorch", "temperature")} | {"candidates": {
-        c["name"]: {k: c[k] for k in ("accuracy", "nll", "ece", "size_bytes", "package_bytes", "top1_agreement")}
-        for c in index["candidates"]}})
-    return f"{len(index['candidates'])} candidates from {len(models)} models"
+    # dvc metrics: the index's summaries and each candidate's scores and sizes.
+    scores = ("accuracy", "nll", "ece", "size_bytes", "package_bytes", "top1_agreement")
+    head = {k: getattr(index, k) for k in ("scored_on", "reference", "pytorch", "temperature")}
+    write_json(args.metrics, head | {"candidates": {c.name: {k: getattr(c, k) for k in scores}
+                                                    for c in index.candidates}})
+    return f"{len(index.candidates)} candidates from {len(models)} models"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from edgecompress import stage
 from edgecompress.config import read
 from edgecompress.deploy.check import CheckConfig
 from edgecompress.errors import friendly_main
-from edgecompress.gate import check_and_report
+from edgecompress.verdict import check_and_report
 
 
 @friendly_main
@@ -18,9 +18,9 @@ def main() -> str:
     # Records only: the report stage fails the pipeline after the summary says which target missed.
     testset = args.testset or f"{args.artifacts}/testset.npz"
     result = check_and_report(args.target, args.artifacts, testset, args.out_json,
-                     args.out_md, cfg.strict, teacher=args.teacher, gate=False)
-    p50 = (result.get("latency_ms") or {}).get("p50")
-    return f"{result['status']} (p50 {p50:.4f} ms, accuracy {result.get('accuracy')})"
+                              args.out_md, cfg.strict, teacher=args.teacher, fail=False)
+    p50 = (result.latency_ms or {}).get("p50")
+    return f"{result.status} (p50 {p50:.4f} ms, accuracy {result.accuracy})"
 
 
 if __name__ == "__main__":

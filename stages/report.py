@@ -11,6 +11,7 @@ from edgecompress.errors import friendly_main
 from edgecompress.fileio import read_json, write_json, write_text
 from edgecompress.report import load_checks, measure_artifacts, pipeline_gate, reliability, summary_markdown
 from edgecompress.uncertainty import plot_rows
+from edgecompress.verdict import record_then_fail
 
 
 @friendly_main
@@ -32,11 +33,13 @@ def main() -> str:
     write_json(args.out_reliability, plot_rows(diagrams, "artifact"))
     distill = read_json(args.distill_metrics, "distill metrics")
     summary = summary_markdown(checks, points, fingerprint(), models, distill)
-    write_text(args.out_md, summary)
-    print(summary)
-    failed = pipeline_gate(checks, args.out_md)  # the check stages only record; the pipeline fails here
-    if failed:
-        raise failed
+
+    def write() -> None:
+        write_text(args.out_md, summary)
+        print(summary)
+
+    # The check stages only record; the pipeline fails here, after the summary lists the failure.
+    record_then_fail(write, pipeline_gate(checks, args.out_md))
     return f"{len(checks)} targets checked, {len(points)} artifacts measured"
 
 

@@ -1,13 +1,12 @@
 """DVC stage: train the ResNet-style teacher, or (with --member i) ensemble member i, or bring the user's own
 (train_teacher.source). Paths come from dvc.yaml."""
 
-import sys
-
 from edgecompress import stage
 from edgecompress.checkpoint import save_checkpoint
 from edgecompress.training.teacher import TeacherConfig, train_teacher
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
+from edgecompress.log import get_logger
 from edgecompress.config import read, section
 
 
@@ -23,7 +22,7 @@ def main() -> str | None:
     member = int(args.member or 0)
     cfg = cfg.member(member, args.teacher)
     if member:
-        print(f"[teacher] ensemble member {member} of {cfg.ensemble_size}: {cfg.describe_member()}", file=sys.stderr)
+        get_logger("teacher").info(f"ensemble member {member} of {cfg.ensemble_size}: {cfg.describe_member()}")
     ds = stage.data(params)
     model, arch, report = train_teacher(ds, cfg)
     if not stage.main_process():  # under torchrun rank 0 alone writes

@@ -10,6 +10,7 @@ from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
+from edgecompress.log import get_logger
 from edgecompress.config import read
 from edgecompress.training.teacher import TeacherConfig, tensors
 from edgecompress.uncertainty import evaluate_models, plot_rows
@@ -34,9 +35,9 @@ def main() -> str:
     write_json(args.plots, plot_rows(diagrams, "model"))
     write_json(args.metrics, {"split": "test", "samples": len(y), "models": rows})
     for name, r in rows.items():
-        mi = r.get("mutual_information")
-        print(f"[uncertainty] {name:<14} acc {r['accuracy']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
-              f"Brier {r['brier']:.4f}  entropy {r['entropy']:.4f}" + (f"  MI {mi:.4f}" if mi is not None else ""))
+        mi = f"  MI {r['mutual_information']:.4f}" if r.get("mutual_information") is not None else ""
+        get_logger("uncertainty").info(f"{name:<14} acc {r['accuracy']:.4f}  NLL {r['nll']:.4f}  ECE {r['ece']:.4f}  "
+                                       f"Brier {r['brier']:.4f}  entropy {r['entropy']:.4f}{mi}")
     best = max(rows, key=lambda n: rows[n]["accuracy"])
     return f"{len(rows)} models; best {best} {rows[best]['accuracy']:.4f}"
 

@@ -79,18 +79,18 @@ def test_pool_in_two_processes_is_the_same_pool(pool: Path, pool_inputs: tuple[l
     """candidates.workers: models exported side by side in spawned processes give the index one process gives."""
     serial, parallel = load_index(pool), _build_pool(pool_inputs, tmp_path / "pool", workers=2)
     assert "in 2 processes" in capsys.readouterr().err
-    assert [c["name"] for c in parallel["candidates"]] == [c["name"] for c in serial["candidates"]]
-    for a, b in zip(serial["candidates"], parallel["candidates"]):
-        assert b["accuracy"] == a["accuracy"] and b["size_bytes"] == a["size_bytes"], a["name"]
+    assert [c.name for c in parallel.candidates] == [c.name for c in serial.candidates]
+    for a, b in zip(serial.candidates, parallel.candidates):
+        assert b.accuracy == a.accuracy and b.size_bytes == a.size_bytes, a.name
         # An untempered graph is the same byte for byte; a fitted temperature may differ in its last bits
         # (float sums over another thread count), so a tempered one may too.
-        if a["precision"] == "fp32" and a["model"] not in serial["temperature"]:
-            assert b["sha256"] == a["sha256"], a["name"]
-    for model, scores in serial["pytorch"].items():
-        assert parallel["pytorch"][model] == pytest.approx(scores, rel=1e-4, abs=1e-9), model
-    assert {m: t["temperature"] for m, t in parallel["temperature"].items()} == pytest.approx(
-        {m: t["temperature"] for m, t in serial["temperature"].items()}, rel=1e-4)
-    assert load_index(tmp_path / "pool")["candidates"] == parallel["candidates"]
+        if a.precision == "fp32" and a.model not in serial.temperature:
+            assert b.sha256 == a.sha256, a.name
+    for model, scores in serial.pytorch.items():
+        assert parallel.pytorch[model] == pytest.approx(scores, rel=1e-4, abs=1e-9), model
+    assert {m: t["temperature"] for m, t in parallel.temperature.items()} == pytest.approx(
+        {m: t["temperature"] for m, t in serial.temperature.items()}, rel=1e-4)
+    assert load_index(tmp_path / "pool").candidates == parallel.candidates
 
 
 def test_pool_exports_in_one_process_what_cannot_be_sent(capsys: pytest.CaptureFixture[str]) -> None:
@@ -126,24 +126,24 @@ def _profile(tmp_path: Path, budgets: str, build: str = "{models: all, precision
 
 def test_pool_index_scores_every_candidate_on_validation(pool: Path) -> None:
     index = load_index(pool)
-    names = [c["name"] for c in index["candidates"]]
+    names = [c.name for c in index.candidates]
     assert names == [f"{m}/{f}" for m in ("teacher", "ensemble", "student") for f in FORMATS]
     # 32 + 32 validation images: the first 16 decide (accuracy-aware int8), the other 48 score.
-    assert index["scored_on"] == {**index["scored_on"], "split": "validation", "images": 48, "skipped_first": 16}
-    assert index["reference"]["model"] == "teacher" and index["aliases"] == {"pruned": "student"}
-    by = {c["name"]: c for c in index["candidates"]}
-    assert by["ensemble/fp32.onnx"]["uncertainty"] and not by["teacher/fp32.onnx"]["uncertainty"]
-    assert by["student/fp32.onnx"]["size_bytes"] < by["teacher/fp32.onnx"]["size_bytes"]
-    assert all(0 <= c["accuracy"] <= 1 and c["ece"] >= 0 and len(c["sha256"]) == 64 for c in index["candidates"])
+    assert index.scored_on == {**index.scored_on, "split": "validation", "images": 48, "skipped_first": 16}
+    assert index.reference_model == "teacher" and index.aliases == {"pruned": "student"}
+    by = {c.name: c for c in index.candidates}
+    assert by["ensemble/fp32.onnx"].uncertainty and not by["teacher/fp32.onnx"].uncertainty
+    assert by["student/fp32.onnx"].size_bytes < by["teacher/fp32.onnx"].size_bytes
+    assert all(0 <= c.accuracy <= 1 and c.ece >= 0 and len(c.sha256) == 64 for c in index.candidates)
     assert (pool / "valset.npz").is_file() and (pool / "testset.npz").is_file()
     # Temperature scaling: fitted for single networks only (the ensemble keeps its own calibration), on the
     # 16 decision images, reported on the 48 scoring ones; folding it in never changes a prediction.
-    assert set(index["temperature"]) == {"teacher", "student"}
-    for fitted in index["temperature"].values():
+    assert set(index.temperature) == {"teacher", "student"}
+    for fitted in index.temperature.values():
         assert fitted["temperature"] > 0 and fitted["fitted_on"] == 16
         assert fitted["before"]["accuracy"] == fitted["after"]["accuracy"]
     # The exported ensemble scores what the PyTorch ensemble scores.
-    assert by["ensemble/fp32.onnx"]["accuracy"] == pytest.approx(index["pytorch"]["ensemble"]["accuracy"])
+    assert by["ensemble/fp32.onnx"].accuracy == pytest.approx(index.pytorch["ensemble"]["accuracy"])
 
 
 def test_pool_index_refuses_a_changed_artifact(pool: Path, tmp_path: Path) -> None:
@@ -160,33 +160,33 @@ def test_pool_index_refuses_a_changed_artifact(pool: Path, tmp_path: Path) -> No
 def test_budgets_decide_and_a_changed_budget_is_not_measured_again(pool: Path, tmp_path: Path) -> None:
     cache = MeasurementCache(tmp_path / "cache")
     index = load_index(pool)
-    smallest = min(index["candidates"], key=lambda c: c["size_bytes"])
-    small = smallest["size_bytes"] / 2**20
+    smallest = min(index.candidates, key=lambda c: c.size_bytes)
+    small = smallest.size_bytes / 2**20
     loose = build_target(load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}")), pool, tmp_path / "loose",
                          cache)
-    best = max(index["candidates"], key=lambda c: (c["accuracy"], -c["size_bytes"]))
-    assert loose["chosen"]["val_accuracy"] == best["accuracy"] and loose["status"] == "built"
+    best = max(index.candidates, key=lambda c: (c.accuracy, -c.size_bytes))
+    assert loose.chosen.val_accuracy == best.accuracy and loose.status == "built"
     # A size budget only the smallest candidate meets forces it.
     tight = build_target(load_target(_profile(tmp_path, f"{{size_mb: {small * 1.01}, latency_ms: {{p50: 1000}}}}")),
                          pool, tmp_path / "tight", cache)
-    assert tight["chosen"]["name"] == smallest["name"]
-    file = Path(smallest["path"]).name
+    assert tight.chosen.name == smallest.name
+    file = Path(smallest.path).name
     assert (tmp_path / "tight" / file).is_file() and (tmp_path / "tight" / f"{file}.json").is_file()
     # The package ships beside it and restores it bit for bit; the index knew its size before any device run.
     shipped = (tmp_path / "tight" / f"{file}.ecpk").read_bytes()
     assert unpack(shipped)[0] == (tmp_path / "tight" / file).read_bytes()
-    assert len(shipped) == smallest["package_bytes"] == tight["chosen"]["download_bytes"] < smallest["size_bytes"]
-    rows = {r["name"]: r for r in tight["candidates"]}
-    assert rows["teacher/fp32.onnx"]["measured"] == "not measured"  # ruled out by size before any run
-    assert any(w.startswith("size ") for w in rows["teacher/fp32.onnx"]["why"])
+    assert len(shipped) == smallest.package_bytes == tight.chosen.download_bytes < smallest.size_bytes
+    rows = {r.name: r for r in tight.candidates}
+    assert rows["teacher/fp32.onnx"].measured == "not measured"  # ruled out by size before any run
+    assert any(w.startswith("size ") for w in rows["teacher/fp32.onnx"].why)
     # Another budget value, same device, artifacts and settings: re-chosen without a device run.
     again = build_target(load_target(_profile(tmp_path, f"{{size_mb: {small * 1.01}, latency_ms: {{p50: 999}}}}")),
                          pool, tmp_path / "tight", cache)
-    assert again["search"]["device_runs"] == 0 and again["search"]["cache_hits"] == 1
-    assert again["chosen"] == tight["chosen"]
+    assert again.search.device_runs == 0 and again.search.cache_hits == 1
+    assert again.chosen == tight.chosen
     md = render_markdown(tight)
-    assert f"`{smallest['name']}`" in md and summary(tight)["chosen"] == smallest["name"]
-    if loose["chosen"]["val_accuracy"] > tight["chosen"]["val_accuracy"]:
+    assert f"`{smallest.name}`" in md and summary(tight)["chosen"] == smallest.name
+    if loose.chosen.val_accuracy > tight.chosen.val_accuracy:
         assert "Why nothing more accurate ships" in md
     points = plot_rows(tight, Budgets(latency_ms={"p50": 1000}))
     assert any(p.get("fate") == "chosen" for p in points)
@@ -194,21 +194,21 @@ def test_budgets_decide_and_a_changed_budget_is_not_measured_again(pool: Path, t
     # The check then gates what the build chose, on the test split.
     result = run_target_check(_profile(tmp_path, "{latency_ms: {p50: 1000}}"), tmp_path / "tight",
                               pool / "testset.npz", strict=False)
-    assert result["artifact"]["candidate"] == smallest["name"] and result["status"] == "pass"
+    assert result.artifact.candidate == smallest.name and result.status == "pass"
 
 
 def test_search_stops_at_the_first_fit_unless_exhaustive(pool: Path, tmp_path: Path) -> None:
     profile = load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}"))
     quick = build_target(profile, pool, tmp_path / "a", MeasurementCache(tmp_path / "c1"))
     full = build_target(profile, pool, tmp_path / "b", MeasurementCache(tmp_path / "c2"), exhaustive=True)
-    assert full["search"]["device_runs"] == 6 and quick["search"]["device_runs"] < 6
-    assert quick["chosen"]["val_accuracy"] == full["chosen"]["val_accuracy"]
+    assert full.search.device_runs == 6 and quick.search.device_runs < 6
+    assert quick.chosen.val_accuracy == full.chosen.val_accuracy
 
 
 def test_requires_uncertainty_ships_the_ensemble(pool: Path, tmp_path: Path) -> None:
     profile = load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}", "{requires: [uncertainty], "
                                    "engines: [onnxruntime]}"))
-    assert build_target(profile, pool, tmp_path / "u", MeasurementCache(tmp_path / "c"))["chosen"]["model"] == "ensemble"
+    assert build_target(profile, pool, tmp_path / "u", MeasurementCache(tmp_path / "c")).chosen.model == "ensemble"
 
 
 def test_pinned_profile_ships_its_artifact_of_the_pruned_model(pool: Path, tmp_path: Path) -> None:
@@ -216,21 +216,21 @@ def test_pinned_profile_ships_its_artifact_of_the_pruned_model(pool: Path, tmp_p
     path.write_text("name: pin\nartifact: {format: onnx, precision: int8}\nruntime: {engine: onnxruntime}\n"
                     "bench: {warmup: 1, runs: 5}\nbudgets: {latency_ms: {p50: 1000}}\n")
     record = build_target(load_target(path), pool, tmp_path / "pin", MeasurementCache(tmp_path / "c"))
-    assert record["chosen"]["name"] == "student/int8.onnx" and record["build"]["pinned"]
+    assert record.chosen.name == "student/int8.onnx" and record.build.pinned
 
 
 def test_no_feasible_candidate(pool: Path, tmp_path: Path) -> None:
     budgets = "{size_mb: 0.000001}"
     # On matching hardware (arch any matches) the build fails, naming the nearest and by how much.
     real = build_target(load_target(_profile(tmp_path, budgets)), pool, tmp_path / "r", MeasurementCache(tmp_path / "c"))
-    assert real["status"] == "infeasible"
-    assert "no candidate meets every budget" in real["error"] and "size" in real["error"] and "(by " in real["error"]
+    assert real.status == "infeasible"
+    assert "no candidate meets every budget" in real.error and "size" in real.error and "(by " in real.error
     # Elsewhere it is a labelled proxy: it ships the candidate nearest its budgets (the smallest here).
     proxy = build_target(load_target(_profile(tmp_path, budgets, arch="aarch64", name="p")), pool, tmp_path / "p",
                          MeasurementCache(tmp_path / "c"))
-    assert proxy["status"] == "proxy-infeasible" and "error" not in proxy
-    smallest = min(load_index(pool)["candidates"], key=lambda c: c["size_bytes"])
-    assert proxy["chosen"]["name"] == smallest["name"]
+    assert proxy.status == "proxy-infeasible" and proxy.error is None and "error" not in proxy.to_json()
+    smallest = min(load_index(pool).candidates, key=lambda c: c.size_bytes)
+    assert proxy.chosen.name == smallest.name
 
 
 def test_a_build_spec_that_allows_nothing_fails_everywhere(pool: Path, tmp_path: Path) -> None:
@@ -301,15 +301,15 @@ def test_build_over_ssh(sshd: Server, pool: Path, tmp_path: Path) -> None:
     profile = replace(load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}")), device=sshd.device(work))
     cache = MeasurementCache(tmp_path / "cache")
     first = build_target(profile, pool, tmp_path / "ssh", cache)
-    assert first["device"] == sshd.url and first["status"] == "built" and first["search"]["device_runs"] >= 1
-    assert first["fingerprint"]["hostname"] == socket.gethostname()
+    assert first.device == sshd.url and first.status == "built" and first.search.device_runs >= 1
+    assert first.fingerprint["hostname"] == socket.gethostname()
     assert work.is_dir() and not any(work.iterdir())  # every remote run dir removed
     again = build_target(profile, pool, tmp_path / "ssh", cache)
-    assert again["search"]["device_runs"] == 0 and again["chosen"] == first["chosen"]
+    assert again.search.device_runs == 0 and again.chosen == first.chosen
     # The same artifacts measured here are other measurements: the device is part of the key.
     local = build_target(replace(profile, device=load_target(_profile(tmp_path, "{size_mb: 1}")).device), pool,
                          tmp_path / "local", cache)
-    assert local["search"]["device_runs"] >= 1
+    assert local.search.device_runs >= 1
 
 
 def test_cli_build_then_check(pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

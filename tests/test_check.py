@@ -1,4 +1,4 @@
-"""Budget evaluation, hardware matching, the gate, and one end-to-end check on a tiny ONNX model."""
+"""Budget evaluation, hardware matching, the verdict, and one end-to-end check on a tiny ONNX model."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import tiny_export_dir
-from edgecompress.deploy.check import (check_target, evaluate_budgets, gate, hardware_matches, render_markdown,
-                               teacher_accuracy)
+from edgecompress.deploy.check import (CheckResult, check_target, evaluate_budgets, fails, hardware_matches,
+                                       teacher_accuracy)
+from edgecompress.deploy.check_report import render_markdown
 from edgecompress.errors import EdgeCompressError
-from edgecompress.gate import check_and_report as main_check
+from edgecompress.verdict import check_and_report as main_check
 from edgecompress.deploy.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
 
 FP_X86 = {"hostname": "h", "arch": "x86_64", "cpu_model": "AMD EPYC 7B13", "board": None, "cores": 8,
@@ -37,8 +38,13 @@ def _result(p50: float = 0.1, p90: float = 0.2, size: int = 60_000, rss: float |
 BUDGETS = Budgets(latency_ms={"p50": 0.25, "p90": 0.5}, size_mb=0.125, peak_memory_mb=128, min_accuracy=0.88)
 
 
+def _rows(profile: TargetProfile, result: dict[str, Any], teacher: float | None = None) -> dict[str, dict[str, Any]]:
+    """The check's JSON rows by name (what metrics/check/<target>.json holds)."""
+    return {r["name"]: r for r in (row.to_json() for row in evaluate_budgets(profile, result, teacher))}
+
+
 def test_evaluate_budgets_pass() -> None:
-    rows = {r["name"]: r for r in evaluate_budgets(_profile(BUDGETS), _result())}
+    rows = _rows(_profile(BUDGETS), _result())
     assert list(rows) == ["latency_p50", "latency_p90", "size", "peak_memory", "accuracy"]
     assert all(r["ok"] for r in rows.values())
     assert rows["latency_p50"]["margin"] == pytest.approx(0.1 - 0.25)
@@ -47,7 +53,7 @@ def test_evaluate_budgets_pass() -> None:
 
 
 def test_evaluate_budgets_fail_and_unmeasured() -> None:
-    rows = {r["name"]: r for r in evaluate_budgets(_profile(BUDGETS), _result(p90=0.8, acc=0.87, rss=None))}
+    rows = _rows(_profile(BUDGETS), _result(p90=0.8, acc=0.87, rss=None))
     assert not rows["latency_p90"]["ok"] and rows["latency_p90"]["margin"] == pytest.approx(0.3)
     assert not rows["accuracy"]["ok"] and rows["accuracy"]["margin"] == pytest.approx(-0.01)
     assert not rows["peak_memory"]["ok"] and rows["peak_memory"]["margin"] is None  # unmeasured never passes
@@ -72,12 +78,12 @@ def test_hardware_matches(hw: Hardware, fp: dict[str, Any], providers: list[str]
     assert (not reasons) if ok else any(reason in r for r in reasons)
 
 
-@pytest.mark.parametrize("status, strict, fails", [
+@pytest.mark.parametrize("status, strict, fails_run", [
     ("pass", False, False), ("pass", True, False), ("fail", False, True), ("fail", True, True),
     ("proxy-pass", True, False), ("proxy-fail", False, False), ("proxy-fail", True, True),
 ])
-def test_gate(status: str, strict: bool, fails: bool) -> None:
-    assert gate({"status": status}, strict) is fails
+def test_verdict(status: str, strict: bool, fails_run: bool) -> None:
+    assert fails(status, strict) is fails_run
 
 
 # --- end to end on a tiny ONNX model -------------------------------------------------------------
@@ -93,18 +99,21 @@ def test_check_target_end_to_end(artifacts: Any) -> None:
     budgets = Budgets(latency_ms={"p50": 1000.0, "p99": 1000.0}, size_mb=1.0, peak_memory_mb=100_000,
                       min_accuracy=round(acc - 0.05, 3))
     res = check_target(_profile(budgets), d, testset)
-    assert res["status"] == "pass" and res["hardware_match"] is True and not gate(res, strict=True)
-    assert res["accuracy"] == pytest.approx(acc) and res["accuracy_samples"] == 40
-    assert res["artifact"]["size_bytes"] == (d / "fp32.onnx").stat().st_size
-    assert res["latency_ms"]["n"] == 10 and res["runtime"]["name"] == "onnxruntime"
-    assert [r["name"] for r in res["budgets"]] == ["latency_p50", "latency_p99", "size", "peak_memory", "accuracy"]
+    assert res.status == "pass" and res.hardware_match is True and not fails(res.status, strict=True)
+    assert res.accuracy == pytest.approx(acc) and res.accuracy_samples == 40
+    assert res.artifact.size_bytes == (d / "fp32.onnx").stat().st_size
+    assert res.latency_ms["n"] == 10 and res.runtime["name"] == "onnxruntime"
+    assert [r.budget.name for r in res.budgets] == ["latency_p50", "latency_p99", "size", "peak_memory", "accuracy"]
     md = render_markdown(res)
-    assert "**PASS**" in md and "p99 latency" in md and res["fingerprint"]["cpu_model"] in md
+    assert "**PASS**" in md and "p99 latency" in md and res.fingerprint["cpu_model"] in md
+    # The record of a real run reads back to the same bytes.
+    text = json.dumps(res.to_json(), indent=2)
+    assert json.dumps(CheckResult.from_json(json.loads(text)).to_json(), indent=2) == text
 
     # Same measurement judged as a proxy: another arch than this machine's.
-    other = "aarch64" if res["fingerprint"]["arch"] != "aarch64" else "x86_64"
+    other = "aarch64" if res.fingerprint["arch"] != "aarch64" else "x86_64"
     proxy = check_target(_profile(budgets, Hardware(arch=other)), d, testset)
-    assert proxy["status"] == "proxy-pass" and proxy["hardware_reasons"]
+    assert proxy.status == "proxy-pass" and proxy.hardware_reasons
     assert "PROXY-PASS" in render_markdown(proxy)
 
     # A download budget: the package of the checked file is what counts.
@@ -112,8 +121,8 @@ def test_check_target_end_to_end(artifacts: Any) -> None:
 
     shipped = len(pack_file(d / "fp32.onnx"))
     res = check_target(_profile(Budgets(download_mb=shipped / 2**20 * 0.99)), d, testset)
-    assert res["artifact"]["package_bytes"] == shipped and res["status"] == "fail"
-    assert res["budgets"][0]["name"] == "download" and res["budgets"][0]["measured"] == shipped / 2**20
+    assert res.artifact.package_bytes == shipped and res.status == "fail"
+    assert res.budgets[0].budget.name == "download" and res.budgets[0].measured == shipped / 2**20
 
 
 def test_main_check_writes_reports_then_fails(artifacts: Any, tmp_path: Path) -> None:
@@ -159,22 +168,22 @@ def test_runner_args_shared_by_local_and_remote() -> None:
 def test_max_drop_budget_compares_with_the_teacher() -> None:
     profile = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
                             runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(max_drop=2.0))
-    ok = {r["name"]: r for r in evaluate_budgets(profile, {"accuracy": 0.91}, teacher_accuracy=0.925)}
+    ok = _rows(profile, {"accuracy": 0.91}, teacher=0.925)
     assert ok["accuracy_drop"]["ok"] and ok["accuracy_drop"]["measured"] == pytest.approx(1.5)
-    bad = {r["name"]: r for r in evaluate_budgets(profile, {"accuracy": 0.90}, teacher_accuracy=0.925)}
+    bad = _rows(profile, {"accuracy": 0.90}, teacher=0.925)
     assert not bad["accuracy_drop"]["ok"] and bad["accuracy_drop"]["margin"] == pytest.approx(0.5)
     # Without a reference the drop is unmeasured, and an unmeasured budget fails.
-    assert not evaluate_budgets(profile, {"accuracy": 0.99})[0]["ok"]
+    assert evaluate_budgets(profile, {"accuracy": 0.99})[0].missed
 
 
 def test_calibration_budgets_judge_the_devices_ece_and_nll() -> None:
     profile = TargetProfile(name="t", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "int8"),
                             runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(max_ece=0.03, max_nll=0.3))
-    rows = {r["name"]: r for r in evaluate_budgets(profile, {"ece": 0.02, "nll": 0.35})}
+    rows = _rows(profile, {"ece": 0.02, "nll": 0.35})
     assert rows["ece"]["ok"] and rows["ece"]["margin"] == pytest.approx(-0.01)
     assert not rows["nll"]["ok"] and rows["nll"]["margin"] == pytest.approx(0.05)
     # An artifact whose calibration was not measured cannot pass a calibration budget.
-    assert not any(r["ok"] for r in evaluate_budgets(profile, {"accuracy": 0.9}))
+    assert all(r.missed for r in evaluate_budgets(profile, {"accuracy": 0.9}))
 
 
 def test_teacher_accuracy_on_the_runner_subset(tmp_path: Path, tiny_student) -> None:
@@ -197,10 +206,9 @@ def test_teacher_accuracy_on_the_runner_subset(tmp_path: Path, tiny_student) -> 
 def test_the_download_budget_judges_the_shipped_package(tmp_path: Path) -> None:
     from edgecompress.deploy.check import package_bytes
 
-    rows = {r["name"]: r for r in evaluate_budgets(_profile(Budgets(download_mb=0.05)),
-                                                   {**_result(), "package_bytes": 40_000})}
+    rows = _rows(_profile(Budgets(download_mb=0.05)), {**_result(), "package_bytes": 40_000})
     assert rows["download"]["ok"] and rows["download"]["measured"] == pytest.approx(40_000 / 2**20)
-    assert not evaluate_budgets(_profile(Budgets(download_mb=0.05)), _result())[0]["ok"]  # no package: not passed
+    assert evaluate_budgets(_profile(Budgets(download_mb=0.05)), _result())[0].missed  # no package: not passed
     # The build's package beside the artifact is what ships; without one, the artifact is packed for the check.
     model = tmp_path / "fp32.onnx"
     torch.onnx.export(torch.nn.Linear(64, 8), (torch.zeros(1, 64),), str(model), dynamo=False)

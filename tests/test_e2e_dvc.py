@@ -247,3 +247,26 @@ def test_labelled_images_make_dvc_repro_retrain(tmp_path: Path) -> None:
     assert again.returncode == 0 and "Running stage 'train_teacher'" in again.stdout, again.stderr[-3000:]
     sizes = json.loads((work / "models/teacher.pt.json").read_text())["data"]["sizes"]
     assert sizes["train"] + sizes["val"] == 2 * 12 + 1
+
+
+@pytest.mark.slow
+def test_a_rerun_that_changes_nothing_leaves_dvc_status_clean(tmp_path: Path) -> None:
+    """#26 item 13: checkpoints are byte-reproducible, so forcing the teacher to train again writes the same
+    bytes, dvc.lock keeps its hashes and nothing after the teacher (here: its validate-gated members) is stale."""
+    work, params = _tiny_repo(tmp_path)
+    params["train_teacher"].update(ensemble_size=2, members=[1])
+    params["check"]["targets"] = ["tiny-host"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    assert _dvc(work, "init", "--no-scm", "-q").returncode == 0
+    first = _dvc(work, "repro", "train_member@1")  # the teacher, then a member that depends on its checkpoint
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    def checkpoint_md5() -> str:
+        outs = yaml.safe_load((work / "dvc.lock").read_text())["stages"]["train_teacher"]["outs"]
+        return next(o["md5"] for o in outs if o["path"] == "models/teacher.pt")
+
+    before = checkpoint_md5()
+    again = _dvc(work, "repro", "--force", "--single-item", "train_teacher")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert checkpoint_md5() == before  # the same checkpoint bytes (its metrics file holds epoch times: they differ)
+    status = _dvc(work, "status", "train_member@1")
+    assert status.returncode == 0 and "changed" not in status.stdout, status.stdout

@@ -91,25 +91,25 @@ def test_an_early_exit_checkpoint_round_trips_and_is_refused_where_it_does_not_f
 
 def test_the_pool_offers_cascades_scored_through_their_runtime(chain: dict[str, Any]) -> None:
     index = load_index(chain["pool"])
-    by = {c["name"]: c for c in index["candidates"]}
+    by = {c.name: c for c in index.candidates}
     # Cascades are fp32 only: the int8 format gives plain models, never a cascade.
     assert set(by) == {"teacher/fp32.onnx", "teacher/int8.onnx", "teacher-ee/fp32.onnx"}
     c = by["teacher-ee/fp32.onnx"]
-    assert c["path"] == "teacher-ee/fp32.onnx.cascade.json" and c["segments"] == [
+    assert c.path == "teacher-ee/fp32.onnx.cascade.json" and list(c.segments) == [
         f"segment{k}.fp32.onnx" for k in range(3)]
-    seg_paths = [chain["pool"] / "teacher-ee" / s for s in c["segments"]]
-    assert c["size_bytes"] == sum(p.stat().st_size for p in seg_paths)
-    assert abs(sum(c["exit_fractions"]) - 1) < 1e-9 and len(c["thresholds"]) == 2
+    seg_paths = [chain["pool"] / "teacher-ee" / s for s in c.segments]
+    assert c.size_bytes == sum(p.stat().st_size for p in seg_paths)
+    assert abs(sum(c.exit_fractions) - 1) < 1e-9 and len(c.thresholds) == 2
     # The ONNX cascade agrees with the PyTorch one image for image, so it scores what PyTorch scores.
-    assert c["top1_agreement"] == 1.0 and c["accuracy"] == pytest.approx(index["pytorch"]["teacher-ee"]["accuracy"])
+    assert c.top1_agreement == 1.0 and c.accuracy == pytest.approx(index.pytorch["teacher-ee"]["accuracy"])
     # Thresholds were chosen on the decision images, scored on the others: recompute on the scoring images.
     net, _ = load_early_exit(chain["dir"] / "early_exit" / "teacher-ee.pt")
     ds = chain["ds"]
-    keep = index["scored_on"]["skipped_first"]
+    keep = index.scored_on["skipped_first"]
     probs = exit_probabilities(net, ds.to_tensor(ds.val.x[keep:]))
-    thresholds = [np.inf if t is None else t for t in c["thresholds"]]
+    thresholds = [np.inf if t is None else t for t in c.thresholds]
     pred, _ = cascade_predict(probs, thresholds)
-    assert c["accuracy"] == pytest.approx(float((pred == ds.val.y[keep:]).mean()))
+    assert c.accuracy == pytest.approx(float((pred == ds.val.y[keep:]).mean()))
 
 
 def _profile(tmp_path: Path, budgets: str, models: str = "all", name: str = "t") -> Path:
@@ -124,17 +124,17 @@ def test_only_a_mean_latency_budget_considers_a_cascade(chain: dict[str, Any], t
     cache = MeasurementCache(tmp_path / "cache")
     p50 = build_target(load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}", "[teacher-ee, teacher]")),
                        chain["pool"], tmp_path / "p50", cache)
-    rows = {r["name"]: r for r in p50["candidates"]}
-    assert rows["teacher-ee/fp32.onnx"]["fate"] == "rejected"
-    assert any("mean-latency budget" in why for why in rows["teacher-ee/fp32.onnx"]["why"])
-    assert not p50["chosen"]["name"].startswith("teacher-ee")
+    rows = {r.name: r for r in p50.candidates}
+    assert rows["teacher-ee/fp32.onnx"].fate == "rejected"
+    assert any("mean-latency budget" in why for why in rows["teacher-ee/fp32.onnx"].why)
+    assert not p50.chosen.name.startswith("teacher-ee")
     mean = build_target(load_target(_profile(tmp_path, "{latency_ms: {mean: 1000}}", "[teacher-ee]", "m")),
                         chain["pool"], tmp_path / "mean", cache)
-    assert mean["chosen"]["name"] == "teacher-ee/fp32.onnx" and mean["status"] == "built"
-    assert mean["chosen"]["file"] == "fp32.onnx.cascade.json"
+    assert mean.chosen.name == "teacher-ee/fp32.onnx" and mean.status == "built"
+    assert mean.chosen.file == "fp32.onnx.cascade.json"
     # Measured one image at a time (images leave at different exits), whatever the profile's batch.
-    raw = {r["name"]: r for r in mean["candidates"]}["teacher-ee/fp32.onnx"]
-    assert raw["latency_ms"]["mean"] > 0
+    raw = {r.name: r for r in mean.candidates}["teacher-ee/fp32.onnx"]
+    assert raw.latency_ms["mean"] > 0
 
 
 def test_a_chosen_cascade_ships_every_segment_and_checks_on_the_device(chain: dict[str, Any], tmp_path: Path) -> None:
@@ -148,9 +148,9 @@ def test_a_chosen_cascade_ships_every_segment_and_checks_on_the_device(chain: di
     for s in segments:  # each package restores its segment bit for bit
         assert unpack((out / f"{s}.ecpk").read_bytes())[0] == (out / s).read_bytes()
     result = run_target_check(profile, out, chain["pool"] / "testset.npz", strict=False)
-    assert result["status"] == "pass" and result["latency_ms"]["mean"] > 0
-    rows = {r["name"]: r for r in result["budgets"]}
-    assert rows["download"]["measured"] * 2**20 == pytest.approx(
+    assert result.status == "pass" and result.latency_ms["mean"] > 0
+    rows = {r.budget.name: r for r in result.budgets}
+    assert rows["download"].measured * 2**20 == pytest.approx(
         (out / "fp32.onnx.cascade.json").stat().st_size + sum((out / f"{s}.ecpk").stat().st_size for s in segments))
 
 

@@ -20,6 +20,7 @@ import yaml
 from edgecompress.config import load_params
 from edgecompress.errors import EdgeCompressError
 from edgecompress.validate import remove_stale_members, validate_params
+from tests.test_records import build_record_json
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load_params(REPO / "params.yaml")
@@ -161,8 +162,7 @@ def test_check_names_missing_artifacts_before_the_teacher(tmp_path: Path) -> Non
 
 def _build_record(d: Path, target: str = "host") -> None:
     d.mkdir(parents=True, exist_ok=True)
-    (d / "build.json").write_text(json.dumps({"target": target, "status": "built",
-                                              "chosen": {"name": "student/int8.onnx", "file": "int8.onnx"}}))
+    (d / "build.json").write_text(json.dumps(build_record_json(target, "student/int8.onnx", "int8.onnx")))
 
 
 def test_check_names_a_corrupt_testset(tmp_path: Path) -> None:
@@ -282,12 +282,14 @@ def test_checkpoint_sidecars_are_cached_outputs() -> None:
 
 
 def test_report_gates_after_the_summary_lists_the_failure() -> None:
+    from edgecompress.deploy.budgets import BY_NAME, BudgetRow
+    from edgecompress.deploy.check import CheckedArtifact, CheckResult
     from edgecompress.report import pipeline_gate
 
-    ok = {"target": "pi", "status": "proxy-fail", "gate_failed": False, "budgets": []}
-    bad = {"target": "host", "status": "fail", "gate_failed": True,
-           "budgets": [{"name": "accuracy", "label": "accuracy", "ok": False, "measured": 0.8, "budget": 0.88,
-                        "unit": "", "kind": "min", "margin": -0.08}]}
+    art = CheckedArtifact("int8.onnx", "onnx", "int8", 1, None)
+    ok = CheckResult(target="pi", artifact=art, status="proxy-fail", failed=False)
+    bad = CheckResult(target="host", artifact=art, status="fail", failed=True,
+                      budgets=(BudgetRow(BY_NAME["accuracy"], 0.88, 0.8, missed=True),))
     assert pipeline_gate([ok], "reports/summary.md") is None
     err = pipeline_gate([ok, bad], "reports/summary.md")
     assert err is not None and re.search(r"target host missed budget\(s\).*see reports/summary\.md", str(err))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +22,9 @@ from edgecompress.compression.pool import PoolModel, build_pool, in_processes
 from edgecompress.data import Dataset, Split
 from edgecompress.deploy import package as P
 from edgecompress.deploy.build import MeasurementCache, _nearest, build_target, load_index
-from edgecompress.deploy.check import _missed, margin_text, run_target_check
+from edgecompress.deploy.budgets import BY_NAME, BudgetRow, margin_text
+from edgecompress.deploy.check import run_target_check
+from edgecompress.deploy.check_report import missed_text
 from edgecompress.deploy.choose import MIB, Budgets, BuildSpec, Candidate, NoFeasibleCandidate, choose, misses
 from edgecompress.deploy.package import pack, pack_file, package_stats, unpack
 from edgecompress.deploy.targets import load_target
@@ -259,13 +260,13 @@ def test_an_infeasible_build_leaves_nothing_shippable_and_check_says_so(pool: Pa
     cache = MeasurementCache(tmp_path / "cache")
     out = tmp_path / "targets" / "t"
     ok = build_target(load_target(_profile(tmp_path, "{latency_ms: {p50: 1000}}")), pool, out, cache)
-    shipped = Path(ok["chosen"]["file"]).name
+    shipped = Path(ok.chosen.file).name
     assert (out / shipped).is_file()  # an earlier good build: its artifact must not survive the failed one
     target = _profile(tmp_path, "{size_mb: 0.000001}")
     record = build_target(load_target(target), pool, out, cache)
-    assert record["status"] == "infeasible" and "no candidate meets every budget" in record["error"]
+    assert record.status == "infeasible" and "no candidate meets every budget" in record.error
     assert sorted(p.name for p in out.iterdir()) == ["build.json"]
-    assert json.loads((out / "build.json").read_text())["error"] == record["error"]
+    assert json.loads((out / "build.json").read_text())["error"] == record.error
     proc = _cli("check", "--target", str(target), "--artifacts", str(out), "--testset", str(pool / "testset.npz"),
                 "--out-json", str(tmp_path / "c.json"), "--out-md", str(tmp_path / "c.md"), cwd=tmp_path)
     _one_line_error(proc, str(out / "build.json"), "found no candidate that meets every budget",
@@ -273,10 +274,10 @@ def test_an_infeasible_build_leaves_nothing_shippable_and_check_says_so(pool: Pa
     # On a proxy machine the nearest ships, labelled; its check fails even if the test set flatters it.
     proxy_target = _profile(tmp_path, "{size_mb: 0.000001}", arch="aarch64", name="p")
     proxy = build_target(load_target(proxy_target), pool, tmp_path / "p", cache)
-    assert proxy["status"] == "proxy-infeasible" and (tmp_path / "p" / proxy["chosen"]["file"]).is_file()
+    assert proxy.status == "proxy-infeasible" and (tmp_path / "p" / proxy.chosen.file).is_file()
     result = run_target_check(proxy_target, tmp_path / "p", pool / "testset.npz", strict=True)
-    assert result["status"] == "proxy-fail" and result["build_infeasible"] and result["gate_failed"]
-    assert result["warnings"][0].startswith("build@p found no candidate that meets every budget")
+    assert result.status == "proxy-fail" and result.build_infeasible and result.failed
+    assert result.warnings[0].startswith("build@p found no candidate that meets every budget")
 
 
 def _c(name: str, accuracy: float, size_mb: float) -> Candidate:
@@ -306,16 +307,14 @@ def test_a_miss_never_reads_as_equal() -> None:
     assert got[1].startswith("accuracy 89.99% < 90.00%")
     close = misses(_c("c", 0.9, 0.04501), Budgets(size_mb=0.045), None)
     assert close[0].startswith("size 0.04501 MiB > 0.045 MiB")
-    row = {"name": "size", "label": "size", "unit": "MB", "kind": "max", "budget": 0.045, "measured": 0.04504,
-           "ok": False, "margin": 0.00004}
-    assert _missed([row]) == "size 0.04504 MB > 0.045 MB (+4e-05 MB)"
+    row = BudgetRow(BY_NAME["size"], 0.045, 0.04504, missed=True)
+    assert missed_text([row]) == "size 0.04504 MB > 0.045 MB (+4e-05 MB)"
 
 
 def test_accuracy_margins_are_points_everywhere() -> None:
-    rows: list[dict[str, Any]] = [
-        {"name": "accuracy", "unit": "", "margin": 0.0421, "ok": True},
-        {"name": "accuracy_drop", "unit": "pt", "margin": -3.29, "ok": True},
-        {"name": "latency_p50", "unit": "ms", "margin": -0.21, "ok": True}]
+    rows = [BudgetRow(BY_NAME["accuracy"], 0.88, 0.88 + 0.0421, missed=False),
+            BudgetRow(BY_NAME["accuracy_drop"], 3.0, 3.0 - 3.29, missed=False),
+            BudgetRow(BY_NAME["latency_p50"], 1.0, 1.0 - 0.21, missed=False)]
     assert [margin_text(r) for r in rows] == ["+4.21 pt", "-3.29 pt", "-0.21 ms"]
     assert _margins(rows) == "accuracy +4.21 pt, drop -3.29 pt, p50 -0.21 ms"
 

@@ -28,6 +28,7 @@ from edgecompress.deploy.check import check_target
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
+from test_records import CASCADE, INDEX_JSON, build_record_json
 from test_ssh import SSHD, Server, _free_port, _keygen, sshd  # noqa: F401  (sshd: the shared fixture)
 
 MANIFEST = "fp32.onnx.cascade.json"
@@ -154,8 +155,8 @@ def test_the_device_checks_the_runner_hash_before_running_it(sshd: Server, tmp_p
 def test_a_good_cascade_still_passes_on_the_device(sshd: Server, tmp_path: Path) -> None:
     _cascade(tmp_path / "art")
     res = check_target(_profile(sshd.device(tmp_path / "remote")), tmp_path / "art", tmp_path / "art" / "testset.npz")
-    assert res["status"] == "pass" and res["latency_ms"]["n"] == 3 and res["accuracy_samples"] == 10
-    assert res["artifact"]["path"].endswith(MANIFEST) and res["remote"]["cleaned_up"]
+    assert res.status == "pass" and res.latency_ms["n"] == 3 and res.accuracy_samples == 10
+    assert res.artifact.path.endswith(MANIFEST) and res.remote["cleaned_up"]
 
 
 # --- item 6: segments stay inside the artifact's folder ----------------------------------------------
@@ -224,8 +225,7 @@ def _check_cli(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     target.write_text("artifact: {format: onnx, precision: fp32}\nruntime: {engine: onnxruntime, threads: 1}\n"
                       "bench: {warmup: 0, runs: 2, batch: 1, max_seconds: 5}\nbudgets: {latency_ms: {mean: 1000}}\n")
     # A build record pins the cascade, as a build that chose it writes.
-    (tmp_path / "art" / "build.json").write_text(json.dumps({"target": "t", "status": "built",
-                                                             "chosen": {"file": MANIFEST}}))
+    (tmp_path / "art" / "build.json").write_text(json.dumps(build_record_json("t", "m/fp32.onnx", MANIFEST)))
     return _cli("check", "--target", str(target), "--artifacts", str(tmp_path / "art"),
                 "--testset", str(tmp_path / "art" / "testset.npz"), "--out-json", str(tmp_path / "o.json"),
                 "--out-md", str(tmp_path / "o.md"), cwd=tmp_path)
@@ -259,9 +259,9 @@ def test_a_pool_index_segment_outside_its_folder_is_one_line(tmp_path: Path, seg
     _secret(tmp_path)
     (tmp_path / "id_ed25519").rename(tmp_path / "secret.onnx")
     (pool / "m" / MANIFEST).write_text("{}")
-    (pool / "index.json").write_text(json.dumps({"candidates": [{
-        "name": "m/fp32.onnx", "model": "m", "precision": "fp32", "engine": "onnxruntime",
-        "path": f"m/{MANIFEST}", "segments": [segment], "size_bytes": 1, "accuracy": 0.9}]}))
+    (pool / "index.json").write_text(json.dumps({**INDEX_JSON, "candidates": [{
+        **CASCADE, "name": "m/fp32.onnx", "model": "m", "path": f"m/{MANIFEST}", "segments": [segment],
+        "size_bytes": 1, "accuracy": 0.9}]}))
     target = tmp_path / "t.yaml"
     target.write_text("build: {models: all, precisions: [fp32], engines: [onnxruntime]}\n"
                       "runtime: {threads: 1}\nbench: {warmup: 0, runs: 2, max_seconds: 5}\n"
@@ -328,5 +328,5 @@ def test_a_device_without_sftp_gets_the_files_by_scp_legacy(sshd_without_sftp: S
     assert plain.returncode != 0 and "Connection closed" in plain.stderr
     _cascade(tmp_path / "art")
     res = check_target(_profile(dev), tmp_path / "art", tmp_path / "art" / "testset.npz")
-    assert res["status"] == "pass" and res["remote"]["cleaned_up"]
-    assert any("copied with scp -O (legacy protocol)" in w and "has no SFTP server" in w for w in res["warnings"])
+    assert res.status == "pass" and res.remote["cleaned_up"]
+    assert any("copied with scp -O (legacy protocol)" in w and "has no SFTP server" in w for w in res.warnings)

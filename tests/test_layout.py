@@ -2,7 +2,9 @@
 
 The import closure of each ``stages/<name>.py`` (through grimp, the graph import-linter uses, so
 imports inside functions count too) must be covered by that stage's deps in dvc.yaml: a file, or a
-folder above it. A stage that starts the runner in a subprocess (``deploy.bench``) depends on it too.
+folder above it. A stage that starts the runner in a subprocess (``deploy.bench``) depends on it too,
+and on the package ``__init__.py`` files above every module it imports (Python runs them first).
+scripts/dvc_deps.py writes those deps from its own import scan; this is the independent check.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ def stage_closure(graph, script: Path) -> set[Path]:  # type: ignore[no-untyped-
         closure |= {m, *graph.find_upstream_modules(m)}
     if "edgecompress.deploy.bench" in closure:
         closure.add("edgecompress.deploy.runner")  # run as `python -m edgecompress.deploy.runner`
+    closure |= {".".join(m.split(".")[:i]) for m in closure for i in range(1, m.count(".") + 1)}  # packages above
     files = set()
-    for m in closure - {"edgecompress"}:
+    for m in closure:
         base = SRC / m.replace(".", "/")
         files.add((base / "__init__.py") if base.is_dir() else base.with_suffix(".py"))
     return {f.relative_to(ROOT) for f in files}

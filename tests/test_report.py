@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from edgecompress.deploy.budgets import BY_NAME, BudgetRow
+from edgecompress.deploy.check import CheckedArtifact, CheckResult
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import reliability_diagram
 from edgecompress.report import accuracy_interval, difference_interval, models_table, summary_markdown
@@ -90,12 +92,12 @@ def test_models_table_without_baseline_or_ensemble() -> None:
 
 
 def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
-    check = {"target": "host", "artifact": {"precision": "int8", "format": "onnx", "size_bytes": 62233,
-                                            "candidate": "student/int8.onnx"}, "ece": 0.021,
-             "budgets": [{"name": "latency_p50", "unit": "ms", "margin": -0.45, "ok": True},
-                         {"name": "accuracy", "unit": "", "margin": -0.0016, "ok": False}],
-             "device": "local", "latency_ms": {"p50": 0.05, "p90": 0.06, "p99": 0.1}, "accuracy": 0.9116,
-             "accuracy_samples": 360, "status": "pass"}
+    check = CheckResult(target="host", artifact=CheckedArtifact("int8.onnx", "onnx", "int8", 62233, None,
+                                                                "student/int8.onnx"), ece=0.021,
+                        budgets=(BudgetRow(BY_NAME["latency_p50"], 0.5, 0.05, missed=False),
+                                 BudgetRow(BY_NAME["accuracy"], 0.9132, 0.9116, missed=True)),
+                        device="local", latency_ms={"p50": 0.05, "p90": 0.06, "p99": 0.1}, accuracy=0.9116,
+                        accuracy_samples=360, status="pass")
     lo, hi = accuracy_interval(0.9111, 360)
     point = {"artifact": "int8.tflite", "p50_ms": 0.014, "p90_ms": 0.015, "accuracy": 0.9111, "ece": 0.02,
              "nll": 0.25, "size_kib": 66.7, "runtime": "ai-edge-litert 2.3.0", "samples": 360,

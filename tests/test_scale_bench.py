@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +18,11 @@ def scale() -> ModuleType:
     spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its `import harness`, as `python benchmarks/scale.py` finds it
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     return mod
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import tiny_export_dir
 from edgecompress.deploy.check import check_target
-from edgecompress.gate import check_and_report as main_check
+from edgecompress.verdict import check_and_report as main_check
 from edgecompress.errors import EdgeCompressError
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.targets import (ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile,
@@ -120,14 +120,14 @@ def test_full_check_over_ssh(sshd: Server, artifacts: Any, tmp_path: Path) -> No
     d, testset, acc = artifacts
     work = tmp_path / "remote"
     res = check_target(_profile(sshd.device(work)), d, testset)
-    assert res["status"] == "pass" and res["device"] == sshd.url and res["device"].startswith("ssh://")
-    assert {"p50", "p90", "p99", "mean"} <= set(res["latency_ms"]) and res["latency_ms"]["n"] == 5
+    assert res.status == "pass" and res.device == sshd.url and res.device.startswith("ssh://")
+    assert {"p50", "p90", "p99", "mean"} <= set(res.latency_ms) and res.latency_ms["n"] == 5
     # Only the first 25 images were copied and scored.
-    assert res["accuracy_samples"] == 25 and res["accuracy"] == pytest.approx(acc)
-    assert res["fingerprint"]["hostname"] == socket.gethostname() and res["hardware_match"] is True
-    assert res["artifact"]["path"] == str(d / "fp32.onnx")
-    run_dir = res["remote"]["run_dir"]
-    assert run_dir.startswith(f"{work}/run.") and not Path(run_dir).exists() and res["remote"]["cleaned_up"]
+    assert res.accuracy_samples == 25 and res.accuracy == pytest.approx(acc)
+    assert res.fingerprint["hostname"] == socket.gethostname() and res.hardware_match is True
+    assert res.artifact.path == str(d / "fp32.onnx")
+    run_dir = res.remote["run_dir"]
+    assert run_dir.startswith(f"{work}/run.") and not Path(run_dir).exists() and res.remote["cleaned_up"]
     assert work.is_dir() and not any(work.iterdir())  # the per-run dir is gone, nothing else left
 
 

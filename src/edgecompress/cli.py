@@ -9,10 +9,11 @@ from pathlib import Path
 
 from edgecompress.errors import EdgeCompressError, friendly_main
 from edgecompress.fileio import read_json
+from edgecompress.log import set_verbosity
 
 
 def _check(ns: argparse.Namespace) -> None:
-    from edgecompress.gate import check_and_report
+    from edgecompress.verdict import check_and_report
 
     name = Path(ns.target).stem
     out_json = ns.out_json or f"reports/manual/{name}.json"
@@ -45,8 +46,8 @@ def _build(ns: argparse.Namespace) -> None:
     md = render_markdown(record)
     write_text(ns.out_md or f"reports/manual/build-{profile.name}.md", md)
     print(md)
-    if record.get("error"):
-        raise EdgeCompressError(record["error"])
+    if record.error:
+        raise EdgeCompressError(record.error)
 
 
 def _targets(ns: argparse.Namespace) -> None:
@@ -177,6 +178,11 @@ def _unpack(ns: argparse.Namespace) -> None:
 @friendly_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
+    loud = p.add_mutually_exclusive_group()  # before the command: `edgecompress -q build ...`
+    loud.add_argument("-q", "--quiet", action="store_const", const=-1, dest="verbosity", default=0,
+                      help="warnings and errors only (no progress lines); the command's result still prints")
+    loud.add_argument("-v", "--verbose", action="store_const", const=1, dest="verbosity",
+                      help="debug detail too")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="check one target profile's budgets (same code as the DVC stage)")
     c.add_argument("--target", required=True, help="target profile YAML, e.g. targets/raspberry-pi.yaml")
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("--out", help="the model file (default: the package's name without .ecpk)")
     u.set_defaults(fn=_unpack)
     ns = p.parse_args(argv)
+    set_verbosity(ns.verbosity)
     ns.fn(ns)
 
 

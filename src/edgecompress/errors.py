@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from edgecompress.log import get_logger
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,8 @@ def friendly_main(fn: Callable[..., T]) -> Callable[..., T]:
     """Run a stage/CLI ``main`` so an EdgeCompressError prints one line and exits 1 (no traceback).
 
     A ``main`` that returns a string (a stage's key result) gets one closing line with its wall time:
-    ``[distill] done in 312 s: test accuracy 0.9243``.
+    ``[distill] done in 312 s: test accuracy 0.9243`` (through the stage's logger, so ``-q`` hides it).
+    The error line stays a plain print: ``edgecompress: error: ...`` on stderr is the CLI's contract.
     """
 
     @functools.wraps(fn)
@@ -32,7 +35,7 @@ def friendly_main(fn: Callable[..., T]) -> Callable[..., T]:
             raise SystemExit(1) from None
         if isinstance(result, str):
             stage = Path(sys.argv[0]).stem
-            print(f"[{stage}] done in {time.monotonic() - start:.0f} s: {result}", file=sys.stderr, flush=True)
+            get_logger(stage).info(f"done in {time.monotonic() - start:.0f} s: {result}")
         return result
 
     return wrapper

@@ -9,7 +9,9 @@ from typing import Any
 
 from edgecompress.artifacts import REGISTRY
 from edgecompress.deploy.bench import local_command, run_local
-from edgecompress.deploy.check import gate_error, margin_text
+from edgecompress.deploy.budgets import BudgetRow, margin_text
+from edgecompress.deploy.check import CheckResult
+from edgecompress.deploy.check_report import failure
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
 
@@ -44,21 +46,21 @@ def difference_interval(a: float, n_a: int, b: float, n_b: int) -> tuple[float, 
     return d - math.hypot(a - lo_a, hi_b - b), d + math.hypot(hi_a - a, b - lo_b)
 
 
-def load_checks(directory: str | Path, targets: tuple[str, ...]) -> list[dict[str, Any]]:
+def load_checks(directory: str | Path, targets: tuple[str, ...]) -> list[CheckResult]:
     """Each target's check result (metrics/check/<name>.json), in ``check.targets`` order."""
     checks = []
     for name in targets:
         path = Path(directory) / f"{name}.json"
         if not path.exists():
             raise EdgeCompressError(f"{path} missing: check@{name} has not run (dvc repro)")
-        checks.append(read_json(path, f"check result of {name}"))
+        checks.append(CheckResult.from_json(read_json(path, f"check result of {name}"), str(path)))
     return checks
 
 
-def pipeline_gate(checks: list[dict[str, Any]], summary: str | Path) -> EdgeCompressError | None:
-    """The error that fails ``dvc repro`` when a target missed a budget on its hardware (or, with
-    check.strict, anywhere); raised after ``summary`` is written, so it lists the failure too."""
-    errors = [str(e) for e in (gate_error(c, summary) for c in checks) if e is not None]
+def pipeline_gate(checks: list[CheckResult], summary: str | Path) -> EdgeCompressError | None:
+    """The error that fails ``dvc repro`` when a target's verdict is a failure (a budget missed on its
+    hardware or, with check.strict, anywhere); raised after ``summary`` is written, so it lists the failure too."""
+    errors = [str(e) for e in (failure(c, summary) for c in checks) if e is not None]
     return EdgeCompressError("; ".join(errors)) if errors else None
 
 
@@ -181,20 +183,20 @@ def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = N
                     "not an effect."]
 
 
-def _margins(rows: list[dict[str, Any]]) -> str:
+def _margins(rows: tuple[BudgetRow, ...] | list[BudgetRow]) -> str:
     """Each budget's margin in its unit, e.g. 'p50 -0.21 ms, size -0.06 MB, accuracy +3.10 pt'."""
     short = {"accuracy_drop": "drop", "peak_memory": "memory"}
     out = []
     for r in rows:
-        name = short.get(r["name"], r["name"].removeprefix("latency_"))
-        if r.get("margin") is None:
+        name = short.get(r.budget.name, r.budget.name.removeprefix("latency_"))
+        if r.margin is None:
             out.append(f"{name} n/a")
         else:
-            out.append(f"{name} {margin_text(r)}" + ("" if r["ok"] else " **missed**"))
+            out.append(f"{name} {margin_text(r)}" + (" **missed**" if r.missed else ""))
     return ", ".join(out)
 
 
-def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]], fingerprint: dict[str, Any],
+def summary_markdown(checks: list[CheckResult], points: list[dict[str, Any]], fingerprint: dict[str, Any],
                      uncertainty: dict[str, Any] | None = None, distill: dict[str, Any] | None = None) -> str:
     """One table per concern: models (accuracy with 95% intervals, KD gain), targets (pass/fail/proxy)
     and all artifacts (latency vs accuracy); ``uncertainty``/``distill`` are those stages' metrics."""
@@ -206,15 +208,15 @@ def summary_markdown(checks: list[dict[str, Any]], points: list[dict[str, Any]],
               "size KiB | margin to each budget | status |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in checks:
-        lat = r.get("latency_ms") or {}
-        art = r.get("artifact") or {}
-        acc = " | ".join(_accuracy_cells(r.get("accuracy"), r.get("accuracy_samples")))
-        shipped = art.get("candidate") or f"{art.get('precision')}.{art.get('format')}"
-        ece = r.get("ece")
-        lines.append(f"| {r['target']} | `{shipped}` | {r.get('device')} | "
+        lat = r.latency_ms or {}
+        art = r.artifact
+        acc = " | ".join(_accuracy_cells(r.accuracy, r.accuracy_samples))
+        shipped = art.candidate or f"{art.precision}.{art.format}"
+        ece = r.ece
+        lines.append(f"| {r.target} | `{shipped}` | {r.device} | "
                      f"{lat.get('p50', float('nan')):.4f} | {lat.get('p90', float('nan')):.4f} | {acc} | "
-                     f"{'n/a' if ece is None else f'{ece:.4f}'} | {(art.get('size_bytes') or 0) / 1024:.1f} | "
-                     f"{_margins(r.get('budgets') or [])} | {r['status']} |")
+                     f"{'n/a' if ece is None else f'{ece:.4f}'} | {(art.size_bytes or 0) / 1024:.1f} | "
+                     f"{_margins(r.budgets)} | {r.status} |")
     lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report). "
               "Margins: measured minus budget (negative is inside a ceiling, positive above a floor); why each target "
               "shipped what it did: reports/build/<target>.md.",

@@ -14,7 +14,6 @@ run between invokes). Outputs are told apart by rank: logits are 2-D, feature ma
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,10 +28,12 @@ from edgecompress.compression.tflite import tflite_interpreter
 from edgecompress.deploy.runner import RunnerError, read_cascade
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_json
+from edgecompress.log import get_logger
 from edgecompress.training.early_exit import EarlyExitNet, ThresholdChoice
 
 ARTIFACTS = ("fp32.onnx", "fp32.tflite")
 LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}
+log = get_logger("cascade")
 
 
 class CascadeSegment(nn.Module):
@@ -204,7 +205,7 @@ def export_cascade(net: EarlyExitNet, data_meta: dict[str, Any], out_dir: Path,
     returns {artifact: {"manifest": path, "segments": [...], "verification": {...}}}."""
     results: dict[str, Any] = {}
     for artifact in artifacts:
-        print(f"[cascade] {artifact}: {net.num_segments} segments ...", file=sys.stderr, flush=True)
+        log.info(f"{artifact}: {net.num_segments} segments ...")
         segments = export_segments(net, data_meta["input_shape"], out_dir, artifact)
         path = out_dir / f"{artifact}{CASCADE_SUFFIX}"
         manifest = write_manifest(path, segments, choice, data_meta, net, parent, phash)
@@ -212,6 +213,5 @@ def export_cascade(net: EarlyExitNet, data_meta: dict[str, Any], out_dir: Path,
         manifest["verification"] = check
         write_json(path, manifest)
         results[artifact] = {"manifest": str(path), "segments": segments, "verification": check}
-        print(f"[cascade] {artifact}: per-exit max |logit diff| {[f'{d:.1e}' for d in check['max_abs_logit_diff']]}",
-              file=sys.stderr, flush=True)
+        log.info(f"{artifact}: per-exit max |logit diff| {[f'{d:.1e}' for d in check['max_abs_logit_diff']]}")
     return results

@@ -34,10 +34,12 @@ from edgecompress.compression.finetune import finetuner
 from edgecompress.data import Dataset
 from edgecompress.dirs import whole_dir
 from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
 from edgecompress.training.loop import TrainConfig, crop_fill, evaluate, tensors
 from edgecompress.training.soft_targets import SoftTargets
 
 INITS = ("linear", "density")
+log = get_logger("cluster")
 
 
 @dataclass(frozen=True)
@@ -270,12 +272,12 @@ def compress_weights(model: nn.Module, teacher: nn.Module | None, train: tuple[t
               else uniform_fake_quant(folded, cfg.bits, cfg.min_weights))
     start = evaluate(folded, *test)["accuracy"]
     tune, source = finetuner(folded, teacher, [], cfg.finetune, cfg.temperature, cfg.alpha, None, targets)
-    print(f"[cluster] {method} {cfg.bits}-bit on {len(layers)} layers: test accuracy {before:.4f} -> {start:.4f}; "
-          f"KD fine-tune from the {source}, {cfg.finetune.epochs} epoch(s)", flush=True)
+    log.info(f"{method} {cfg.bits}-bit on {len(layers)} layers: test accuracy {before:.4f} -> {start:.4f}; "
+             f"KD fine-tune from the {source}, {cfg.finetune.epochs} epoch(s)")
     history = tune(*train, fill=fill, name=f"{method}-{cfg.bits}", params=_trainable(folded))
     folded = bake(folded).eval()
     after = evaluate(folded, *test)["accuracy"]
-    print(f"[cluster] {method} {cfg.bits}-bit after fine-tune: {after:.4f}", flush=True)
+    log.info(f"{method} {cfg.bits}-bit after fine-tune: {after:.4f}")
     return folded, {"method": method, "bits": cfg.bits, "init": cfg.init if method == "cluster" else None,
                     "accuracy_float": before, "accuracy_before_finetune": start, "accuracy": after,
                     "layers": len(layers), "distinct_values": distinct_values(folded, cfg.min_weights),
@@ -295,7 +297,7 @@ def cluster_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Datase
     reports: dict[str, Any] = {}
     with whole_dir(out) as scratch:
         for i, name in enumerate(cfg.models):
-            print(f"[cluster] {i + 1}/{len(cfg.models)} {name} -> {cfg.name(name)}", flush=True)
+            log.info(f"{i + 1}/{len(cfg.models)} {name} -> {cfg.name(name)}")
             model, smeta = load_checkpoint(sources[name])
             # Test accuracy is reported, never used: the fine-tune's length and rate are params.
             clustered, rep = compress_weights(model, teacher, t["train"], t["test"], cfg, "cluster",

@@ -13,7 +13,6 @@ evaluated on the test set with its own runtime against the PyTorch model it came
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +29,14 @@ from edgecompress.compression.onnx import (export_onnx, export_onnx_dynamic, exp
 from edgecompress.compression.qat import QATConfig
 from edgecompress.compression.tflite import export_tflite, export_tflite_fp16, tflite_interpreter, tflite_observer
 from edgecompress.data import Dataset, save_npz_split
-from edgecompress.dirs import replace_dir
+from edgecompress.dirs import replace_dir, whole_dir
 from edgecompress.fileio import atomic_path, read_npz, write_json
 from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
 from edgecompress.metrics import classification_metrics, softmax, uncertainty_decomposition
 from edgecompress.models import MultiHeadStudent, PerHeadOutputs, batched
+
+log = get_logger("export")
 
 
 
@@ -67,19 +69,6 @@ class ExportConfig:
         """The artifacts to write, in writing order (``dynamic: true`` adds dynamic.onnx)."""
         wanted = set(self.formats) | ({"dynamic.onnx"} if self.dynamic else set())
         return tuple(a for a in REGISTRY if a in wanted)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "params.yaml:export") -> "ExportConfig":
-        """Build from the params section; unknown keys and bad values name ``where``."""
-        from edgecompress.training.loop import from_dict
-
-        d = dict(d or {})
-        qat = d.pop("qat", None)
-        if qat is not None and not isinstance(qat, dict):
-            raise EdgeCompressError(f"{where}: invalid value qat={qat!r}: must be a mapping")
-        if qat is not None:
-            d["qat"] = from_dict(QATConfig, qat, f"{where}.qat")
-        return from_dict(cls, d, where)
 
 
 def io_details(path: Path) -> dict[str, Any]:
@@ -200,7 +189,7 @@ def export_all(model: nn.Module, meta: dict[str, Any], out_dir: Path, calib: np.
     try:
         for name in artifacts:
             path = out_dir / name
-            print(f"[export] {name} ...", file=sys.stderr, flush=True)
+            log.info(f"{name} ...")
             steps[name](path)
             results[name] = _sidecar_and_verify(path, name, meta, cfg, calib, parent, phash, x_test, y_test, ref,
                                                 extra.get(name, {}))
@@ -243,7 +232,7 @@ def export_heads(model: nn.Module, meta: dict[str, Any], out_dir: Path, x_test: 
     results: dict[str, Any] = {}
     for name in HEAD_ARTIFACTS:
         path = out_dir / name
-        print(f"[export] {name} (mean and per-head probabilities) ...", file=sys.stderr, flush=True)
+        log.info(f"{name} (mean and per-head probabilities) ...")
         if name.endswith(".onnx"):
             with atomic_path(path) as tmp, quiet():
                 torch.onnx.export(wrapper, (torch.zeros(1, *input_shape),), str(tmp), input_names=["input"],
@@ -266,9 +255,8 @@ def export_heads(model: nn.Module, meta: dict[str, Any], out_dir: Path, x_test: 
             "mean": meta["data"]["mean"], "std": meta["data"]["std"], "class_names": meta["data"]["class_names"],
             "parent": parent, "params_hash": phash, "verification": check})
         results[name] = {**check, "size_bytes": path.stat().st_size}
-        print(f"[export] {name}: max |p - p_torch| {check['max_abs_mean_prob_diff']:.2e}, "
-              f"MI {check['mutual_information']:.4f} (PyTorch {check['pytorch_mutual_information']:.4f})",
-              file=sys.stderr, flush=True)
+        log.info(f"{name}: max |p - p_torch| {check['max_abs_mean_prob_diff']:.2e}, "
+                 f"MI {check['mutual_information']:.4f} (PyTorch {check['pytorch_mutual_information']:.4f})")
     return results
 
 
@@ -303,8 +291,8 @@ def _sidecar_and_verify(path: Path, name: str, meta: dict[str, Any], cfg: Calibr
     sidecar["verification"] = {k: m[k] for k in ("accuracy", "top1_agreement", "max_abs_logit_diff")}
     write_json(Path(str(path) + ".json"), sidecar)
     m.update(extra)
-    print(f"[export] {name}: {m['size_bytes'] / 1024:.1f} KiB, accuracy {m['accuracy']:.4f}, "
-          f"agreement {m['top1_agreement']:.4f}", file=sys.stderr, flush=True)
+    log.info(f"{name}: {m['size_bytes'] / 1024:.1f} KiB, accuracy {m['accuracy']:.4f}, "
+             f"agreement {m['top1_agreement']:.4f}")
     return m
 
 
@@ -317,25 +305,20 @@ def export_directory(model: nn.Module, meta: dict[str, Any], parent: str, ds: Da
                      cfg: CalibrationConfig, export_cfg: ExportConfig, out: str | Path) -> dict[str, Any]:
     """The export stage: every configured artifact plus the raw test set, swapped into ``out`` whole.
 
-    Everything is built in a scratch dir in the system's temp dir and moved onto ``out`` at the end,
-    so a failed or killed export leaves neither a half-written artifact directory nor a scratch dir
-    among the pipeline's outputs. The accuracy-aware int8 ONNX check runs on the validation split
-    (``cfg.val_samples`` images), never on the test set.
+    Everything is built in a scratch dir beside ``out`` and moved onto it at the end (``dirs.whole_dir``),
+    so a failed export leaves ``out`` as it was and no half-written artifact directory. The accuracy-aware
+    int8 ONNX check runs on the validation split (``cfg.val_samples`` images), never on the test set.
     """
-    out = Path(out)
     x_val, y_val = ds.normalize(ds.val.x[:cfg.val_samples]), ds.val.y[:cfg.val_samples]
     train = (ds.normalize(ds.train.x), ds.train.y) if export_cfg.qat.enabled else None
-    scratch = Path(tempfile.mkdtemp(prefix="edgecompress-export-dir."))
-    try:
+    with whole_dir(out) as scratch:
         results = export_all(model, meta, scratch, calib, cfg, ds.normalize(ds.test.x), ds.test.y, parent,
                              meta["params_hash"], export_cfg=export_cfg, x_val=x_val, y_val=y_val, train=train)
         save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)  # raw uint8 images for on-device checks
-        swap_in(scratch, out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return results
 
 
 def swap_in(src: Path, out: Path) -> None:
-    """Replace directory ``out`` by the complete directory ``src`` (see ``fileio.replace_dir``)."""
+    """Replace directory ``out`` by the complete directory ``src`` (see ``dirs.replace_dir``); new writers use
+    ``dirs.whole_dir``, which wraps this with the scratch directory's making and removal."""
     replace_dir(src, out)

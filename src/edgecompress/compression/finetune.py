@@ -11,6 +11,7 @@ from torch import nn
 
 from edgecompress.config import from_dict
 from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
 from edgecompress.models import MultiHeadStudent
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead
@@ -52,7 +53,7 @@ def finetune_plan(cfg: _Sourced, student: nn.Module, student_meta: dict[str, Any
     source = cfg.source
     if source == "auto":
         source = "ensemble" if multi else "teacher"
-        print(f"[prune] source auto: fine-tuning from the {source}", flush=True)
+        get_logger("prune").info(f"source auto: fine-tuning from the {source}")
     if source != "ensemble" or not multi:
         return source, None
     distilled = (student_meta.get("params") or {}).get("distill")

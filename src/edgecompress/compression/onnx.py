@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path
+from edgecompress.log import get_logger
 
 
 # ONNX ops the sensitivity analysis may keep in float (the ones carrying weights).
@@ -141,7 +141,7 @@ def quantize_onnx_accuracy_aware(fp32_path: Path, out_path: Path, calib: np.ndar
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    log = log or (lambda msg: print(f"[quantize] {msg}", file=sys.stderr, flush=True))
+    log = log or get_logger("quantize").info
     report: dict[str, Any] = {"max_drop_points": cfg.max_drop, "float_layers": [], "checked": False}
     with tempfile.TemporaryDirectory(prefix="edgecompress-q.") as td:
         tmp = Path(td)

@@ -14,23 +14,14 @@ Layout of the pool directory::
 
 from __future__ import annotations
 
-import hashlib
-import importlib.machinery
-import importlib.util
-import io
-import multiprocessing
 import os
-import pickle
 import shutil
-import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,20 +35,25 @@ from edgecompress.compression.cascade import export_cascade, run_segments
 from edgecompress.compression.ensemble_graph import EnsembleGraph
 from edgecompress.compression.export import ExportConfig, export_all, swap_in
 from edgecompress.compression.ladder import ladder_levels
+from edgecompress.compression.processes import in_processes
 from edgecompress.compression.temperature import can_fold, fit_temperature, fold_temperature
 from edgecompress.data import Dataset, Split, save_npz_split
 from edgecompress.deploy.package import pack_file
 from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import write_json
+from edgecompress.log import get_logger
 from edgecompress.metrics import classification_metrics, softmax
 from edgecompress.models import MultiHeadStudent, batched
+from edgecompress.records import PoolEntry, PoolIndex, entry_digest, write_index
 from edgecompress.training.early_exit import (EarlyExitConfig, EarlyExitNet, cascade_predict, choose_thresholds,
                                               exit_probabilities)
 from edgecompress.training.exit_checkpoints import SUFFIX as EXIT_SUFFIX
 from edgecompress.training.exit_checkpoints import load_early_exit
 
-INDEX = "index.json"
+__all__ = ["PoolConfig", "PoolModel", "build_pool", "cascade_candidates", "ensemble_model", "in_processes",
+           "load_model", "pool_models"]
+
+log = get_logger("candidates")
 
 
 @dataclass(frozen=True)
@@ -116,8 +112,8 @@ def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Pa
     models = [t, *([ensemble_model(t, members)] if members else []), load_model("student", student)]
     form = t.meta["arch"].get("form")
     if form in ("exported", "onnx"):  # it teaches and is the reference; we export and quantize only modules
-        print(f"[candidates] the teacher is the user's {form} model: scored as the reference, not a candidate "
-              f"(bring it as source: module to ship it)", file=sys.stderr, flush=True)
+        log.info(f"the teacher is the user's {form} model: scored as the reference, not a candidate "
+                 f"(bring it as source: module to ship it)")
         models[0] = replace(t, exportable=False)
     levels = ladder_levels(ladder)
     pinned = f"pruned-{round(100 * ratio)}"
@@ -159,15 +155,14 @@ def _tempered(pm: PoolModel, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.nd
     t = fit_temperature(fit_logits, y_fit)
     scaled = fold_temperature(pm.model, t)
     report = {"temperature": t, "fitted_on": len(y_fit), "before": scores(pm.model), "after": scores(scaled)}
-    print(f"[candidates] {pm.name}: temperature {t:.3f}, NLL {report['before']['nll']:.4f} -> "
-          f"{report['after']['nll']:.4f}, ECE {report['before']['ece']:.4f} -> {report['after']['ece']:.4f}",
-          file=sys.stderr, flush=True)
+    log.info(f"{pm.name}: temperature {t:.3f}, NLL {report['before']['nll']:.4f} -> "
+             f"{report['after']['nll']:.4f}, ECE {report['before']['ece']:.4f} -> {report['after']['ece']:.4f}")
     return replace(pm, model=scaled), report
 
 
 def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: CalibrationConfig,
                export_cfg: ExportConfig, out: str | Path, aliases: dict[str, str] | None = None,
-               reference: str = "teacher", temperature: bool = False, workers: int = 1) -> dict[str, Any]:
+               reference: str = "teacher", temperature: bool = False, workers: int = 1) -> PoolIndex:
     """Export every model in every build precision of ``export.formats``, score each, write ``out`` whole.
 
     ``aliases`` name a model by another name (``pruned`` -> the level ``prune.ratio`` keeps, what a
@@ -192,7 +187,7 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
     train = (ds.normalize(ds.train.x), ds.train.y) if export_cfg.qat.enabled else None
     out = Path(out)
     scratch = Path(tempfile.mkdtemp(prefix="edgecompress-pool."))
-    candidates: list[dict[str, Any]] = []
+    candidates: list[PoolEntry] = []
     pytorch: dict[str, Any] = {}
     tempered: dict[str, Any] = {}
     try:
@@ -212,12 +207,12 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
             candidates += found
         save_npz_split(scratch / "valset.npz", scoring, ds.class_names)
         save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)
-        index = {"scored_on": {"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
-                               "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
-                 "reference": {"model": reference, **pytorch[reference]},
-                 "aliases": dict(aliases or {}), "pytorch": pytorch, "temperature": tempered,
-                 "candidates": candidates}
-        write_json(scratch / INDEX, index)
+        index = PoolIndex(
+            scored_on={"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
+                       "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
+            reference={"model": reference, **pytorch[reference]}, aliases=dict(aliases or {}), pytorch=pytorch,
+            temperature=tempered, candidates=tuple(candidates))
+        write_index(scratch, index)
         swap_in(scratch, out)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -228,20 +223,20 @@ def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[
                       cfg: CalibrationConfig, pool_cfg: ExportConfig, select: tuple[np.ndarray, np.ndarray],
                       score: tuple[np.ndarray, np.ndarray], train: tuple[np.ndarray, np.ndarray] | None,
                       temperature: bool, total: int) -> tuple[str, dict[str, float], dict[str, Any] | None,
-                                                              list[dict[str, Any]]]:
+                                                              list[PoolEntry]]:
     """(name, PyTorch scores, temperature fit or None, index entries) of pool model number ``job[0]``: every
     format of ``formats`` exported into ``scratch/<name>`` and scored on the ``score`` images."""
     i, pm = job
     t0 = time.perf_counter()
     if isinstance(pm.model, EarlyExitNet):
-        print(f"[candidates] {i}/{total} {pm.name}: cascades", file=sys.stderr, flush=True)
+        log.info(f"{i}/{total} {pm.name}: cascades")
         scores, found = cascade_candidates(pm, scratch / pm.name, formats, select, score)
         return pm.name, scores, None, found
     fit = None
     # Models with members or heads keep their own calibration (the ensemble's is the point of it).
     if temperature and can_fold(pm.model) and not pm.uncertainty:
         pm, fit = _tempered(pm, *select, *score)
-    print(f"[candidates] {i}/{total} {pm.name}: {', '.join(formats)}", file=sys.stderr, flush=True)
+    log.info(f"{i}/{total} {pm.name}: {', '.join(formats)}")
     results = export_all(pm.model.eval(), pm.meta, scratch / pm.name, calib, cfg, *score, pm.parent,
                          pm.meta.get("params_hash", ""), export_cfg=pool_cfg, x_val=select[0], y_val=select[1],
                          train=train)
@@ -249,14 +244,14 @@ def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[
     for art in formats:
         r = results[art]
         path = scratch / pm.name / art
-        found.append({
-            **_identity(pm.name, art), "path": f"{pm.name}/{art}", "size_bytes": r["size_bytes"],
+        found.append(PoolEntry(
+            **_identity(pm.name, art), path=f"{pm.name}/{art}", size_bytes=r["size_bytes"],
             # What a device downloads (budgets.download_mb): the Huffman-coded package of the file.
-            "package_bytes": len(pack_file(path)),
-            "sha256": file_sha256(path), "accuracy": r["accuracy"], "nll": r["nll"], "ece": r["ece"],
-            "top1_agreement": r["top1_agreement"], "uncertainty": pm.uncertainty,
-            **({"float_layers": r["float_layers"]} if "float_layers" in r else {})})
-    print(f"[candidates] {pm.name}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            package_bytes=len(pack_file(path)),
+            sha256=file_sha256(path), accuracy=r["accuracy"], nll=r["nll"], ece=r["ece"],
+            top1_agreement=r["top1_agreement"], uncertainty=pm.uncertainty,
+            float_layers=tuple(r["float_layers"]) if "float_layers" in r else None))
+    log.info(f"{pm.name}: done in {time.perf_counter() - t0:.0f} s")
     return pm.name, {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}, fit, found
 
 
@@ -267,83 +262,8 @@ def _identity(model: str, art: str) -> dict[str, str]:
             "engine": a.engine}
 
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def _start_worker(threads: int, brought: list[tuple[str, str]]) -> None:
-    """A spawned export process: its share of the cores, and the user's scripts loaded under the names the
-    parent gave them, before any model arrives (unpickling one looks its class up by module name)."""
-    torch.set_num_threads(threads)
-    for name, path in brought:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-
-
-class _ClassRecorder(pickle.Pickler):
-    """A pickler that notes the module of every class it pickles by reference (what the receiver imports)."""
-
-    def __init__(self) -> None:
-        super().__init__(io.BytesIO(), pickle.HIGHEST_PROTOCOL)
-        self.modules: set[str] = set()
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, type):
-            self.modules.add(obj.__module__)
-        return NotImplemented  # pickle it as usual
-
-
-def _brought(modules: set[str]) -> list[tuple[str, str]]:
-    """(name, file) of the ``modules`` a spawned process cannot import by name: scripts loaded from a path
-    (a brought model, ``usermodel.load_factory``). The parent's ``__main__`` is re-run by spawn itself."""
-    out = []
-    for name in sorted(modules):
-        origin = getattr(getattr(sys.modules.get(name), "__spec__", None), "origin", None)
-        if name in ("__main__", "__mp_main__") or "." in name or not origin or not Path(origin).is_file():
-            continue
-        if importlib.machinery.PathFinder.find_spec(name) is None:  # not on sys.path, which the workers share
-            out.append((name, origin))
-    return out
-
-
-def in_processes(fn: Callable[[T], R], items: list[T], workers: int) -> list[R]:
-    """``[fn(x) for x in items]``, run by up to ``workers`` spawned processes that share the cores; results in
-    the order of ``items``. A model whose class comes from the user's script is rebuilt in each process from
-    that script; serial when one worker would do or an item cannot be pickled at all."""
-    workers = min(workers, len(items))
-    brought: list[tuple[str, str]] = []
-    if workers > 1:
-        recorder = _ClassRecorder()
-        try:
-            recorder.dump(items)
-            brought = _brought(recorder.modules)
-        except Exception as e:  # pickling user objects raises many types
-            what = str(e).split(":")[0] or type(e).__name__
-            print(f"[candidates] exporting one model at a time: a model holds something that cannot be copied "
-                  f"to another process ({what}); candidates.workers needs models made of importable classes",
-                  file=sys.stderr, flush=True)
-            workers = 1
-    if workers <= 1:
-        return [fn(x) for x in items]
-    # spawn, not fork: a forked child inherits torch's thread pools mid-use and can hang.
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    print(f"[candidates] exporting {len(items)} models in {workers} processes ({threads} thread(s) each)",
-          file=sys.stderr, flush=True)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                                 initargs=(threads, brought)) as ex:
-            return list(ex.map(fn, items))
-    except BrokenProcessPool as e:
-        raise EdgeCompressError(f"an export process of the candidate pool died (the system stops one that runs out "
-                                f"of memory); set candidates.workers to 1 (or fewer than {workers}) in params.yaml "
-                                f"and re-run dvc repro") from e
-
-
 def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decide: tuple[np.ndarray, np.ndarray],
-                       score: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+                       score: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, float], list[PoolEntry]]:
     """(PyTorch scores, index entries) of early-exit model ``pm`` as cascades in the fp32 formats of
     ``formats``: thresholds chosen on the ``decide`` images (within the early_exit stage's max_drop), then
     every cascade scored on the ``score`` images through its own runtime, each image leaving where the
@@ -369,13 +289,12 @@ def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decid
         manifest = Path(r["manifest"])
         segments = [out / seg["file"] for seg in r["segments"]]
         got = metrics(run_segments(manifest, x))
-        digest = hashlib.sha256(b"".join(f.read_bytes() for f in [manifest, *segments])).hexdigest()
-        entries.append({
-            **_identity(pm.name, art), "path": f"{pm.name}/{manifest.name}", "segments": [f.name for f in segments],
-            "size_bytes": sum(f.stat().st_size for f in segments),
-            "package_bytes": manifest.stat().st_size + sum(len(pack_file(f)) for f in segments),
-            "sha256": digest, "accuracy": got["accuracy"], "nll": got["nll"], "ece": got["ece"],
-            "top1_agreement": float((got["pred"] == reference["pred"]).mean()), "uncertainty": False,
-            "thresholds": choice.as_dict()["thresholds"], "exit_fractions": got["exit_fractions"],
-            "macs_to_exit": (pm.meta.get("metrics") or {}).get("macs_to_exit")})
+        entries.append(PoolEntry(
+            **_identity(pm.name, art), path=f"{pm.name}/{manifest.name}", segments=tuple(f.name for f in segments),
+            size_bytes=sum(f.stat().st_size for f in segments),
+            package_bytes=manifest.stat().st_size + sum(len(pack_file(f)) for f in segments),
+            sha256=entry_digest(manifest, segments), accuracy=got["accuracy"], nll=got["nll"], ece=got["ece"],
+            top1_agreement=float((got["pred"] == reference["pred"]).mean()), uncertainty=False,
+            thresholds=tuple(choice.as_dict()["thresholds"]), exit_fractions=tuple(got["exit_fractions"]),
+            macs_to_exit=(pm.meta.get("metrics") or {}).get("macs_to_exit")))
     return {k: reference[k] for k in ("accuracy", "nll", "ece")}, entries

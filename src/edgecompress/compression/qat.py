@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from edgecompress.compression.onnx import quiet
 from edgecompress.compression.tflite import NHWCWrapper
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path
+from edgecompress.log import get_logger
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,7 @@ def qat_pt2e(module: nn.Module, x: np.ndarray, y: np.ndarray, cfg: QATConfig,
             seen += len(idx)
         row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "seconds": time.time() - t0}
         history.append(row)
-        print(f"[qat] epoch={row['epoch']} loss={row['loss']:.4f} seconds={row['seconds']:.1f}",
-              file=sys.stderr, flush=True)
+        get_logger("qat").info(f"epoch={row['epoch']} loss={row['loss']:.4f} seconds={row['seconds']:.1f}")
     move_exported_model_to_eval(prepared)
     return qpt2e.convert_pt2e(prepared, fold_quantize=False), quantizer, history
 

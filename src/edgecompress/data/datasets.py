@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +17,8 @@ from edgecompress.fileio import atomic_path, read_npz
 
 
 class _FieldError(EdgeCompressError):
-    """A bad DataConfig field; ``from_dict`` re-labels it with where the value came from."""
+    """A bad DataConfig field; ``config.from_dict`` (the one params reader) re-labels it with where the value
+    came from (``params.yaml:data: <problem>``)."""
 
     def __init__(self, problem: str) -> None:
         super().__init__(f"DataConfig: {problem}")
@@ -64,23 +64,6 @@ class DataConfig:
             if getattr(self, name) is not None and self.format != "imagefolder":
                 raise _FieldError(f"{name} only applies to format 'imagefolder' (format is {self.format!r}); "
                                   f"remove it or set it to null")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, where: str = "params.yaml:data") -> "DataConfig":
-        """Build from a params section; unknown keys and bad values name ``where``."""
-        d = {} if d is None else d  # an empty YAML section parses as None
-        if not isinstance(d, dict):
-            raise EdgeCompressError(f"{where} must be a mapping of data options, got {type(d).__name__}")
-        allowed = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise EdgeCompressError(f"{where}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
-        try:
-            return cls(**d)
-        except _FieldError as e:
-            raise EdgeCompressError(f"{where}: {e.problem}") from None
 
 
 def _is_int(v: Any) -> bool:

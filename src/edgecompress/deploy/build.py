@@ -16,15 +16,14 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from edgecompress.deploy.bench import local_command, run_local
-from edgecompress.deploy.check import BUILD_RECORD, cascade_segments, hardware_matches, run_check
+from edgecompress.deploy.check import cascade_segments, hardware_matches, run_check
 from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, cascades_for,
                                         choose, misses, nearest_first, ranked_for_search)
 from edgecompress.deploy.choose import overshoot as budget_overshoot
@@ -32,79 +31,72 @@ from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.runner import RunnerError, segment_path
-from edgecompress.deploy.targets import LATENCY_KEYS, ArtifactSpec, BuildSpec, TargetProfile
+from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
-from edgecompress.dirs import file_sha256, replace_dir
-from edgecompress.fileio import read_json, write_json
+from edgecompress.dirs import replace_dir
+from edgecompress.fileio import write_json
+from edgecompress.log import get_logger
+from edgecompress.records import (INDEX, INDEX_HINT, BuildRecord, BuildSpecRecord, CandidateRow, ChosenRecord,
+                                  PoolEntry, PoolIndex, ReferenceRecord, SearchRecord, entry_digest, read_index,
+                                  write_build_record)
 
-INDEX = "index.json"
 CACHE_ENV = "EDGECOMPRESS_CACHE"
 DEFAULT_CACHE = Path(".cache") / "measurements"
-_HINT = "re-run the candidates stage (dvc repro candidates)"
+
+log = get_logger("build")
 
 
-def load_index(pool_dir: str | Path) -> dict[str, Any]:
+def load_index(pool_dir: str | Path) -> PoolIndex:
     """The pool's index, checked against the files it names (a missing or changed artifact is an error).
 
     Size and sha256: a file swapped for another of the same size must not ship on the scores and the
     cached measurements of the one that was scored (the cache keys on the index's sha256).
     """
     pool_dir = Path(pool_dir)
-    index = read_json(pool_dir / INDEX, "candidate pool index")
-    if not isinstance(index, dict) or not isinstance(index.get("candidates"), list):
-        raise EdgeCompressError(f"{pool_dir / INDEX}: not a candidate index (no 'candidates' list); {_HINT}")
-    for c in index["candidates"]:
-        path = pool_dir / c["path"]
+    index = read_index(pool_dir)
+    for c in index.candidates:
+        path = pool_dir / c.path
         try:  # a cascade: its manifest is its sidecar; its segments lie beside it, never outside the pool
-            segments = [segment_path(path.parent, f, f"{pool_dir / INDEX}: candidate {c.get('name')!r} segment {k}",
-                                     _HINT) for k, f in enumerate(c.get("segments") or [])]
+            segments = [segment_path(path.parent, f, f"{pool_dir / INDEX}: candidate {c.name!r} segment {k}",
+                                     INDEX_HINT) for k, f in enumerate(c.segments or [])]
         except RunnerError as e:
             raise EdgeCompressError(str(e)) from None
         if not all(f.is_file() for f in [path, *segments] + ([] if segments else [Path(f"{path}.json")])):
-            raise EdgeCompressError(f"{path}: candidate {c['name']} (or its sidecar or segments) is missing; {_HINT}")
+            raise EdgeCompressError(f"{path}: candidate {c.name} (or its sidecar or segments) is missing; {INDEX_HINT}")
         size = sum(f.stat().st_size for f in segments) if segments else path.stat().st_size
-        if size != c["size_bytes"]:
-            raise EdgeCompressError(f"{path}: {size} bytes but the index says {c['size_bytes']}: "
-                                    f"the file changed after it was scored; {_HINT}")
-        if _digest(path, segments) != c.get("sha256"):
+        if size != c.size_bytes:
+            raise EdgeCompressError(f"{path}: {size} bytes but the index says {c.size_bytes}: "
+                                    f"the file changed after it was scored; {INDEX_HINT}")
+        if entry_digest(path, segments) != c.sha256:
             raise EdgeCompressError(f"{path}: its sha256 differs from the index's (same size, other bytes): the file "
                                     f"changed after it was scored, so its scores and measurements are not its own; "
-                                    f"{_HINT}")
+                                    f"{INDEX_HINT}")
     return index
 
 
-def _digest(path: Path, segments: list[Path]) -> str:
-    """What the pool recorded as the candidate's sha256: the file's, or a cascade's manifest and segments'."""
-    if not segments:
-        return file_sha256(path)
-    return hashlib.sha256(b"".join(f.read_bytes() for f in [path, *segments])).hexdigest()
-
-
-def resolve_spec(index: Mapping[str, Any], profile: TargetProfile) -> BuildSpec:
+def resolve_spec(index: PoolIndex, profile: TargetProfile) -> BuildSpec:
     """The profile's build spec with model aliases resolved (a pin's ``pruned`` -> ``pruned-30``)."""
-    aliases = index.get("aliases") or {}
-    models = list(dict.fromkeys(c["model"] for c in index["candidates"]))
+    models = index.models
     spec = profile.search
     if spec.models == "all":
         return spec
-    resolved = tuple(aliases.get(m, m) for m in spec.models)
+    resolved = tuple(index.aliases.get(m, m) for m in spec.models)
     unknown = [m for m, r in zip(spec.models, resolved) if r not in models]
     if unknown:
         raise EdgeCompressError(f"{profile.where}: build.models names {unknown}, which the candidate pool does not "
-                                f"have; it has {', '.join(models + list(aliases))}")
+                                f"have; it has {', '.join(models + list(index.aliases))}")
     return replace(spec, models=resolved)
 
 
-def pool_candidates(index: Mapping[str, Any]) -> list[Candidate]:
+def pool_candidates(index: PoolIndex) -> list[Candidate]:
     """The index as candidates, not yet measured on any device."""
-    return [_candidate(c) for c in index["candidates"]]
+    return [_candidate(c) for c in index.candidates]
 
 
-def _candidate(c: Mapping[str, Any]) -> Candidate:
-    return Candidate(name=c["name"], model=c["model"], precision=c["precision"], engine=c["engine"],
-                     size_bytes=c["size_bytes"], accuracy=c["accuracy"], ece=c.get("ece"), nll=c.get("nll"),
-                     latency_ms={}, uncertainty=bool(c.get("uncertainty")), download_bytes=c.get("package_bytes"),
-                     cascade=bool(c.get("segments")))
+def _candidate(c: PoolEntry) -> Candidate:
+    return Candidate(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
+                     accuracy=c.accuracy, ece=c.ece, nll=c.nll, latency_ms={}, uncertainty=bool(c.uncertainty),
+                     download_bytes=c.package_bytes, cascade=c.is_cascade)
 
 
 class MeasurementCache:
@@ -149,8 +141,7 @@ class MeasurementCache:
             why = f"{type(e).__name__}: {e}"
         if why is None:
             return entry
-        print(f"[build] warning: ignoring the corrupt measurement cache entry {path} ({why}); measuring again",
-              file=sys.stderr, flush=True)
+        log.warning(f"ignoring the corrupt measurement cache entry {path} ({why}); measuring again")
         return None
 
     def put(self, key: str, result: Mapping[str, Any]) -> None:
@@ -189,15 +180,28 @@ def _measured(c: Candidate, raw: Mapping[str, Any]) -> Candidate:
                    peak_memory_mb=(raw.get("memory") or {}).get("peak_rss_mb"))
 
 
-def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: list[Candidate],
-           reference: float | None, device: DeviceSpec, cache: MeasurementCache, paths: Mapping[str, str],
-           hashes: Mapping[str, str], exhaustive: bool = False) -> dict[str, Any]:
-    """Measure what can win, in order of accuracy; every candidate with its fate.
+@dataclass(frozen=True)
+class SearchResult:
+    """What the search found: the measured candidates and their raw runner results, those skipped (less
+    accurate than a feasible one), the run counts and the device's probe."""
 
-    ``exhaustive`` measures every allowed candidate (the benchmark's baseline). Returns the measured
-    candidates, the raw runner results, those skipped and the run counts.
+    measured: dict[str, Candidate]
+    raw: dict[str, dict[str, Any]]
+    skipped: list[str]
+    device_runs: int
+    cache_hits: int
+    probe: dict[str, Any]
+
+
+def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Sequence[PoolEntry],
+           reference: float | None, device: DeviceSpec, cache: MeasurementCache,
+           exhaustive: bool = False) -> SearchResult:
+    """Measure what can win among the pool's ``entries``, in order of accuracy; every candidate with its fate.
+
+    ``exhaustive`` measures every allowed candidate (the benchmark's baseline).
     """
-    kept, _ = allowed(candidates, spec, cascades_for(profile.budgets))
+    by_name = {e.name: e for e in entries}
+    kept, _ = allowed([_candidate(e) for e in entries], spec, cascades_for(profile.budgets))
     order = ranked_for_search(c for c in kept if exhaustive or not misses(c, profile.budgets, reference, device=False))
     probe = probe_device(profile, device)
     measured: dict[str, Candidate] = {}
@@ -205,19 +209,20 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: 
     skipped: list[str] = []
     runs = hits = 0
     best: float | None = None
+    progress = get_logger(f"build {profile.name}")
     for i, c in enumerate(order):
         if best is not None and c.accuracy < best and not exhaustive:
             skipped.append(c.name)
             continue
-        art = ArtifactSpec.from_filename(Path(paths[c.name]).name)
-        variant = profile.pinned(art.format, art.precision, art.cascade)
+        entry = by_name[c.name]
+        variant = profile.pinned(entry.format, entry.precision, entry.is_cascade)
         # Real inputs, as many as one batch: the scores are the pool's, the device gives the latency.
         variant = replace(variant, bench=replace(variant.bench, accuracy_samples=variant.bench.batch))
-        key = cache.key(hashes[c.name], probe, variant)
+        key = cache.key(entry.sha256, probe, variant)
         result = cache.get(key)
         if result is None:
             t0 = time.perf_counter()
-            model_dir = pool_dir / Path(paths[c.name]).parent
+            model_dir = pool_dir / Path(entry.path).parent
             result = run_check(variant, model_dir, pool_dir / "valset.npz", device)
             for score in ("accuracy", "nll", "ece"):  # of the one input image: the pool's scores count
                 result.pop(score, None)
@@ -233,16 +238,24 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, candidates: 
         if fits and best is None:
             best = m.accuracy
         p50 = m.latency_ms.get("p50")
-        print(f"[build {profile.name}] {i + 1}/{len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, "
-              f"p50 {'n/a' if p50 is None else f'{p50:.4f} ms'}, {'fits' if fits else 'misses'} ({how})",
-              file=sys.stderr, flush=True)
-    return {"measured": measured, "raw": raw, "skipped": skipped, "device_runs": runs, "cache_hits": hits,
-            "probe": probe}
+        progress.info(f"{i + 1}/{len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, "
+                      f"p50 {'n/a' if p50 is None else f'{p50:.4f} ms'}, {'fits' if fits else 'misses'} ({how})")
+    return SearchResult(measured, raw, skipped, runs, hits, probe)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """How the build ended: its status, whether the hardware matched (and why not), the nothing-fits message."""
+
+    status: str
+    match: bool
+    reasons: list[str]
+    infeasible: str | None
 
 
 def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Path,
                  cache: MeasurementCache | None = None, device: DeviceSpec | str | Mapping[str, Any] | None = None,
-                 strict: bool = False, exhaustive: bool = False) -> dict[str, Any]:
+                 strict: bool = False, exhaustive: bool = False) -> BuildRecord:
     """Choose, copy the chosen artifact into ``out_dir`` (whole or not at all); the build record.
 
     No feasible candidate: on the profile's hardware (or ``strict``) the build fails with the
@@ -254,15 +267,12 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
     dev = resolve_device(profile.device, device)
     spec = resolve_spec(index, profile)
     candidates = pool_candidates(index)
-    paths = {c["name"]: c["path"] for c in index["candidates"]}
-    hashes = {c["name"]: c["sha256"] for c in index["candidates"]}
-    ref = index["reference"]["accuracy"] if profile.budgets.max_drop is not None else None
-    found = search(profile, spec, pool_dir, candidates, ref, dev, cache, paths, hashes, exhaustive)
-    measured: dict[str, Candidate] = found["measured"]
+    ref = index.reference_accuracy if profile.budgets.max_drop is not None else None
+    found = search(profile, spec, pool_dir, index.candidates, ref, dev, cache, exhaustive)
     # What choose() sees: the measured ones and those the spec or a static budget ruled out; the
     # skipped ones cannot win (less accurate than a feasible one) and are reported as such.
-    table = [measured.get(c.name, c) for c in candidates if c.name not in found["skipped"]]
-    fp = found["probe"].get("fingerprint") or {}
+    table = [found.measured.get(c.name, c) for c in candidates if c.name not in found.skipped]
+    fp = found.probe.get("fingerprint") or {}
     try:
         choice = choose(table, profile.budgets, spec, ref, profile.name)
         infeasible = None
@@ -272,19 +282,18 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
         infeasible = e
         choice = _nearest(table, profile, spec, ref)
     chosen = choice.chosen
-    chosen_raw = found["raw"].get(chosen.name) or {}
+    chosen_raw = found.raw.get(chosen.name) or {}
     match, reasons = hardware_matches(profile.hardware, chosen_raw.get("fingerprint") or fp,
                                       chosen_raw.get("active_providers"))
     status = ("built" if match else "proxy-built") if infeasible is None else \
         ("infeasible" if match else "proxy-infeasible")
-    skipped = [Rejection(n, (f"not measured: {chosen.name} is more accurate and fits",)) for n in found["skipped"]]
-    record = _record(profile, spec, index, choice, skipped, found, status, match, reasons, ref, dev,
-                     time.perf_counter() - t0, str(infeasible) if infeasible else None)
+    verdict = _Verdict(status, match, reasons, str(infeasible) if infeasible else None)
+    record = _record(profile, spec, index, choice, found, verdict, ref, dev, time.perf_counter() - t0)
     failed = infeasible is not None and (match or strict)
     if failed:  # in the record on disk too: the check of this directory must say the build failed
-        record["error"] = str(infeasible)
+        record = replace(record, error=str(infeasible))
     # A failed build leaves only its record: nothing in out_dir may look shippable (a stale artifact included).
-    _write_out(pool_dir, None if failed else paths[chosen.name], Path(out_dir), record)
+    _write_out(pool_dir, None if failed else index.entry(chosen.name), Path(out_dir), record)
     return record
 
 
@@ -302,19 +311,17 @@ def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, re
 
 
 def _row(c: Candidate, fate: str, reasons: tuple[str, ...], raw: Mapping[str, Any] | None,
-         source: str) -> dict[str, Any]:
-    return {"name": c.name, "model": c.model, "precision": c.precision, "engine": c.engine,
-            "size_bytes": c.size_bytes, "download_bytes": c.download_bytes, "accuracy": c.accuracy, "nll": c.nll,
-            "ece": c.ece,
-            "latency_ms": dict(c.latency_ms) or None, "peak_memory_mb": c.peak_memory_mb,
-            "measured": source, "fate": fate, "why": list(reasons),
-            "warnings": list((raw or {}).get("warnings") or [])}
+         source: str) -> CandidateRow:
+    return CandidateRow(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
+                        download_bytes=c.download_bytes, accuracy=c.accuracy, nll=c.nll, ece=c.ece,
+                        latency_ms=dict(c.latency_ms) or None, peak_memory_mb=c.peak_memory_mb, measured=source,
+                        fate=fate, why=tuple(reasons), warnings=tuple((raw or {}).get("warnings") or []))
 
 
-def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], choice: Choice, skipped: list[Rejection],
-            found: Mapping[str, Any], status: str, match: bool, reasons: list[str], ref: float | None,
-            dev: DeviceSpec, seconds: float, infeasible: str | None) -> dict[str, Any]:
-    measured, raw = found["measured"], found["raw"]
+def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: Choice, found: SearchResult,
+            verdict: _Verdict, ref: float | None, dev: DeviceSpec, seconds: float) -> BuildRecord:
+    measured, raw = found.measured, found.raw
+    skipped = [Rejection(n, (f"not measured: {choice.chosen.name} is more accurate and fits",)) for n in found.skipped]
     why = {r.name: r.reasons for r in (*choice.rejected, *skipped)}
     for c in pool_candidates(index):  # never run on the device: only what ruled them out beforehand counts
         static = misses(c, profile.budgets, ref, device=False)
@@ -323,55 +330,53 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: Mapping[str, Any], c
             why[c.name] = tuple(static)
     rows = []
     by_name = {c.name: c for c in (*choice.feasible, *measured.values())}
-    for c in index["candidates"]:
-        cand = by_name.get(c["name"])
-        name = c["name"]
+    for entry in index.candidates:
+        name = entry.name
+        cand = by_name.get(name)
         fate = ("chosen" if name == choice.chosen.name else "feasible, less accurate" if cand in choice.feasible
                 else "skipped" if any(s.name == name for s in skipped) else "rejected")
         if cand is None:
-            cand = _candidate(c)
+            cand = _candidate(entry)
         source = "device" if name in raw else "not measured"
         rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source))
-    chosen_raw = raw.get(choice.chosen.name) or {}
-    return {"target": profile.name, "description": profile.description, "status": status,
-            "hardware_match": match, "hardware_reasons": reasons, "device": dev.url,
-            "fingerprint": chosen_raw.get("fingerprint") or found["probe"].get("fingerprint"),
-            "runtime": chosen_raw.get("runtime"),
-            "build": {"models": spec.models if spec.models == "all" else list(spec.models),
-                      "precisions": list(spec.precisions), "engines": list(spec.engines),
-                      "requires": list(spec.requires), "pinned": profile.build is None},
-            "chosen": {"name": choice.chosen.name, "model": choice.chosen.model, "file": Path(
-                       next(c["path"] for c in index["candidates"] if c["name"] == choice.chosen.name)).name,
-                       "precision": choice.chosen.precision, "engine": choice.chosen.engine,
-                       "size_bytes": choice.chosen.size_bytes, "download_bytes": choice.chosen.download_bytes,
-                       "val_accuracy": choice.chosen.accuracy,
-                       "val_ece": choice.chosen.ece, "val_nll": choice.chosen.nll,
-                       "latency_ms": dict(choice.chosen.latency_ms)},
-            "reference": {"model": index["reference"]["model"], "val_accuracy": index["reference"]["accuracy"],
-                          "used": ref is not None},
-            "scored_on": index.get("scored_on"),
-            "search": {"candidates": len(index["candidates"]), "device_runs": found["device_runs"],
-                       "cache_hits": found["cache_hits"], "skipped": len(skipped), "seconds": round(seconds, 2)},
-            "infeasible": infeasible, "candidates": rows}
+    ch = choice.chosen
+    chosen_raw = raw.get(ch.name) or {}
+    return BuildRecord(
+        target=profile.name, description=profile.description, status=verdict.status,
+        hardware_match=verdict.match, hardware_reasons=tuple(verdict.reasons), device=dev.url,
+        fingerprint=chosen_raw.get("fingerprint") or found.probe.get("fingerprint"),
+        runtime=chosen_raw.get("runtime"),
+        build=BuildSpecRecord(models=spec.models if spec.models == "all" else tuple(spec.models),
+                              precisions=tuple(spec.precisions), engines=tuple(spec.engines),
+                              requires=tuple(spec.requires), pinned=profile.build is None),
+        chosen=ChosenRecord(name=ch.name, model=ch.model, file=index.entry(ch.name).file, precision=ch.precision,
+                            engine=ch.engine, size_bytes=ch.size_bytes, download_bytes=ch.download_bytes,
+                            val_accuracy=ch.accuracy, val_ece=ch.ece, val_nll=ch.nll, latency_ms=dict(ch.latency_ms)),
+        reference=ReferenceRecord(model=index.reference_model, val_accuracy=index.reference_accuracy,
+                                  used=ref is not None),
+        scored_on=index.scored_on,
+        search=SearchRecord(candidates=len(index.candidates), device_runs=found.device_runs,
+                            cache_hits=found.cache_hits, skipped=len(skipped), seconds=round(seconds, 2)),
+        infeasible=verdict.infeasible, candidates=tuple(rows))
 
 
-def _write_out(pool_dir: Path, chosen_path: str | None, out_dir: Path, record: Mapping[str, Any]) -> None:
-    """Replace ``out_dir`` by the chosen artifact, its sidecar, packages and the record (``chosen_path`` None:
+def _write_out(pool_dir: Path, chosen: PoolEntry | None, out_dir: Path, record: BuildRecord) -> None:
+    """Replace ``out_dir`` by the chosen artifact, its sidecar, packages and the record (``chosen`` None:
     the record alone)."""
     scratch = Path(tempfile.mkdtemp(prefix="edgecompress-build."))
     try:
-        if chosen_path is not None:
-            _copy_artifact(pool_dir / chosen_path, scratch)
-        write_json(scratch / BUILD_RECORD, record)
+        if chosen is not None:
+            _copy_artifact(pool_dir / chosen.path, scratch, chosen.is_cascade)
+        write_build_record(scratch, record)
         replace_dir(scratch, out_dir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _copy_artifact(src: Path, scratch: Path) -> None:
+def _copy_artifact(src: Path, scratch: Path, cascade: bool) -> None:
     shutil.copyfile(src, scratch / src.name)
     # A cascade: the manifest (its own sidecar) and its segments; else the artifact and its sidecar.
-    shipped = cascade_segments(src) if ArtifactSpec.from_filename(src.name).cascade else [src]
+    shipped = cascade_segments(src) if cascade else [src]
     if shipped == [src]:
         shutil.copyfile(f"{src}.json", scratch / f"{src.name}.json")
     for f in shipped:

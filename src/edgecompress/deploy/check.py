@@ -7,7 +7,7 @@ hardware, the result is labelled a proxy: it says something, but not what the pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,10 +15,11 @@ from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
 from edgecompress.deploy.bench import run_local, runner_args, runner_command
-from edgecompress.deploy.choose import shown_apart
+from edgecompress.deploy.budgets import BudgetRow, Measurement, judge
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.targets import ArtifactSpec, Hardware, TargetProfile, load_target, valid_name
+from edgecompress.records import BUILD_RECORD, BuildRecord, read_build_record
 
 @dataclass(frozen=True)
 class CheckConfig:
@@ -39,7 +40,6 @@ class CheckConfig:
 # Active providers that count as "running on a GPU" for hardware.gpu.
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
                  "MIGraphXExecutionProvider")
-_LATENCY_LABEL = {"p50": "p50 latency", "p90": "p90 latency", "p99": "p99 latency", "mean": "mean latency"}
 
 
 def cascade_segments(manifest: Path) -> list[Path]:
@@ -96,41 +96,11 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
                      f" (bench.max_seconds={profile.bench.max_seconds:g}); lower bench.runs or bench.accuracy_samples")
 
 
-def evaluate_budgets(profile: TargetProfile, result: dict[str, Any],
-                     teacher_accuracy: float | None = None) -> list[dict[str, Any]]:
-    """One row per budget; ``margin`` = measured - budget in the budget's unit (for min_accuracy,
-    positive is good; for the others, negative is good). An unmeasured value fails its budget."""
-    b = profile.budgets
-    rows: list[dict[str, Any]] = []
-
-    def row(name: str, label: str, unit: str, budget: float, measured: float | None, kind: str) -> None:
-        ok = measured is not None and (measured <= budget if kind == "max" else measured >= budget)
-        rows.append({"name": name, "label": label, "unit": unit, "kind": kind, "budget": budget,
-                     "measured": measured, "ok": bool(ok),
-                     "margin": None if measured is None else measured - budget})
-
-    latency = result.get("latency_ms") or {}
-    for key, budget in b.latency_ms.items():
-        row(f"latency_{key}", _LATENCY_LABEL[key], "ms", budget, latency.get(key), "max")
-    if b.size_mb is not None:
-        size = result.get("model_size_bytes")
-        row("size", "size", "MB", b.size_mb, None if size is None else size / 2**20, "max")
-    if b.download_mb is not None:
-        pkg = result.get("package_bytes")
-        row("download", "download (package)", "MB", b.download_mb, None if pkg is None else pkg / 2**20, "max")
-    if b.peak_memory_mb is not None:
-        row("peak_memory", "peak memory", "MB", b.peak_memory_mb, (result.get("memory") or {}).get("peak_rss_mb"), "max")
-    if b.min_accuracy is not None:
-        row("accuracy", "accuracy", "", b.min_accuracy, result.get("accuracy"), "min")
-    if b.max_drop is not None:
-        acc = result.get("accuracy")
-        drop = None if acc is None or teacher_accuracy is None else 100 * (teacher_accuracy - acc)
-        row("accuracy_drop", "accuracy drop vs teacher", "pt", b.max_drop, drop, "max")
-    if b.max_ece is not None:
-        row("ece", "ECE", "", b.max_ece, result.get("ece"), "max")
-    if b.max_nll is not None:
-        row("nll", "NLL", "", b.max_nll, result.get("nll"), "max")
-    return rows
+def evaluate_budgets(profile: TargetProfile, result: Mapping[str, Any],
+                     teacher_accuracy: float | None = None) -> tuple[BudgetRow, ...]:
+    """One row per budget of ``profile``, judged against the runner's ``result`` (``budgets.judge``);
+    ``teacher_accuracy`` is the reference of max_drop. An unmeasured value fails its budget."""
+    return judge(Measurement.from_runner(result, teacher_accuracy), profile.budgets)
 
 
 def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int | None) -> float:
@@ -188,10 +158,110 @@ def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
     return not reasons, reasons
 
 
+@dataclass(frozen=True)
+class CheckedArtifact:
+    """The file a check measured: where, what, how big; ``candidate``: what its build chose (if built)."""
+
+    path: str | None
+    format: str
+    precision: str
+    size_bytes: int | None
+    package_bytes: int | None
+    candidate: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"path": self.path, "format": self.format, "precision": self.precision, "size_bytes": self.size_bytes,
+             "package_bytes": self.package_bytes}
+        return d if self.candidate is None else {**d, "candidate": self.candidate}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CheckedArtifact:
+        return cls(d["path"], d["format"], d["precision"], d["size_bytes"], d["package_bytes"], d.get("candidate"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckResult:
+    """One target's check: what ran where, what it measured, each budget judged, and the verdict.
+
+    ``status`` is pass, fail, proxy-pass or proxy-fail; ``failed`` (``fails``) is whether it fails the run.
+    The runner's own sections (fingerprint, runtime, bench, latency_ms, memory) are kept as it wrote
+    them. ``to_json`` is metrics/check/<target>.json, key for key; ``from_json`` reads it back.
+    """
+
+    target: str
+    description: str = ""
+    device: str = "local"
+    remote: Mapping[str, Any] | None = None
+    artifact: CheckedArtifact
+    status: str
+    strict: bool = False
+    hardware_match: bool = True
+    hardware_reasons: tuple[str, ...] = ()
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    runtime: Mapping[str, Any] | None = None
+    bench: Mapping[str, Any] | None = None
+    latency_ms: Mapping[str, Any] | None = None
+    throughput_per_s: float | None = None
+    memory: Mapping[str, Any] | None = None
+    accuracy: float | None = None
+    nll: float | None = None
+    ece: float | None = None
+    accuracy_samples: int | None = None
+    budgets: tuple[BudgetRow, ...] = ()
+    warnings: tuple[str, ...] = ()
+    teacher_accuracy: float | None = None
+    build_status: str | None = None  # the build record's status; None: checked an export directory
+    build_infeasible: bool = False  # its build shipped only the nearest candidate
+    failed: bool = False  # the verdict (``fails``); the JSON calls it gate_failed
+
+    def __post_init__(self) -> None:
+        # Lists from JSON or callers become tuples, so the result stays immutable.
+        for name in ("hardware_reasons", "budgets", "warnings"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"target": self.target, "description": self.description, "device": self.device, "remote": self.remote,
+             "artifact": self.artifact.to_json(), "status": self.status, "strict": self.strict,
+             "hardware_match": self.hardware_match, "hardware_reasons": list(self.hardware_reasons),
+             "fingerprint": self.fingerprint, "runtime": self.runtime, "bench": self.bench,
+             "latency_ms": self.latency_ms, "throughput_per_s": self.throughput_per_s, "memory": self.memory,
+             "accuracy": self.accuracy, "nll": self.nll, "ece": self.ece, "accuracy_samples": self.accuracy_samples,
+             "budgets": [r.to_json() for r in self.budgets], "warnings": list(self.warnings),
+             "teacher_accuracy": self.teacher_accuracy}
+        if self.build_status is not None:
+            d["build_status"] = self.build_status
+        if self.build_infeasible:
+            d["build_infeasible"] = True
+        d["gate_failed"] = self.failed
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "check result") -> CheckResult:
+        """Read what ``to_json`` wrote; a file of another shape is one line naming ``where``."""
+        try:
+            ref = d["teacher_accuracy"]
+            return cls(target=d["target"], description=d["description"], device=d["device"], remote=d["remote"],
+                       artifact=CheckedArtifact.from_json(d["artifact"]), status=d["status"], strict=d["strict"],
+                       hardware_match=d["hardware_match"], hardware_reasons=d["hardware_reasons"],
+                       fingerprint=d["fingerprint"], runtime=d["runtime"], bench=d["bench"],
+                       latency_ms=d["latency_ms"], throughput_per_s=d["throughput_per_s"], memory=d["memory"],
+                       accuracy=d["accuracy"], nll=d["nll"], ece=d["ece"], accuracy_samples=d["accuracy_samples"],
+                       budgets=[BudgetRow.from_json(r, ref) for r in d["budgets"]], warnings=d["warnings"],
+                       teacher_accuracy=ref, build_status=d.get("build_status"),
+                       build_infeasible=bool(d.get("build_infeasible")), failed=d["gate_failed"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise EdgeCompressError(f"{where}: not a check result (no {e}); re-run the check stage") from None
+
+
+def fails(status: str, strict: bool) -> bool:
+    """The verdict: whether a check with ``status`` fails the run (a real miss, or with ``strict`` a proxy one)."""
+    return status == "fail" or (strict and status == "proxy-fail")
+
+
 def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | None, strict: bool = False,
                  device: DeviceSpec | str | Mapping[str, Any] | None = None,
-                 reference_accuracy: float | None = None) -> dict[str, Any]:
-    """Run and evaluate one target; ``status`` is pass, fail, proxy-pass or proxy-fail.
+                 reference_accuracy: float | None = None) -> CheckResult:
+    """Run and judge one target; its ``status`` is pass, fail, proxy-pass or proxy-fail.
 
     ``device`` overrides the profile's (see ``resolve_device``). Over SSH the fingerprint is the
     device's own, so a real board matches its profile and is not reported as a proxy.
@@ -203,113 +273,24 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     rows = evaluate_budgets(profile, raw, reference_accuracy)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
-    ok = all(r["ok"] for r in rows)
+    ok = not any(r.missed for r in rows)
     status = ("pass" if ok else "fail") if match else ("proxy-pass" if ok else "proxy-fail")
     warnings = list(raw.get("warnings") or [])
     if not match:
         warnings.append("measured on a proxy machine, not the profile's hardware: " + "; ".join(reasons))
-    return {"target": profile.name, "description": profile.description, "device": dev.url,
-            "remote": raw.get("remote"),
-            "artifact": {"path": _display_path(raw.get("model")), "format": profile.artifact.format,
-                         "precision": profile.artifact.precision, "size_bytes": raw.get("model_size_bytes"),
-                         "package_bytes": raw.get("package_bytes")},
-            "status": status, "strict": strict, "hardware_match": match, "hardware_reasons": reasons,
-            "fingerprint": fp, "runtime": raw.get("runtime"), "bench": raw.get("bench"),
-            "latency_ms": raw.get("latency_ms"), "throughput_per_s": raw.get("throughput_per_s"),
-            "memory": raw.get("memory"), "accuracy": raw.get("accuracy"), "nll": raw.get("nll"),
-            "ece": raw.get("ece"),
-            "accuracy_samples": raw.get("accuracy_samples"), "budgets": rows, "warnings": warnings}
+    artifact = CheckedArtifact(_display_path(raw.get("model")), profile.artifact.format, profile.artifact.precision,
+                               raw.get("model_size_bytes"), raw.get("package_bytes"))
+    return CheckResult(target=profile.name, description=profile.description, device=dev.url,
+                       remote=raw.get("remote"), artifact=artifact, status=status, strict=strict,
+                       hardware_match=match, hardware_reasons=reasons, fingerprint=fp, runtime=raw.get("runtime"),
+                       bench=raw.get("bench"), latency_ms=raw.get("latency_ms"),
+                       throughput_per_s=raw.get("throughput_per_s"), memory=raw.get("memory"),
+                       accuracy=raw.get("accuracy"), nll=raw.get("nll"), ece=raw.get("ece"),
+                       accuracy_samples=raw.get("accuracy_samples"), budgets=rows, warnings=warnings,
+                       teacher_accuracy=reference_accuracy, failed=fails(status, strict))
 
 
-def gate(result: dict[str, Any], strict: bool) -> bool:
-    """True when the pipeline must fail: a real miss, or (strict) a miss on proxy hardware."""
-    return result["status"] == "fail" or (strict and result["status"] == "proxy-fail")
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "":
-        return f"{value:.4f}"
-    if unit == "ms":
-        return f"{value:.3f} ms"
-    return f"{value:.3f} {unit}"
-
-
-def _pair(r: Mapping[str, Any]) -> tuple[str, str]:
-    """(measured, limit) of a budget row as text, with enough digits that a miss never reads as equal."""
-    if r["measured"] is None:
-        return "n/a", _fmt(r["budget"], r["unit"])
-    shown, limit = shown_apart(r["measured"], r["budget"], 4 if r["unit"] == "" else 3)
-    return (f"{shown} {r['unit']}".rstrip(), f"{limit} {r['unit']}".rstrip())
-
-
-def margin_text(r: Mapping[str, Any]) -> str:
-    """A budget row's margin in its unit; an accuracy (a fraction) in points, as the accuracy drop is."""
-    if r.get("margin") is None:
-        return "n/a"
-    if r["name"] == "accuracy":
-        return f"{100 * r['margin']:+.2f} pt"
-    return f"{r['margin']:+.3g}" + (f" {r['unit']}" if r["unit"] else "")
-
-
-def _missed(rows: list[dict[str, Any]]) -> str:
-    parts = []
-    for r in rows:
-        if r["ok"]:
-            continue
-        if r["measured"] is None:
-            parts.append(f"{r['label']} was not measured (budget {_fmt(r['budget'], r['unit'])})")
-        else:
-            op = ">" if r["kind"] == "max" else "<"
-            shown, limit = _pair(r)
-            parts.append(f"{r['label']} {shown} {op} {limit} ({margin_text(r)})")
-    return ", ".join(parts)
-
-
-def render_markdown(result: dict[str, Any]) -> str:
-    """A readable per-target report: the artifact, each budget vs measurement, where it ran."""
-    art, fp, rt = result["artifact"], result.get("fingerprint") or {}, result.get("runtime") or {}
-    lat = result.get("latency_ms") or {}
-    lines = [f"# Target `{result['target']}`: **{result['status'].upper()}**", ""]
-    if result.get("build_infeasible"):
-        lines += [f"**Its build found no candidate that meets every budget: this artifact is only the nearest one, "
-                  f"shipped by a proxy build** (reports/build/{result['target']}.md says what each misses).", ""]
-    if result.get("description"):
-        lines += [result["description"], ""]
-    size = art.get("size_bytes")
-    built = f"; candidate `{art['candidate']}`, chosen by build@{result['target']}" if art.get("candidate") else ""
-    lines += [f"- artifact: `{art.get('path')}` ({art['precision']} {art['format']}, "
-              f"{'n/a' if size is None else f'{size / 1024:.1f} KiB'}{built})",
-              f"- accuracy: {_fmt(result.get('accuracy'), '')} on {result.get('accuracy_samples')} test images",
-              f"- latency (batch {(result.get('bench') or {}).get('batch')}, n={lat.get('n')}): "
-              + ", ".join(f"{k} {_fmt(lat.get(k), 'ms')}" for k in ("p50", "p90", "p99", "mean", "max")),
-              f"- peak memory: {_fmt((result.get('memory') or {}).get('peak_rss_mb'), 'MB')}", "",
-              "| budget | limit | measured | margin | result |", "|---|---|---|---|---|"]
-    for r in result["budgets"]:
-        shown, limit = _pair(r)
-        lines.append(f"| {r['label']} | {'≥' if r['kind'] == 'min' else '≤'} {limit} | {shown} | {margin_text(r)} | "
-                     f"{'ok' if r['ok'] else '**MISSED**'} |")
-    providers = rt.get("active_providers")
-    lines += ["", "## Where it ran", "",
-              f"- device: {result.get('device', 'local')}",
-              f"- hardware match: {'yes' if result['hardware_match'] else 'no (proxy measurement)'}"]
-    lines += [f"  - {reason}" for reason in result.get("hardware_reasons") or []]
-    lines += [f"- machine: {fp.get('hostname')}, {fp.get('arch')}, {fp.get('cpu_model')}"
-              + (f" ({fp['board']})" if fp.get("board") else "") + f", {fp.get('cores')} cores",
-              f"- os: {fp.get('os')}; python {fp.get('python')}, numpy {fp.get('numpy')}",
-              f"- runtime: {rt.get('name')} {rt.get('version')}, threads {rt.get('threads') or 'default'}"
-              + (f", providers {', '.join(providers)}" if providers else "")
-              + (f", delegate {rt['delegate']}" if rt.get("delegate") else "")]
-    if result.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
-    return "\n".join(lines) + "\n"
-
-
-BUILD_RECORD = "build.json"  # written by the build beside the artifact it chose
-
-
-def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[TargetProfile, dict[str, Any] | None]:
+def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[TargetProfile, BuildRecord | None]:
     """``profile`` pinned to what its build chose (``artifacts_dir`` holds a build record), and that record.
 
     Without a record the directory is an export directory and the profile must pin its artifact.
@@ -320,26 +301,26 @@ def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[Ta
             raise EdgeCompressError(f"{profile.where} has a build section: check what its build chose "
                                     f"(models/targets/{profile.name}, dvc repro build@{profile.name}), not {artifacts_dir}")
         return profile, None
-    record = read_json(path, "build record")
-    try:
-        spec = ArtifactSpec.from_filename(record["chosen"]["file"])
-        if record["target"] != profile.name:
-            raise EdgeCompressError(f"{path} is the build of target {record['target']!r}, not {profile.name!r}; "
-                                    f"re-run dvc repro build@{profile.name}")
-        if record.get("error") or record.get("status") == "infeasible":  # failed: it wrote its record only
-            raise EdgeCompressError(f"{path}: build@{profile.name} found no candidate that meets every budget, so "
-                                    f"nothing was shipped to check; relax a budget or widen the build (see "
-                                    f"reports/build/{profile.name}.md), then re-run dvc repro build@{profile.name}")
-        return profile.pinned(spec.format, spec.precision, spec.cascade), record
-    except (KeyError, TypeError, ValueError, AttributeError):
+    record = read_build_record(path, f"re-run dvc repro build@{profile.name}")
+    try:  # the record names the file it shipped; its format and whether it is a cascade are the file's
+        spec = ArtifactSpec.from_filename(record.chosen.file)
+    except (TypeError, ValueError, AttributeError):
         raise EdgeCompressError(f"{path}: not a build record (no chosen.file); re-run dvc repro build@{profile.name}") \
             from None
+    if record.target != profile.name:
+        raise EdgeCompressError(f"{path} is the build of target {record.target!r}, not {profile.name!r}; "
+                                f"re-run dvc repro build@{profile.name}")
+    if record.failed:  # failed: it wrote its record only
+        raise EdgeCompressError(f"{path}: build@{profile.name} found no candidate that meets every budget, so "
+                                f"nothing was shipped to check; relax a budget or widen the build (see "
+                                f"reports/build/{profile.name}.md), then re-run dvc repro build@{profile.name}")
+    return profile.pinned(spec.format, spec.precision, spec.cascade), record
 
 
 def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset: str | Path | None,
                      strict: bool, device: DeviceSpec | str | Mapping[str, Any] | None = None,
-                     teacher: str | Path | None = None) -> dict[str, Any]:
-    """Load the profile, measure its artifact and judge its budgets; the result, with ``gate_failed``.
+                     teacher: str | Path | None = None) -> CheckResult:
+    """Load the profile, measure its artifact and judge its budgets; the result, with its verdict.
 
     ``device`` overrides the profile's device for a by-hand run (``edgecompress check --device``);
     ``teacher`` is the reference checkpoint of ``budgets.max_drop``.
@@ -357,26 +338,12 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
         reference = teacher_accuracy(teacher, testset, profile.bench.accuracy_samples)
     result = check_target(profile, Path(artifacts_dir), Path(testset) if testset is not None else None, strict,
                           device, reference)
-    result["teacher_accuracy"] = reference
     if built is not None:
-        result["artifact"]["candidate"] = built["chosen"]["name"]
-        result["build_status"] = built["status"]
-        if built.get("infeasible"):  # a proxy build shipped its nearest: whatever the test set says, it failed
-            result["build_infeasible"] = True
-            result["status"] = "fail" if result["hardware_match"] else "proxy-fail"
-            result["warnings"].insert(0, f"build@{profile.name} found no candidate that meets every budget; this "
-                                         f"artifact is only the nearest one")
-    result["gate_failed"] = gate(result, strict)
+        result = replace(result, artifact=replace(result.artifact, candidate=built.chosen.name),
+                         build_status=built.status)
+        if built.infeasible:  # a proxy build shipped its nearest: whatever the test set says, it failed
+            status = "fail" if result.hardware_match else "proxy-fail"
+            result = replace(result, build_infeasible=True, status=status, failed=fails(status, strict),
+                             warnings=(f"build@{profile.name} found no candidate that meets every budget; this "
+                                       f"artifact is only the nearest one", *result.warnings))
     return result
-
-
-def gate_error(result: dict[str, Any], report_path: str | Path) -> EdgeCompressError | None:
-    """The error that fails the pipeline for this result (None when the gate passes)."""
-    if not result.get("gate_failed"):
-        return None
-    where = " on proxy hardware (check.strict is true)" if result["status"] == "proxy-fail" else ""
-    missed = _missed(result["budgets"])
-    if result.get("build_infeasible"):
-        missed = "its build found no candidate that meets every budget (this is only the nearest)" + \
-            (f"; {missed}" if missed else "")
-    return EdgeCompressError(f"target {result['target']} missed budget(s){where}: {missed}; see {report_path}")

@@ -2,7 +2,7 @@
 
 Pure selection over a table of measured candidates (model x precision x engine). ``allowed``
 applies the build spec before anything is measured, so the on-device search stays small;
-``misses`` judges one candidate against the profile's budgets; ``choose`` ranks the feasible
+``misses`` words what ``budgets.judge`` finds of one candidate; ``choose`` ranks the feasible
 ones and, when none is left, says which came nearest and by how much each budget was missed.
 """
 
@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from edgecompress.deploy.budgets import MIB, Measurement, judge  # noqa: F401 - MIB re-exported
 # BuildSpec lives with the profile it is part of; re-exported here beside the selection that applies it.
 from edgecompress.deploy.targets import BUILD_PRECISIONS, ENGINES, LATENCY_KEYS, Budgets, BuildSpec  # noqa: F401
 from edgecompress.errors import EdgeCompressError
 
-MIB = 2**20
 NEAREST = 5  # rows of the "nearest candidates" table in the infeasible error
 
 
@@ -87,30 +87,6 @@ class Choice:
     rejected: tuple[Rejection, ...] = ()
 
 
-def _f(value: float, decimals: int) -> str:
-    """Fixed decimals, but never round a non-zero amount to a misleading 0.00."""
-    text = f"{value:.{decimals}f}"
-    return f"{value:.2g}" if value != 0 and float(text) == 0 else text
-
-
-def _exact(value: float, decimals: int) -> str:
-    """A budget as written: fixed decimals unless they would round it (0.125 MiB is not "0.12")."""
-    text = f"{value:.{decimals}f}"
-    return text if float(text) == value else f"{value:g}"
-
-
-def shown_apart(value: float, budget: float, decimals: int) -> tuple[str, str]:
-    """(measured, budget) as text that differ visibly: the measurement gets at least the budget's decimals,
-    and more until rounding no longer makes it look equal (0.0489 vs 0.045 MiB is "0.049", not "0.05")."""
-    limit = _exact(budget, decimals)
-    places = max(decimals, len(limit.partition(".")[2]) if "e" not in limit else decimals)
-    text = f"{value:.{places}f}"
-    while float(text) == float(limit) and value != budget and places < 9:
-        places += 1
-        text = f"{value:.{places}f}"
-    return text, limit
-
-
 def allowed(candidates: Iterable[Candidate], spec: BuildSpec,
             cascades: bool = False) -> tuple[list[Candidate], list[Rejection]]:
     """(kept, rejected) by the build spec alone; no measurement is looked at. ``cascades``: the target budgets
@@ -154,6 +130,14 @@ def _need_reference(budgets: Budgets, reference_accuracy: float | None) -> None:
         raise EdgeCompressError(f"reference_accuracy {reference_accuracy!r} must be a fraction between 0 and 1")
 
 
+def measurement(candidate: Candidate, reference_accuracy: float | None = None) -> Measurement:
+    """What the budgets judge of ``candidate`` (``reference_accuracy``: the teacher's, for max_drop)."""
+    c = candidate
+    return Measurement(latency_ms=c.latency_ms, size_bytes=c.size_bytes, download_bytes=c.download_bytes,
+                       peak_memory_mb=c.peak_memory_mb, accuracy=c.accuracy, ece=c.ece, nll=c.nll,
+                       reference_accuracy=reference_accuracy)
+
+
 def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | None,
            device: bool = True) -> list[str]:
     """Every budget ``candidate`` misses, with the amount; an unmeasured value misses its budget.
@@ -162,49 +146,7 @@ def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | N
     calibration), so the search never measures a candidate that cannot win.
     """
     _need_reference(budgets, reference_accuracy)
-    c, out = candidate, []
-    for key, budget in (budgets.latency_ms if device else {}).items():
-        v = c.latency_ms.get(key)
-        if v is None:
-            out.append(f"latency {key} not measured")
-        elif v > budget:
-            shown, limit = shown_apart(v, budget, 2)
-            out.append(f"latency {key} {shown} ms > {limit} ms (by {_f(v - budget, 2)} ms)")
-    if budgets.size_mb is not None and c.size_bytes / MIB > budgets.size_mb:
-        v = c.size_bytes / MIB
-        shown, limit = shown_apart(v, budgets.size_mb, 2)
-        out.append(f"size {shown} MiB > {limit} MiB (by {_f(v - budgets.size_mb, 2)} MiB)")
-    if budgets.download_mb is not None:
-        if c.download_bytes is None:
-            out.append("download size unknown (no package; re-run the candidates stage)")
-        elif c.download_bytes / MIB > budgets.download_mb:
-            v, b = c.download_bytes / MIB, budgets.download_mb
-            out.append("download {} MiB > {} MiB".format(*shown_apart(v, b, 3)) + f" (by {_f(v - b, 3)} MiB)")
-    if budgets.peak_memory_mb is not None and device:
-        v, b = c.peak_memory_mb, budgets.peak_memory_mb
-        if v is None:
-            out.append("peak memory not measured")
-        elif v > b:
-            out.append("peak memory {} MiB > {} MiB".format(*shown_apart(v, b, 1)) + f" (by {_f(v - b, 1)} MiB)")
-    if budgets.min_accuracy is not None and c.accuracy < budgets.min_accuracy:
-        b = budgets.min_accuracy
-        out.append("accuracy {}% < {}%".format(*shown_apart(100 * c.accuracy, 100 * b, 2))
-                   + f" (by {_f(100 * (b - c.accuracy), 2)} pt)")
-    if budgets.max_drop is not None and reference_accuracy is not None:
-        # Rounded: 0.93 - 0.91 is 0.0200000000000002 in floats, which must not miss a 2-point budget.
-        drop = round(100 * (reference_accuracy - c.accuracy), 9)
-        if drop > budgets.max_drop:
-            out.append("accuracy drop {} pt > {} pt".format(*shown_apart(drop, budgets.max_drop, 2)) + f" vs teacher "
-                       f"{100 * reference_accuracy:.2f}% (by {_f(drop - budgets.max_drop, 2)} pt)")
-    for label, v, b, unit in (("ECE", c.ece, budgets.max_ece, ""), ("NLL", c.nll, budgets.max_nll, " nats")):
-        if b is None:
-            continue
-        if v is None:
-            out.append(f"{label} not measured")
-        elif v > b:
-            shown, limit = shown_apart(v, b, 3)
-            out.append(f"{label} {shown}{unit} > {limit}{unit} (by {_f(v - b, 3)}{unit})")
-    return out
+    return [r.reason for r in judge(measurement(candidate, reference_accuracy), budgets, device) if r.missed]
 
 
 def _best_first(c: Candidate) -> tuple[float, float, float, int, str]:
@@ -222,22 +164,9 @@ def ranked_for_search(candidates: Iterable[Candidate]) -> list[Candidate]:
 def overshoot(c: Candidate, budgets: Budgets, reference_accuracy: float | None) -> float:
     """How far ``c`` is outside ``budgets``: the sum of relative excesses (0 when it fits). "Nearest" means
     this, both in the infeasible error's table and for the candidate a proxy build ships instead."""
-    b, ref, total = budgets, reference_accuracy, 0.0
-    for key, limit in b.latency_ms.items():
-        total += max(0.0, c.latency_ms.get(key, 0.0) / limit - 1)
-    if b.size_mb is not None:
-        total += max(0.0, c.size_bytes / MIB / b.size_mb - 1)
-    if b.download_mb is not None and c.download_bytes is not None:
-        total += max(0.0, c.download_bytes / MIB / b.download_mb - 1)
-    if b.peak_memory_mb is not None and c.peak_memory_mb is not None:
-        total += max(0.0, c.peak_memory_mb / b.peak_memory_mb - 1)
-    if b.min_accuracy:
-        total += max(0.0, 1 - c.accuracy / b.min_accuracy)
-    if b.max_drop is not None and ref is not None:
-        total += max(0.0, 100 * (ref - c.accuracy) - b.max_drop) / max(b.max_drop, 1.0)
-    for v, limit in ((c.ece, b.max_ece), (c.nll, b.max_nll)):
-        if limit and v is not None:
-            total += max(0.0, v / limit - 1)
+    total = 0.0
+    for row in judge(measurement(c, reference_accuracy), budgets):
+        total += row.overshoot
     return total
 
 

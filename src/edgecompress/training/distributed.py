@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
 
 
 # How long a process waits for the others to join (seconds); torch's own default is 30 minutes of silence.
@@ -66,8 +66,8 @@ def init_from_env() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
         # Not silent: a process started by hand with WORLD_SIZE set says what it waits for.
-        print(f"[torchrun] rank {rank} of {os.environ['WORLD_SIZE']}: joining the rendezvous at {where} (up to "
-              f"{timeout:g} s, {TIMEOUT_VAR})", file=sys.stderr, flush=True)
+        get_logger("torchrun").info(f"rank {rank} of {os.environ['WORLD_SIZE']}: joining the rendezvous at {where} "
+                                    f"(up to {timeout:g} s, {TIMEOUT_VAR})")
         try:
             torch.distributed.init_process_group(backend="nccl" if cuda else "gloo",
                                                  timeout=datetime.timedelta(seconds=timeout))

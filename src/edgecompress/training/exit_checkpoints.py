@@ -3,7 +3,6 @@ their thresholds on the validation split, and saves each as ``<model>-ee.pt`` fo
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,10 +12,12 @@ from edgecompress.checkpoint import load_checkpoint, read_checkpoint, save_check
 from edgecompress.data import Dataset
 from edgecompress.dirs import whole_dir
 from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
 from edgecompress.training.early_exit import EarlyExitConfig, EarlyExitNet, thresholds_on_val, train_early_exit
 
 SUFFIX = "-ee"  # pool name of a model with exits: teacher-ee
 BACKBONE = ".backbone.pt"  # teacher-ee.pt (the heads) beside teacher-ee.backbone.pt
+log = get_logger("early-exit")
 def backbone_path(path: str | Path) -> Path:
     """Where an early-exit checkpoint keeps its backbone: an ordinary checkpoint beside it."""
     path = Path(path)
@@ -60,16 +61,14 @@ def exit_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Dataset, 
     reports: dict[str, Any] = {}
     with whole_dir(out) as scratch:
         for i, name in enumerate(cfg.models):
-            print(f"[early-exit] {i + 1}/{len(cfg.models)} {name}: exits after blocks {list(cfg.exits)}",
-                  file=sys.stderr, flush=True)
+            log.info(f"{i + 1}/{len(cfg.models)} {name}: exits after blocks {list(cfg.exits)}")
             backbone, bmeta = load_checkpoint(sources[name])
             try:  # our ResNet and MobileNet take exits (bad exits are an error); a brought model may not
                 EarlyExitNet(backbone, cfg.exits, cfg.head_conv)
             except EdgeCompressError as e:
                 if bmeta["arch"].get("kind") != "user":
                     raise EdgeCompressError(f"early_exit: {name}: {e}") from None
-                print(f"[early-exit] {name}: skipped, it cannot take exits ({e}); early_exit.models: [] silences "
-                      f"this", file=sys.stderr, flush=True)
+                log.info(f"{name}: skipped, it cannot take exits ({e}); early_exit.models: [] silences this")
                 continue
             net, trained = train_early_exit(backbone, None if name == "teacher" else teacher, ds, cfg,
                                             name=name + SUFFIX)
@@ -77,6 +76,6 @@ def exit_checkpoints(sources: dict[str, Path], teacher: nn.Module, ds: Dataset, 
             rep = {**{k: v for k, v in trained.items() if k != "history"}, "cascade": choice.as_dict()}
             save_early_exit(scratch / f"{name}{SUFFIX}.pt", net, bmeta["arch"], meta(rep, str(sources[name])))
             reports[name + SUFFIX] = {**rep, "history": trained["history"]}
-            print(f"[early-exit] {name}{SUFFIX}: thresholds {rep['cascade']['thresholds']}, validation exit fractions "
-                  f"{[round(f, 3) for f in choice.exit_fractions]}", file=sys.stderr, flush=True)
+            log.info(f"{name}{SUFFIX}: thresholds {rep['cascade']['thresholds']}, validation exit fractions "
+                     f"{[round(f, 3) for f in choice.exit_fractions]}")
     return reports

@@ -21,6 +21,7 @@ from torch import nn
 
 from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
 from edgecompress.metrics import classification_metrics
 from edgecompress.models import batched, count_macs, count_params, forward_with_features
 from edgecompress.training import distributed
@@ -176,7 +177,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         history.append(row)
         msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         if rank == 0:
-            print(f"[{name}] {msg}", file=sys.stderr, flush=True)
+            get_logger(name).info(msg)
     for m in movable:  # everything after training (evaluation, checkpoints, export) runs on the CPU
         m.to("cpu")
     model.eval()
@@ -223,8 +224,8 @@ def mixed_precision(device: torch.device, precision: str = "auto") -> tuple[Call
         return contextlib.nullcontext, torch.amp.GradScaler("cpu", enabled=False)
     if precision == "bf16":
         if device.type == "cpu" and not _native_cpu_bf16():
-            print("[train] warning: precision bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is emulated "
-                  "and slower than fp32; set precision: fp32 (or auto) for this machine", file=sys.stderr)
+            get_logger("train").warning("precision bf16 on a CPU without native bf16 (avx512_bf16 or AMX) is "
+                                        "emulated and slower than fp32; set precision: fp32 (or auto) for this machine")
         return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), torch.amp.GradScaler("cpu", enabled=False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return (lambda: torch.autocast("cuda", dtype=dtype),

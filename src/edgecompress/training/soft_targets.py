@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, read_npz
+from edgecompress.log import get_logger
 from edgecompress.models import batched
 from edgecompress.training import distributed
 from edgecompress.training.loop import LossFn, TrainConfig, augment, fit, mixed_precision, train_device
@@ -124,8 +124,8 @@ def compute_soft_targets(members: Sequence[nn.Module], x: torch.Tensor, fill: to
             m.to("cpu")
         rows.append(torch.stack(per_member))
         if distributed.world()[0] == 0:
-            print(f"[soft-targets] view {v + 1}/{views}: {len(members)} x {len(x)} forward passes, "
-                  f"{time.time() - t0:.0f} s so far", file=sys.stderr, flush=True)
+            get_logger("soft-targets").info(f"view {v + 1}/{views}: {len(members)} x {len(x)} forward passes, "
+                                            f"{time.time() - t0:.0f} s so far")
     out = torch.stack(rows)
     return SoftTargets(out, cfg.seed, cfg.crop_pad, cfg.flip, tuple(weights_key(m) for m in members), data_key(x))
 
