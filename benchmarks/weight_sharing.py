@@ -8,7 +8,7 @@ in ONE run:
     clustered to 4 bits (per-layer k-means, tied KD fine-tune), both from the same BN-folded network
     with the same fine-tune, exported as fp32 ONNX (and the clustered one as fp32 TFLite);
   - for every file: test accuracy through its own runtime (onnxruntime / LiteRT), its size, gzip -9,
-    zstd -19 and the edgecompress package (edgecompress.deploy.package), which is checked to unpack
+    zstd -19 and the edgecompress package (edgecompress.deploy.pack), which is checked to unpack
     to the same file bit for bit.
 The reference is the fp32 teacher's ONNX file (models/teacher.pt exported here) and its accuracy.
 
@@ -35,7 +35,7 @@ from edgecompress.compression.export import io_details, load_calibration, run_ar
 from edgecompress.compression.onnx import export_onnx, export_onnx_int8
 from edgecompress.compression.prune import PruneConfig, prune_and_finetune
 from edgecompress.compression.tflite import export_tflite
-from edgecompress.deploy import package
+from edgecompress.deploy import pack, package
 from edgecompress.deploy.runner import fingerprint
 from edgecompress.training.loop import TrainConfig, crop_fill, tensors
 from edgecompress.training.soft_targets import load_soft_targets
@@ -45,8 +45,8 @@ def measure(path: Path, ds: Any, x_test: np.ndarray) -> dict[str, Any]:
     """Accuracy through the file's own runtime and its sizes: raw, gzip, zstd, package (round-tripped)."""
     logits = run_artifact(path, io_details(path), x_test)
     data = path.read_bytes()
-    sizes = package.sizes(data, path.suffix)
-    restored, _ = package.unpack(package.pack_file(path))
+    sizes = pack.sizes(data, path.suffix)
+    restored, _ = package.unpack(pack.pack_file(path))
     assert restored == data, f"{path}: the package did not restore the file bit for bit"
     return {"accuracy": float((logits.argmax(1) == ds.test.y).mean()), **sizes}
 

@@ -19,7 +19,7 @@ Each stage's generated entries follow the marker line in its ``deps:`` list; eve
 dvc.yaml (data, models, user/, params keys, comments) stays as it is.
 
     python scripts/dvc_deps.py          # rewrite dvc.yaml
-    python scripts/dvc_deps.py --check  # exit 1 naming the stale stages (tests/test_dvc_deps.py runs it)
+    python scripts/dvc_deps.py --check  # exit 1 naming the stale stages (tests/test_scripts_dvc_deps.py runs it)
 """
 
 from __future__ import annotations

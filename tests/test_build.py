@@ -25,10 +25,10 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher
 from edgecompress.training.loop import TrainConfig, fit
 from tests.test_ensemble import blob_dataset
-from tests import test_ssh
-from tests.test_ssh import Server
+from tests import test_remote
+from tests.test_remote import Server
 
-sshd = test_ssh.sshd  # the loopback sshd fixture, shared with the check's SSH tests
+sshd = test_remote.sshd  # the loopback sshd fixture, shared with the check's SSH tests
 
 FORMATS = ("fp32.onnx", "int8.onnx")
 
@@ -74,6 +74,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory, pool_inputs: tuple[list[PoolM
     return out
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 def test_pool_in_two_processes_is_the_same_pool(pool: Path, pool_inputs: tuple[list[PoolModel], Dataset, np.ndarray],
                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """candidates.workers: models exported side by side in spawned processes give the index one process gives."""
@@ -295,6 +296,7 @@ def test_build_profile_errors(tmp_path: Path) -> None:
         load_target(path)
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 def test_build_over_ssh(sshd: Server, pool: Path, tmp_path: Path) -> None:
     """The loopback sshd as the device: probe and measurements run there; the cache keys on its fingerprint."""
     work = tmp_path / "remote"

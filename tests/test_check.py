@@ -117,7 +117,7 @@ def test_check_target_end_to_end(artifacts: Any) -> None:
     assert "PROXY-PASS" in render_markdown(proxy)
 
     # A download budget: the package of the checked file is what counts.
-    from edgecompress.deploy.package import pack_file
+    from edgecompress.deploy.pack import pack_file
 
     shipped = len(pack_file(d / "fp32.onnx"))
     res = check_target(_profile(Budgets(download_mb=shipped / 2**20 * 0.99)), d, testset)
@@ -144,7 +144,7 @@ def test_missing_artifact_and_ssh_key(artifacts: Any, tmp_path: Path) -> None:
                          runtime=RuntimeSpec("onnxruntime"), budgets=Budgets(size_mb=1.0))
     with pytest.raises(EdgeCompressError, match=r"int8\.onnx not found; run the stage that writes .* \(dvc repro build@.*, or export\)"):
         check_target(int8, d, testset)
-    # A missing key file is reported before any connection is tried (test_ssh.py covers real SSH).
+    # A missing key file is reported before any connection is tried (test_remote.py covers real SSH).
     with pytest.raises(EdgeCompressError, match=r"device ssh://pi@raspberrypi\.local: key file .*nokey does not exist"):
         check_target(_profile(Budgets(size_mb=1.0)), d, testset,
                      device={"url": "ssh://pi@raspberrypi.local", "key_file": str(tmp_path / "nokey")})

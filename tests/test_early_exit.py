@@ -211,6 +211,7 @@ def cascade_dir(trained: tuple[EarlyExitNet, Dataset, dict[str, Any]],
     return d, res
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 @pytest.mark.parametrize("artifact", ["fp32.onnx", "fp32.tflite"])
 def test_cascade_outputs_equal_pytorch_at_every_exit(trained: tuple[EarlyExitNet, Dataset, dict[str, Any]],
                                                      cascade_dir: tuple[Path, dict[str, Any]], artifact: str) -> None:

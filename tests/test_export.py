@@ -33,6 +33,7 @@ def exported(tmp_path_factory):
     return out, results, model, xn, yn, ref
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 def test_all_artifacts_and_sidecars_written(exported) -> None:
     out, results, *_ = exported
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".json")) == sorted(ARTIFACTS)

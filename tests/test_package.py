@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from edgecompress.deploy import pack as E
 from edgecompress.deploy import package as P
-from edgecompress.deploy.package import PackageError, pack, pack_file, package_stats, sizes, unpack, unpack_file
+from edgecompress.deploy.pack import pack, pack_file, sizes
+from edgecompress.deploy.package import PackageError, package_stats, unpack, unpack_file
 
 RNG = np.random.default_rng(0)
 CODEBOOK = RNG.normal(size=16).astype(np.float32)
@@ -116,11 +118,11 @@ def test_code_lengths_are_limited_and_still_decode() -> None:
     fib = [1, 1]
     while len(fib) < 40:
         fib.append(fib[-1] + fib[-2])
-    lengths = P._code_lengths(np.array(fib))
+    lengths = E._code_lengths(np.array(fib))
     assert lengths.max() <= P.MAX_CODE_LEN
     assert sum(2.0 ** -lengths.astype(float)) <= 1.0
     idx = np.concatenate([np.arange(40), RNG.integers(0, 40, 1000)])
-    stream = P._huffman_encode(idx, lengths)
+    stream = E._huffman_encode(idx, lengths)
     assert np.array_equal(P._huffman_decode(stream, lengths, len(idx), "test"), idx)
 
 
@@ -136,17 +138,25 @@ def test_a_million_weights_pack_and_unpack_in_seconds() -> None:
 
 
 def test_the_decoder_needs_only_numpy() -> None:
-    """package.py is copied alone to devices: module-level imports are the standard library and numpy."""
+    """package.py is copied alone to devices: its imports are the standard library and numpy, nothing lazy.
+    pack.py (the encoder) adds package.py and, only inside find_tensors and sizes, onnx / LiteRT / zstandard."""
     import ast
     import sys
 
     def imported(nodes: list[ast.AST]) -> set[str]:
-        return {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0] for n in nodes
+        return {(n.module if isinstance(n, ast.ImportFrom) else a.name) for n in nodes
                 if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
 
-    tree = ast.parse(Path(P.__file__).read_text())
-    assert imported(tree.body) - {"__future__", "numpy"} <= set(sys.stdlib_module_names)
-    lazy = imported(list(ast.walk(tree))) - imported(tree.body)
+    def top(names: set[str]) -> set[str]:
+        return {name.split(".")[0] for name in names}
+
+    decoder = ast.parse(Path(P.__file__).read_text())
+    assert top(imported(decoder.body)) - {"__future__", "numpy"} <= set(sys.stdlib_module_names)
+    assert imported(list(ast.walk(decoder))) == imported(decoder.body)  # no lazy imports: the decoder needs none
+    encoder = ast.parse(Path(E.__file__).read_text())
+    own = imported(encoder.body) - {"edgecompress.deploy.package"}
+    assert top(own) - {"__future__", "numpy"} <= set(sys.stdlib_module_names)
+    lazy = top(imported(list(ast.walk(encoder))) - imported(encoder.body))
     assert lazy == {"onnx", "ai_edge_litert", "zstandard"}  # in find_tensors and sizes, never the decoder
 
 

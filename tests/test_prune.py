@@ -263,6 +263,7 @@ def test_prune_ladder_from_params_and_its_step_ratios() -> None:
     assert ladder_ratios(dataclasses.replace(cfg, method="magnitude")) == pytest.approx([0.5, 0.65])
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 def test_ladder_levels_shrink_and_leave_the_ratio_model_as_without_a_ladder() -> None:
     ds, levels = blob_dataset(), []
     model, report = prune_and_finetune(student(), kd_teacher(), ds, LADDER,
@@ -288,6 +289,7 @@ def test_ladder_levels_shrink_and_leave_the_ratio_model_as_without_a_ladder() ->
     assert levels[0][2]["name"] == "pruned-30" and levels[0][2]["test"] == report["after"]["test"]
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 @pytest.mark.parametrize("ladder", [[0.5, 0.7], []])
 def test_prune_stage_writes_every_ladder_level(tmp_path: Path, ladder: list) -> None:
     from edgecompress.checkpoint import save_checkpoint

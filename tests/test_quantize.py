@@ -110,6 +110,7 @@ def test_dynamic_onnx_has_int8_weights(student, tmp_path) -> None:
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 def test_qat_int8_tflite_runs_and_agrees(student, tmp_path) -> None:
     """QAT fine-tunes, converts and exports a full-integer int8 TFLite; dynamic.onnx rides along."""
     model, x, y = student

@@ -341,6 +341,7 @@ def test_params_for_a_brought_teacher_are_checked(tmp_path: Path, monkeypatch: p
         from_dict(TeacherConfig, {"model": "user/t.onnx"})
 
 
+@pytest.mark.slow  # among the slowest unit tests: CI runs it, the fast lane does not
 def test_qat_runs_on_the_users_module(user: dict, tmp_path: Path) -> None:
     """Quantization-aware training (PT2E, LiteRT's quantizer) through the squeeze-excite and concatenation."""
     from edgecompress.compression.qat import QATConfig, export_tflite_qat

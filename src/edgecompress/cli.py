@@ -122,7 +122,8 @@ def _inspect(ns: argparse.Namespace) -> None:
 
 
 def _pack(ns: argparse.Namespace) -> None:
-    from edgecompress.deploy.package import PACKAGE_SUFFIX, PackageError, pack_file, package_stats
+    from edgecompress.deploy.pack import pack_file
+    from edgecompress.deploy.package import PACKAGE_SUFFIX, PackageError, package_stats
     from edgecompress.fileio import atomic_path
 
     model = Path(ns.model)

@@ -38,7 +38,7 @@ from edgecompress.compression.ladder import ladder_levels
 from edgecompress.compression.processes import in_processes
 from edgecompress.compression.temperature import can_fold, fit_temperature, fold_temperature
 from edgecompress.data import Dataset, Split, save_npz_split
-from edgecompress.deploy.package import pack_file
+from edgecompress.deploy.pack import pack_file
 from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
 from edgecompress.log import get_logger

@@ -28,7 +28,8 @@ from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, 
                                         choose, misses, nearest_first, ranked_for_search)
 from edgecompress.deploy.choose import overshoot as budget_overshoot
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
-from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
+from edgecompress.deploy.pack import pack_file
+from edgecompress.deploy.package import PACKAGE_SUFFIX
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.runner import RunnerError, segment_path
 from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile

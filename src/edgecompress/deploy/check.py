@@ -123,7 +123,8 @@ def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int |
 def package_bytes(model: Path, cascade: bool = False) -> int:
     """Bytes the device downloads for ``model``: the build's shipped package beside it, else one packed now;
     for a cascade, its manifest plus every segment's package."""
-    from edgecompress.deploy.package import PACKAGE_SUFFIX, pack_file
+    from edgecompress.deploy.pack import pack_file
+    from edgecompress.deploy.package import PACKAGE_SUFFIX
 
     if cascade:
         return model.stat().st_size + sum(package_bytes(seg) for seg in cascade_segments(model))

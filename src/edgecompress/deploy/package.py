@@ -1,12 +1,15 @@
 """Huffman-coded shipping package for .onnx/.tflite files (Deep Compression, Han et al. 2016, stage 3).
 
+This file holds the format and its decoder; the encoder is deploy/pack.py.
+
 Weight tensors are located as exact byte runs inside the model file. A run with at most 256 distinct
 values (clustered or int8 weights, pruned zeros) becomes a codebook of those values' raw bytes plus
 canonical-Huffman-coded indices, optionally with a zlib'd zero mask so only non-zeros are coded; other
 runs are zlib'd (bytes as stored, or byte-shuffled). Everything between the runs (the "skeleton": graph,
 names, small tensors) is stored once, lzma'd or zlib'd. ``unpack`` restores the file bit for bit and
-checks its sha256. Like runner.py, this file is copied alone to devices: it imports only the standard
-library and numpy at module level (onnx / LiteRT only inside ``find_tensors``, never when decoding).
+checks its sha256. This file is all a device needs to decode a package: like runner.py it stands alone,
+importing only the standard library and numpy. The encoder (``pack``, ``pack_file``, ``sizes``, Huffman
+code construction, finding tensors with onnx / LiteRT) builds on it and never runs on a device.
 
 Layout, little-endian:
     magic b"ECPK" | version u16 | suffix length u8 | suffix (ASCII, e.g. ".onnx")
@@ -23,14 +26,11 @@ Run kinds: 1 zlib of the bytes | 2 zlib of the bytes shuffled by significance (f
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import heapq
 import lzma
 import os
 import struct
 import zlib
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ import numpy as np
 MAGIC = b"ECPK"
 PACKAGE_SUFFIX = ".ecpk"  # MODEL.onnx -> MODEL.onnx.ecpk
 VERSION = 1
-MIN_ELEMENTS = 64  # below this a codebook and code table cost more than they save
 MAX_CODE_LEN = 24  # a code plus a 7-bit offset still fits the decoder's 32-bit window
 SUFFIXES = (".onnx", ".tflite")  # the only suffixes a header may carry; never a path (it names no file)
 MAX_FILE = 2**31  # protobuf (.onnx) and flatbuffers (.tflite) cannot address more: a larger claim is hostile
@@ -57,25 +56,6 @@ class PackageError(ValueError):
     """The bytes are not a valid, intact edgecompress package (or a file cannot be packed)."""
 
 
-def _code_lengths(counts: np.ndarray) -> np.ndarray:
-    """Huffman code length per symbol (all counts > 0), limited to MAX_CODE_LEN bits."""
-    if len(counts) == 1:
-        return np.zeros(1, np.uint8)  # the only symbol needs no bits
-    weights = counts.astype(np.int64)
-    while True:
-        lengths = np.zeros(len(weights), np.int64)
-        heap = [(int(c), [i]) for i, c in enumerate(weights)]  # equal counts: the symbol lists break ties
-        heapq.heapify(heap)
-        while len(heap) > 1:
-            (c1, s1), (c2, s2) = heapq.heappop(heap), heapq.heappop(heap)
-            lengths[s1 + s2] += 1
-            heapq.heappush(heap, (c1 + c2, s1 + s2))
-        if lengths.max() <= MAX_CODE_LEN:
-            return lengths.astype(np.uint8)
-        # Too deep (very skewed counts): flatten the counts and rebuild; equal counts give <= 8 bits.
-        weights = np.maximum(weights >> 1, 1)
-
-
 def _canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(code per symbol, symbols in code order, first code per length, first rank per length)."""
     order = np.lexsort((np.arange(len(lengths)), lengths))
@@ -90,25 +70,6 @@ def _canonical(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     sorted_len = lengths[order].astype(np.int64)
     codes[order] = first[sorted_len] + np.arange(len(order)) - rank[sorted_len]
     return codes, order, first, rank
-
-
-def _huffman_encode(idx: np.ndarray, lengths: np.ndarray) -> bytes:
-    """Concatenated codes of ``idx`` (MSB first), vectorized: bits of left-aligned codes, masked."""
-    if lengths.max() == 0:
-        return b""
-    codes, *_ = _canonical(lengths)
-    aligned = (codes << (32 - lengths.astype(np.int64))).astype(">u4")
-    max_len = int(lengths.max())
-    out, carry = [], np.zeros(0, np.uint8)
-    for start in range(0, len(idx), _CHUNK):  # chunks bound the (n, max_len) bit matrix
-        part = idx[start:start + _CHUNK]
-        bits = np.unpackbits(aligned[part].view(np.uint8).reshape(-1, 4), axis=1, count=max_len)
-        bits = np.concatenate([carry, bits[np.arange(max_len) < lengths[part][:, None].astype(np.int64)]])
-        whole = len(bits) // 8 * 8
-        out.append(np.packbits(bits[:whole]).tobytes())
-        carry = bits[whole:]
-    return b"".join(out) + np.packbits(carry).tobytes()
-
 
 def _huffman_decode(stream: bytes, lengths: np.ndarray, n: int, what: str) -> np.ndarray:
     """Codebook indices of ``n`` symbols; windows of every bit position are decoded in numpy, then the
@@ -156,31 +117,6 @@ def _huffman_decode(stream: bytes, lengths: np.ndarray, n: int, what: str) -> np
     w, size = windows(np.asarray(starts, np.int64))
     return order[rank[size] + (w >> (max_len - size)) - first[size]]
 
-
-def _huffman_payload(values: np.ndarray) -> bytes:
-    symbols, idx, counts = np.unique(values, return_inverse=True, return_counts=True)
-    lengths = _code_lengths(counts)
-    return (struct.pack("<H", len(symbols)) + symbols.astype(symbols.dtype.newbyteorder("<")).tobytes()
-            + lengths.tobytes() + _huffman_encode(idx.ravel(), lengths))
-
-
-def _encode_run(run: bytes, width: int) -> tuple[int, bytes]:
-    """(kind, payload): the smallest of the forms that apply to this run."""
-    view = np.frombuffer(run, f"<u{width}")
-    forms = {1: zlib.compress(run, 6)}  # level 9 takes 10x longer on weights for < 1% smaller
-    if width > 1:
-        forms[2] = zlib.compress(view.view(np.uint8).reshape(-1, width).T.tobytes(), 6)
-    # A sample with > 256 values already rules the codebook out, without sorting all of a big tensor.
-    if len(np.unique(view[:: max(1, len(view) // 4096)])) <= 256 and len(np.unique(view)) <= 256:
-        forms[3] = _huffman_payload(view)
-        nonzero = view != 0
-        if 0 < nonzero.sum() <= len(view) // 2:  # pruned: most positions are zero, code only the others
-            mask = zlib.compress(np.packbits(nonzero).tobytes(), 9)
-            forms[4] = struct.pack("<I", len(mask)) + mask + _huffman_payload(view[nonzero])
-    kind = min(forms, key=lambda k: len(forms[k]))
-    return kind, forms[kind]
-
-
 def _inflate(data: bytes, size: int, codec: str, what: str) -> bytes:
     """Decompress exactly ``size`` bytes (a bomb or short stream is corruption, not a MemoryError)."""
     d = zlib.decompressobj() if codec == "zlib" else lzma.LZMADecompressor()
@@ -218,44 +154,6 @@ def _decode_run(kind: int, payload: bytes, length: int, width: int, what: str) -
     out = np.zeros(n, f"<u{width}")
     out[mask] = _huffman_values(payload[4 + m:], width, int(mask.sum()), what)
     return out.tobytes()
-
-
-def pack(model_bytes: bytes, tensors: list[np.ndarray], suffix: str) -> bytes:
-    """The package of ``model_bytes``; each tensor found verbatim in it (>= 64 elements) is coded alone."""
-    if suffix not in SUFFIXES:
-        raise PackageError(f"suffix {suffix!r} must be one of {', '.join(SUFFIXES)}")
-    chosen: list[tuple[int, int, int]] = []  # (offset, length, width)
-    # Any fixed-width dtype (bfloat16 and float8 too): runs are coded as raw integers of their width.
-    usable = [t for t in tensors if not t.dtype.hasobject and t.dtype.itemsize in (1, 2, 4, 8)
-              and t.size >= MIN_ELEMENTS]
-    for t in sorted(usable, key=lambda t: -t.nbytes):  # biggest first: they win an overlap
-        raw = np.ascontiguousarray(t, t.dtype.newbyteorder("<")).tobytes()
-        start = 0
-        for _try in range(8):  # equal tensors (or zero runs) may match an earlier, taken place
-            at = model_bytes.find(raw, start)
-            if at < 0:
-                break
-            if all(at + len(raw) <= o or o + n <= at for o, n, _w in chosen):
-                chosen.append((at, len(raw), t.dtype.itemsize))
-                break
-            start = at + 1
-    chosen.sort()
-    gaps, payloads, table, cursor = [], [], [], 0
-    for offset, length, width in chosen:
-        gaps.append(model_bytes[cursor:offset])
-        kind, payload = _encode_run(model_bytes[offset:offset + length], width)
-        table.append(_RUN.pack(offset, length, width, kind, len(payload), zlib.crc32(payload)))
-        payloads.append(payload)
-        cursor = offset + length
-    gaps.append(model_bytes[cursor:])
-    skeleton = b"".join(gaps)
-    # lzma's default preset: its 8 MiB dictionary keeps decoding cheap on small devices (preset 9: 64 MiB).
-    skel = min([(1, zlib.compress(skeleton, 9)), (2, lzma.compress(skeleton))], key=lambda c: len(c[1]))
-    header = (_HEAD.pack(MAGIC, VERSION, len(suffix)) + suffix.encode("ascii")
-              + _META.pack(len(model_bytes), hashlib.sha256(model_bytes).digest(), len(chosen))
-              + _SKEL.pack(skel[0], len(skel[1]), zlib.crc32(skel[1])) + b"".join(table))
-    return header + _CRC.pack(zlib.crc32(header)) + skel[1] + b"".join(payloads)
-
 
 def _need(package: bytes, end: int, what: str) -> None:
     if len(package) < end:
@@ -350,41 +248,6 @@ def package_stats(package: bytes) -> dict[str, Any]:
             "skeleton": {"codec": CODECS[h["codec"]], "length": skel_raw, "packed": h["skel"][0]}, "runs": runs}
 
 
-def find_tensors(model_bytes: bytes, suffix: str) -> list[np.ndarray]:
-    """Weight tensors of an .onnx (initializers, Constants) or .tflite model; a file its parser rejects has none."""
-    readers: list[Any] = []
-    if suffix == ".onnx":
-        import onnx
-        from onnx import numpy_helper
-
-        with suppress(Exception):
-            graph = onnx.load_model_from_string(model_bytes).graph
-            protos = list(graph.initializer) + [a.t for nd in graph.node for a in nd.attribute if a.HasField("t")]
-            readers = [lambda p=p: numpy_helper.to_array(p) for p in protos]
-    elif suffix == ".tflite":
-        from ai_edge_litert.interpreter import Interpreter
-
-        with suppress(Exception):
-            interpreter = Interpreter(model_content=model_bytes)
-            readers = [lambda i=d["index"]: interpreter.get_tensor(i) for d in interpreter.get_tensor_details()]
-    found = []
-    for read in readers:
-        with suppress(Exception):  # exotic types, external data, activations (no data before allocate_tensors)
-            found.append(np.array(read()))
-    return found
-
-
-def pack_file(path: str | Path) -> bytes:
-    """The package of an .onnx or .tflite file, its weight tensors found by parsing it."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise PackageError(f"{path}: only {' and '.join(SUFFIXES)} models are packed (exported artifacts, "
-                           f"e.g. models/export/fp32.onnx)")
-    data = path.read_bytes()
-    return pack(data, find_tensors(data, suffix), suffix)
-
-
 def unpack_file(pkg_path: str | Path, out_path: str | Path | None = None) -> Path:
     """Restore a package to ``out_path`` (default: beside it, its name without .ecpk, plus the model suffix
     when that name lacks it). Written atomically: a partial file never appears, and a failure leaves nothing.
@@ -405,16 +268,3 @@ def unpack_file(pkg_path: str | Path, out_path: str | Path | None = None) -> Pat
             tmp.unlink()
     return out_path
 
-
-def sizes(model_bytes: bytes, suffix: str | None = None) -> dict[str, int | None]:
-    """Bytes of the file, gzip -9, zstd -19 (None without the zstandard package) and our package."""
-    if suffix is None:  # a .tflite flatbuffer carries the identifier "TFL3" at byte 4
-        suffix = ".tflite" if model_bytes[4:8] == b"TFL3" else ".onnx"
-    try:
-        import zstandard
-
-        zstd: int | None = len(zstandard.ZstdCompressor(level=19).compress(model_bytes))
-    except ImportError:
-        zstd = None
-    return {"file": len(model_bytes), "gzip": len(gzip.compress(model_bytes, 9)), "zstd": zstd,
-            "package": len(pack(model_bytes, find_tensors(model_bytes, suffix), suffix))}

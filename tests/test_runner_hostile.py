@@ -2,7 +2,7 @@
 
 An artifact folder must not supply the file that runs on the device (item 4), a cascade segment must not
 reach outside its folder (item 6), a bad manifest or pool index is one line naming it, and a device without
-an SFTP server still gets the files (scp -O). SSH cases run against a real local sshd, as tests/test_ssh.py.
+an SFTP server still gets the files (scp -O). SSH cases run against a real local sshd, as tests/test_remote.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
 from test_records import CASCADE, INDEX_JSON, build_record_json
-from test_ssh import SSHD, Server, _free_port, _keygen, sshd  # noqa: F401  (sshd: the shared fixture)
+from test_remote import SSHD, Server, _free_port, _keygen, sshd  # noqa: F401  (sshd: the shared fixture)
 
 MANIFEST = "fp32.onnx.cascade.json"
 HAVE_SSH = Path(SSHD).is_file() and all(shutil.which(t) for t in ("ssh", "scp", "ssh-keygen"))

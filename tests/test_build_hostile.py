@@ -20,13 +20,15 @@ from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import ExportConfig
 from edgecompress.compression.pool import PoolModel, build_pool, in_processes
 from edgecompress.data import Dataset, Split
+from edgecompress.deploy import pack as E
 from edgecompress.deploy import package as P
 from edgecompress.deploy.build import MeasurementCache, _nearest, build_target, load_index
 from edgecompress.deploy.budgets import BY_NAME, BudgetRow, margin_text
 from edgecompress.deploy.check import run_target_check
 from edgecompress.deploy.check_report import missed_text
 from edgecompress.deploy.choose import MIB, Budgets, BuildSpec, Candidate, NoFeasibleCandidate, choose, misses
-from edgecompress.deploy.package import pack, pack_file, package_stats, unpack
+from edgecompress.deploy.pack import pack, pack_file
+from edgecompress.deploy.package import package_stats, unpack
 from edgecompress.deploy.targets import load_target
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher
@@ -83,7 +85,7 @@ def _profile(tmp_path: Path, budgets: str, arch: str = "any", name: str = "t") -
 def _swap_weights(path: Path) -> None:
     """Rewrite ``path`` as another valid model of the very same size: its largest weight tensor reversed."""
     data = path.read_bytes()
-    biggest = max(P.find_tensors(data, ".onnx"), key=lambda t: t.nbytes)
+    biggest = max(E.find_tensors(data, ".onnx"), key=lambda t: t.nbytes)
     raw = biggest.tobytes()
     at = data.find(raw)
     assert at >= 0 and raw[::-1] != raw
