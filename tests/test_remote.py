@@ -6,6 +6,7 @@ keys; the "device" is this machine, so its python is this venv's interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -60,9 +61,11 @@ class Server:
         return DeviceSpec(**{**args, **kw})
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("sshd")
+@contextlib.contextmanager
+def serve_sshd(root: Path, sftp: bool = True) -> Iterator[Server]:
+    """A real sshd on a free loopback port in ``root`` (keys, config, log), up until the block ends.
+
+    ``sftp=False`` leaves out the SFTP subsystem, as on many small boards (dropbear, minimal images)."""
     host_key, key, other = _keygen(root / "host_key"), _keygen(root / "id_test"), _keygen(root / "id_other")
     (root / "authorized_keys").write_text((root / "id_test.pub").read_text())  # not id_other
     port = _free_port()
@@ -72,34 +75,39 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "UsePAM no",
         "PermitRootLogin prohibit-password", f"AllowUsers {getpass.getuser()}",
-        "Subsystem sftp internal-sftp",  # scp uses SFTP by default since OpenSSH 9
+        *(["Subsystem sftp internal-sftp"] if sftp else []),  # scp uses SFTP by default since OpenSSH 9
         "LogLevel VERBOSE", ""]))
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege-separation dir, missing without systemd
-    log = open(root / "sshd.log", "w")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sshd exited with {proc.returncode}: {(root / 'sshd.log').read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"sshd did not listen on port {port}: {(root / 'sshd.log').read_text()}")
-                time.sleep(0.05)
-        yield Server(root, port, key, other, root / "known_hosts")
-    finally:
-        proc.terminate()
+    with open(root / "sshd.log", "w") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            deadline = time.monotonic() + 10
+            while True:  # poll until it listens (a start takes tens of ms; give up after 10 s)
+                if proc.poll() is not None:
+                    pytest.fail(f"sshd exited with {proc.returncode}: {(root / 'sshd.log').read_text()}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"sshd did not listen on port {port}: {(root / 'sshd.log').read_text()}")
+                    time.sleep(0.05)
+            yield Server(root, port, key, other, root / "known_hosts")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serve_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

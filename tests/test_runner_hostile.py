@@ -7,15 +7,12 @@ an SFTP server still gets the files (scp -O). SSH cases run against a real local
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,7 +26,7 @@ from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.targets import ArtifactSpec, BenchSpec, Budgets, Hardware, RuntimeSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
 from test_records import CASCADE, INDEX_JSON, build_record_json
-from test_remote import SSHD, Server, _free_port, _keygen, sshd  # noqa: F401  (sshd: the shared fixture)
+from test_remote import SSHD, Server, serve_sshd, sshd  # noqa: F401  (sshd: the shared fixture)
 
 MANIFEST = "fp32.onnx.cascade.json"
 HAVE_SSH = Path(SSHD).is_file() and all(shutil.which(t) for t in ("ssh", "scp", "ssh-keygen"))
@@ -279,40 +276,8 @@ def test_a_pool_index_segment_outside_its_folder_is_one_line(tmp_path: Path, seg
 @pytest.fixture(scope="module")
 def sshd_without_sftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """An sshd with no SFTP subsystem (many small boards: dropbear, minimal images)."""
-    root = tmp_path_factory.mktemp("sshd-nosftp")
-    host_key, key, other = _keygen(root / "host_key"), _keygen(root / "id_test"), _keygen(root / "id_other")
-    (root / "authorized_keys").write_text((root / "id_test.pub").read_text())
-    port = _free_port()
-    (root / "sshd_config").write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
-        f"AuthorizedKeysFile {root / 'authorized_keys'}", "StrictModes no", "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no", "PubkeyAuthentication yes", "UsePAM no",
-        "PermitRootLogin prohibit-password", f"AllowUsers {getpass.getuser()}", "LogLevel VERBOSE", ""]))
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)
-    with open(root / "sshd.log", "w") as log:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"sshd exited with {proc.returncode}: {(root / 'sshd.log').read_text()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"sshd did not listen on port {port}")
-                    time.sleep(0.05)
-            yield Server(root, port, key, other, root / "known_hosts")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serve_sshd(tmp_path_factory.mktemp("sshd-nosftp"), sftp=False) as server:
+        yield server
 
 
 @needs_ssh
