@@ -10,14 +10,19 @@ in ONE run:
   - for every file: test accuracy through its own runtime (onnxruntime / LiteRT), its size, gzip -9,
     zstd -19 and the edgecompress package (edgecompress.deploy.pack), which is checked to unpack
     to the same file bit for bit.
-The reference is the fp32 teacher's ONNX file (models/teacher.pt exported here) and its accuracy.
+The reference is the fp32 teacher's ONNX file (models/teacher.pt exported here) and its accuracy. Every
+package is set against three others, each made the same way: the same network's unclustered fp32 file
+packed (what clustering and Huffman coding buy), the teacher's file packed (package against package)
+and the teacher's file itself.
 
     python benchmarks/weight_sharing.py [--epochs 2] [--bits 4] [--limit N] [--out benchmarks/results]
+    python benchmarks/weight_sharing.py --from-json benchmarks/results/weight_sharing.json  # re-render only
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +42,7 @@ from edgecompress.compression.prune import PruneConfig, prune_and_finetune
 from edgecompress.compression.tflite import export_tflite
 from edgecompress.deploy import pack, package
 from edgecompress.deploy.runner import fingerprint
+from edgecompress.errors import EdgeCompressError
 from edgecompress.training.loop import TrainConfig, crop_fill, tensors
 from edgecompress.training.soft_targets import load_soft_targets
 
@@ -72,8 +78,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default="weight_sharing", help="output file stem under --out")
     harness.add_limit(ap, help="subsample the data (a smaller run, said in the report)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--from-json", help="re-render a finished run's results (its .json) without measuring")
     harness.add_out(ap, "benchmarks/results")
     args, bench = harness.parse(ap, argv)
+    out = Path(args.out)
+    if args.from_json:
+        report = rerender(Path(args.from_json))
+        harness.write_results(out / f"{args.name}.json", report, bench, markdown=markdown(report),
+                              md_path=out / f"{args.name}.md")
+        print(markdown(report))
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ds = harness.load_data(limit=args.limit)  # the library's default data (Fashion-MNIST), not params.yaml's
@@ -127,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"machine": fingerprint(), "data": {"limit": args.limit, "sizes": {"train": len(ds.train),
               "test": len(ds.test)}}, "epochs": args.epochs, "bits": args.bits, "rows": rows,
               "seconds": time.time() - start}
-    out = Path(args.out)
+    report["package_ratios"] = package_ratios(rows)
     harness.write_results(out / f"{args.name}.json", report, bench, markdown=markdown(report),
                           md_path=out / f"{args.name}.md")
     print(markdown(report))
@@ -137,21 +151,64 @@ def _kib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 1024:.1f} KiB"
 
 
+def package_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every non-reference row's package against the same network's fp32 package, the teacher's package
+    and the teacher's file (each a ratio: how many times smaller this package is)."""
+    ref = next((r for r in rows if r["model"] == "teacher" and r["artifact"] == "fp32.onnx"), None)
+    if ref is None:
+        raise EdgeCompressError("weight sharing results: no 'teacher' 'fp32.onnx' row, the reference every "
+                                "ratio needs; re-run benchmarks/weight_sharing.py")
+    own = {r["model"]: r["package"] for r in rows if r["artifact"] == "fp32.onnx"}
+    return [{"model": r["model"], "artifact": r["artifact"], "package": r["package"],
+             "own_fp32_package": own[r["model"]], "vs_own_fp32_package": own[r["model"]] / r["package"],
+             "vs_teacher_package": ref["package"] / r["package"], "vs_teacher_file": ref["file"] / r["package"]}
+            for r in rows if r is not ref]
+
+
+def rerender(path: Path) -> dict[str, Any]:
+    """A finished run's results with the package ratios derived (again) from the sizes it wrote."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise EdgeCompressError(f"--from-json {path}: cannot read it as a results file ({e})") from e
+    if "rendered" not in report:  # a re-render of a re-render keeps the first one's account of the figures
+        note = "the ratios were derived from the sizes that run wrote (no training or measuring)"
+        if "provenance" not in report:
+            note += "; that run predates recorded provenance (its command line and commit are unknown)"
+        report["rendered"] = {"from_json": str(path), "note": note + "."}
+    report["package_ratios"] = package_ratios(report["rows"])
+    return report
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
     ref = rows[0]
     lines = [f"# Weight sharing and the Huffman-coded package ({report['bits']}-bit, {report['epochs']} KD fine-tune "
              f"epochs)", "",
              f"Data: {report['data']}. Machine: {report['machine'].get('cpu_model')}. Accuracy: the test split "
-             "through each file's own runtime. 'vs teacher' = the fp32 teacher ONNX file's size / this one's "
-             "(the package for the last column). Every package unpacked to its file bit for bit.", "",
-             "| model | artifact | test acc | Δ vs teacher (pts) | file | gzip -9 | zstd -19 | package | "
-             "file vs teacher | package vs teacher |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "through each file's own runtime. The ratios say how many times smaller than the fp32 teacher this "
+             "file ('file vs teacher') or its package is: against the teacher's file, and against the teacher's "
+             "own package (package against package, the same packer). Every package unpacked to its file bit "
+             "for bit."]
+    if "rendered" in report:
+        lines += ["", f"Re-rendered from `{report['rendered']['from_json']}`: {report['rendered']['note']}"]
+    lines += ["", "| model | artifact | test acc | Δ vs teacher (pts) | file | gzip -9 | zstd -19 | package | "
+              "file vs teacher | package vs teacher's file | package vs teacher's package |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['artifact']} | {r['accuracy']:.4f} | "
                      f"{100 * (r['accuracy'] - ref['accuracy']):+.2f} | {_kib(r['file'])} | {_kib(r['gzip'])} | "
                      f"{_kib(r['zstd'])} | {_kib(r['package'])} | {ref['file'] / r['file']:.1f}x | "
-                     f"{ref['file'] / r['package']:.1f}x |")
+                     f"{ref['file'] / r['package']:.1f}x | {ref['package'] / r['package']:.1f}x |")
+    lines += ["", f"Package against package, for the clustered networks (teacher's package {_kib(ref['package'])}, "
+                  f"its file {_kib(ref['file'])}):", "",
+              "| model | artifact | package | vs the same network's unclustered fp32.onnx package "
+              "| vs teacher's package | vs teacher's file |", "|---|---|---|---|---|---|"]
+    for q in report["package_ratios"]:
+        if q["artifact"].startswith("cluster"):
+            lines.append(f"| {q['model']} | {q['artifact']} | {_kib(q['package'])} | "
+                         f"{q['vs_own_fp32_package']:.1f}x ({_kib(q['own_fp32_package'])}) | "
+                         f"{q['vs_teacher_package']:.1f}x | {q['vs_teacher_file']:.1f}x |")
     lines += ["", "PyTorch accuracies of the fine-tuned rows (float -> after quantizing -> after the fine-tune):", ""]
     for r in rows:
         if "pytorch" in r:
@@ -161,7 +218,6 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{p['max_distinct_values']} distinct values in a layer)")
     lines.append(f"\n{report['seconds'] / 60:.1f} minutes.")
     return "\n".join(lines) + "\n"
-
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ def main() -> str:
     record = build_target(profile, args.candidates, args.out, MeasurementCache(args.cache), strict=cfg.strict)
     write_json(args.metrics, summary(record))
     write_json(args.plot, plot_rows(record, profile.budgets))
-    md = render_markdown(record)
+    md = render_markdown(record, profile.budgets)
     write_text(args.out_md, md)
     if record.error:
         raise EdgeCompressError(f"{record.error}\nsee {args.out_md}")

@@ -120,7 +120,7 @@ def _profile(tmp_path: Path, budgets: str, build: str = "{models: all, precision
              "engines: [onnxruntime]}", arch: str = "any", name: str = "t") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nhardware: {{arch: {arch}}}\nbuild: {build}\n"
-                    f"runtime: {{threads: 1}}\nbench: {{warmup: 1, runs: 5, batch: 1, max_seconds: 5}}\n"
+                    f"runtime: {{threads: 1}}\nbench: {{warmup: 1, runs: 8, batch: 1, max_seconds: 5}}\n"
                     f"budgets: {budgets}\n")
     return path
 
@@ -215,7 +215,7 @@ def test_requires_uncertainty_ships_the_ensemble(pool: Path, tmp_path: Path) -> 
 def test_pinned_profile_ships_its_artifact_of_the_pruned_model(pool: Path, tmp_path: Path) -> None:
     path = tmp_path / "pin.yaml"
     path.write_text("name: pin\nartifact: {format: onnx, precision: int8}\nruntime: {engine: onnxruntime}\n"
-                    "bench: {warmup: 1, runs: 5}\nbudgets: {latency_ms: {p50: 1000}}\n")
+                    "bench: {warmup: 1, runs: 8}\nbudgets: {latency_ms: {p50: 1000}}\n")
     record = build_target(load_target(path), pool, tmp_path / "pin", MeasurementCache(tmp_path / "c"))
     assert record.chosen.name == "student/int8.onnx" and record.build.pinned
 

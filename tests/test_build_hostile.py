@@ -78,7 +78,7 @@ def _profile(tmp_path: Path, budgets: str, arch: str = "any", name: str = "t") -
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nhardware: {{arch: {arch}}}\nbuild: {{models: all, precisions: [int8, fp32], "
                     f"engines: [onnxruntime]}}\nruntime: {{threads: 1}}\n"
-                    f"bench: {{warmup: 1, runs: 5, batch: 1, max_seconds: 5}}\nbudgets: {budgets}\n")
+                    f"bench: {{warmup: 1, runs: 8, batch: 1, max_seconds: 5}}\nbudgets: {budgets}\n")
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ FP_PI = {**FP_X86, "arch": "aarch64", "cpu_model": "Cortex-A72", "board": "Raspb
 def _profile(budgets: Budgets, hardware: Hardware = Hardware(), device: str = "local", name: str = "t") -> TargetProfile:
     return TargetProfile(name=name, description="test target", hardware=hardware,
                          artifact=ArtifactSpec("onnx", "fp32"), runtime=RuntimeSpec("onnxruntime", threads=1),
-                         budgets=budgets, device=device, bench=BenchSpec(warmup=1, runs=10, max_seconds=10))
+                         budgets=budgets, device=device, bench=BenchSpec(warmup=1, runs=400, max_seconds=10))
 
 
 def _result(p50: float = 0.1, p90: float = 0.2, size: int = 60_000, rss: float | None = 50.0,
@@ -96,13 +97,21 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, flo
 
 def test_check_target_end_to_end(artifacts: Any) -> None:
     d, testset, acc = artifacts
+    from edgecompress.deploy.stats import wilson
+
+    # A floor is judged on the lower end of the accuracy's 95% interval (40 images: about 13 points wide).
+    floor = round(wilson(acc, 40).lo - 0.01, 3)
     budgets = Budgets(latency_ms={"p50": 1000.0, "p99": 1000.0}, size_mb=1.0, peak_memory_mb=100_000,
-                      min_accuracy=round(acc - 0.05, 3))
+                      min_accuracy=floor)
     res = check_target(_profile(budgets), d, testset)
     assert res.status == "pass" and res.hardware_match is True and not fails(res.status, strict=True)
     assert res.accuracy == pytest.approx(acc) and res.accuracy_samples == 40
     assert res.artifact.size_bytes == (d / "fp32.onnx").stat().st_size
-    assert res.latency_ms["n"] == 10 and res.runtime["name"] == "onnxruntime"
+    assert res.latency_ms["n"] == 400 and res.runtime["name"] == "onnxruntime"
+    assert res.budgets[-1].verdict == "met" and res.budgets[-1].interval.n == 40 and res.latency_ci["p99"]["n"] == 400
+    # Above the interval's lower end but below the point: undecided, which fails (the conservative rule).
+    undecided = check_target(_profile(replace(budgets, min_accuracy=round(acc - 0.02, 3))), d, testset)
+    assert undecided.status == "fail" and undecided.budgets[-1].verdict == "undecided"
     assert [r.budget.name for r in res.budgets] == ["latency_p50", "latency_p99", "size", "peak_memory", "accuracy"]
     md = render_markdown(res)
     assert "**PASS**" in md and "p99 latency" in md and res.fingerprint["cpu_model"] in md
@@ -129,7 +138,7 @@ def test_main_check_writes_reports_then_fails(artifacts: Any, tmp_path: Path) ->
     d, testset, acc = artifacts
     target = tmp_path / "tight.yaml"
     target.write_text("artifact: {format: onnx, precision: fp32}\nruntime: {engine: onnxruntime}\n"
-                      "bench: {warmup: 0, runs: 5}\nbudgets: {latency_ms: {p90: 0.000001}, min_accuracy: 0.0}\n")
+                      "bench: {warmup: 0, runs: 40}\nbudgets: {latency_ms: {p90: 0.000001}, min_accuracy: 0.0}\n")
     out_json, out_md = tmp_path / "m" / "tight.json", tmp_path / "r" / "tight.md"
     with pytest.raises(EdgeCompressError, match=r"target tight missed budget\(s\): p90 latency .* ms > 1e-06 ms"):
         main_check(target, d, testset, out_json, out_md, strict=False)
@@ -153,16 +162,16 @@ def test_missing_artifact_and_ssh_key(artifacts: Any, tmp_path: Path) -> None:
 
 
 def test_runner_args_shared_by_local_and_remote() -> None:
-    """The local command and the SSH one use the same flags; only the paths differ."""
-    from edgecompress.deploy.check import runner_args, runner_command
+    """The local check and the SSH one use the same flags (rounds included); only the paths differ."""
+    from edgecompress.deploy.check import runner_args
 
     prof = _profile(BUDGETS)
-    local = runner_command(prof, Path("m/fp32.onnx"), Path("m/fp32.onnx.json"), Path("m/testset.npz"))
+    local = runner_args(prof, "/abs/m/fp32.onnx", "/abs/m/fp32.onnx.json", "/abs/m/testset.npz")
     remote = runner_args(prof, "fp32.onnx", "fp32.onnx.json", "testset.npz")
-    assert local[1:3] == ["-m", "edgecompress.deploy.runner"] and len(local) == len(remote) + 3
     flags = [a for a in remote if a.startswith("--")]
-    assert flags == [a for a in local if a.startswith("--")]
+    assert flags == [a for a in local if a.startswith("--")] and len(local) == len(remote)
     assert remote[remote.index("--threads") + 1] == "1" and remote[remote.index("--data") + 1] == "testset.npz"
+    assert remote[remote.index("--rounds") + 1] == "5"  # 400 runs in 5 rounds by default
 
 
 def test_max_drop_budget_compares_with_the_teacher() -> None:
@@ -200,7 +209,13 @@ def test_teacher_accuracy_on_the_runner_subset(tmp_path: Path, tiny_student) -> 
     y[:10] = (y[:10] + 1) % 4  # the first 10 are wrong
     np.savez(tmp_path / "test.npz", x=x, y=y)
     assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", None) == pytest.approx(20 / 30)
-    assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", 10) == 0.0
+    # 10 samples: the runner's seeded, class-stratified subset, so the expected figure is computed on it
+    from edgecompress.deploy.runner import stratified_subset
+
+    keep = stratified_subset(y, 10)
+    assert len(keep) == 10 and list(keep) != list(range(10))
+    want = float((pred[keep] == y[keep]).mean())
+    assert teacher_accuracy(tmp_path / "t.pt", tmp_path / "test.npz", 10) == pytest.approx(want)
 
 
 def test_the_download_budget_judges_the_shipped_package(tmp_path: Path) -> None:
@@ -216,3 +231,22 @@ def test_the_download_budget_judges_the_shipped_package(tmp_path: Path) -> None:
     assert 0 < packed < model.stat().st_size
     (tmp_path / "fp32.onnx.ecpk").write_bytes(b"ECPK" + bytes(10))
     assert package_bytes(model) == 14
+
+
+def test_sustained_budget_judged_on_the_last_intervals(artifacts: Any) -> None:
+    """bench.sustained_s runs the artifact continuously; latency_ms.sustained_p90 is judged on its last
+    intervals with an interval of its own, and the check keeps the per-interval trend and the drift."""
+    d, testset, _ = artifacts
+    budgets = Budgets(latency_ms={"p50": 1000.0, "sustained_p90": 1000.0})
+    bench = BenchSpec(warmup=1, runs=40, max_seconds=10, sustained_s=0.6, sustained_intervals=3)
+    profile = replace(_profile(Budgets(size_mb=1.0)), budgets=budgets, bench=bench)
+    res = check_target(profile, d, testset)
+    row = next(r for r in res.budgets if r.budget.name == "latency_sustained_p90")
+    assert row.verdict == "met" and row.interval is not None and row.interval.hi <= 1000.0
+    assert res.sustained is not None and len(res.sustained["intervals"]) == 3 and res.sustained["drift_p90"] > 0
+    assert "tail_samples_ms" not in res.sustained and res.latency_ci["sustained_p90"]["n"] == row.interval.n
+    # The same budget far below the measurement misses; without a sustained run validation refuses it.
+    tight = replace(profile, budgets=Budgets(latency_ms={"sustained_p90": 1e-6}))
+    assert check_target(tight, d, testset).budgets[0].verdict == "missed"
+    with pytest.raises(EdgeCompressError, match="bench.sustained_s"):
+        replace(profile, bench=BenchSpec(runs=40))

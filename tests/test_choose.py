@@ -9,6 +9,7 @@ import pytest
 
 from edgecompress.deploy.choose import (BuildSpec, Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, choose,
                                         misses, ranked_for_search)
+from edgecompress.deploy.stats import Interval
 from edgecompress.deploy.targets import Budgets, load_target
 from edgecompress.errors import EdgeCompressError
 
@@ -70,14 +71,38 @@ def test_most_accurate_feasible_wins_over_a_more_accurate_infeasible_one() -> No
                                Rejection("too-big", ("size 2.00 MiB > 1.00 MiB (by 1.00 MiB)",)))
 
 
-def test_ties_broken_by_p90_then_p50_then_size_then_name() -> None:
-    table = [cand("slow", 0.9, p90=0.8), cand("quick", 0.9, p90=0.4), cand("worse", 0.89, p90=0.1)]
-    assert choose(table, Budgets(latency_ms={"p90": 1.0}), ALL).chosen.name == "quick"
-    table = [cand("b", 0.9, p90=0.4, p50=0.3), cand("a", 0.9, p90=0.4, p50=0.3, size_mb=0.5),
-             cand("c", 0.9, p90=0.4, p50=0.2, size_mb=0.9)]
-    assert [c.name for c in choose(table, Budgets(size_mb=1.0), ALL).feasible] == ["c", "b", "a"]
+def ci(point: float, half: float, n: int = 200) -> Interval:
+    return Interval(point, point - half, point + half, n)
+
+
+def test_an_accuracy_tie_is_never_broken_by_a_point_latency() -> None:
+    # Equal accuracy, no intervals: which timing came out lower is noise, so fewer bytes then the name decide.
+    table = [cand("slow", 0.9, p90=0.8, size_mb=0.2), cand("quick", 0.9, p90=0.4), cand("worse", 0.89, p90=0.1)]
+    choice = choose(table, Budgets(latency_ms={"p90": 1.0}), ALL)
+    assert choice.chosen.name == "slow" and choice.tied == ("quick",) and "fewer bytes" in choice.why
     table = [cand("z", 0.9), cand("y", 0.9)]
     assert choose(table, Budgets(size_mb=1.0), ALL).chosen.name == "y"
+
+
+def test_tied_candidates_go_to_the_clearly_faster_only_when_the_intervals_are_apart() -> None:
+    big_fast = replace(cand("big", 0.9, size_mb=0.5), latency_ci={"p90": ci(0.30, 0.01)})
+    small_slow = replace(cand("small", 0.9, size_mb=0.1), latency_ci={"p90": ci(0.50, 0.01)})
+    choice = choose([small_slow, big_fast], Budgets(latency_ms={"p90": 1.0}), ALL)
+    assert choice.chosen.name == "big" and "clearly faster" in choice.why
+    # 0.30 [0.29, 0.31] vs 0.33 [0.32, 0.34]: apart, but by less than SEPARATION: a tie, fewer bytes wins.
+    near = replace(small_slow, latency_ci={"p90": ci(0.33, 0.01)})
+    assert choose([near, big_fast], Budgets(latency_ms={"p90": 1.0}), ALL).chosen.name == "small"
+
+
+def test_within_validation_noise_is_a_tie_and_beyond_it_accuracy_wins() -> None:
+    # 4000 validation images: the Wilson half-width at 90% is about 0.93 pt.
+    best = replace(cand("best", 0.900, size_mb=0.5), accuracy_n=4000)
+    close = replace(cand("close", 0.895, size_mb=0.1), accuracy_n=4000)
+    far = replace(cand("far", 0.880, size_mb=0.05), accuracy_n=4000)
+    choice = choose([best, close, far], Budgets(size_mb=1.0), ALL)
+    assert choice.chosen.name == "close" and choice.tied == ("best",)
+    assert "4000 images" in choice.why
+    assert choose([best, far], Budgets(size_mb=1.0), ALL).chosen.name == "best"
 
 
 def test_requires_uncertainty_keeps_only_uncertainty_candidates() -> None:

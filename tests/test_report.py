@@ -13,6 +13,7 @@ import yaml
 
 from edgecompress.deploy.budgets import BY_NAME, BudgetRow
 from edgecompress.deploy.check import CheckedArtifact, CheckResult
+from edgecompress.deploy.stats import Interval, wilson
 from edgecompress.errors import EdgeCompressError
 from edgecompress.metrics import reliability_diagram
 from edgecompress.report import accuracy_interval, difference_interval, models_table, summary_markdown
@@ -115,6 +116,29 @@ def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
     assert art[3:6] == ["91.11%", f"{100 * lo:.2f}–{100 * hi:.2f}%", "360"]
     # Without the models' metrics (an older caller) the summary still renders, without that table.
     assert "## Models" not in summary_markdown([check], [point], {})
+
+
+def test_accuracy_interval_is_the_wilson_of_stats() -> None:
+    ci = wilson(0.9379, 2000)
+    assert accuracy_interval(0.9379, 2000) == (ci.lo, ci.hi)
+
+
+def test_summary_shows_latency_intervals_and_undecided_budgets() -> None:
+    p90 = BudgetRow(BY_NAME["latency_p90"], 0.5, 0.49, missed=True, interval=Interval(0.49, 0.47, 0.53, 500),
+                    verdict="undecided")
+    check = CheckResult(target="pi", artifact=CheckedArtifact("int8.tflite", "tflite", "int8", 70_000, None),
+                        budgets=(p90,), device="local", latency_ms={"p50": 0.412, "p90": 0.49}, accuracy=0.93,
+                        accuracy_samples=2000, status="fail",
+                        latency_ci={"p50": {"point": 0.412, "lo": 0.398, "hi": 0.431, "n": 500},
+                                    "p90": p90.interval.to_json()})
+    point = {"artifact": "int8.tflite", "p50_ms": 0.0141, "p90_ms": 0.0152, "accuracy": 0.93, "ece": 0.02,
+             "nll": 0.25, "size_kib": 66.7, "runtime": "ai-edge-litert 2.3.0", "p50_lo": 0.0138, "p50_hi": 0.0143}
+    md = summary_markdown([check], [point], {})
+    row = _cells(next(ln for ln in md.splitlines() if ln.startswith("| pi ")))
+    assert row[3:5] == ["0.412 [0.398, 0.431]", "0.490 [0.470, 0.530]"]
+    assert row[10] == "p90 -0.01 ms **undecided (counted as missed)**"
+    art = _cells(next(ln for ln in md.splitlines() if ln.startswith("| int8.tflite ")))
+    assert art[1:3] == ["0.0141 [0.0138, 0.0143]", "0.0152"]  # sub-0.1 ms: four decimals; no p90 ends, no interval
 
 
 def _diagram(n: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ from edgecompress.deploy.runner import RunnerError
 MEAN, STD = [0.3], [0.4]
 RESULT_KEYS = {"runner_version", "model", "model_size_bytes", "runtime", "provider_fallback", "requested_providers",
                "active_providers", "bench", "latency_ms", "throughput_per_s", "accuracy", "nll", "ece", "accuracy_samples",
-               "memory", "fingerprint", "warnings"}
+               "memory", "fingerprint", "warnings",
+               # runner 5 (issue #28)
+               "samples_ms", "rounds", "conditions", "sustained", "accuracy_subset"}
 
 
 def _sidecar(fmt: str, layout: str, shape: list[int]) -> dict[str, Any]:
@@ -91,7 +93,7 @@ def test_onnx_cli(onnx_model: Any, data: Any) -> None:
     assert RESULT_KEYS <= set(res)
     _check_latency(res, 25)
     assert res["accuracy"] == pytest.approx(float((_logits(x, w, b).argmax(1) == y).mean()))
-    assert res["accuracy_samples"] == len(x)
+    assert res["accuracy_samples"] == len(x) and res["accuracy_subset"] is None  # every image: no subset
     assert res["runtime"]["name"] == "onnxruntime" and res["runtime"]["threads"] == 1
     assert res["active_providers"] == ["CPUExecutionProvider"] and res["provider_fallback"] is False
     assert res["model_size_bytes"] == model.stat().st_size
@@ -117,11 +119,15 @@ def test_onnx_functions_batch_and_subset(onnx_model: Any, data: Any) -> None:
     res = runner.run(model, data=npz, warmup=0, runs=5, batch=4, accuracy_samples=30)
     _check_latency(res, 5)
     assert res["bench"]["batch"] == 4 and res["accuracy_samples"] == 30
-    assert res["accuracy"] == pytest.approx(float((_logits(x[:30], w, b).argmax(1) == y[:30]).mean()))
+    # A seeded, class-stratified subset (issue #28), not the first 30 images.
+    idx = runner.stratified_subset(y, 30, seed=0)
+    assert len(idx) == 30 and not np.array_equal(idx, np.arange(30))
+    assert res["accuracy_subset"] == {"n": 30, "seed": 0, "rule": "class-stratified"}
+    assert res["accuracy"] == pytest.approx(float((_logits(x[idx], w, b).argmax(1) == y[idx]).mean()))
     # NLL and ECE as edgecompress.metrics computes them (the runner carries its own numpy copy).
     from edgecompress.metrics import classification_metrics, softmax
 
-    ref = classification_metrics(softmax(_logits(x[:30], w, b).astype(np.float64)), y[:30])
+    ref = classification_metrics(softmax(_logits(x[idx], w, b).astype(np.float64)), y[idx])
     assert res["nll"] == pytest.approx(ref["nll"], rel=1e-5) and res["ece"] == pytest.approx(ref["ece"], abs=1e-6)
     assert res["ece"] > 0 and res["nll"] > 0
     session = runner.load_session(model, "onnxruntime")

@@ -128,3 +128,28 @@ def test_dataclasses_validate_on_construction() -> None:
         TargetProfile(name="x", description="", hardware=Hardware(), artifact=ArtifactSpec("onnx", "fp32"),
                       runtime=RuntimeSpec("litert"), budgets=Budgets(size_mb=1.0))
 
+
+
+@pytest.mark.parametrize("key, runs, need", [("p99", 200, 368), ("p90", 35, 36), ("p50", 5, 6)])
+def test_too_few_runs_to_bound_a_budgeted_percentile_are_refused(tmp_path: Path, key: str, runs: int,
+                                                                 need: int) -> None:
+    p = tmp_path / "t.yaml"
+    p.write_text(f"artifact: {{format: onnx, precision: fp32}}\nruntime: {{engine: onnxruntime}}\n"
+                 f"bench: {{runs: {runs}}}\nbudgets: {{latency_ms: {{{key}: 1.0}}}}\n")
+    with pytest.raises(EdgeCompressError, match=rf"bench\.runs: {runs} runs cannot bound latency_ms\.{key} .* at least "
+                                                rf"{need} runs"):
+        load_target(p)
+    p.write_text(p.read_text().replace(f"runs: {runs}", f"runs: {need}"))
+    assert load_target(p).bench.runs == need
+
+
+def test_rounds_and_sustained_settings_are_validated(tmp_path: Path) -> None:
+    p = tmp_path / "t.yaml"
+    base = "artifact: {format: onnx, precision: fp32}\nruntime: {engine: onnxruntime}\nbudgets: {size_mb: 1.0}\n"
+    for bench, match in (("{runs: 4, rounds: 5}", "rounds.*runs >= bench.rounds"), ("{sustained_s: -1}", "sustained_s"),
+                         ("{sustained_intervals: 1}", "sustained_intervals")):
+        p.write_text(base + f"bench: {bench}\n")
+        with pytest.raises(EdgeCompressError, match=match):
+            load_target(p)
+    p.write_text(base + "bench: {runs: 3}\n")
+    assert load_target(p).bench.round_count == 3

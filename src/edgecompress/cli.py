@@ -43,7 +43,7 @@ def _build(ns: argparse.Namespace) -> None:
     out = ns.out or f"models/targets/{profile.name}"
     record = build_target(profile, ns.candidates, out, MeasurementCache(ns.cache), _device(ns),
                           ns.strict, ns.exhaustive)
-    md = render_markdown(record)
+    md = render_markdown(record, profile.budgets)
     write_text(ns.out_md or f"reports/manual/build-{profile.name}.md", md)
     print(md)
     if record.error:

@@ -218,13 +218,15 @@ class ChosenRecord:
     val_ece: float | None
     val_nll: float | None
     latency_ms: dict[str, float]
+    val_accuracy_ci: dict[str, Any] | None = None  # 95% Wilson interval {point, lo, hi, n}
+    latency_ci: dict[str, dict[str, Any]] | None = None  # per statistic, 95% {point, lo, hi, n}
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self)
+        return _fields_json(self, optional=("val_accuracy_ci", "latency_ci"))  # absent from older records
 
     @classmethod
     def from_json(cls, d: Any) -> "ChosenRecord":
-        return cls(**_take(d, cls, "chosen"))
+        return cls(**_take(d, cls, "chosen", optional=("val_accuracy_ci", "latency_ci")))
 
 
 @dataclass(frozen=True)
@@ -280,13 +282,18 @@ class CandidateRow:
     fate: str  # chosen | feasible, less accurate | skipped | rejected
     why: tuple[str, ...]
     warnings: tuple[str, ...]
+    accuracy_ci: dict[str, Any] | None = None  # 95% Wilson interval on the validation images
+    latency_ci: dict[str, dict[str, Any]] | None = None  # per statistic, 95% {point, lo, hi, n}
+    conditions: dict[str, Any] | None = None  # the runner's load, CPU frequency and temperatures at start and end
+    rounds: str | None = None  # "" when the rounds agree; the disagreement when the load changed; None: no rounds
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self)
+        return _fields_json(self, optional=("accuracy_ci", "latency_ci", "conditions", "rounds"))  # as read
 
     @classmethod
     def from_json(cls, d: Any) -> "CandidateRow":
-        return cls(**_take(d, cls, "candidates[]", tuples=("why", "warnings")))
+        return cls(**_take(d, cls, "candidates[]", tuples=("why", "warnings"),
+                           optional=("accuracy_ci", "latency_ci", "conditions", "rounds")))
 
 
 @dataclass(frozen=True)
@@ -309,6 +316,9 @@ class BuildRecord:
     infeasible: str | None  # the nothing-fits message, when nothing met every budget
     candidates: tuple[CandidateRow, ...]
     error: str | None = None  # the build failed (nothing shipped); absent from the JSON otherwise
+    # tied (names within validation noise of the chosen), why (how the tie was broken), val_test_gap_pt
+    # (the reference model's validation minus test accuracy) and warning (a floor met inside that gap)
+    decision: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
@@ -317,12 +327,12 @@ class BuildRecord:
 
     def to_json(self) -> dict[str, Any]:
         """Today's build.json object, key for key."""
-        return _fields_json(self, optional=("error",))
+        return _fields_json(self, optional=("error", "decision"))
 
     @classmethod
     def from_json(cls, d: Any) -> "BuildRecord":
         """A build record (ValueError: what is missing, e.g. ``no chosen.file``)."""
-        kwargs = _take(d, cls, "", optional=("error",), tuples=("hardware_reasons",))
+        kwargs = _take(d, cls, "", optional=("error", "decision"), tuples=("hardware_reasons",))
         kwargs["build"] = BuildSpecRecord.from_json(kwargs["build"])
         kwargs["chosen"] = ChosenRecord.from_json(kwargs["chosen"])
         kwargs["reference"] = ReferenceRecord.from_json(kwargs["reference"])

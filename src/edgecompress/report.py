@@ -9,29 +9,22 @@ from typing import Any
 
 from edgecompress.artifacts import REGISTRY
 from edgecompress.deploy.bench import local_command, run_local
-from edgecompress.deploy.budgets import BudgetRow, margin_text
+from edgecompress.deploy.budgets import BudgetRow, latency_intervals, margin_text
 from edgecompress.deploy.check import CheckResult
-from edgecompress.deploy.check_report import failure
+from edgecompress.deploy.check_report import failure, interval_of, latency_decimals
+from edgecompress.deploy.stats import CONFIDENCE, UNDECIDED, wilson
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
 
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-def accuracy_interval(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy measured on ``n`` images.
+def accuracy_interval(accuracy: float, n: int, conf: float = CONFIDENCE) -> tuple[float, float]:
+    """95% Wilson score interval (lo, hi) of an accuracy measured on ``n`` images: ``stats.wilson``'s ends.
 
     Wilson, not the normal approximation p +- z*sqrt(p(1-p)/n): that one collapses to zero width
     at 0% or 100% and leaves [0, 1] near them, exactly where small test sets put accuracies.
     """
-    if n < 1 or not 0.0 <= accuracy <= 1.0:
-        raise EdgeCompressError(f"invalid accuracy interval input: accuracy={accuracy!r}, n={n!r}")
-    z2n = z * z / n
-    centre = (accuracy + z2n / 2) / (1 + z2n)
-    half = z / (1 + z2n) * math.sqrt(accuracy * (1 - accuracy) / n + z2n / (4 * n))
-    # The interval always holds the measured accuracy; min/max only undo rounding (1.0 -> 0.99999...).
-    return max(0.0, min(accuracy, centre - half)), min(1.0, max(accuracy, centre + half))
+    ci = wilson(accuracy, n, conf)
+    return ci.lo, ci.hi
 
 
 def difference_interval(a: float, n_a: int, b: float, n_b: int) -> tuple[float, float]:
@@ -70,7 +63,8 @@ def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int
 
     The runner runs in a subprocess exactly as in the check stage; the accuracy comes from the
     export stage's full-test-set verification, so the two axes are measured independently.
-    ``samples`` is that test set's size: each point then carries its accuracy's 95% interval.
+    ``samples`` is that test set's size: each point then carries its accuracy's 95% interval; the
+    latencies carry theirs (``p50_lo``/``p50_hi``, ``p90_lo``/``p90_hi``) when the runner sends its samples.
     """
     points = []
     for name in REGISTRY:
@@ -84,6 +78,10 @@ def measure_artifacts(artifacts: Path, export_metrics: dict[str, Any], runs: int
                        "accuracy": m.get("accuracy"), "ece": m.get("ece"), "nll": m.get("nll"),
                        "size_kib": round(model.stat().st_size / 1024, 1), "threads": threads,
                        "runtime": f"{res['runtime'].get('name')} {res['runtime'].get('version')}"})
+        cis = latency_intervals(res)  # empty from a runner that sends no samples
+        for key in ("p50", "p90"):
+            if key in cis:
+                points[-1].update({f"{key}_lo": cis[key].lo, f"{key}_hi": cis[key].hi, "runs": cis[key].n})
         if samples and m.get("accuracy") is not None:
             lo, hi = accuracy_interval(m["accuracy"], samples)
             points[-1].update(samples=samples, accuracy_lo=lo, accuracy_hi=hi)
@@ -109,6 +107,24 @@ def reliability(artifacts: Path, testset: Path) -> dict[str, list[dict[str, Any]
         probs = softmax(run_artifact(model, side, x).astype(np.float64))
         out[name] = [{"artifact": name, **row} for row in reliability_diagram(probs, y) if row["count"]]
     return out
+
+
+def _latency_cell(value: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    """A latency table cell: ``0.412 [0.398, 0.431]`` (the 95% interval) where there is one, else the value."""
+    if value is None:
+        return "n/a"
+    if lo is None or hi is None:
+        return f"{value:.4f}"
+    d = latency_decimals(hi)
+    return f"{value:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def _check_latency(r: CheckResult, key: str) -> str:
+    """A check's ``key`` latency cell: its interval's point and ends where the result has them."""
+    ci = interval_of((r.latency_ci or {}).get(key), f"{r.target}: latency_ci.{key}")
+    if ci is None:
+        return _latency_cell((r.latency_ms or {}).get(key))
+    return _latency_cell(ci.point, ci.lo, ci.hi)
 
 
 def _pct(v: float) -> str:
@@ -192,7 +208,8 @@ def _margins(rows: tuple[BudgetRow, ...] | list[BudgetRow]) -> str:
         if r.margin is None:
             out.append(f"{name} n/a")
         else:
-            out.append(f"{name} {margin_text(r)}" + (" **missed**" if r.missed else ""))
+            said = " **undecided (counted as missed)**" if r.verdict == UNDECIDED else " **missed**"
+            out.append(f"{name} {margin_text(r)}" + (said if r.missed else ""))
     return ", ".join(out)
 
 
@@ -208,13 +225,12 @@ def summary_markdown(checks: list[CheckResult], points: list[dict[str, Any]], fi
               "size KiB | margin to each budget | status |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in checks:
-        lat = r.latency_ms or {}
         art = r.artifact
         acc = " | ".join(_accuracy_cells(r.accuracy, r.accuracy_samples))
         shipped = art.candidate or f"{art.precision}.{art.format}"
         ece = r.ece
-        lines.append(f"| {r.target} | `{shipped}` | {r.device} | "
-                     f"{lat.get('p50', float('nan')):.4f} | {lat.get('p90', float('nan')):.4f} | {acc} | "
+        lines.append(f"| {r.target} | `{shipped}` | {r.device} | {_check_latency(r, 'p50')} | "
+                     f"{_check_latency(r, 'p90')} | {acc} | "
                      f"{'n/a' if ece is None else f'{ece:.4f}'} | {(art.size_bytes or 0) / 1024:.1f} | "
                      f"{_margins(r.budgets)} | {r.status} |")
     lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report). "
@@ -225,10 +241,13 @@ def summary_markdown(checks: list[CheckResult], points: list[dict[str, Any]], fi
               "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         acc = " | ".join(_accuracy_cells(p.get("accuracy"), p.get("samples")))
-        lines.append(f"| {p['artifact']} | {p['p50_ms']:.4f} | {p['p90_ms']:.4f} | {acc} | "
+        lines.append(f"| {p['artifact']} | {_latency_cell(p['p50_ms'], p.get('p50_lo'), p.get('p50_hi'))} | "
+                     f"{_latency_cell(p['p90_ms'], p.get('p90_lo'), p.get('p90_hi'))} | {acc} | "
                      f"{p['ece']:.4f} | {p['nll']:.3f} | {p['size_kib']} | {p['runtime']} |")
     cpu = fingerprint.get("cpu_model") or fingerprint.get("cpu")
     lines += ["", "95% CI as for the models: differences between artifacts smaller than the interval width "
-              "are noise.", "", f"Measured on {fingerprint.get('hostname')} ({fingerprint.get('arch')}, {cpu}, "
+              "are noise. Latencies: the point, then its 95% interval in brackets where the runner sent its "
+              "samples (order statistics for percentiles).", "",
+              f"Measured on {fingerprint.get('hostname')} ({fingerprint.get('arch')}, {cpu}, "
               f"{fingerprint.get('cores')} cores).", ""]
     return "\n".join(lines)

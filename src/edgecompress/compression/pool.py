@@ -205,12 +205,17 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
             if fit is not None:
                 tempered[pm.name] = fit
             candidates += found
+        # The reference on the test images, which no build decision uses: the build states this validation-to-
+        # test gap and warns when a floor is met on validation by less than it.
+        ref_model = next(pm for pm in models if pm.name == reference).model.eval()
+        test_accuracy = _scores(ref_model, ds.normalize(ds.test.x), ds.test.y)["accuracy"]
         save_npz_split(scratch / "valset.npz", scoring, ds.class_names)
         save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)
         index = PoolIndex(
             scored_on={"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
                        "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
-            reference={"model": reference, **pytorch[reference]}, aliases=dict(aliases or {}), pytorch=pytorch,
+            reference={"model": reference, **pytorch[reference], "test_accuracy": test_accuracy},
+            aliases=dict(aliases or {}), pytorch=pytorch,
             temperature=tempered, candidates=tuple(candidates))
         write_index(scratch, index)
         swap_in(scratch, out)

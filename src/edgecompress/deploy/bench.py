@@ -26,6 +26,10 @@ def runner_args(profile: TargetProfile, model: str, sidecar: str | None, testset
     args = ["--model", model, *(["--sidecar", sidecar] if sidecar else []), "--engine", rt.engine,
             "--warmup", str(b.warmup), "--runs", str(b.runs), "--batch", str(b.batch),
             "--max-seconds", str(b.max_seconds)]
+    if b.round_count > 1:
+        args += ["--rounds", str(b.round_count), "--round-warmup", str(max(1, b.warmup // 10))]
+    if b.sustained_s:
+        args += ["--sustained-s", str(b.sustained_s), "--sustained-intervals", str(b.sustained_intervals)]
     if testset is not None:
         args += ["--data", testset]
     if b.accuracy_samples is not None:
@@ -37,12 +41,6 @@ def runner_args(profile: TargetProfile, model: str, sidecar: str | None, testset
     elif not rt.xnnpack:
         args.append("--no-xnnpack")
     return args
-
-
-def runner_command(profile: TargetProfile, model: Path, sidecar: Path | None, testset: Path | None) -> list[str]:
-    """The local runner invocation for ``profile``; absolute paths so the cwd does not matter."""
-    return local_command(runner_args(profile, str(model.resolve()), None if sidecar is None else str(sidecar.resolve()),
-                                     None if testset is None else str(testset.resolve())))
 
 
 def parse_runner_output(stdout: str) -> dict[str, Any] | None:
@@ -68,17 +66,20 @@ def local_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "edgecompress.deploy.runner", *args]
 
 
+def runner_env() -> dict[str, str]:
+    """This environment with the package importable, so a checkout runs the runner without an install."""
+    src = str(Path(__file__).resolve().parent.parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def run_local(cmd: list[str], model: Path, timeout: float, what: str, timeout_hint: str = "") -> dict[str, Any]:
     """Run ``cmd`` (from ``local_command``) here in a subprocess; its JSON result, or one clear error.
 
     A subprocess so the peak RSS it reports is the model's and the runtime's, not this process's.
     ``what`` names the run in errors ("target host: runner failed on ...").
     """
-    # The package may be run from a checkout without being installed: make the runner importable.
-    src = str(Path(__file__).resolve().parent.parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=runner_env())
     except subprocess.TimeoutExpired:
         raise EdgeCompressError(f"{what}: the runner did not finish within {timeout:g} s{timeout_hint}") from None
     result = parse_runner_output(proc.stdout)

@@ -8,14 +8,22 @@ from those rows, so a budget is compared with a measurement in this one place.
 
 A new budget is a field of ``targets.Budgets`` plus one row of ``TABLE`` (and, if the runner does not
 measure it yet, the runner).
+
+A measured value with an interval (latency from the runner's samples, accuracy from its image count) is
+judged on the interval (``stats.verdict``): met when the whole interval is inside the budget, missed
+when it is wholly outside, else undecided, which counts as a miss (the conservative rule) and says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from edgecompress.deploy.targets import LATENCY_KEYS, Budgets
+import numpy as np
+
+from edgecompress.deploy.stats import (MET, MISSED, UNDECIDED, Interval, expand, latency_interval, rounds_agree,
+                                      verdict, wilson)
+from edgecompress.deploy.targets import LATENCY_KEYS, SUSTAINED_KEY, Budgets
 from edgecompress.errors import EdgeCompressError
 
 MIB = 2**20
@@ -27,7 +35,8 @@ class Measurement:
     """What budgets are judged against, whoever measured it: a candidate of the build or a check's run.
 
     ``None`` is "not measured", which misses its budget. ``reference_accuracy`` is the teacher's
-    accuracy on the same images, which ``budgets.max_drop`` compares with.
+    accuracy on the same images, which ``budgets.max_drop`` compares with. ``latency_ci`` holds the 95%
+    interval of each latency statistic the samples allow; ``accuracy_n`` the images behind ``accuracy``.
     """
 
     latency_ms: Mapping[str, float | None] = field(default_factory=dict)
@@ -38,6 +47,8 @@ class Measurement:
     ece: float | None = None
     nll: float | None = None
     reference_accuracy: float | None = None
+    latency_ci: Mapping[str, Interval] = field(default_factory=dict)
+    accuracy_n: int | None = None
 
     @classmethod
     def from_runner(cls, raw: Mapping[str, Any], reference_accuracy: float | None = None) -> Measurement:
@@ -45,7 +56,16 @@ class Measurement:
         return cls(latency_ms=raw.get("latency_ms") or {}, size_bytes=raw.get("model_size_bytes"),
                    download_bytes=raw.get("package_bytes"),
                    peak_memory_mb=(raw.get("memory") or {}).get("peak_rss_mb"), accuracy=raw.get("accuracy"),
-                   ece=raw.get("ece"), nll=raw.get("nll"), reference_accuracy=reference_accuracy)
+                   ece=raw.get("ece"), nll=raw.get("nll"), reference_accuracy=reference_accuracy,
+                   latency_ci=latency_intervals(raw), accuracy_n=raw.get("accuracy_samples"))
+
+    def interval(self, budget: Budget) -> Interval | None:
+        """The 95% interval of what ``budget`` judges, when the measurement has one."""
+        if budget.field.startswith("latency_ms."):
+            return self.latency_ci.get(budget.field.partition(".")[2])
+        if budget.name == "accuracy" and self.accuracy is not None and self.accuracy_n:
+            return wilson(self.accuracy, self.accuracy_n)
+        return None
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -53,6 +73,21 @@ class Measurement:
         if self.accuracy is None or self.reference_accuracy is None:
             return None
         return 100 * (self.reference_accuracy - self.accuracy)
+
+
+def latency_intervals(raw: Mapping[str, Any]) -> dict[str, Interval]:
+    """95% intervals of every latency statistic the runner's samples allow (RUNNER_VERSION >= 5 sends them):
+    percentiles by order statistics, the mean by a seeded bootstrap, the sustained p90 on the last intervals."""
+    out: dict[str, Interval] = {}
+    if raw.get("samples_ms"):
+        x = expand(raw["samples_ms"])
+        for key in LATENCY_KEYS:
+            if key != SUSTAINED_KEY and (ci := latency_interval(x, key)) is not None:
+                out[key] = ci
+    tail = (raw.get("sustained") or {}).get("tail_samples_ms")
+    if tail and (ci := latency_interval(expand(tail), SUSTAINED_KEY)) is not None:
+        out[SUSTAINED_KEY] = ci
+    return out
 
 
 def _f(value: float, decimals: int) -> str:
@@ -167,6 +202,12 @@ class BudgetRow:
     measured: float | None
     missed: bool
     reference: float | None = None
+    interval: Interval | None = None  # the measured value's 95% interval, when it has one
+    verdict: str = ""  # met, missed or undecided (an undecided row is missed: the conservative rule)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            object.__setattr__(self, "verdict", MISSED if self.missed else MET)
 
     @property
     def margin(self) -> float | None:
@@ -188,6 +229,11 @@ class BudgetRow:
         if self.measured is None:
             return b.unmeasured or f"{b.phrase} not measured"
         v, u = b.judged(self.measured), b.shown_unit
+        if self.verdict == UNDECIDED and self.interval is not None:
+            lo, hi = (f"{b.scale * e:.{b.decimals + 1}f}" for e in (self.interval.lo, self.interval.hi))
+            return (f"{b.phrase} undecided: {lo}-{hi}{u} (95%, {self.interval.n} "
+                    f"{'runs' if b.device else 'images'}) straddles {_exact(b.scale * self.limit, b.decimals)}{u}; "
+                    f"treated as a miss")
         shown, limit = shown_apart(b.scale * v, b.scale * self.limit, b.decimals)
         excess = b.scale * (v - self.limit) if b.kind == CEILING else b.scale * (self.limit - v)
         vs = f" vs teacher {100 * self.reference:.2f}%" if self.reference is not None else ""
@@ -198,16 +244,20 @@ class BudgetRow:
         """The row as metrics/check/<target>.json has always held it."""
         b = self.budget
         return {"name": b.name, "label": b.label, "unit": b.unit, "kind": b.kind, "budget": self.limit,
-                "measured": self.measured, "ok": not self.missed, "margin": self.margin}
+                "measured": self.measured, "ok": not self.missed, "margin": self.margin,
+                # judged on an interval: its verdict (met, missed, undecided) and the interval itself
+                **({} if self.interval is None else {"verdict": self.verdict, "interval": self.interval.to_json()})}
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any], reference: float | None = None) -> BudgetRow:
         """A row of a check result, read back (``reference``: the result's teacher accuracy)."""
         try:
             budget = BY_NAME[row["name"]]
+            ci = row.get("interval")
             return cls(budget, row["budget"], row["measured"], not row["ok"],
-                       reference if budget.versus_reference else None)
-        except (KeyError, TypeError):
+                       reference if budget.versus_reference else None,
+                       None if ci is None else Interval.from_json(ci), row.get("verdict") or "")
+        except (KeyError, TypeError, AttributeError):
             raise EdgeCompressError(f"not a budget row of a check result: {dict(row)!r}; re-run the check") from None
 
 
@@ -223,10 +273,42 @@ def judge(m: Measurement, budgets: Budgets, device: bool = True) -> tuple[Budget
         if limit is None or (b.device and not device):
             continue
         v = b.read(m)
-        # "not inside", rather than "outside": a NaN measurement misses too.
-        inside = v is not None and (b.judged(v) <= limit if b.kind == CEILING else b.judged(v) >= limit)
-        rows.append(BudgetRow(b, limit, v, not inside, m.reference_accuracy if b.versus_reference else None))
+        ci = m.interval(b) if v is not None else None
+        if ci is not None:
+            said = verdict(ci, limit, b.kind)
+        else:
+            # "not inside", rather than "outside": a NaN measurement misses too.
+            inside = v is not None and (b.judged(v) <= limit if b.kind == CEILING else b.judged(v) >= limit)
+            said = MET if inside else MISSED
+        rows.append(BudgetRow(b, limit, v, said != MET, m.reference_accuracy if b.versus_reference else None,
+                              ci, said))
     return tuple(rows)
+
+
+def rounds_note(raw: Mapping[str, Any] | None) -> str | None:
+    """"" when the runner's rounds agree, the disagreement when the load changed mid-measurement; None: no rounds."""
+    rounds = [r.get("samples_ms") for r in (raw or {}).get("rounds") or []]
+    if len(rounds) < 2 or not all(rounds):
+        return None
+    return rounds_agree([expand(r) for r in rounds]).text
+
+
+def accuracy_ci(accuracy: float | None, n: int | None) -> dict[str, Any] | None:
+    """The 95% Wilson interval of an accuracy over ``n`` images, as records keep it."""
+    return None if accuracy is None or not n else wilson(accuracy, n).to_json()
+
+
+def undecided(budgets: Budgets, rounds: Sequence[np.ndarray]) -> bool:
+    """Whether a budgeted latency percentile or mean of these rounds' samples still straddles its budget
+    (the measurement driver then gives it more rounds)."""
+    if not rounds:
+        return False
+    x = np.sort(np.concatenate(rounds))
+    for key, limit in budgets.latency_ms.items():
+        ci = None if key == SUSTAINED_KEY else latency_interval(x, key)
+        if ci is not None and verdict(ci, limit, CEILING) == UNDECIDED:
+            return True
+    return False
 
 
 def margin_text(row: BudgetRow) -> str:

@@ -11,38 +11,32 @@ without re-measuring.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from edgecompress.deploy.bench import local_command, run_local
-from edgecompress.deploy.check import cascade_segments, hardware_matches, run_check
+
+from edgecompress.deploy.check import cascade_segments, hardware_matches
 from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, cascades_for,
-                                        choose, misses, nearest_first, ranked_for_search)
+                                        choose, misses, nearest_first)
 from edgecompress.deploy.choose import overshoot as budget_overshoot
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.pack import pack_file
 from edgecompress.deploy.package import PACKAGE_SUFFIX
-from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.runner import RunnerError, segment_path
-from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
+from edgecompress.deploy.search import (CACHE_ENV, DEFAULT_CACHE, MeasurementCache, SearchResult,  # noqa: F401
+                                        candidate_of, search)
+from edgecompress.deploy.budgets import accuracy_ci, rounds_note
+from edgecompress.deploy.targets import BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
 from edgecompress.dirs import replace_dir
-from edgecompress.fileio import write_json
 from edgecompress.log import get_logger
 from edgecompress.records import (INDEX, INDEX_HINT, BuildRecord, BuildSpecRecord, CandidateRow, ChosenRecord,
                                   PoolEntry, PoolIndex, ReferenceRecord, SearchRecord, entry_digest, read_index,
                                   write_build_record)
-
-CACHE_ENV = "EDGECOMPRESS_CACHE"
-DEFAULT_CACHE = Path(".cache") / "measurements"
 
 log = get_logger("build")
 
@@ -91,157 +85,13 @@ def resolve_spec(index: PoolIndex, profile: TargetProfile) -> BuildSpec:
 
 def pool_candidates(index: PoolIndex) -> list[Candidate]:
     """The index as candidates, not yet measured on any device."""
-    return [_candidate(c) for c in index.candidates]
+    return [candidate_of(c, scored_images(index)) for c in index.candidates]
 
 
-def _candidate(c: PoolEntry) -> Candidate:
-    return Candidate(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
-                     accuracy=c.accuracy, ece=c.ece, nll=c.nll, latency_ms={}, uncertainty=bool(c.uncertainty),
-                     download_bytes=c.package_bytes, cascade=c.is_cascade)
-
-
-class MeasurementCache:
-    """Runner results on disk, keyed by everything that determines them.
-
-    The key: the artifact's bytes (sha256), the device (probe: machine fingerprint, runtime versions,
-    runner version), the runtime settings (engine, threads, providers or XNNPACK) and the bench
-    settings. A changed budget changes none of these, so re-choosing costs no device run.
-    """
-
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.source = "--cache" if directory else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default"
-        self.dir = Path(directory or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
-        # Before any device run: a file in the way would fail the first put with FileExistsError.
-        for p in (self.dir, *self.dir.parents):
-            if p.exists():
-                if not p.is_dir():
-                    raise EdgeCompressError(f"measurement cache {self.dir} (from {self.source}): {p} is a file, "
-                                            f"not a directory; point --cache or {CACHE_ENV} at a directory")
-                break
-
-    @staticmethod
-    def key(sha256: str, probe: Mapping[str, Any], profile: TargetProfile) -> str:
-        rt, b = profile.runtime, profile.bench
-        engine = rt.engine or ""
-        parts = {"artifact": sha256, "fingerprint": probe.get("fingerprint"), "runner": probe.get("runner_version"),
-                 "runtime": (probe.get("runtimes") or {}).get(engine), "engine": engine, "threads": rt.threads,
-                 "providers": list(rt.providers) if engine == "onnxruntime" else None,
-                 "xnnpack": rt.xnnpack if engine == "litert" else None,
-                 "bench": [b.warmup, b.runs, b.batch, b.max_seconds], "device": profile.device.url}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        """The entry, or None when absent; a corrupt one (a killed run's, an edited one) is measured again."""
-        path = self.dir / f"{key}.json"
-        if not path.exists():
-            return None
-        try:
-            entry = json.loads(path.read_text())
-            why = _unusable(entry)
-        except (OSError, ValueError) as e:
-            why = f"{type(e).__name__}: {e}"
-        if why is None:
-            return entry
-        log.warning(f"ignoring the corrupt measurement cache entry {path} ({why}); measuring again")
-        return None
-
-    def put(self, key: str, result: Mapping[str, Any]) -> None:
-        try:
-            write_json(self.dir / f"{key}.json", result)
-        except OSError as e:
-            raise EdgeCompressError(f"measurement cache {self.dir} (from {self.source}): cannot write "
-                                    f"{key}.json ({e.strerror}); point --cache or {CACHE_ENV} at a writable "
-                                    f"directory") from None
-
-
-def _unusable(entry: Any) -> str | None:
-    """Why a cache entry cannot be a runner result (None: it can): what ``_measured`` reads must be numbers."""
-    if not isinstance(entry, dict):
-        return f"a JSON {type(entry).__name__}, not an object"
-    lat, mem = entry.get("latency_ms"), entry.get("memory")
-    if not isinstance(lat, dict) or not isinstance(mem, (dict, type(None))):
-        return "no latency_ms object"
-    values = [lat.get(k) for k in LATENCY_KEYS] + [(mem or {}).get("peak_rss_mb")]
-    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf)
-           for v in values):
-        return "a latency or memory figure is not a number >= 0"
-    return None
-
-
-def probe_device(profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
-    """The device's fingerprint and runtime versions (one short runner call, no model)."""
-    if device.is_local:
-        return run_local(local_command(["--probe"]), Path("(probe)"), 120, f"target {profile.name}")
-    return run_remote(profile, device, None, None, None, ["--probe"])
-
-
-def _measured(c: Candidate, raw: Mapping[str, Any]) -> Candidate:
-    lat = raw.get("latency_ms") or {}
-    return replace(c, latency_ms={k: lat[k] for k in LATENCY_KEYS if lat.get(k) is not None},
-                   peak_memory_mb=(raw.get("memory") or {}).get("peak_rss_mb"))
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What the search found: the measured candidates and their raw runner results, those skipped (less
-    accurate than a feasible one), the run counts and the device's probe."""
-
-    measured: dict[str, Candidate]
-    raw: dict[str, dict[str, Any]]
-    skipped: list[str]
-    device_runs: int
-    cache_hits: int
-    probe: dict[str, Any]
-
-
-def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Sequence[PoolEntry],
-           reference: float | None, device: DeviceSpec, cache: MeasurementCache,
-           exhaustive: bool = False) -> SearchResult:
-    """Measure what can win among the pool's ``entries``, in order of accuracy; every candidate with its fate.
-
-    ``exhaustive`` measures every allowed candidate (the benchmark's baseline).
-    """
-    by_name = {e.name: e for e in entries}
-    kept, _ = allowed([_candidate(e) for e in entries], spec, cascades_for(profile.budgets))
-    order = ranked_for_search(c for c in kept if exhaustive or not misses(c, profile.budgets, reference, device=False))
-    probe = probe_device(profile, device)
-    measured: dict[str, Candidate] = {}
-    raw: dict[str, dict[str, Any]] = {}
-    skipped: list[str] = []
-    runs = hits = 0
-    best: float | None = None
-    progress = get_logger(f"build {profile.name}")
-    for i, c in enumerate(order):
-        if best is not None and c.accuracy < best and not exhaustive:
-            skipped.append(c.name)
-            continue
-        entry = by_name[c.name]
-        variant = profile.pinned(entry.format, entry.precision, entry.is_cascade)
-        # Real inputs, as many as one batch: the scores are the pool's, the device gives the latency.
-        variant = replace(variant, bench=replace(variant.bench, accuracy_samples=variant.bench.batch))
-        key = cache.key(entry.sha256, probe, variant)
-        result = cache.get(key)
-        if result is None:
-            t0 = time.perf_counter()
-            model_dir = pool_dir / Path(entry.path).parent
-            result = run_check(variant, model_dir, pool_dir / "valset.npz", device)
-            for score in ("accuracy", "nll", "ece"):  # of the one input image: the pool's scores count
-                result.pop(score, None)
-            cache.put(key, result)
-            runs += 1
-            how = f"measured in {time.perf_counter() - t0:.1f} s"
-        else:
-            hits += 1
-            how = "from the cache"
-        m = _measured(c, result)
-        measured[c.name], raw[c.name] = m, result
-        fits = not misses(m, profile.budgets, reference)
-        if fits and best is None:
-            best = m.accuracy
-        p50 = m.latency_ms.get("p50")
-        progress.info(f"{i + 1}/{len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, "
-                      f"p50 {'n/a' if p50 is None else f'{p50:.4f} ms'}, {'fits' if fits else 'misses'} ({how})")
-    return SearchResult(measured, raw, skipped, runs, hits, probe)
+def scored_images(index: PoolIndex) -> int | None:
+    """How many validation images the pool's accuracies rest on (their noise decides what is tied)."""
+    n = (index.scored_on or {}).get("images")
+    return n if isinstance(n, int) and n > 0 else None
 
 
 @dataclass(frozen=True)
@@ -269,7 +119,7 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
     spec = resolve_spec(index, profile)
     candidates = pool_candidates(index)
     ref = index.reference_accuracy if profile.budgets.max_drop is not None else None
-    found = search(profile, spec, pool_dir, index.candidates, ref, dev, cache, exhaustive)
+    found = search(profile, spec, pool_dir, index.candidates, ref, dev, cache, scored_images(index), exhaustive)
     # What choose() sees: the measured ones and those the spec or a static budget ruled out; the
     # skipped ones cannot win (less accurate than a feasible one) and are reported as such.
     table = [found.measured.get(c.name, c) for c in candidates if c.name not in found.skipped]
@@ -290,6 +140,11 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
         ("infeasible" if match else "proxy-infeasible")
     verdict = _Verdict(status, match, reasons, str(infeasible) if infeasible else None)
     record = _record(profile, spec, index, choice, found, verdict, ref, dev, time.perf_counter() - t0)
+    said = record.decision or {}
+    if said.get("why"):
+        log.info(f"{profile.name}: {chosen.name} {said['why']}")
+    if said.get("warning"):
+        log.warning(f"{profile.name}: {said['warning']}")
     failed = infeasible is not None and (match or strict)
     if failed:  # in the record on disk too: the check of this directory must say the build failed
         record = replace(record, error=str(infeasible))
@@ -316,7 +171,28 @@ def _row(c: Candidate, fate: str, reasons: tuple[str, ...], raw: Mapping[str, An
     return CandidateRow(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
                         download_bytes=c.download_bytes, accuracy=c.accuracy, nll=c.nll, ece=c.ece,
                         latency_ms=dict(c.latency_ms) or None, peak_memory_mb=c.peak_memory_mb, measured=source,
-                        fate=fate, why=tuple(reasons), warnings=tuple((raw or {}).get("warnings") or []))
+                        fate=fate, why=tuple(reasons), warnings=tuple((raw or {}).get("warnings") or []),
+                        accuracy_ci=accuracy_ci(c.accuracy, c.accuracy_n),
+                        latency_ci={k: v.to_json() for k, v in c.latency_ci.items()} or None,
+                        conditions=(raw or {}).get("conditions"), rounds=rounds_note(raw))
+
+
+def decision(profile: TargetProfile, index: PoolIndex, choice: Choice) -> dict[str, Any]:
+    """How the choice was made beyond "most accurate that fits": the tie and how it was broken, and whether
+    an accuracy floor was met by less than the validation-to-test gap the reference model shows."""
+    out: dict[str, Any] = {"tied": list(choice.tied), "why": choice.why, "val_test_gap_pt": None, "warning": None}
+    ref_val, ref_test = index.reference_accuracy, (index.reference or {}).get("test_accuracy")
+    if ref_test is None:
+        return out
+    gap = 100 * (ref_val - ref_test)
+    out["val_test_gap_pt"] = round(gap, 3)
+    floor = profile.budgets.min_accuracy
+    margin = None if floor is None else 100 * (choice.chosen.accuracy - floor)
+    if margin is not None and gap > 0 and margin < gap:
+        out["warning"] = (f"{choice.chosen.name} meets min_accuracy {100 * floor:.2f}% on validation by "
+                          f"{margin:.2f} pt, inside the {gap:.2f} pt the reference model ({index.reference_model}) "
+                          f"loses from validation to test: its check on test may fail")
+    return out
 
 
 def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: Choice, found: SearchResult,
@@ -337,7 +213,7 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
         fate = ("chosen" if name == choice.chosen.name else "feasible, less accurate" if cand in choice.feasible
                 else "skipped" if any(s.name == name for s in skipped) else "rejected")
         if cand is None:
-            cand = _candidate(entry)
+            cand = candidate_of(entry, scored_images(index))
         source = "device" if name in raw else "not measured"
         rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source))
     ch = choice.chosen
@@ -352,13 +228,15 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
                               requires=tuple(spec.requires), pinned=profile.build is None),
         chosen=ChosenRecord(name=ch.name, model=ch.model, file=index.entry(ch.name).file, precision=ch.precision,
                             engine=ch.engine, size_bytes=ch.size_bytes, download_bytes=ch.download_bytes,
-                            val_accuracy=ch.accuracy, val_ece=ch.ece, val_nll=ch.nll, latency_ms=dict(ch.latency_ms)),
+                            val_accuracy=ch.accuracy, val_ece=ch.ece, val_nll=ch.nll, latency_ms=dict(ch.latency_ms),
+                            val_accuracy_ci=accuracy_ci(ch.accuracy, ch.accuracy_n),
+                            latency_ci={k: v.to_json() for k, v in ch.latency_ci.items()} or None),
         reference=ReferenceRecord(model=index.reference_model, val_accuracy=index.reference_accuracy,
                                   used=ref is not None),
         scored_on=index.scored_on,
         search=SearchRecord(candidates=len(index.candidates), device_runs=found.device_runs,
                             cache_hits=found.cache_hits, skipped=len(skipped), seconds=round(seconds, 2)),
-        infeasible=verdict.infeasible, candidates=tuple(rows))
+        infeasible=verdict.infeasible, candidates=tuple(rows), decision=decision(profile, index, choice))
 
 
 def _write_out(pool_dir: Path, chosen: PoolEntry | None, out_dir: Path, record: BuildRecord) -> None:

@@ -14,8 +14,9 @@ from typing import Any, Mapping
 from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
-from edgecompress.deploy.bench import run_local, runner_args, runner_command
-from edgecompress.deploy.budgets import BudgetRow, Measurement, judge
+from edgecompress.deploy.bench import runner_args
+from edgecompress.deploy.budgets import BudgetRow, Measurement, accuracy_ci, judge, rounds_note, undecided
+from edgecompress.deploy.measure import Job, Plan, interleave
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.targets import ArtifactSpec, Hardware, TargetProfile, load_target, valid_name
@@ -92,8 +93,27 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
         raw = run_remote(profile, device, model, sidecar, testset, names, segments)
         raw["model"] = str(model)  # the remote copy is gone; reports name the artifact that was measured
         return raw
-    return run_local(runner_command(profile, model, sidecar, testset), model, profile.bench.max_seconds * 3 + 60, f"target {profile.name}",
-                     f" (bench.max_seconds={profile.bench.max_seconds:g}); lower bench.runs or bench.accuracy_samples")
+    job = Job(profile.name, runner_args(profile, str(model.resolve()), None if sidecar is None else str(sidecar.resolve()),
+                                        None if testset is None else str(testset.resolve())), model)
+    # One candidate, still in rounds: the rounds show drift, and an undecided latency gets more of them.
+    return interleave([job], plan_for(profile), f"target {profile.name}",
+                      more=lambda _, rounds: undecided(profile.budgets, rounds),
+                      extra_rounds=extra_rounds(profile))[job.name]
+
+
+EXTRA_ROUNDS = 2  # an undecided latency may get up to this many times its rounds again (within max_seconds)
+
+
+def plan_for(profile: TargetProfile) -> Plan:
+    """How the runner measures for ``profile``: its rounds, runs and warm-ups; a short re-warm per round."""
+    b = profile.bench
+    return Plan(rounds=b.round_count, runs=b.runs, warmup=b.warmup, round_warmup=max(1, b.warmup // 10),
+                max_seconds=b.max_seconds, timeout=b.max_seconds * 3 + 60 + b.sustained_s)
+
+
+def extra_rounds(profile: TargetProfile) -> int:
+    """Rounds an undecided latency may get beyond the plan (the runner's max_seconds still caps them)."""
+    return EXTRA_ROUNDS * profile.bench.round_count
 
 
 def evaluate_budgets(profile: TargetProfile, result: Mapping[str, Any],
@@ -104,17 +124,20 @@ def evaluate_budgets(profile: TargetProfile, result: Mapping[str, Any],
 
 
 def teacher_accuracy(checkpoint: str | Path, testset: str | Path, samples: int | None) -> float:
-    """The teacher's accuracy on the same first ``samples`` test images the runner scores."""
+    """The teacher's accuracy on the same ``samples`` test images the runner scores."""
     import torch
 
     from edgecompress.checkpoint import load_checkpoint
     from edgecompress.data import normalize_images
     from edgecompress.models import batched
 
+    from edgecompress.deploy.runner import stratified_subset
+
     model, meta = load_checkpoint(checkpoint)
     x, y = load_npz_split(testset)
-    if samples is not None:
-        x, y = x[:samples], y[:samples]
+    if samples is not None:  # the runner's seeded, class-stratified subset: equal images, equal footing
+        keep = stratified_subset(y, samples)
+        x, y = x[keep], y[keep]
     xn = torch.from_numpy(normalize_images(x, meta["data"]["mean"], meta["data"]["std"]))
     pred = batched(lambda xb: model(xb).argmax(1), xn, 1000, channels_last=False).numpy()
     return float((pred == y).mean())
@@ -211,6 +234,12 @@ class CheckResult:
     budgets: tuple[BudgetRow, ...] = ()
     warnings: tuple[str, ...] = ()
     teacher_accuracy: float | None = None
+    # 95% intervals: {statistic: {point, lo, hi, n}} from the runner's samples, and the accuracy's (Wilson)
+    latency_ci: Mapping[str, Any] | None = None
+    accuracy_ci: Mapping[str, Any] | None = None
+    conditions: Mapping[str, Any] | None = None  # the runner's load, CPU frequency, temperatures (start, end)
+    rounds: str | None = None  # "" rounds agree; else how they disagree (the load changed); None: one round
+    sustained: Mapping[str, Any] | None = None  # the sustained run's intervals and drift (bench.sustained_s)
     build_status: str | None = None  # the build record's status; None: checked an export directory
     build_infeasible: bool = False  # its build shipped only the nearest candidate
     failed: bool = False  # the verdict (``fails``); the JSON calls it gate_failed
@@ -229,6 +258,9 @@ class CheckResult:
              "accuracy": self.accuracy, "nll": self.nll, "ece": self.ece, "accuracy_samples": self.accuracy_samples,
              "budgets": [r.to_json() for r in self.budgets], "warnings": list(self.warnings),
              "teacher_accuracy": self.teacher_accuracy}
+        for key in ("latency_ci", "accuracy_ci", "conditions", "rounds", "sustained"):  # when measured
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
         if self.build_status is not None:
             d["build_status"] = self.build_status
         if self.build_infeasible:
@@ -248,7 +280,9 @@ class CheckResult:
                        latency_ms=d["latency_ms"], throughput_per_s=d["throughput_per_s"], memory=d["memory"],
                        accuracy=d["accuracy"], nll=d["nll"], ece=d["ece"], accuracy_samples=d["accuracy_samples"],
                        budgets=[BudgetRow.from_json(r, ref) for r in d["budgets"]], warnings=d["warnings"],
-                       teacher_accuracy=ref, build_status=d.get("build_status"),
+                       teacher_accuracy=ref, latency_ci=d.get("latency_ci"), accuracy_ci=d.get("accuracy_ci"),
+                       conditions=d.get("conditions"), rounds=d.get("rounds"), sustained=d.get("sustained"),
+                       build_status=d.get("build_status"),
                        build_infeasible=bool(d.get("build_infeasible")), failed=d["gate_failed"])
         except (KeyError, TypeError, AttributeError) as e:
             raise EdgeCompressError(f"{where}: not a check result (no {e}); re-run the check stage") from None
@@ -271,7 +305,8 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     raw = run_check(profile, Path(artifacts_dir), testset, dev)
     if profile.budgets.download_mb is not None:
         raw["package_bytes"] = package_bytes(Path(artifacts_dir) / profile.artifact.filename, profile.artifact.cascade)
-    rows = evaluate_budgets(profile, raw, reference_accuracy)
+    m = Measurement.from_runner(raw, reference_accuracy)
+    rows = judge(m, profile.budgets)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
     ok = not any(r.missed for r in rows)
@@ -288,7 +323,17 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
                        throughput_per_s=raw.get("throughput_per_s"), memory=raw.get("memory"),
                        accuracy=raw.get("accuracy"), nll=raw.get("nll"), ece=raw.get("ece"),
                        accuracy_samples=raw.get("accuracy_samples"), budgets=rows, warnings=warnings,
-                       teacher_accuracy=reference_accuracy, failed=fails(status, strict))
+                       teacher_accuracy=reference_accuracy, failed=fails(status, strict),
+                       latency_ci={k: v.to_json() for k, v in m.latency_ci.items()} or None,
+                       accuracy_ci=accuracy_ci(m.accuracy, m.accuracy_n), conditions=raw.get("conditions"),
+                       rounds=rounds_note(raw), sustained=_sustained_summary(raw.get("sustained")))
+
+
+def _sustained_summary(sustained: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The sustained run as the check keeps it: intervals and drift, without the raw tail samples."""
+    if not sustained:
+        return None
+    return {k: v for k, v in sustained.items() if k != "tail_samples_ms"}
 
 
 def built_profile(profile: TargetProfile, artifacts_dir: str | Path) -> tuple[TargetProfile, BuildRecord | None]:

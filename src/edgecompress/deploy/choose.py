@@ -9,15 +9,20 @@ ones and, when none is left, says which came nearest and by how much each budget
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from edgecompress.deploy.budgets import MIB, Measurement, judge  # noqa: F401 - MIB re-exported
+from edgecompress.deploy.stats import Interval, wilson, within_noise
 # BuildSpec lives with the profile it is part of; re-exported here beside the selection that applies it.
 from edgecompress.deploy.targets import BUILD_PRECISIONS, ENGINES, LATENCY_KEYS, Budgets, BuildSpec  # noqa: F401
 from edgecompress.errors import EdgeCompressError
 
 NEAREST = 5  # rows of the "nearest candidates" table in the infeasible error
+# Among accuracy-tied candidates a latency difference decides only when the 95% intervals stay apart even
+# after stretching the faster one's upper end by this factor: a real 10% gap, which load and drift
+# (interleaved rounds hit every candidate alike) do not reverse; anything closer is a tie.
+SEPARATION = 1.10
 
 
 class NoFeasibleCandidate(EdgeCompressError):
@@ -45,6 +50,8 @@ class Candidate:
     uncertainty: bool = False  # has heads or members, so it can report uncertainty on the device
     download_bytes: int | None = None  # its Huffman-coded package (deploy.package); None: not packed
     cascade: bool = False  # an early-exit cascade: only targets with a mean-latency budget consider it
+    latency_ci: Mapping[str, Interval] = field(default_factory=dict)  # 95% intervals from the runner's samples
+    accuracy_n: int | None = None  # validation images behind ``accuracy`` (None: no interval known)
 
     def __post_init__(self) -> None:
         # A candidate table is read from reports; a wrong value here would silently pick the wrong model.
@@ -68,6 +75,7 @@ class Candidate:
             if k not in LATENCY_KEYS or (v is not None and (not _is_number(v) or v < 0)):
                 raise bad(f"latency_ms {k}: {v!r} needs a key among {', '.join(LATENCY_KEYS)} and a value >= 0")
         object.__setattr__(self, "latency_ms", dict(self.latency_ms))  # own copy, as Budgets does
+        object.__setattr__(self, "latency_ci", dict(self.latency_ci))
 
 
 @dataclass(frozen=True)
@@ -80,11 +88,14 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen candidate, all feasible ones (best first) and the rejected ones."""
+    """The chosen candidate, all feasible ones (best first) and the rejected ones; ``tied``: the feasible
+    candidates whose validation accuracy is within noise of the best, and ``why`` how the tie was broken."""
 
     chosen: Candidate
     feasible: tuple[Candidate, ...]
     rejected: tuple[Rejection, ...] = ()
+    tied: tuple[str, ...] = ()
+    why: str = ""
 
 
 def allowed(candidates: Iterable[Candidate], spec: BuildSpec,
@@ -135,7 +146,7 @@ def measurement(candidate: Candidate, reference_accuracy: float | None = None) -
     c = candidate
     return Measurement(latency_ms=c.latency_ms, size_bytes=c.size_bytes, download_bytes=c.download_bytes,
                        peak_memory_mb=c.peak_memory_mb, accuracy=c.accuracy, ece=c.ece, nll=c.nll,
-                       reference_accuracy=reference_accuracy)
+                       reference_accuracy=reference_accuracy, latency_ci=c.latency_ci, accuracy_n=c.accuracy_n)
 
 
 def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | None,
@@ -154,6 +165,41 @@ def _best_first(c: Candidate) -> tuple[float, float, float, int, str]:
     lat = c.latency_ms
     return (-c.accuracy, lat.get("p90") if lat.get("p90") is not None else math.inf,
             lat.get("p50") if lat.get("p50") is not None else math.inf, c.size_bytes, c.name)
+
+
+def tied_with(c: Candidate, best: Candidate) -> bool:
+    """Whether ``c``'s validation accuracy is within noise of ``best``'s (the Wilson interval's half-width
+    on the images both were scored on); without an image count only an exact tie counts."""
+    n = best.accuracy_n or c.accuracy_n
+    return c.accuracy == best.accuracy if not n else within_noise(c.accuracy, best.accuracy, n)
+
+
+def decision_key(budgets: Budgets) -> str:
+    """The latency statistic that separates tied candidates: the profile's first latency budget, else p50."""
+    return next(iter(budgets.latency_ms), "p50")
+
+
+def _faster(a: Candidate, b: Candidate, key: str) -> bool:
+    """``a`` is clearly faster than ``b`` on ``key``: the intervals are apart by SEPARATION."""
+    ia, ib = a.latency_ci.get(key), b.latency_ci.get(key)
+    return ia is not None and ib is not None and ia.hi * SEPARATION < ib.lo
+
+
+def break_tie(tied: list[Candidate], budgets: Budgets) -> tuple[Candidate, str]:
+    """The one to ship among accuracy-tied feasible candidates, and why: clearly faster ones first (their
+    intervals apart), then fewer bytes, then the name. Never a single noisy sample."""
+    key = decision_key(budgets)
+    fast = [c for c in tied if not any(_faster(o, c, key) for o in tied if o is not c)]
+    pick = min(fast, key=lambda c: (c.size_bytes, c.name))
+    if len(tied) == 1:
+        return pick, ""
+    others = ", ".join(c.name for c in tied if c is not pick)
+    best = max(tied, key=lambda c: c.accuracy)
+    n = best.accuracy_n
+    noise = "" if not n else f" (±{100 * (wilson(best.accuracy, n).hi - wilson(best.accuracy, n).lo) / 2:.2f} pt, {n} images)"
+    how = (f"clearly faster on {key} (95% intervals apart by {SEPARATION:g}x), then fewer bytes"
+           if len(fast) < len(tied) else f"{key} intervals not apart, so by fewer bytes, then name")
+    return pick, f"tied within validation noise{noise} with {others}: {how}"
 
 
 def ranked_for_search(candidates: Iterable[Candidate]) -> list[Candidate]:
@@ -218,5 +264,8 @@ def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
             f"{_nearest_table(missed, budgets, reference_accuracy)}")
     order = {c.name: i for i, c in enumerate(candidates)}  # report rejections in the table's order
     feasible.sort(key=_best_first)
-    return Choice(chosen=feasible[0], feasible=tuple(feasible),
-                  rejected=tuple(sorted(rejected, key=lambda r: order[r.name])))
+    tied = [c for c in feasible if tied_with(c, feasible[0])]
+    chosen, why = break_tie(tied, budgets)
+    feasible.remove(chosen)
+    return Choice(chosen=chosen, feasible=(chosen, *feasible), tied=tuple(c.name for c in tied if c is not chosen),
+                  why=why, rejected=tuple(sorted(rejected, key=lambda r: order[r.name])))

@@ -29,7 +29,8 @@ from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.deploy.bench import RUNNER, parse_runner_output
 from edgecompress.deploy.devices import DeviceSpec
-from edgecompress.deploy.runner import ENGINE_FOR_SUFFIX, RunnerError, is_cascade, read_cascade, segment_path
+from edgecompress.deploy.runner import (ENGINE_FOR_SUFFIX, RunnerError, is_cascade, read_cascade, segment_path,
+                                        stratified_subset)
 from edgecompress.deploy.targets import TargetProfile
 from edgecompress.fileio import write_json
 
@@ -192,8 +193,10 @@ def _stage(tmp: Path, profile: TargetProfile, model: Path | None, sidecar: Path 
     if testset is not None and n is not None:
         x, y = load_npz_split(testset)
         if n < len(x):
-            # The runner scores the first N images, so the first N are all the device needs.
-            np.savez(tmp / "testset.npz", x=x[:n], y=y[:n])
+            # The runner scores a seeded, class-stratified N; sending just those N (all of which it then
+            # scores) saves bandwidth and gives the device the same images a local check scores.
+            keep = stratified_subset(y, n)
+            np.savez(tmp / "testset.npz", x=x[keep], y=y[keep])
             testset = tmp / "testset.npz"
     if testset is not None:
         add("testset.npz", testset)

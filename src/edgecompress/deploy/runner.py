@@ -9,6 +9,10 @@ numpy; the runtime (onnxruntime or LiteRT) is imported inside the functions that
     python -m edgecompress.deploy.runner --model int8.tflite --data testset.npz --threads 4
 
 prints one JSON object on stdout; on a user-fixable error it prints {"error": "..."} and exits 2.
+Latency leaves as a sample (``samples_ms``: sorted, 4 significant digits, run-length coded), timed in
+``--rounds`` with a short re-warm before each later one, with the machine's conditions (load, clock, governor,
+temperatures) at start and end. ``--interleave`` lets a host drive rounds of several candidates' runners in turn
+(A B C A B C) over stdin/stdout; ``--sustained-s`` runs the model continuously and reports the drift.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import math
 import os
 import platform
 import socket
@@ -25,13 +30,14 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
 # 2: --score (per-image uncertainty of a pool); 3: cascade manifests (early-exit segments, exit_fractions);
-# 4: cascade segments must lie inside the manifest's folder, a manifest must be a JSON object
-RUNNER_VERSION = 4
+# 4: cascade segments must lie inside the manifest's folder, a manifest must be a JSON object;
+# 5: latency as a sample (samples_ms), --rounds, --interleave, conditions, --sustained-s, stratified accuracy subset
+RUNNER_VERSION = 5
 ENGINE_FOR_SUFFIX = {".onnx": "onnxruntime", ".tflite": "litert"}
 # ARM "CPU part" ids (implementer 0x41) -> core name; aarch64 kernels print no "model name".
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
@@ -289,6 +295,134 @@ def latency_stats(ns: list[int]) -> dict[str, float]:
             "std": float(ms.std()), "min": float(ms.min()), "max": float(ms.max()), "n": int(len(ms))}
 
 
+def compact(ns_or_ms: Sequence[float] | np.ndarray) -> list[list[float]]:
+    """Timings as every sample leaves the runner: milliseconds, sorted ascending, each rounded to 4 significant
+    digits, run-length coded as ``[[value, count], ...]``. Integers are nanoseconds (``perf_counter_ns``), floats
+    are milliseconds already. 4 digits keep p99 of a 1 ms model to 0.1 us and shrink 10,000 runs to a few hundred
+    pairs."""
+    a = np.asarray(ns_or_ms)
+    if a.size == 0:
+        return []
+    ms = a.astype(np.float64).ravel() / (1e6 if a.dtype.kind in "iu" else 1.0)
+    values, counts = np.unique(ms, return_counts=True)  # sorted; rounding is monotone, so it stays sorted
+    out: list[list[float]] = []
+    for v, c in zip(values.tolist(), counts.tolist()):
+        r = float(f"{v:.4g}")
+        if out and out[-1][0] == r:
+            out[-1][1] += c
+        else:
+            out.append([r, c])
+    return out
+
+
+def expand(samples: list[list[float]]) -> np.ndarray:
+    """The sorted milliseconds that ``compact`` coded (to its 4 significant digits)."""
+    if not samples:
+        return np.zeros(0)
+    values, counts = zip(*samples)
+    return np.repeat(np.asarray(values, np.float64), np.asarray(counts, np.int64))
+
+
+def runs_per_round(runs: int, rounds: int) -> list[int]:
+    """``runs`` split into ``rounds`` slices as evenly as possible, the larger ones first ((10, 3) -> [4, 3, 3])."""
+    if rounds < 1 or runs < rounds:
+        raise RunnerError(f"--rounds {rounds} must be between 1 and --runs ({runs}): every round needs a run")
+    q, r = divmod(runs, rounds)
+    return [q + 1 if k < r else q for k in range(rounds)]
+
+
+def default_round_warmup(warmup: int) -> int:
+    """The re-warm before every round after the first: a tenth of the full warm-up, at least one run."""
+    return max(1, warmup // 10)
+
+
+def stratified_subset(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``n`` images of labels ``y`` (all of them when ``n >= len(y)``), each class in proportion
+    to its share: round(n * share) by largest remainder, so the total is exactly ``n``. Each class's images are
+    drawn with ``np.random.default_rng(seed).permutation`` of its own indices (a fresh generator per class, so a
+    larger ``n`` takes a superset within each class). Pure: the host imports it to score the teacher on the same
+    images every candidate is scored on."""
+    y = np.asarray(y)
+    if n >= len(y):
+        return np.arange(len(y), dtype=np.int64)
+    if n < 1:
+        raise ValueError(f"stratified_subset needs n >= 1, got {n}")
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    # Integer arithmetic, so the quotas and their remainders are exact (no 2.9999 floors).
+    take, rem = np.divmod(n * counts, len(y))
+    # Largest remainder (Hamilton): the classes with the largest fractional parts get one more; ties: lower class.
+    take[np.argsort(-rem, kind="stable")[:n - int(take.sum())]] += 1
+    picked = [np.random.default_rng(seed).permutation(np.flatnonzero(inverse == c))[:t] for c, t in enumerate(take)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+# Where Linux exposes the machine's state; module constants so tests can point them at a fake tree.
+PROC = Path("/proc")
+SYS_CPU = Path("/sys/devices/system/cpu")
+SYS_THERMAL = Path("/sys/class/thermal")
+
+
+def conditions() -> dict[str, Any]:
+    """Load average, CPU clock (MHz over the cores), cpu0's governor and thermal-zone temperatures (deg C) now,
+    where the OS exposes them; None per field elsewhere. Never raises: conditions explain a measurement, and an
+    unreadable file must not fail one."""
+    out: dict[str, Any] = {}
+    for name, read in (("loadavg", _loadavg), ("cpu_mhz", _cpu_mhz), ("governor", _governor),
+                       ("thermal_c", _thermal)):
+        try:
+            out[name] = read()
+        except Exception:  # noqa: BLE001 - any odd /proc or /sys content means "not exposed"
+            out[name] = None
+    return out
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        values = [float(v) for v in (PROC / "loadavg").read_text().split()[:3]]
+    except OSError:
+        values = list(os.getloadavg())  # macOS and the BSDs have no /proc
+    return values if len(values) == 3 else None
+
+
+def _cpu_mhz() -> dict[str, float] | None:
+    mhz = []
+    for f in SYS_CPU.glob("cpu[0-9]*/cpufreq/scaling_cur_freq"):
+        try:
+            mhz.append(float(f.read_text()) / 1000)  # kHz
+        except (OSError, ValueError):
+            continue
+    if not mhz:  # no cpufreq driver (most VMs): the kernel's last reading per core
+        mhz = [float(line.partition(":")[2]) for line in (PROC / "cpuinfo").read_text(errors="replace").splitlines()
+               if line.startswith("cpu MHz")]
+    if not mhz:
+        return None
+    return {"min": min(mhz), "max": max(mhz), "mean": round(sum(mhz) / len(mhz), 1)}
+
+
+def _governor() -> str | None:
+    return (SYS_CPU / "cpu0" / "cpufreq" / "scaling_governor").read_text().strip() or None
+
+
+def _thermal() -> dict[str, float] | None:
+    def number(p: Path) -> int:
+        tail = p.name[len("thermal_zone"):]
+        return int(tail) if tail.isdigit() else 1 << 30
+
+    out: dict[str, float] = {}
+    seen: dict[str, int] = {}
+    for zone in sorted(SYS_THERMAL.glob("thermal_zone*"), key=number):
+        try:
+            kind = (zone / "type").read_text().strip() or zone.name
+            temp = int((zone / "temp").read_text().strip()) / 1000  # millidegrees
+        except (OSError, ValueError):
+            continue
+        k = seen.get(kind, 0)
+        seen[kind] = k + 1
+        out[kind if k == 0 else f"{kind}_{k}"] = temp
+    return out or None
+
+
 def scores(session: Session, sidecar: dict[str, Any], x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, float]:
     """Top-1 accuracy, NLL and ECE (15 equal-width confidence bins, as edgecompress.metrics computes
     them; this file needs numpy only) in batches of the benchmark's batch size (some TFLite graphs
@@ -353,11 +487,194 @@ def score_pool(session: Session, sidecar: dict[str, Any], x: np.ndarray, batch: 
     return out
 
 
-def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = None, y: np.ndarray | None = None,
-              warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
-              accuracy_samples: int | None = None) -> dict[str, Any]:
-    """Warm up, time ``runs`` calls (stopping early after ``max_seconds``), then accuracy on (x, y)."""
-    warnings: list[str] = []
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """A runtime failing mid-run (bad shapes, an unsupported op) becomes one RunnerError, not a crash."""
+    try:
+        yield
+    except RunnerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - runtimes raise their own types
+        raise RunnerError(f"{what} failed: {type(e).__name__}: {e}") from None
+
+
+class Artifact:
+    """A loaded model or cascade, ready to time: what ``run``, ``run_cascade``, ``benchmark`` and ``--interleave``
+    share. ``call(i)`` is one inference (``i`` counts the runs, so a cascade cycles its images; it returns what the
+    timer keeps: None, or a cascade's exit); ``score()`` the accuracy fields; ``finish(body, timer)`` the result
+    around the measured body."""
+
+    def __init__(self, call: Callable[[int], Any], score: Callable[[], dict[str, Any]], batch: int,
+                 what: str = "inference",
+                 finish: Callable[[dict[str, Any], "Timer"], dict[str, Any]] | None = None) -> None:
+        self.call = call
+        self.score = score
+        self.batch = batch
+        self.what = what
+        self.finish = finish or (lambda body, timer: body)
+
+
+class Timer:
+    """Times ``call(i)`` in rounds, each after its own warm-up. ``max_seconds`` caps the wall time of all timed
+    loops together (warm-ups excluded), as it capped the one loop before rounds; a round that starts with the cap
+    spent times nothing (n 0, p50/p90 None)."""
+
+    def __init__(self, call: Callable[[int], Any], max_seconds: float, what: str = "inference") -> None:
+        self.call = call
+        self.what = what
+        self.max_seconds = max_seconds
+        self._left_ns = int(max_seconds * 1e9)
+        self.times: list[int] = []
+        self.outputs: list[Any] = []  # what timed calls returned, when not None (a cascade's exit index)
+        self.rounds: list[dict[str, Any]] = []
+        self.requested = 0
+        self.start: dict[str, Any] | None = None
+        self.end: dict[str, Any] | None = None
+
+    @property
+    def stopped_by(self) -> str:
+        return "max_seconds" if any(r["stopped_by"] == "max_seconds" for r in self.rounds) else "runs"
+
+    def round(self, runs: int, warmup: int) -> dict[str, Any]:
+        """Warm up ``warmup`` calls, time ``runs`` (fewer at the cap); the round's record."""
+        if self.start is None:
+            self.start = conditions()  # before the first warm-up
+        self.requested += runs
+        got: list[int] = []
+        stopped_by = "runs"
+        with _failing(self.what):
+            if self._left_ns <= 0:
+                stopped_by = "max_seconds"
+            else:
+                for i in range(warmup):
+                    self.call(i)
+                begin = time.perf_counter_ns()
+                deadline = begin + self._left_ns
+                while len(got) < runs:
+                    i = len(self.times) + len(got)
+                    t0 = time.perf_counter_ns()
+                    out = self.call(i)
+                    t1 = time.perf_counter_ns()
+                    got.append(t1 - t0)
+                    if out is not None:
+                        self.outputs.append(out)
+                    if t1 >= deadline and len(got) < runs:
+                        stopped_by = "max_seconds"
+                        break
+                self._left_ns -= time.perf_counter_ns() - begin
+        self.end = conditions()  # after the last timed run, whichever round that turns out to be
+        self.times += got
+        ms = np.asarray(got, np.float64) / 1e6
+        p50, p90 = (float(v) for v in np.percentile(ms, [50, 90])) if got else (None, None)
+        record = {"n": len(got), "p50": p50, "p90": p90, "samples_ms": compact(got), "warmup": warmup,
+                  "stopped_by": stopped_by}
+        self.rounds.append(record)
+        return record
+
+
+def sustain(call: Callable[[int], Any], seconds: float, intervals: int = 10) -> tuple[dict[str, Any], float]:
+    """Run ``call`` back to back for ``seconds`` of wall time (at least once): (the ``sustained`` record, p90 of
+    its tail intervals in ms)."""
+    if intervals < 2:
+        raise RunnerError(f"--sustained-intervals must be >= 2 (a first and a last to compare), got {intervals}")
+    starts: list[int] = []
+    times: list[int] = []
+    begin = time.perf_counter_ns()
+    stop = begin + int(seconds * 1e9)
+    t1 = begin
+    while True:
+        t0 = time.perf_counter_ns()
+        if t0 >= stop and starts:
+            break
+        call(len(starts))
+        t1 = time.perf_counter_ns()
+        starts.append(t0 - begin)
+        times.append(t1 - t0)
+    return sustained_summary(starts, times, seconds, intervals, (t1 - begin) / 1e9)
+
+
+def sustained_summary(starts_ns: Sequence[int], times_ns: Sequence[int], seconds: float, intervals: int,
+                      actual_s: float) -> tuple[dict[str, Any], float]:
+    """Runs (start offset and duration, ns) split by start time into ``intervals`` equal slices of ``seconds``:
+    p50/p90 per slice, the drift last/first, and the last ceil(intervals / 3) slices' samples and p90."""
+    width = seconds / intervals
+    starts = np.asarray(starts_ns, np.float64) / 1e9
+    ms = np.asarray(times_ns, np.float64) / 1e6
+    slot = np.minimum((starts // width).astype(np.int64), intervals - 1)
+    # An interval in which no run started (one run outlasted it) is merged into the next interval with runs: that
+    # one's t0 moves back to the empty one's t0, so the intervals stay contiguous and every p50/p90 rests on at
+    # least one run. Empty intervals at the end have no next one: they extend the last interval with runs (its t1).
+    groups: list[tuple[float, float, np.ndarray]] = []
+    t0: float | None = None
+    for j in range(intervals):
+        sel = ms[slot == j]
+        t0 = j * width if t0 is None else t0
+        if len(sel):
+            groups.append((t0, (j + 1) * width, sel))
+            t0 = None
+    if t0 is not None:
+        a, _, sel = groups[-1]
+        groups[-1] = (a, seconds, sel)
+    rows = [{"t0": round(a, 6), "t1": round(b, 6), "n": int(len(sel)),
+             "p50": float(np.percentile(sel, 50)), "p90": float(np.percentile(sel, 90))} for a, b, sel in groups]
+    k_tail = min(math.ceil(intervals / 3), len(groups))
+    tail = np.concatenate([sel for _, _, sel in groups[-k_tail:]])
+    record = {"seconds": actual_s, "intervals": rows, "drift_p50": rows[-1]["p50"] / rows[0]["p50"],
+              "drift_p90": rows[-1]["p90"] / rows[0]["p90"], "tail_intervals": k_tail,
+              "tail_samples_ms": compact(tail)}
+    return record, float(np.percentile(tail, 90))
+
+
+def conclude(art: Artifact, timer: Timer, warmup: int, round_warmup: int, sustained_s: float = 0.0,
+             sustained_intervals: int = 10) -> dict[str, Any]:
+    """After the last timed run: accuracy, sustained mode when asked, memory, and the result around them."""
+    if not timer.times:
+        raise RunnerError("nothing was timed (no round ran); send at least one round before done")
+    end = timer.end or conditions()
+    with _failing(art.what):
+        measured = art.score()
+        sustained, sustained_p90 = (sustain(art.call, sustained_s, sustained_intervals) if sustained_s > 0
+                                    else (None, None))
+    stats: dict[str, float] = latency_stats(timer.times)
+    if sustained_p90 is not None:
+        stats["sustained_p90"] = sustained_p90
+    warnings = []
+    if timer.stopped_by == "max_seconds":
+        warnings.append(f"stopped after {len(timer.times)} of {timer.requested} runs at the {timer.max_seconds:g} s "
+                        f"cap; high percentiles rest on few samples")
+    body = {"bench": {"warmup": warmup, "runs_requested": timer.requested, "batch": art.batch,
+                      "max_seconds": timer.max_seconds, "stopped_by": timer.stopped_by, "rounds": len(timer.rounds),
+                      "round_warmup": round_warmup},
+            "latency_ms": stats, "throughput_per_s": art.batch * 1000.0 / stats["mean"], **measured,
+            "samples_ms": compact(timer.times), "rounds": timer.rounds,
+            "conditions": {"start": timer.start, "end": end}, "sustained": sustained,
+            "memory": {"peak_rss_mb": peak_rss_mb()}, "warnings": warnings}
+    return art.finish(body, timer)
+
+
+def measure(art: Artifact, warmup: int = 10, runs: int = 100, max_seconds: float = 60.0, rounds: int = 1,
+            round_warmup: int | None = None, sustained_s: float = 0.0, sustained_intervals: int = 10) -> dict[str, Any]:
+    """``runs`` timed calls of ``art`` in ``rounds`` rounds (the first after ``warmup`` calls, each later one after
+    ``round_warmup``), then ``conclude``."""
+    rw = default_round_warmup(warmup) if round_warmup is None else round_warmup
+    timer = Timer(art.call, max_seconds, art.what)
+    for k, n in enumerate(runs_per_round(runs, rounds)):
+        timer.round(n, warmup if k == 0 else rw)
+    return conclude(art, timer, warmup, rw, sustained_s, sustained_intervals)
+
+
+def _subset(y: np.ndarray, accuracy_samples: int | None, seed: int) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """(indices to score or None for all, the result's ``accuracy_subset``)."""
+    if accuracy_samples is None or accuracy_samples >= len(y):
+        return None, None
+    idx = stratified_subset(y, accuracy_samples, seed)
+    return idx, {"n": int(len(idx)), "seed": seed, "rule": "class-stratified"}
+
+
+def single_artifact(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = None,
+                    y: np.ndarray | None = None, batch: int = 1, accuracy_samples: int | None = None,
+                    subset_seed: int = 0) -> Artifact:
+    """One model timed on one batch of real images (random ones without ``x``), scored on (x, y)."""
     if x is not None:
         # Real images: some int8 kernels take data-dependent paths, so random noise could mislead.
         raw = np.resize(x[:batch], (batch, *x.shape[1:]))
@@ -368,39 +685,28 @@ def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = 
     if session.input_dtype != inp.dtype.name:
         raise RunnerError(f"sidecar says input_dtype {sidecar['input_dtype']} but the model takes "
                           f"{session.input_dtype}; the sidecar is stale, re-run the export stage")
-    try:
-        for _ in range(warmup):
-            session.run(inp)
-        times: list[int] = []
-        deadline = time.perf_counter_ns() + int(max_seconds * 1e9)
-        stopped_by = "runs"
-        while len(times) < runs:
-            t0 = time.perf_counter_ns()
-            session.run(inp)
-            t1 = time.perf_counter_ns()
-            times.append(t1 - t0)
-            if t1 >= deadline and len(times) < runs:
-                stopped_by = "max_seconds"
-                warnings.append(f"stopped after {len(times)} of {runs} runs at the {max_seconds:g} s cap; "
-                                f"high percentiles rest on few samples")
-                break
-        measured: dict[str, float | None] = {"accuracy": None, "nll": None, "ece": None}
-        n_acc = None
-        if x is not None and y is not None:
-            n_acc = len(x) if accuracy_samples is None else min(accuracy_samples, len(x))
-            # The first N images: deterministic, and the same subset on every device.
-            measured = dict(scores(session, sidecar, x[:n_acc], y[:n_acc], batch))
-    except RunnerError:
-        raise
-    except Exception as e:  # a runtime failing mid-run (bad shapes, unsupported op) is reported, not crashed
-        raise RunnerError(f"inference failed: {type(e).__name__}: {e}") from None
-    stats = latency_stats(times)
-    return {"bench": {"warmup": warmup, "runs_requested": runs, "batch": batch, "max_seconds": max_seconds,
-                      "stopped_by": stopped_by},
-            "latency_ms": stats, "throughput_per_s": batch * 1000.0 / stats["mean"],
-            **measured, "accuracy_samples": n_acc,
-            "memory": {"peak_rss_mb": peak_rss_mb()},
-            "warnings": warnings}
+
+    def call(i: int) -> None:
+        session.run(inp)
+
+    def score() -> dict[str, Any]:
+        if x is None or y is None:
+            return {"accuracy": None, "nll": None, "ece": None, "accuracy_samples": None, "accuracy_subset": None}
+        idx, subset = _subset(y, accuracy_samples, subset_seed)
+        xs, ys = (x, y) if idx is None else (x[idx], y[idx])
+        return {**scores(session, sidecar, xs, ys, batch), "accuracy_samples": int(len(ys)), "accuracy_subset": subset}
+
+    return Artifact(call, score, batch)
+
+
+def benchmark(session: Session, sidecar: dict[str, Any], x: np.ndarray | None = None, y: np.ndarray | None = None,
+              warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
+              accuracy_samples: int | None = None, *, rounds: int = 1, round_warmup: int | None = None,
+              subset_seed: int = 0, sustained_s: float = 0.0, sustained_intervals: int = 10) -> dict[str, Any]:
+    """Warm up, time ``runs`` calls in ``rounds`` (``max_seconds`` caps them in total), then accuracy on (x, y)
+    (a class-stratified ``accuracy_samples`` subset) and, when ``sustained_s``, the sustained run."""
+    art = single_artifact(session, sidecar, x, y, batch, accuracy_samples, subset_seed)
+    return measure(art, warmup, runs, max_seconds, rounds, round_warmup, sustained_s, sustained_intervals)
 
 
 def _nchw_shape(sidecar: dict[str, Any]) -> list[int]:
@@ -470,17 +776,17 @@ def probe() -> dict[str, Any]:
     return {"runner_version": RUNNER_VERSION, "fingerprint": fingerprint(), "runtimes": runtimes}
 
 
-def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path | None = None,
-        engine: str | None = None, threads: int | None = None, providers: list[str] | None = None,
-        xnnpack: bool = True, warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
-        accuracy_samples: int | None = None) -> dict[str, Any]:
-    """Everything the CLI does, as a function: returns the result dict (raises RunnerError)."""
+def prepare(model: str | Path, sidecar: str | Path | None = None, data: str | Path | None = None,
+            engine: str | None = None, threads: int | None = None, providers: list[str] | None = None,
+            xnnpack: bool = True, batch: int = 1, runs: int = 100, accuracy_samples: int | None = None,
+            subset_seed: int = 0) -> Artifact:
+    """The artifact (a model or a cascade manifest) loaded and its input checked, ready to time (raises
+    RunnerError); its ``finish`` builds the whole result JSON."""
     if is_cascade(model):
         if sidecar is not None or batch != 1:
             raise RunnerError("a cascade manifest is its own sidecar and runs batch 1 (images leave at different "
                               "exits): drop --sidecar and --batch")
-        return run_cascade(model, data, engine, threads, providers, xnnpack, warmup, runs, max_seconds,
-                           accuracy_samples)
+        return prepare_cascade(model, data, engine, threads, providers, xnnpack, runs, accuracy_samples, subset_seed)
     baseline = peak_rss_mb()
     model = Path(model)
     if not model.is_file():
@@ -490,16 +796,31 @@ def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path |
     if x is not None:
         _check_shape(preprocess(x[:1], sc), sc)
     session = load_session(model, engine, threads, providers, xnnpack, batch)
-    res = benchmark(session, sc, x, y, warmup, runs, batch, max_seconds, accuracy_samples)
+    art = single_artifact(session, sc, x, y, batch, accuracy_samples, subset_seed)
     info = session.info
-    warnings = session.warnings + res.pop("warnings")
-    res["memory"] = {"baseline_rss_mb": baseline, **res["memory"]}
-    return {"runner_version": RUNNER_VERSION, "model": str(model), "model_size_bytes": model.stat().st_size,
-            "format": sc.get("format"), "precision": sc.get("precision"),
-            "runtime": info, "provider_fallback": info["provider_fallback"],
-            "requested_providers": info["requested_providers"], "active_providers": info["active_providers"],
-            **res,
-            "fingerprint": fingerprint(info), "warnings": warnings}
+
+    def finish(body: dict[str, Any], timer: Timer) -> dict[str, Any]:
+        body["memory"] = {"baseline_rss_mb": baseline, **body["memory"]}
+        warnings = session.warnings + body.pop("warnings")
+        return {"runner_version": RUNNER_VERSION, "model": str(model), "model_size_bytes": model.stat().st_size,
+                "format": sc.get("format"), "precision": sc.get("precision"),
+                "runtime": info, "provider_fallback": info["provider_fallback"],
+                "requested_providers": info["requested_providers"], "active_providers": info["active_providers"],
+                **body, "fingerprint": fingerprint(info), "warnings": warnings}
+
+    art.finish = finish
+    return art
+
+
+def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path | None = None,
+        engine: str | None = None, threads: int | None = None, providers: list[str] | None = None,
+        xnnpack: bool = True, warmup: int = 10, runs: int = 100, batch: int = 1, max_seconds: float = 60.0,
+        accuracy_samples: int | None = None, *, rounds: int = 1, round_warmup: int | None = None,
+        subset_seed: int = 0, sustained_s: float = 0.0, sustained_intervals: int = 10) -> dict[str, Any]:
+    """Everything the CLI does, as a function: returns the result dict (raises RunnerError)."""
+    art = prepare(model, sidecar, data, engine, threads, providers, xnnpack, batch, runs, accuracy_samples,
+                  subset_seed)
+    return measure(art, warmup, runs, max_seconds, rounds, round_warmup, sustained_s, sustained_intervals)
 
 
 def score(model: str | Path, pool: str | Path, sidecar: str | Path | None = None, engine: str | None = None,
@@ -599,12 +920,11 @@ def cascade_infer(sessions: list[Session], thresholds: list[float | None], inp: 
     raise AssertionError("unreachable")
 
 
-def run_cascade(model: str | Path, data: str | Path | None = None, engine: str | None = None,
-                threads: int | None = None, providers: list[str] | None = None, xnnpack: bool = True,
-                warmup: int = 10, runs: int = 100, max_seconds: float = 60.0,
-                accuracy_samples: int | None = None) -> dict[str, Any]:
-    """A cascade manifest benchmarked at batch 1: whole-cascade latency per image (timed calls cycle over the
-    test images, since the exit taken depends on the image), accuracy and the fraction leaving at each exit."""
+def prepare_cascade(model: str | Path, data: str | Path | None = None, engine: str | None = None,
+                    threads: int | None = None, providers: list[str] | None = None, xnnpack: bool = True,
+                    runs: int = 100, accuracy_samples: int | None = None, subset_seed: int = 0) -> Artifact:
+    """A cascade manifest loaded for batch 1: timed calls cycle over the first ``runs`` test images (the exit taken
+    depends on the image); the result adds accuracy, the fraction leaving at each exit and the timed ones'."""
     baseline = peak_rss_mb()
     path = Path(model)
     m = read_cascade(path)
@@ -617,56 +937,103 @@ def run_cascade(model: str | Path, data: str | Path | None = None, engine: str |
     else:
         x_raw = x
     sessions = [load_session(f, engine, threads, providers, xnnpack, 1) for f in segs]
-    n_acc = None if y is None else (len(x_raw) if accuracy_samples is None else min(accuracy_samples, len(x_raw)))
-    n_pre = max(min(runs, len(x_raw)), n_acc or 0)
-    inputs = preprocess(x_raw[:n_pre], m)  # outside the timing, as benchmark() does
+    n_in = min(runs, len(x_raw))
+    inputs = preprocess(x_raw[:n_in], m)  # outside the timing
     _check_shape(inputs[:1], m)
     if sessions[0].input_dtype != inputs.dtype.name:
         raise RunnerError(f"manifest says input_dtype {m['input_dtype']} but segment 0 takes "
                           f"{sessions[0].input_dtype}; re-export the cascade")
     thr = [None if t is None else float(t) for t in m["thresholds"]]
-    n_in = min(runs, len(inputs))
-    try:
-        for i in range(warmup):
-            cascade_infer(sessions, thr, inputs[i % n_in:i % n_in + 1])
-        times: list[int] = []
-        timed_exits = np.zeros(len(sessions), np.int64)
-        deadline = time.perf_counter_ns() + int(max_seconds * 1e9)
-        stopped_by = "runs"
-        while len(times) < runs:
-            i = len(times) % n_in
-            t0 = time.perf_counter_ns()
-            _, k = cascade_infer(sessions, thr, inputs[i:i + 1])
-            t1 = time.perf_counter_ns()
-            times.append(t1 - t0)
-            timed_exits[k] += 1
-            if t1 >= deadline and len(times) < runs:
-                stopped_by = "max_seconds"
-                warnings.append(f"stopped after {len(times)} of {runs} runs at the {max_seconds:g} s cap")
-                break
-        measured: dict[str, Any] = {"accuracy": None, "nll": None, "ece": None, "exit_fractions": None}
-        if y is not None and n_acc:
-            outs = [cascade_infer(sessions, thr, inputs[i:i + 1]) for i in range(n_acc)]
-            measured = dict(_classification(np.concatenate([o[0] for o in outs]), y[:n_acc]))
-            counts = np.bincount([o[1] for o in outs], minlength=len(sessions))
-            measured["exit_fractions"] = (counts / n_acc).tolist()
-    except RunnerError:
-        raise
-    except Exception as e:  # a runtime failing mid-run is reported, not crashed
-        raise RunnerError(f"cascade inference failed: {type(e).__name__}: {e}") from None
-    stats = latency_stats(times)
+
+    def call(i: int) -> int:
+        j = i % n_in
+        return cascade_infer(sessions, thr, inputs[j:j + 1])[1]
+
+    def score() -> dict[str, Any]:
+        if y is None:
+            return {"accuracy": None, "nll": None, "ece": None, "exit_fractions": None, "accuracy_samples": None,
+                    "accuracy_subset": None}
+        idx, subset = _subset(y, accuracy_samples, subset_seed)
+        xs, ys = (x_raw, y) if idx is None else (x_raw[idx], y[idx])
+        acc_in = preprocess(xs, m)
+        outs = [cascade_infer(sessions, thr, acc_in[i:i + 1]) for i in range(len(ys))]
+        counts = np.bincount([o[1] for o in outs], minlength=len(sessions))
+        return {**_classification(np.concatenate([o[0] for o in outs]), ys),
+                "exit_fractions": (counts / len(ys)).tolist(), "accuracy_samples": int(len(ys)),
+                "accuracy_subset": subset}
+
     info = sessions[0].info
-    return {"runner_version": RUNNER_VERSION, "model": str(path), "kind": "cascade",
-            "model_size_bytes": sum(f.stat().st_size for f in segs), "format": m.get("format"),
-            "precision": m.get("precision"), "segments": [str(f) for f in segs], "thresholds": m["thresholds"],
-            "runtime": info, "provider_fallback": any(s.info["provider_fallback"] for s in sessions),
-            "requested_providers": info["requested_providers"], "active_providers": info["active_providers"],
-            "bench": {"warmup": warmup, "runs_requested": runs, "batch": 1, "max_seconds": max_seconds,
-                      "stopped_by": stopped_by, "images_cycled": n_in},
-            "latency_ms": stats, "throughput_per_s": 1000.0 / stats["mean"], **measured,
-            "timed_exit_fractions": (timed_exits / max(len(times), 1)).tolist(), "accuracy_samples": n_acc,
-            "memory": {"baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb()},
-            "fingerprint": fingerprint(info), "warnings": [w for s in sessions for w in s.warnings] + warnings}
+
+    def finish(body: dict[str, Any], timer: Timer) -> dict[str, Any]:
+        body["bench"]["images_cycled"] = n_in
+        body["memory"] = {"baseline_rss_mb": baseline, **body["memory"]}
+        timed_exits = np.bincount(np.asarray(timer.outputs, np.int64), minlength=len(sessions))
+        own = body.pop("warnings")
+        return {"runner_version": RUNNER_VERSION, "model": str(path), "kind": "cascade",
+                "model_size_bytes": sum(f.stat().st_size for f in segs), "format": m.get("format"),
+                "precision": m.get("precision"), "segments": [str(f) for f in segs], "thresholds": m["thresholds"],
+                "runtime": info, "provider_fallback": any(s.info["provider_fallback"] for s in sessions),
+                "requested_providers": info["requested_providers"], "active_providers": info["active_providers"],
+                **body, "timed_exit_fractions": (timed_exits / max(len(timer.outputs), 1)).tolist(),
+                "fingerprint": fingerprint(info),
+                "warnings": [w for s in sessions for w in s.warnings] + warnings + own}
+
+    return Artifact(call, score, 1, "cascade inference", finish)
+
+
+def run_cascade(model: str | Path, data: str | Path | None = None, engine: str | None = None,
+                threads: int | None = None, providers: list[str] | None = None, xnnpack: bool = True,
+                warmup: int = 10, runs: int = 100, max_seconds: float = 60.0,
+                accuracy_samples: int | None = None, *, rounds: int = 1, round_warmup: int | None = None,
+                subset_seed: int = 0, sustained_s: float = 0.0, sustained_intervals: int = 10) -> dict[str, Any]:
+    """A cascade manifest benchmarked at batch 1: whole-cascade latency per image (timed calls cycle over the
+    test images, since the exit taken depends on the image), accuracy and the fraction leaving at each exit."""
+    art = prepare_cascade(model, data, engine, threads, providers, xnnpack, runs, accuracy_samples, subset_seed)
+    return measure(art, warmup, runs, max_seconds, rounds, round_warmup, sustained_s, sustained_intervals)
+
+
+def _say(out: TextIO, obj: dict[str, Any]) -> None:
+    """One protocol line on the real stdout, flushed at once: the host is waiting for it."""
+    out.write(json.dumps(obj) + "\n")
+    out.flush()
+
+
+def _command(line: str) -> tuple[int, int] | None:
+    """An ``--interleave`` command: (runs, warmup), or None for done; RunnerError when malformed."""
+    try:
+        cmd = json.loads(line)
+    except json.JSONDecodeError:
+        cmd = None
+    if isinstance(cmd, dict) and cmd.get("done") is True and len(cmd) == 1:
+        return None
+    ok = isinstance(cmd, dict) and set(cmd) <= {"runs", "warmup"} and all(
+        isinstance(cmd.get(k, 0), int) and not isinstance(cmd.get(k), bool) for k in ("runs", "warmup"))
+    if not ok or "runs" not in cmd or cmd["runs"] < 1 or cmd.get("warmup", 0) < 0:
+        raise RunnerError(f"--interleave: malformed command {line.strip()[:200]!r}; send one JSON object a line, "
+                          f"{{\"runs\": n >= 1, \"warmup\": w >= 0}} or {{\"done\": true}}")
+    return cmd["runs"], cmd.get("warmup", 0)
+
+
+def serve(art: Artifact, out: TextIO, inp: TextIO, max_seconds: float = 60.0, round_warmup: int = 1,
+          sustained_s: float = 0.0, sustained_intervals: int = 10) -> int:
+    """``--interleave``: say ready, then time the rounds the host sends, one JSON command a line on ``inp``, and
+    answer each on ``out``; on done, print the result (exit 0). EOF before done: exit 3 without a result (the host
+    died); a malformed command raises RunnerError (exit 2). The host starts one process per candidate and sends
+    rounds A B C A B C, so drift and background load hit every candidate alike."""
+    _say(out, {"event": "ready"})
+    timer = Timer(art.call, max_seconds, art.what)
+    for line in inp:
+        if not line.strip():
+            continue
+        cmd = _command(line)
+        if cmd is None:
+            later = [r["warmup"] for r in timer.rounds[1:]]
+            first = timer.rounds[0]["warmup"] if timer.rounds else 0
+            _say(out, conclude(art, timer, first, later[-1] if later else round_warmup, sustained_s,
+                               sustained_intervals))
+            return 0
+        _say(out, {"event": "round", **timer.round(*cmd)})
+    return 3
 
 
 @contextlib.contextmanager
@@ -695,14 +1062,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="runtime threads (default: the runtime's own)")
     p.add_argument("--providers", help="onnxruntime providers, comma-separated, in priority order")
     p.add_argument("--no-xnnpack", action="store_true", help="LiteRT: builtin kernels only, no XNNPACK")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs before the first round")
+    p.add_argument("--runs", type=int, default=100, help="timed runs in total, over all rounds")
+    p.add_argument("--rounds", type=int, default=1, help="split the timed runs into this many rounds")
+    p.add_argument("--round-warmup", type=int, help="untimed runs before every later round (default: "
+                                                    "max(1, warmup // 10))")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed runs")
-    p.add_argument("--accuracy-samples", type=int, help="first N test images (default: all)")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="cap on the timed runs, all rounds together")
+    p.add_argument("--accuracy-samples", type=int, help="a class-stratified subset of N test images (default: all)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the --accuracy-samples subset")
+    p.add_argument("--sustained-s", type=float, default=0.0, help="after the rounds, run continuously this long "
+                                                                  "and report latency per interval (0: off)")
+    p.add_argument("--sustained-intervals", type=int, default=10, help="intervals of the sustained run")
+    p.add_argument("--interleave", action="store_true", help="load, print {\"event\": \"ready\"}, then time the "
+                   "rounds the host sends on stdin (one JSON a line: {\"runs\": n, \"warmup\": w} or {\"done\": true})")
     p.add_argument("--score", help="pool.npz (x uint8 NCHW): per-image entropy, guess and (heads artifacts) "
                                    "mutual information instead of a benchmark")
     return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.model:
+        raise RunnerError("--model is required (or --probe)")
+    for name, low in (("threads", 1), ("runs", 1), ("batch", 1), ("accuracy_samples", 1), ("warmup", 0),
+                      ("rounds", 1), ("round_warmup", 0), ("subset_seed", 0), ("sustained_intervals", 2)):
+        v = getattr(args, name)
+        if v is not None and v < low:
+            raise RunnerError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
+    if not args.max_seconds > 0:
+        raise RunnerError(f"--max-seconds must be > 0, got {args.max_seconds}")
+    if not args.sustained_s >= 0:
+        raise RunnerError(f"--sustained-s must be >= 0 (0: off), got {args.sustained_s}")
+    if not args.interleave:
+        runs_per_round(args.runs, args.rounds)  # --rounds <= --runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -711,14 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(probe()))
         return 0
     try:
-        if not args.model:
-            raise RunnerError("--model is required (or --probe)")
-        for name, low in (("threads", 1), ("runs", 1), ("batch", 1), ("accuracy_samples", 1), ("warmup", 0)):
-            v = getattr(args, name)
-            if v is not None and v < low:
-                raise RunnerError(f"--{name.replace('_', '-')} must be >= {low}, got {v}")
-        if not args.max_seconds > 0:
-            raise RunnerError(f"--max-seconds must be > 0, got {args.max_seconds}")
+        _check_args(args)
         providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
         if args.score:
             with _stdout_to_stderr():
@@ -726,10 +1111,18 @@ def main(argv: list[str] | None = None) -> int:
                                not args.no_xnnpack, args.batch)
             print(json.dumps(result))
             return 0
+        rw = default_round_warmup(args.warmup) if args.round_warmup is None else args.round_warmup
+        if args.interleave:
+            # Protocol lines go to a copy of the real stdout; runtime chatter still goes to stderr.
+            with os.fdopen(os.dup(1), "w") as out, _stdout_to_stderr():
+                art = prepare(args.model, args.sidecar, args.data, args.engine, args.threads, providers,
+                              not args.no_xnnpack, args.batch, args.runs, args.accuracy_samples, args.subset_seed)
+                return serve(art, out, sys.stdin, args.max_seconds, rw, args.sustained_s, args.sustained_intervals)
         with _stdout_to_stderr():
             result = run(args.model, args.sidecar, args.data, args.engine, args.threads, providers,
                          not args.no_xnnpack, args.warmup, args.runs, args.batch, args.max_seconds,
-                         args.accuracy_samples)
+                         args.accuracy_samples, rounds=args.rounds, round_warmup=rw, subset_seed=args.subset_seed,
+                         sustained_s=args.sustained_s, sustained_intervals=args.sustained_intervals)
     except RunnerError as e:
         print(json.dumps({"error": str(e)}))
         return 2

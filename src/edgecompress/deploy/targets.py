@@ -23,7 +23,9 @@ from edgecompress.errors import EdgeCompressError
 
 ARCHES = ("x86_64", "aarch64", "armv7l", "any")
 ENGINES = tuple(ENGINE_FOR_FORMAT.values())
-LATENCY_KEYS = ("p50", "p90", "p99", "mean")
+LATENCY_KEYS = ("p50", "p90", "p99", "mean", "sustained_p90")
+# The sustained budget is judged on the last intervals of a continuous run (bench.sustained_s).
+SUSTAINED_KEY = "sustained_p90"
 PINNED_MODEL = "pruned"  # what `artifact:` pins: the pruned student the export stage ships (prune.ratio)
 # Target names become file names (targets/<name>.yaml, metrics/check/<name>.json): no paths, no dots first.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -104,13 +106,18 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class BenchSpec:
-    """How the runner measures: warm-up, timed runs (capped by time), batch, accuracy subset."""
+    """How the runner measures: warm-up, timed runs in rounds (capped by time), batch, accuracy subset,
+    and an optional sustained run."""
 
     warmup: int = 10
     runs: int = 100
     batch: int = 1
     max_seconds: float = 60.0
-    accuracy_samples: int | None = None  # None: the whole test set
+    accuracy_samples: int | None = None  # None: the whole test set; else a seeded, class-stratified subset
+    rounds: int | None = None  # the timed runs come in rounds, interleaved across the candidates a build
+                               #   compares; None: min(5, runs)
+    sustained_s: float = 0.0  # > 0: also run continuously this long (latency_ms.sustained_p90, drift)
+    sustained_intervals: int = 10
 
     def __post_init__(self) -> None:
         integer("warmup", self.warmup, 0)
@@ -118,6 +125,19 @@ class BenchSpec:
         integer("batch", self.batch, 1)
         positive("max_seconds", self.max_seconds)
         integer("accuracy_samples", self.accuracy_samples, 1, optional=True)
+        integer("rounds", self.rounds, 1, optional=True)
+        if self.rounds is not None and self.runs < self.rounds:
+            raise FieldError("rounds", f"{self.rounds} rounds of {self.runs} runs leave a round empty; "
+                                       f"give bench.runs >= bench.rounds")
+        v = self.sustained_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise FieldError("sustained_s", f"{v!r} must be seconds >= 0 (0: no sustained run)")
+        integer("sustained_intervals", self.sustained_intervals, 2)
+
+    @property
+    def round_count(self) -> int:
+        """The rounds the timed runs are split into (``rounds``, or up to 5 by default)."""
+        return self.rounds if self.rounds is not None else min(5, self.runs)
 
 
 @dataclass(frozen=True)
@@ -221,6 +241,7 @@ class TargetProfile:
             # The timed runs alone may take max_seconds; the remote timeout would then always fire.
             raise FieldError("device.timeout", f"{self.device.timeout!r} must be larger than bench.max_seconds "
                                                f"({self.bench.max_seconds:g}): the timed runs alone may take that long")
+        _enough_runs(self.budgets, self.bench)
         if (self.artifact is None) == (self.build is None):
             raise FieldError("artifact/build", "give exactly one: build (search the candidates for the most "
                                                "accurate one within the budgets) or artifact (pin one, no search)")
@@ -258,6 +279,23 @@ class TargetProfile:
     def where(self) -> str:
         """How messages name this profile: its file when loaded from one."""
         return self.source or f"the target profile {self.name}"
+
+
+def _enough_runs(budgets: Budgets, bench: BenchSpec) -> None:
+    """A budgeted percentile needs enough runs for a distribution-free 95% interval (p99: several hundred),
+    and a sustained budget a sustained run; otherwise every verdict on it would be a guess."""
+    from edgecompress.deploy.stats import PERCENTILE_OF, min_runs
+
+    for key in budgets.latency_ms:
+        if key == SUSTAINED_KEY:
+            if not bench.sustained_s:
+                raise FieldError("bench.sustained_s", f"budgets.latency_ms.{key} is judged on a sustained run; "
+                                                      f"set bench.sustained_s (e.g. 60)")
+            continue
+        q = PERCENTILE_OF.get(key)
+        if q is not None and bench.runs < min_runs(q / 100):
+            raise FieldError("bench.runs", f"{bench.runs} runs cannot bound latency_ms.{key} with 95% confidence; "
+                                           f"it needs at least {min_runs(q / 100)} runs: raise bench.runs")
 
 
 # --- YAML loading -------------------------------------------------------------------------------
@@ -316,7 +354,8 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
         rt["providers"] = tuple(rt["providers"])
     runtime = build(RuntimeSpec, "runtime", rt)
     bench = build(BenchSpec, "bench",
-                   _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples")))
+                   _section(raw, "bench", ("warmup", "runs", "batch", "max_seconds", "accuracy_samples",
+                                            "rounds", "sustained_s", "sustained_intervals")))
     budgets = build(Budgets, "budgets",
                      _section(raw, "budgets", ("latency_ms", "size_mb", "download_mb", "peak_memory_mb",
                                                "min_accuracy", "max_drop", "max_ece", "max_nll")))

@@ -1,0 +1,223 @@
+"""The build's device search: measure, on the target's device, only the candidates that can still win.
+
+Candidates are taken most accurate first, in groups whose validation accuracies are within noise of
+each other (``choose.tied_with``). A group is measured together, in interleaved rounds (A B C A B C ...:
+one runner process per candidate, ``deploy.measure``), so drift and background load hit all of them
+alike. A candidate whose latency interval straddles a budget gets more rounds, up to the profile's
+``bench.max_seconds``; still undecided, it counts as a miss. The search stops once a feasible candidate
+is known and the next one is not within noise of it. Results are cached by what determines them, so
+changing a budget re-chooses without re-measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from edgecompress.deploy.bench import local_command, run_local, runner_args
+from edgecompress.deploy.budgets import latency_intervals, undecided
+from edgecompress.deploy.check import extra_rounds, plan_for, run_check
+from edgecompress.deploy.choose import Candidate, allowed, cascades_for, misses, ranked_for_search, tied_with
+from edgecompress.deploy.devices import DeviceSpec
+from edgecompress.deploy.measure import Job, interleave
+from edgecompress.deploy.remote import run_remote
+from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
+from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import write_json
+from edgecompress.log import get_logger
+from edgecompress.records import PoolEntry
+
+CACHE_ENV = "EDGECOMPRESS_CACHE"
+DEFAULT_CACHE = Path(".cache") / "measurements"
+
+log = get_logger("build")
+
+
+class MeasurementCache:
+    """Runner results on disk, keyed by everything that determines them.
+
+    The key: the artifact's bytes (sha256), the device (probe: machine fingerprint, runtime versions,
+    runner version), the runtime settings (engine, threads, providers or XNNPACK) and the bench
+    settings. A changed budget changes none of these, so re-choosing costs no device run.
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.source = "--cache" if directory else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default"
+        self.dir = Path(directory or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+        # Before any device run: a file in the way would fail the first put with FileExistsError.
+        for p in (self.dir, *self.dir.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise EdgeCompressError(f"measurement cache {self.dir} (from {self.source}): {p} is a file, "
+                                            f"not a directory; point --cache or {CACHE_ENV} at a directory")
+                break
+
+    @staticmethod
+    def key(sha256: str, probe: Mapping[str, Any], profile: TargetProfile) -> str:
+        rt, b = profile.runtime, profile.bench
+        engine = rt.engine or ""
+        parts = {"artifact": sha256, "fingerprint": probe.get("fingerprint"), "runner": probe.get("runner_version"),
+                 "runtime": (probe.get("runtimes") or {}).get(engine), "engine": engine, "threads": rt.threads,
+                 "providers": list(rt.providers) if engine == "onnxruntime" else None,
+                 "xnnpack": rt.xnnpack if engine == "litert" else None,
+                 "bench": [b.warmup, b.runs, b.batch, b.max_seconds, b.round_count, b.sustained_s, b.sustained_intervals],
+                 "device": profile.device.url}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The entry, or None when absent; a corrupt one (a killed run's, an edited one) is measured again."""
+        path = self.dir / f"{key}.json"
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+            why = _unusable(entry)
+        except (OSError, ValueError) as e:
+            why = f"{type(e).__name__}: {e}"
+        if why is None:
+            return entry
+        log.warning(f"ignoring the corrupt measurement cache entry {path} ({why}); measuring again")
+        return None
+
+    def put(self, key: str, result: Mapping[str, Any]) -> None:
+        try:
+            write_json(self.dir / f"{key}.json", result)
+        except OSError as e:
+            raise EdgeCompressError(f"measurement cache {self.dir} (from {self.source}): cannot write "
+                                    f"{key}.json ({e.strerror}); point --cache or {CACHE_ENV} at a writable "
+                                    f"directory") from None
+
+
+def _unusable(entry: Any) -> str | None:
+    """Why a cache entry cannot be a runner result (None: it can): what ``measured`` reads must be numbers."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    lat, mem = entry.get("latency_ms"), entry.get("memory")
+    if not isinstance(lat, dict) or not isinstance(mem, (dict, type(None))):
+        return "no latency_ms object"
+    values = [lat.get(k) for k in LATENCY_KEYS] + [(mem or {}).get("peak_rss_mb")]
+    if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf)
+           for v in values):
+        return "a latency or memory figure is not a number >= 0"
+    try:
+        latency_intervals(entry)
+    except (EdgeCompressError, TypeError, ValueError) as e:
+        return f"its samples are unreadable ({e})"
+    return None
+
+
+def probe_device(profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
+    """The device's fingerprint and runtime versions (one short runner call, no model)."""
+    if device.is_local:
+        return run_local(local_command(["--probe"]), Path("(probe)"), 120, f"target {profile.name}")
+    return run_remote(profile, device, None, None, None, ["--probe"])
+
+
+def candidate_of(c: PoolEntry, images: int | None) -> Candidate:
+    """A pool entry as a candidate, not yet measured on any device (``images``: validation images scored)."""
+    return Candidate(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
+                     accuracy=c.accuracy, ece=c.ece, nll=c.nll, latency_ms={}, uncertainty=bool(c.uncertainty),
+                     download_bytes=c.package_bytes, cascade=c.is_cascade, accuracy_n=images)
+
+
+def measured(c: Candidate, raw: Mapping[str, Any]) -> Candidate:
+    """``c`` with what the device measured: latencies, their intervals, peak memory."""
+    lat = raw.get("latency_ms") or {}
+    return replace(c, latency_ms={k: lat[k] for k in LATENCY_KEYS if lat.get(k) is not None},
+                   latency_ci=latency_intervals(raw), peak_memory_mb=(raw.get("memory") or {}).get("peak_rss_mb"))
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What the search found: the measured candidates and their raw runner results, those skipped (less
+    accurate than a feasible one), the run counts and the device's probe."""
+
+    measured: dict[str, Candidate]
+    raw: dict[str, dict[str, Any]]
+    skipped: list[str]
+    device_runs: int
+    cache_hits: int
+    probe: dict[str, Any]
+
+
+def _variant(profile: TargetProfile, entry: PoolEntry) -> TargetProfile:
+    variant = profile.pinned(entry.format, entry.precision, entry.is_cascade)
+    # Real inputs, as many as one batch: the scores are the pool's, the device gives the latency.
+    return replace(variant, bench=replace(variant.bench, accuracy_samples=variant.bench.batch))
+
+
+def measure_group(profile: TargetProfile, pool_dir: Path, entries: Sequence[PoolEntry],
+                  device: DeviceSpec) -> dict[str, dict[str, Any]]:
+    """Runner results of ``entries`` on ``device``: here, one process each in interleaved rounds; over SSH
+    (one runner call at a time) each candidate's rounds run back to back."""
+    valset = pool_dir / "valset.npz"
+    if not device.is_local:
+        return {e.name: run_check(_variant(profile, e), pool_dir / Path(e.path).parent, valset, device)
+                for e in entries}
+    jobs = []
+    for e in entries:
+        model = (pool_dir / e.path).resolve()
+        sidecar = None if e.is_cascade else f"{model}.json"
+        jobs.append(Job(e.name, runner_args(_variant(profile, e), str(model), sidecar, str(valset.resolve())), model))
+    return interleave(jobs, plan_for(profile), f"target {profile.name}",
+                      more=lambda _, rounds: undecided(profile.budgets, rounds), extra_rounds=extra_rounds(profile))
+
+
+def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Sequence[PoolEntry],
+           reference: float | None, device: DeviceSpec, cache: "MeasurementCache", images: int | None = None,
+           exhaustive: bool = False) -> SearchResult:
+    """Measure what can win among the pool's ``entries``, in order of accuracy, a tie group at a time.
+
+    ``images``: the validation images behind the pool's accuracies (their noise makes the groups);
+    ``exhaustive`` measures every allowed candidate (the benchmark's baseline).
+    """
+    by_name = {e.name: e for e in entries}
+    kept, _ = allowed([candidate_of(e, images) for e in entries], spec, cascades_for(profile.budgets))
+    order = ranked_for_search(c for c in kept if exhaustive or not misses(c, profile.budgets, reference, device=False))
+    probe = probe_device(profile, device)
+    found: dict[str, Candidate] = {}
+    raw: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    runs = hits = 0
+    best: Candidate | None = None
+    progress = get_logger(f"build {profile.name}")
+    done = 0
+    while order:
+        head = order[0]
+        if best is not None and not exhaustive and not tied_with(head, best):
+            skipped += [c.name for c in order]  # less accurate than a feasible one, beyond its noise
+            break
+        group = [c for c in order if tied_with(c, head)] if not exhaustive else list(order)
+        order = [c for c in order if c not in group]
+        keys = {c.name: cache.key(by_name[c.name].sha256, probe, _variant(profile, by_name[c.name])) for c in group}
+        results = {c.name: r for c in group if (r := cache.get(keys[c.name])) is not None}
+        hits += len(results)
+        todo = [by_name[c.name] for c in group if c.name not in results]
+        t0 = time.perf_counter()
+        if todo:
+            fresh = measure_group(profile, pool_dir, todo, device)
+            for name, result in fresh.items():
+                for score in ("accuracy", "nll", "ece"):  # of the one input image: the pool's scores count
+                    result.pop(score, None)
+                cache.put(keys[name], result)
+            results.update(fresh)
+            runs += len(todo)
+        how = f"measured together in {time.perf_counter() - t0:.1f} s" if todo else "from the cache"
+        for c in group:
+            done += 1
+            m = measured(c, results[c.name])
+            found[c.name], raw[c.name] = m, results[c.name]
+            missed = misses(m, profile.budgets, reference)
+            if not missed and (best is None or m.accuracy > best.accuracy):
+                best = m
+            ci = m.latency_ci.get("p50")
+            p50 = "n/a" if ci is None else f"{ci.point:.4f} [{ci.lo:.4f}, {ci.hi:.4f}] ms"
+            progress.info(f"{done}/{done + len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, p50 {p50}, "
+                          f"{'fits' if not missed else 'misses'} ({how})")
+    return SearchResult(found, raw, skipped, runs, hits, probe)
