@@ -103,6 +103,9 @@ def test_within_validation_noise_is_a_tie_and_beyond_it_accuracy_wins() -> None:
     assert choice.chosen.name == "close" and choice.tied == ("best",)
     assert "4000 images" in choice.why
     assert choose([best, far], Budgets(size_mb=1.0), ALL).chosen.name == "best"
+    # Another network within the same noise is not a tie: networks are ranked by their (fixed) accuracies.
+    other = replace(close, name="other", model="teacher")
+    assert choose([best, other], Budgets(size_mb=1.0), ALL).chosen.name == "best"
 
 
 def test_requires_uncertainty_keeps_only_uncertainty_candidates() -> None:

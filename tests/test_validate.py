@@ -210,13 +210,13 @@ def test_cli_targets_outside_a_repository_fails(tmp_path: Path) -> None:
 
 def _session(profile_device: str, device: str | None = None, key_file: str | None = None) -> Any:
     from edgecompress.deploy.devices import parse_device, resolve_device
-    from edgecompress.deploy.remote import _Session
+    from edgecompress.deploy.remote import Session
     from edgecompress.deploy.targets import load_target
 
     profile = load_target(REPO / "targets/raspberry-pi.yaml")
     profile = type(profile)(**{**profile.__dict__, "device": parse_device(profile_device)})
     override = {k: v for k, v in (("url", device), ("key_file", key_file)) if v}
-    return _Session(profile, resolve_device(profile.device, override or None))
+    return Session(profile, resolve_device(profile.device, override or None))
 
 
 def test_host_key_hint_names_the_port() -> None:

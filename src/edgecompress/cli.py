@@ -176,6 +176,69 @@ def _unpack(ns: argparse.Namespace) -> None:
     print(f"{pkg} -> {out} (size and sha256 verified)")
 
 
+def _target(target: str):  # type: ignore[no-untyped-def]
+    """A profile by file (targets/pi.yaml) or by name (pi); an unknown name lists the known ones."""
+    from edgecompress.deploy.targets import load_target
+
+    path = Path(target)
+    if not path.is_file() and path.suffix != ".yaml" and "/" not in target:
+        path = Path("targets") / f"{target}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in Path("targets").glob("*.yaml"))) or "none in ./targets"
+            raise EdgeCompressError(f"--target {target}: unknown target (no {path}); known: {known}")
+    return load_target(path)
+
+
+def _ledger(ns: argparse.Namespace, name: str) -> str:
+    return ns.ledger or f"deploy/{name}.json"
+
+
+def _deploy(ns: argparse.Namespace) -> None:
+    import tempfile
+
+    from edgecompress.deploy.release import prepare_release
+    from edgecompress.deploy.rollout import deploy, devices_of, dry_run
+
+    profile = _target(ns.target)
+    spec = devices_of(profile)  # before any work on the host
+    with tempfile.TemporaryDirectory(prefix="edgecompress-release-") as tmp:
+        release = prepare_release(profile, ns.artifacts or f"models/targets/{profile.name}", ns.images, Path(tmp),
+                                  spec.smoke_images)
+        if ns.dry_run:
+            for line in dry_run(profile, release):
+                print(f"dry run: {line}")
+            print("dry run: nothing was copied, switched or recorded")
+            return
+        outcomes = deploy(profile, release, _ledger(ns, profile.name))
+    for o in outcomes:
+        smoke = (f"; smoke {o.smoke['agreement']:.1%} of {o.smoke['images']} images, "
+                 f"{o.smoke['device_ms_per_image']:.2f} ms/image" if o.smoke else "")
+        print(f"{o.device.id}: {o.outcome}{smoke}{f' ({o.detail})' if o.detail else ''}")
+    print(f"{profile.name}: release {release.sha256[:12]} ({release.artifact}); ledger {_ledger(ns, profile.name)}")
+
+
+def _rollback(ns: argparse.Namespace) -> None:
+    from edgecompress.deploy.rollout import rollback
+
+    profile = _target(ns.target)
+    for o in rollback(profile, _ledger(ns, profile.name), ns.device):
+        print(f"{o.device.id}: rolled back from {(o.before or 'none')[:12]}; {o.detail}")
+
+
+def _status(ns: argparse.Namespace) -> None:
+    from edgecompress.deploy.rollout import status
+
+    profile = _target(ns.target)
+    rows = status(profile, _ledger(ns, profile.name))
+    for r in rows:
+        cur = (r["current"] or "none")[:12]
+        print(f"{r['device']}: {r['state']}, current {cur}" + "".join(f"; {d}" for d in r["drift"]))
+    drifted = [r["device"] for r in rows if r["state"] == "drift"]
+    if drifted:
+        raise EdgeCompressError(f"{len(drifted)} device(s) differ from the ledger: {', '.join(drifted)}; deploy "
+                                f"again to restore them")
+
+
 @friendly_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
@@ -256,6 +319,24 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("package")
     u.add_argument("--out", help="the model file (default: the package's name without .ecpk)")
     u.set_defaults(fn=_unpack)
+    d = sub.add_parser("deploy", help="install the target's built model on its devices (deploy: in the profile)")
+    d.add_argument("--target", required=True, help="target name or profile YAML, e.g. raspberry-pi")
+    d.add_argument("--artifacts", help="the build's output (default models/targets/<name>)")
+    d.add_argument("--images", default="models/candidates/valset.npz",
+                   help="validation images the smoke test draws from (default models/candidates/valset.npz)")
+    d.add_argument("--ledger", help="deployment ledger (default deploy/<name>.json)")
+    d.add_argument("--dry-run", action="store_true", help="check everything here, ask the devices what they run, "
+                                                          "and say what would happen; copy and switch nothing")
+    d.set_defaults(fn=_deploy)
+    r = sub.add_parser("rollback", help="switch the devices' current release back to the previous one")
+    r.add_argument("--target", required=True, help="target name or profile YAML")
+    r.add_argument("--device", help="only this device (its url, or url + dir as the ledger names it)")
+    r.add_argument("--ledger", help="deployment ledger (default deploy/<name>.json)")
+    r.set_defaults(fn=_rollback)
+    st = sub.add_parser("status", help="ask each device which release is current; report drift from the ledger")
+    st.add_argument("--target", required=True, help="target name or profile YAML")
+    st.add_argument("--ledger", help="deployment ledger (default deploy/<name>.json)")
+    st.set_defaults(fn=_status)
     ns = p.parse_args(argv)
     set_verbosity(ns.verbosity)
     ns.fn(ns)

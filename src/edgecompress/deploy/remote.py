@@ -35,7 +35,7 @@ from edgecompress.deploy.targets import TargetProfile
 from edgecompress.fileio import write_json
 
 # ssh's own failures (exit 255) that mean "the host or port cannot be reached".
-_UNREACHABLE = ("Connection refused", "timed out", "No route to host", "Could not resolve hostname",
+UNREACHABLE = ("Connection refused", "timed out", "No route to host", "Could not resolve hostname",
                 "Network is unreachable", "Connection reset", "Connection closed by remote host")
 _RUNTIME_PACKAGES = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert (tflite-runtime on older boards)"}
 _CLEANUP_TIMEOUT = 15.0  # seconds; cleanup runs even after the run's deadline has passed
@@ -56,7 +56,7 @@ _VERIFY_AND_RUN = (
     "exec(compile(src, 'runner.py', 'exec'), {'__name__': '__main__', '__file__': 'runner.py'})\n")
 
 
-class _Session:
+class Session:
     """ssh/scp argument lists and a deadline for one remote run on ``device``."""
 
     def __init__(self, profile: TargetProfile, device: DeviceSpec) -> None:
@@ -114,9 +114,9 @@ class _Session:
                          f"in {self.profile.where} or check the board (load, throttling, network)")
 
     def _connection_error(self, stderr: str, step: str) -> None:
-        d, msg = self.device, _last_lines(stderr)
+        d, msg = self.device, last_lines(stderr)
         where = f"{d.host} port {d.port or 22}"
-        if any(s in stderr for s in _UNREACHABLE):
+        if any(s in stderr for s in UNREACHABLE):
             raise self.fail(f"cannot reach {where} ({msg}); check that the board is on and on the network, that "
                             f"sshd runs there, and the host/port of {self.setting('url')}")
         if "UNPROTECTED PRIVATE KEY" in stderr or "bad permissions" in stderr:
@@ -141,7 +141,7 @@ def _remote_command(*commands: list[str]) -> str:
     return " && ".join(shlex.join(c) for c in commands)
 
 
-def _last_lines(text: str, n: int = 6) -> str:
+def last_lines(text: str, n: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-n:] if line.strip())
 
 
@@ -221,7 +221,7 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, s
     cascade's segments are renamed in the copied manifest), as staged here; with no ``model`` only the runner is copied
     (``runner_args = ["--probe"]``). The result's ``remote`` entry says where it ran and whether the dir was removed.
     """
-    s = _Session(profile, device)
+    s = Session(profile, device)
     if s.key and not Path(s.key).is_file():
         raise s.fail(f"key file {s.key} does not exist; fix {s.setting('key_file')}")
     for tool in ("ssh", "scp"):
@@ -233,14 +233,14 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, s
     # Exactly <work_dir>/run.XXXXXXXX: this is the path rm -rf gets, so nothing else may pass.
     if proc.returncode != 0 or not re.fullmatch(re.escape(device.work_dir.rstrip("/")) + r"/+run\.[A-Za-z0-9]{8}",
                                                 run_dir):
-        raise s.fail(f"cannot create a directory under {device.work_dir} ({_last_lines(proc.stderr) or run_dir!r}); "
+        raise s.fail(f"cannot create a directory under {device.work_dir} ({last_lines(proc.stderr) or run_dir!r}); "
                      f"set device.work_dir in {profile.where} to a writable directory")
     result: dict[str, Any] | None = None
     fallback: str | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="edgecompress-ssh-") as tmp:
             files = _stage(Path(tmp), profile, model, sidecar, testset, extra)
-            fallback = _copy(s, files, run_dir)
+            fallback = copy_files(s, files, run_dir)
         # `exec` keeps the runner's pid = the shell's, written first so a timed-out run can be killed;
         # the python that runs the runner first checks it is the file we sent (_VERIFY_AND_RUN).
         sha = hashlib.sha256(RUNNER.read_bytes()).hexdigest()
@@ -259,7 +259,7 @@ def run_remote(profile: TargetProfile, device: DeviceSpec, model: Path | None, s
     return result
 
 
-def _copy(s: _Session, files: list[Path], run_dir: str) -> str | None:
+def copy_files(s: Session, files: list[Path], run_dir: str) -> str | None:
     """scp ``files`` into ``run_dir`` over SFTP (scp's default since OpenSSH 9); where the device has no SFTP
     server, over the legacy scp protocol (``scp -O``, which needs scp on the device). Returns a warning
     for the result when the fallback was used."""
@@ -275,7 +275,7 @@ def _copy(s: _Session, files: list[Path], run_dir: str) -> str | None:
     return f"copied with scp -O (legacy protocol): {s.device.url} has no SFTP server"
 
 
-def _result(s: _Session, proc: subprocess.CompletedProcess[str], run_dir: str,
+def _result(s: Session, proc: subprocess.CompletedProcess[str], run_dir: str,
             result: dict[str, Any] | None) -> dict[str, Any]:
     """The runner's JSON, or a clear error for a missing python, numpy or runtime on the device."""
     d, engine = s.device, s.profile.runtime.engine
@@ -283,7 +283,7 @@ def _result(s: _Session, proc: subprocess.CompletedProcess[str], run_dir: str,
     err = (result or {}).get("error") or ""
     if proc.returncode in (126, 127) and result is None:
         raise s.fail(f"the remote python {d.python!r} was not found or cannot run "
-                     f"({_last_lines(proc.stderr, 2)}); install python3 on the device or set "
+                     f"({last_lines(proc.stderr, 2)}); install python3 on the device or set "
                      f"{s.setting('python')} to its path")
     if "No module named 'numpy'" in proc.stderr:
         raise s.fail(f"numpy is missing for {d.python} on the device; run {pip} numpy there "
@@ -292,14 +292,14 @@ def _result(s: _Session, proc: subprocess.CompletedProcess[str], run_dir: str,
         what = err.split("; pip install")[0]  # the runner's own hint lacks the device's interpreter
         raise s.fail(f"{what} for {d.python} on the device; run {pip} {_RUNTIME_PACKAGES[engine]} there")
     if result is None or err or proc.returncode != 0:
-        why = err or _last_lines(proc.stderr) or f"exit code {proc.returncode}"
+        why = err or last_lines(proc.stderr) or f"exit code {proc.returncode}"
         raise s.fail(f"the runner failed on the device: {why}")
     result["remote"] = {"host": d.host, "port": d.port or 22, "user": d.user, "python": d.python,
                         "run_dir": run_dir, "model": result.get("model")}
     return result
 
 
-def _cleanup(s: _Session, run_dir: str, kill: bool) -> str | None:
+def _cleanup(s: Session, run_dir: str, kill: bool) -> str | None:
     """rm -rf exactly the dir mktemp made (its name was checked); after a timeout, stop the runner first.
 
     Returns a warning when the dir may be left behind: a failed cleanup must never hide the run's
@@ -315,5 +315,5 @@ def _cleanup(s: _Session, run_dir: str, kill: bool) -> str | None:
     except EdgeCompressError as e:
         return f"could not remove {run_dir} on {s.device.url}: {e}"
     if proc.returncode != 0:
-        return f"could not remove {run_dir} on {s.device.url}: {_last_lines(proc.stderr) or proc.returncode}"
+        return f"could not remove {run_dir} on {s.device.url}: {last_lines(proc.stderr) or proc.returncode}"
     return None

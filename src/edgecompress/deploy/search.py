@@ -1,7 +1,7 @@
 """The build's device search: measure, on the target's device, only the candidates that can still win.
 
-Candidates are taken most accurate first, in groups whose validation accuracies are within noise of
-each other (``choose.tied_with``). A group is measured together, in interleaved rounds (A B C A B C ...:
+Candidates are taken most accurate first, in groups of one network's variants whose validation
+accuracies are within noise of each other (``choose.tied_with``). A group is measured together, in interleaved rounds (A B C A B C ...:
 one runner process per candidate, ``deploy.measure``), so drift and background load hit all of them
 alike. A candidate whose latency interval straddles a budget gets more rounds, up to the profile's
 ``bench.max_seconds``; still undecided, it counts as a miss. The search stops once a feasible candidate

@@ -19,6 +19,7 @@ from edgecompress.artifacts import BUILD_PRECISIONS, CASCADE_SUFFIX, ENGINE_FOR_
 from edgecompress.config import load_yaml
 from edgecompress.deploy.devices import DeviceSpec, parse_device
 from edgecompress.deploy.fields import FieldError, bounded, build, integer, one_of, opt_str, positive
+from edgecompress.deploy.fleet import DeploySpec, parse_deploy
 from edgecompress.errors import EdgeCompressError
 
 ARCHES = ("x86_64", "aarch64", "armv7l", "any")
@@ -29,9 +30,6 @@ SUSTAINED_KEY = "sustained_p90"
 PINNED_MODEL = "pruned"  # what `artifact:` pins: the pruned student the export stage ships (prune.ratio)
 # Target names become file names (targets/<name>.yaml, metrics/check/<name>.json): no paths, no dots first.
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-# --- small validators (shared by the dataclasses) ---------------------------------------------
 
 
 # --- schema -------------------------------------------------------------------------------------
@@ -229,7 +227,7 @@ class TargetProfile:
     bench: BenchSpec = field(default_factory=BenchSpec)
     source: str | None = field(default=None, compare=False)  # the YAML file, for error messages
     build: BuildSpec | None = None  # search: the most accurate candidate it allows that meets every budget
-
+    deploy: DeploySpec | None = field(default=None, compare=False)  # where `edgecompress deploy` installs it
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -300,7 +298,8 @@ def _enough_runs(budgets: Budgets, bench: BenchSpec) -> None:
 
 # --- YAML loading -------------------------------------------------------------------------------
 
-_TOP_KEYS = ("name", "description", "hardware", "build", "artifact", "runtime", "device", "bench", "budgets")
+_TOP_KEYS = ("name", "description", "hardware", "build", "artifact", "runtime", "device", "bench", "budgets",
+             "deploy")
 _REQUIRED = ("runtime", "budgets")
 
 
@@ -362,7 +361,7 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
-                         source=source, build=search)
+                         source=source, build=search, deploy=parse_deploy(raw.get("deploy")))
 
 
 def valid_name(name: object) -> bool:
