@@ -173,3 +173,18 @@ def test_runs_per_round_and_duplicate_names(jobs: list[Job]) -> None:
     assert measure.runs_per_round(10, 3) == [4, 3, 3] and measure.runs_per_round(6, 6) == [1] * 6
     with pytest.raises(EdgeCompressError, match="job names must be unique"):
         interleave([jobs[0], jobs[0]], _plan(), WHAT)
+
+
+def test_the_runner_measures_at_raised_priority_where_permitted(jobs: list[Job]) -> None:
+    """Background work takes the cores the runner leaves: it runs PRIORITY nice levels up where this user
+    may raise priority (root here), and each result says at which."""
+    import os
+
+    from edgecompress.deploy.measure import PRIORITY
+
+    res = interleave(jobs[:1], _plan(), WHAT)
+    got = res[jobs[0].name]["priority"]
+    if os.geteuid() == 0:
+        assert got == {"nice": os.getpriority(os.PRIO_PROCESS, 0) + PRIORITY, "raised": True}
+    else:
+        assert got["raised"] is False

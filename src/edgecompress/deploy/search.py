@@ -25,7 +25,7 @@ from edgecompress.deploy.budgets import latency_intervals, undecided
 from edgecompress.deploy.check import extra_rounds, plan_for, run_check
 from edgecompress.deploy.choose import Candidate, allowed, cascades_for, misses, ranked_for_search, tied_with
 from edgecompress.deploy.devices import DeviceSpec
-from edgecompress.deploy.measure import Job, interleave
+from edgecompress.deploy.measure import PRIORITY, Job, interleave
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
@@ -67,7 +67,7 @@ class MeasurementCache:
                  "providers": list(rt.providers) if engine == "onnxruntime" else None,
                  "xnnpack": rt.xnnpack if engine == "litert" else None,
                  "bench": [b.warmup, b.runs, b.batch, b.max_seconds, b.round_count, b.sustained_s, b.sustained_intervals],
-                 "device": profile.device.url}
+                 "device": profile.device.url, "priority": PRIORITY if profile.device.is_local else None}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def get(self, key: str) -> dict[str, Any] | None:
