@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {dict(counts)}", flush=True)
     lines = [f"# Builds from an empty cache, {a.repeats} quiet and {a.repeats} under load "
              f"({a.load_procs} CPU-heavy process(es)), alternating", "",
-             "| target | identical | shipped (count) | quiet p50 s per build | loaded s per build | undecided seen | "
+             "| target | identical | shipped (count) | quiet: median s per build | loaded: median s per build | undecided seen | "
              "load changed seen |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         b = r["builds"]
