@@ -239,6 +239,21 @@ def _status(ns: argparse.Namespace) -> None:
                                 f"again to restore them")
 
 
+def _device_prepare(ns: argparse.Namespace) -> None:
+    from edgecompress.deploy.emulate import check_arch
+    from edgecompress.deploy.prepare import prepare, runtime_pins
+
+    check_arch(ns.arch)  # before anything else: an unknown arch is the first thing to say
+    done = prepare(ns.arch, ns.cache, runtime_pins(ns.runtime or ()), ns.mirror)
+    m = done.manifest
+    runtimes = ", ".join(f"{k} {v}" for k, v in m.runtimes.items())
+    how = "already prepared" if done.action == "ready" else \
+        f"{done.action}{f' ({done.why})' if done.why and done.action != 'built' else ''} in " \
+        f"{m.seconds.get('total', 0):.0f} s"
+    print(f"emulate:{m.arch}: {how}: {done.root} (Debian {m.suite}, python {m.python}, numpy {m.numpy}, "
+          f"{runtimes}; qemu {m.qemu_version} -cpu {m.qemu_cpu}); use it with --device emulate:{m.arch}")
+
+
 @friendly_main
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
@@ -259,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--strict", action="store_true", help="fail on a missed budget even on proxy hardware")
     c.add_argument("--teacher", default="models/teacher.pt",
                    help="teacher checkpoint, the reference of budgets.max_drop (default models/teacher.pt)")
-    c.add_argument("--device", help="run on this device instead of the profile's: local or ssh://user@host[:port]")
+    c.add_argument("--device", help="run on this device instead of the profile's: local, ssh://user@host[:port] "
+                                    "or emulate:aarch64 (edgecompress device prepare)")
     c.add_argument("--key-file", help="ssh private key for the device (default: the profile's, else ssh's own)")
     c.add_argument("--remote-python", help="python interpreter on the device (default: the profile's, else python3)")
     c.set_defaults(fn=_check)
@@ -271,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--cache", help="measurement cache (default .cache/measurements or $EDGECOMPRESS_CACHE)")
     b.add_argument("--exhaustive", action="store_true", help="measure every allowed candidate, not only those that can win")
     b.add_argument("--strict", action="store_true", help="fail when nothing fits even on proxy hardware")
-    b.add_argument("--device", help="measure on this device instead of the profile's: local or ssh://user@host[:port]")
+    b.add_argument("--device", help="measure on this device instead of the profile's: local, "
+                                    "ssh://user@host[:port] or emulate:aarch64 (edgecompress device prepare)")
     b.add_argument("--key-file", help="ssh private key for the device")
     b.add_argument("--remote-python", help="python interpreter on the device (default python3)")
     b.set_defaults(fn=_build)
@@ -297,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
                                       "heads.tflite) run by the standalone runner there (entropy, "
                                       "least_confidence, bald)")
     s.add_argument("--target", help="with --artifact: the target profile (runtime, threads, device)")
-    s.add_argument("--device", help="with --artifact: local or ssh://user@host[:port] (default: the profile's)")
+    s.add_argument("--device", help="with --artifact: local, ssh://user@host[:port] or emulate:aarch64 "
+                                    "(default: the profile's)")
     s.add_argument("--key-file", help="ssh private key for the device")
     s.add_argument("--remote-python", help="python interpreter on the device (default python3)")
     s.add_argument("--out", help="the list to label (default reports/to_label.csv)")
@@ -337,6 +355,18 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--target", required=True, help="target name or profile YAML")
     st.add_argument("--ledger", help="deployment ledger (default deploy/<name>.json)")
     st.set_defaults(fn=_status)
+    from edgecompress.deploy.emulate import MIRROR
+
+    dev = sub.add_parser("device", help="emulated devices: prepare an aarch64 root run through qemu")
+    dsub = dev.add_subparsers(dest="device_cmd", required=True)
+    dp = dsub.add_parser("prepare", help="build the emulated device once (a no-op when it is ready; rebuilds a "
+                                         "half-built one); needs root and qemu-user-static")
+    dp.add_argument("--arch", required=True, help="instruction set to emulate: aarch64")
+    dp.add_argument("--runtime", action="append", metavar="NAME==VERSION",
+                    help="another version of a pinned runtime (onnxruntime, ai-edge-litert); repeatable")
+    dp.add_argument("--mirror", default=MIRROR, help=f"Debian mirror (default {MIRROR})")
+    dp.add_argument("--cache", help="where devices live (default $XDG_CACHE_HOME or ~/.cache, /edgecompress/devices)")
+    dp.set_defaults(fn=_device_prepare)
     ns = p.parse_args(argv)
     set_verbosity(ns.verbosity)
     ns.fn(ns)

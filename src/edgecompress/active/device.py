@@ -18,6 +18,7 @@ import numpy as np
 from edgecompress.active.strategies import class_histogram, top_k
 from edgecompress.deploy.bench import local_command, run_local, runner_args
 from edgecompress.deploy.devices import DeviceSpec
+from edgecompress.deploy.emulate import emulator, runner_timeout
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.targets import TargetProfile
 from edgecompress.errors import EdgeCompressError
@@ -46,10 +47,12 @@ def score_on_device(artifact: str | Path, x: np.ndarray, profile: TargetProfile,
     with tempfile.TemporaryDirectory(prefix="edgecompress-pool-") as tmp:
         pool = Path(tmp) / "pool.npz"
         np.savez(pool, x=x, y=np.zeros(len(x), np.int64))
-        if device.is_local:
-            cmd = local_command(runner_args(whole, str(artifact.resolve()), str(sidecar.resolve()), None)
-                                + ["--score", str(pool)])
-            return run_local(cmd, artifact, device.timeout, f"target {profile.name}")
+        if device.is_local or device.emulated:
+            args = runner_args(whole, str(artifact.resolve()), str(sidecar.resolve()), None) + ["--score", str(pool)]
+            emu = emulator(device)
+            cmd = emu.command(args) if emu else local_command(args)
+            result = run_local(cmd, artifact, runner_timeout(device.timeout, device), f"target {profile.name}")
+            return emu.mark(result) if emu else result
         args = runner_args(whole, artifact.name, f"{artifact.name}.json", None) + ["--score", "testset.npz"]
         return run_remote(whole, device, artifact, sidecar, pool, args)
 

@@ -4,9 +4,9 @@ The candidates stage exported and scored every model in every precision (accurac
 validation images, with each artifact's own runtime). Here the profile's build spec and its
 device-independent budgets (size, accuracy, calibration) filter them before anything runs; the rest
 are measured with the target's runtime on its device (the same runner and flags as the check,
-locally or over SSH) in order of accuracy, stopping once the most accurate feasible one and its ties
-are known. Measurements are cached by what determines them, so changing a budget re-chooses
-without re-measuring.
+locally, emulated or over SSH) in order of accuracy, stopping once the most accurate feasible one and
+its ties are known; on an emulated device latency and peak memory decide nothing. Measurements are
+cached by what determines them, so changing a budget re-chooses without re-measuring.
 """
 
 from __future__ import annotations
@@ -124,14 +124,15 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
     # skipped ones cannot win (less accurate than a feasible one) and are reported as such.
     table = [found.measured.get(c.name, c) for c in candidates if c.name not in found.skipped]
     fp = found.probe.get("fingerprint") or {}
+    judged = not dev.emulated  # emulated timings and memory are recorded, never judged
     try:
-        choice = choose(table, profile.budgets, spec, ref, profile.name)
+        choice = choose(table, profile.budgets, spec, ref, profile.name, judged)
         infeasible = None
     except NoFeasibleCandidate as e:
         if not allowed(table, spec, cascades_for(profile.budgets))[0]:
             raise  # the profile allows nothing in the pool: its build section is wrong, on any machine
         infeasible = e
-        choice = _nearest(table, profile, spec, ref)
+        choice = _nearest(table, profile, spec, ref, judged)
     chosen = choice.chosen
     chosen_raw = found.raw.get(chosen.name) or {}
     match, reasons = hardware_matches(profile.hardware, chosen_raw.get("fingerprint") or fp,
@@ -158,11 +159,13 @@ def overshoot(c: Candidate, profile: TargetProfile, ref: float | None) -> float:
     return budget_overshoot(c, profile.budgets, ref)
 
 
-def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, ref: float | None) -> Choice:
-    """On proxy hardware with nothing feasible: the allowed candidate closest to its budgets."""
+def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, ref: float | None,
+             judged: bool = True) -> Choice:
+    """On proxy hardware with nothing feasible: the allowed candidate closest to its budgets (``judged``
+    False: of those known without the device's timings and memory)."""
     kept, rejected = allowed(table, spec, cascades_for(profile.budgets))
-    best = min(kept, key=lambda c: nearest_first(c, profile.budgets, ref))
-    rest = [Rejection(c.name, tuple(misses(c, profile.budgets, ref))) for c in kept if c.name != best.name]
+    best = min(kept, key=lambda c: nearest_first(c, profile.budgets, ref, judged))
+    rest = [Rejection(c.name, tuple(misses(c, profile.budgets, ref, judged))) for c in kept if c.name != best.name]
     return Choice(chosen=best, feasible=(), rejected=tuple(rejected + rest))
 
 

@@ -3,6 +3,9 @@
 The runner runs in a subprocess so its peak RSS is the model's and the runtime's, not this
 process's (which may have torch loaded). When the machine does not look like the profile's
 hardware, the result is labelled a proxy: it says something, but not what the profile promises.
+On an emulated device of the profile's instruction set (``emulate:aarch64``) the outputs are the
+device runtime's own, so accuracy and sizes are judged as on the device; latency and peak memory are
+the emulator's, recorded as a proxy and never judged, and the status says ``emulated``.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from typing import Any, Mapping
 from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
-from edgecompress.deploy.bench import runner_args
+from edgecompress.deploy.bench import local_command, runner_args
 from edgecompress.deploy.budgets import BudgetRow, Measurement, accuracy_ci, judge, rounds_note, undecided
 from edgecompress.deploy.measure import Job, Plan, interleave
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
-from edgecompress.deploy.targets import ArtifactSpec, Hardware, TargetProfile, load_target, valid_name
+from edgecompress.deploy.emulate import SLOWDOWN, emulator
+from edgecompress.deploy.hardware import emulates, fails, hardware_matches, status_of  # noqa: F401 (build, callers)
+from edgecompress.deploy.targets import ArtifactSpec, TargetProfile, load_target, valid_name
 from edgecompress.records import BUILD_RECORD, BuildRecord, read_build_record
 
 @dataclass(frozen=True)
@@ -36,11 +41,6 @@ class CheckConfig:
                                     f"'_' or '-', naming targets/<name>.yaml)")
         if len(set(self.targets)) != len(self.targets):
             raise EdgeCompressError(f"invalid value targets={list(self.targets)}: a target is listed twice")
-
-
-# Active providers that count as "running on a GPU" for hardware.gpu.
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
-                 "MIGraphXExecutionProvider")
 
 
 def cascade_segments(manifest: Path) -> list[Path]:
@@ -84,10 +84,11 @@ def _display_path(path: str | None) -> str | None:
 
 def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
               device: DeviceSpec | None = None) -> dict[str, Any]:
-    """Run the profile's artifact through the runner (here, or on ``device`` over SSH); the runner's JSON."""
+    """Run the profile's artifact through the runner (here, under emulation, or on ``device`` over SSH); the
+    runner's JSON."""
     device = device or profile.device
     model, sidecar, testset, segments = _inputs(profile, Path(artifacts_dir), testset)
-    if not device.is_local:
+    if not device.is_local and not device.emulated:
         names = runner_args(profile, model.name, sidecar and f"{model.name}.json",
                             None if testset is None else "testset.npz")
         raw = run_remote(profile, device, model, sidecar, testset, names, segments)
@@ -95,20 +96,27 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
         return raw
     job = Job(profile.name, runner_args(profile, str(model.resolve()), None if sidecar is None else str(sidecar.resolve()),
                                         None if testset is None else str(testset.resolve())), model)
-    # One candidate, still in rounds: the rounds show drift, and an undecided latency gets more of them.
-    return interleave([job], plan_for(profile), f"target {profile.name}",
-                      more=lambda _, rounds: undecided(profile.budgets, rounds),
-                      extra_rounds=extra_rounds(profile))[job.name]
+    # One candidate, still in rounds: the rounds show drift, and an undecided latency gets more of them
+    # (not when emulated: that latency decides nothing).
+    emu = emulator(device)
+    raw = interleave([job], plan_for(profile, device), f"target {profile.name}",
+                     more=None if emu else lambda _, rounds: undecided(profile.budgets, rounds),
+                     extra_rounds=0 if emu else extra_rounds(profile),
+                     command=emu.command if emu else local_command)[job.name]
+    return emu.mark(raw) if emu else raw
 
 
 EXTRA_ROUNDS = 2  # an undecided latency may get up to this many times its rounds again (within max_seconds)
 
 
-def plan_for(profile: TargetProfile) -> Plan:
-    """How the runner measures for ``profile``: its rounds, runs and warm-ups; a short re-warm per round."""
+def plan_for(profile: TargetProfile, device: DeviceSpec | None = None) -> Plan:
+    """How the runner measures for ``profile``: its rounds, runs and warm-ups; a short re-warm per round.
+    An emulated ``device`` gets ``emulate.SLOWDOWN`` times the time to answer (scoring runs emulated too)."""
     b = profile.bench
+    timeout = b.max_seconds * 3 + 60 + b.sustained_s
     return Plan(rounds=b.round_count, runs=b.runs, warmup=b.warmup, round_warmup=max(1, b.warmup // 10),
-                max_seconds=b.max_seconds, timeout=b.max_seconds * 3 + 60 + b.sustained_s)
+                max_seconds=b.max_seconds,
+                timeout=timeout * SLOWDOWN if device is not None and device.emulated else timeout)
 
 
 def extra_rounds(profile: TargetProfile) -> int:
@@ -155,33 +163,6 @@ def package_bytes(model: Path, cascade: bool = False) -> int:
     return shipped.stat().st_size if shipped.is_file() else len(pack_file(model))
 
 
-def hardware_matches(hardware: Hardware, fingerprint: dict[str, Any],
-                     active_providers: list[str] | None = None) -> tuple[bool, list[str]]:
-    """Whether the measuring machine is the profile's hardware; reasons list every mismatch.
-
-    ``active_providers`` defaults to ``fingerprint["active_providers"]``; a GPU only counts when the
-    runtime really ran on it, not when one is merely installed.
-    """
-    reasons: list[str] = []
-    arch = fingerprint.get("arch") or "unknown"
-    if hardware.arch != "any" and arch != hardware.arch:
-        reasons.append(f"arch is {arch}, profile wants {hardware.arch}")
-    if hardware.cpu:
-        seen = " / ".join(filter(None, [fingerprint.get("cpu_model"), fingerprint.get("board")])) or "unknown"
-        if hardware.cpu.lower() not in seen.lower():
-            reasons.append(f"cpu is {seen!r}, profile wants one containing {hardware.cpu!r}")
-    if hardware.gpu:
-        active = list(active_providers if active_providers is not None else fingerprint.get("active_providers") or [])
-        if not any(p in GPU_PROVIDERS for p in active):
-            reasons.append(f"profile wants GPU {hardware.gpu!r} but the active providers are "
-                           f"{', '.join(active) or 'none'} (no CUDA/TensorRT/ROCm)")
-    if hardware.cores is not None:
-        cores = fingerprint.get("cores")
-        if not isinstance(cores, int) or cores < hardware.cores:
-            reasons.append(f"{cores} cores, profile wants at least {hardware.cores}")
-    return not reasons, reasons
-
-
 @dataclass(frozen=True)
 class CheckedArtifact:
     """The file a check measured: where, what, how big; ``candidate``: what its build chose (if built)."""
@@ -207,7 +188,8 @@ class CheckedArtifact:
 class CheckResult:
     """One target's check: what ran where, what it measured, each budget judged, and the verdict.
 
-    ``status`` is pass, fail, proxy-pass or proxy-fail; ``failed`` (``fails``) is whether it fails the run.
+    ``status`` is pass, fail, emulated-pass, emulated-fail, proxy-pass or proxy-fail; ``failed`` (``fails``) is
+    whether it fails the run.
     The runner's own sections (fingerprint, runtime, bench, latency_ms, memory) are kept as it wrote
     them. ``to_json`` is metrics/check/<target>.json, key for key; ``from_json`` reads it back.
     """
@@ -288,31 +270,30 @@ class CheckResult:
             raise EdgeCompressError(f"{where}: not a check result (no {e}); re-run the check stage") from None
 
 
-def fails(status: str, strict: bool) -> bool:
-    """The verdict: whether a check with ``status`` fails the run (a real miss, or with ``strict`` a proxy one)."""
-    return status == "fail" or (strict and status == "proxy-fail")
-
-
 def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | None, strict: bool = False,
                  device: DeviceSpec | str | Mapping[str, Any] | None = None,
                  reference_accuracy: float | None = None) -> CheckResult:
-    """Run and judge one target; its ``status`` is pass, fail, proxy-pass or proxy-fail.
+    """Run and judge one target; its ``status`` is pass, fail, emulated-*, proxy-pass or proxy-fail.
 
     ``device`` overrides the profile's (see ``resolve_device``). Over SSH the fingerprint is the
-    device's own, so a real board matches its profile and is not reported as a proxy.
+    device's own, so a real board matches its profile and is not reported as a proxy. Emulated, latency
+    and peak memory are recorded but not judged (``judge(device=False)``).
     """
     dev = resolve_device(profile.device, device)
     raw = run_check(profile, Path(artifacts_dir), testset, dev)
     if profile.budgets.download_mb is not None:
         raw["package_bytes"] = package_bytes(Path(artifacts_dir) / profile.artifact.filename, profile.artifact.cascade)
     m = Measurement.from_runner(raw, reference_accuracy)
-    rows = judge(m, profile.budgets)
+    rows = judge(m, profile.budgets, device=not dev.emulated)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
     ok = not any(r.missed for r in rows)
-    status = ("pass" if ok else "fail") if match else ("proxy-pass" if ok else "proxy-fail")
+    status = status_of(ok, match, emulates(profile, dev, fp))
     warnings = list(raw.get("warnings") or [])
-    if not match:
+    if status.startswith("emulated"):
+        warnings.append("emulated: accuracy and sizes are judged as on the device; latency and peak memory are "
+                        "the emulator's (a proxy), recorded and not judged")
+    elif not match:
         warnings.append("measured on a proxy machine, not the profile's hardware: " + "; ".join(reasons))
     artifact = CheckedArtifact(_display_path(raw.get("model")), profile.artifact.format, profile.artifact.precision,
                                raw.get("model_size_bytes"), raw.get("package_bytes"))
@@ -388,7 +369,7 @@ def run_target_check(target_path: str | Path, artifacts_dir: str | Path, testset
         result = replace(result, artifact=replace(result.artifact, candidate=built.chosen.name),
                          build_status=built.status)
         if built.infeasible:  # a proxy build shipped its nearest: whatever the test set says, it failed
-            status = "fail" if result.hardware_match else "proxy-fail"
+            status = status_of(False, result.hardware_match, result.status.startswith("emulated"))
             result = replace(result, build_infeasible=True, status=status, failed=fails(status, strict),
                              warnings=(f"build@{profile.name} found no candidate that meets every budget; this "
                                        f"artifact is only the nearest one", *result.warnings))

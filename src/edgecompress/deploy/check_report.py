@@ -253,7 +253,9 @@ def render_markdown(result: CheckResult) -> str:
               f"{'n/a' if size is None else f'{size / 1024:.1f} KiB'}{built})",
               f"- accuracy: {acc_text} on {result.accuracy_samples} test images",
               *_latency_lines(result),
-              f"- peak memory: {_fmt((result.memory or {}).get('peak_rss_mb'), 'MB')}", "",
+              f"- peak memory: {_fmt((result.memory or {}).get('peak_rss_mb'), 'MB')}",
+              *(["- latency and peak memory: **proxy** (emulated): recorded, not judged against any budget"]
+                if result.status.startswith("emulated") else []), "",
               "| budget | limit | measured | 95% interval | margin | result |", "|---|---|---|---|---|---|"]
     for r in result.budgets:
         shown, limit = _pair(r)
@@ -270,7 +272,8 @@ def render_markdown(result: CheckResult) -> str:
               f"- hardware match: {'yes' if result.hardware_match else 'no (proxy measurement)'}"]
     lines += [f"  - {reason}" for reason in result.hardware_reasons]
     lines += [f"- machine: {fp.get('hostname')}, {fp.get('arch')}, {fp.get('cpu_model')}"
-              + (f" ({fp['board']})" if fp.get("board") else "") + f", {fp.get('cores')} cores",
+              + (f" ({fp['board']})" if fp.get("board") else "") + f", {fp.get('cores')} cores"
+              + (f"; emulated by {fp.get('emulator')} -cpu {fp.get('qemu_cpu')}" if fp.get("emulated") else ""),
               f"- os: {fp.get('os')}; python {fp.get('python')}, numpy {fp.get('numpy')}",
               f"- runtime: {rt.get('name')} {rt.get('version')}, threads {rt.get('threads') or 'default'}"
               + (f", providers {', '.join(providers)}" if providers else "")

@@ -194,11 +194,12 @@ def _faster(a: Candidate, b: Candidate, key: str) -> bool:
     return ia is not None and ib is not None and ia.hi * SEPARATION < ib.lo
 
 
-def break_tie(tied: list[Candidate], budgets: Budgets) -> tuple[Candidate, str]:
+def break_tie(tied: list[Candidate], budgets: Budgets, device: bool = True) -> tuple[Candidate, str]:
     """The one to ship among accuracy-tied feasible candidates, and why: clearly faster ones first (their
-    intervals apart), then fewer bytes, then the name. Never a single noisy sample."""
+    intervals apart), then fewer bytes, then the name. Never a single noisy sample. ``device=False``
+    (emulated timings): latency decides nothing, so fewer bytes, then the name."""
     key = decision_key(budgets)
-    fast = [c for c in tied if not any(_faster(o, c, key) for o in tied if o is not c)]
+    fast = [c for c in tied if not device or not any(_faster(o, c, key) for o in tied if o is not c)]
     pick = min(fast, key=lambda c: (c.size_bytes, c.name))
     if len(tied) == 1:
         return pick, ""
@@ -207,7 +208,8 @@ def break_tie(tied: list[Candidate], budgets: Budgets) -> tuple[Candidate, str]:
     n = best.accuracy_n
     noise = "" if not n else f" (±{100 * (wilson(best.accuracy, n).hi - wilson(best.accuracy, n).lo) / 2:.2f} pt, {n} images)"
     how = (f"clearly faster on {key} (95% intervals apart by {SEPARATION:g}x), then fewer bytes"
-           if len(fast) < len(tied) else f"{key} intervals not apart, so by fewer bytes, then name")
+           if len(fast) < len(tied) else f"{key} intervals not apart, so by fewer bytes, then name" if device
+           else "latency emulated (not judged), so by fewer bytes, then name")
     return pick, f"variants of {pick.model} tied within validation noise{noise} with {others}: {how}"
 
 
@@ -216,24 +218,25 @@ def ranked_for_search(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.accuracy, c.size_bytes, c.name))
 
 
-def overshoot(c: Candidate, budgets: Budgets, reference_accuracy: float | None) -> float:
+def overshoot(c: Candidate, budgets: Budgets, reference_accuracy: float | None, device: bool = True) -> float:
     """How far ``c`` is outside ``budgets``: the sum of relative excesses (0 when it fits). "Nearest" means
     this, both in the infeasible error's table and for the candidate a proxy build ships instead."""
     total = 0.0
-    for row in judge(measurement(c, reference_accuracy), budgets):
+    for row in judge(measurement(c, reference_accuracy), budgets, device):
         total += row.overshoot
     return total
 
 
-def nearest_first(c: Candidate, budgets: Budgets, reference_accuracy: float | None) -> tuple[float, float, str]:
+def nearest_first(c: Candidate, budgets: Budgets, reference_accuracy: float | None,
+                  device: bool = True) -> tuple[float, float, str]:
     """Sort key of the candidates that miss: smallest overshoot first, then the more accurate."""
-    return overshoot(c, budgets, reference_accuracy), -c.accuracy, c.name
+    return overshoot(c, budgets, reference_accuracy, device), -c.accuracy, c.name
 
 
 def _nearest_table(missed: list[tuple[Candidate, list[str]]], budgets: Budgets,
-                   reference_accuracy: float | None) -> str:
+                   reference_accuracy: float | None, device: bool = True) -> str:
     # By how far each misses, not how many budgets: a size-bound target lists the closest file, not the largest.
-    rows = sorted(missed, key=lambda cm: nearest_first(cm[0], budgets, reference_accuracy))[:NEAREST]
+    rows = sorted(missed, key=lambda cm: nearest_first(cm[0], budgets, reference_accuracy, device))[:NEAREST]
     width = max(len("candidate"), *(len(c.name) for c, _ in rows))
     lines = [f"  {'candidate':<{width}}  accuracy  misses"]
     lines += [f"  {c.name:<{width}}  {100 * c.accuracy:7.2f}%  {'; '.join(m)}" for c, m in rows]
@@ -241,10 +244,11 @@ def _nearest_table(missed: list[tuple[Candidate, list[str]]], budgets: Budgets,
 
 
 def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
-           reference_accuracy: float | None = None, target: str = "(target)") -> Choice:
+           reference_accuracy: float | None = None, target: str = "(target)", device: bool = True) -> Choice:
     """The most accurate candidate the spec allows that meets every budget of ``target``.
 
     Raises NoFeasibleCandidate when none does, naming the nearest candidates and what they miss.
+    ``device=False``: the device's timings and memory are not its own (emulated), so they decide nothing.
     """
     candidates = list(candidates)
     _need_reference(budgets, reference_accuracy)  # before any work: a config error, not a miss
@@ -259,7 +263,7 @@ def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
     for c in kept:
         m = misses(c, budgets, reference_accuracy, device=False)
         # Never measured and already out on size/accuracy/calibration: "not measured" would add only noise.
-        if not (m and not c.latency_ms and c.peak_memory_mb is None):
+        if device and not (m and not c.latency_ms and c.peak_memory_mb is None):
             m = misses(c, budgets, reference_accuracy)
         if m:
             missed.append((c, m))
@@ -270,11 +274,11 @@ def choose(candidates: Iterable[Candidate], budgets: Budgets, spec: BuildSpec,
         raise NoFeasibleCandidate(
             f"target {target}: no candidate meets every budget ({len(kept)} checked, {len(candidates) - len(kept)} "
             f"excluded by the build spec); relax a budget or widen the build. Nearest:\n"
-            f"{_nearest_table(missed, budgets, reference_accuracy)}")
+            f"{_nearest_table(missed, budgets, reference_accuracy, device)}")
     order = {c.name: i for i, c in enumerate(candidates)}  # report rejections in the table's order
     feasible.sort(key=_best_first)
     tied = [c for c in feasible if tied_with(c, feasible[0])]
-    chosen, why = break_tie(tied, budgets)
+    chosen, why = break_tie(tied, budgets, device)
     feasible.remove(chosen)
     return Choice(chosen=chosen, feasible=(chosen, *feasible), tied=tuple(c.name for c in tied if c is not chosen),
                   why=why, rejected=tuple(sorted(rejected, key=lambda r: order[r.name])))

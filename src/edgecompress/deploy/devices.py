@@ -1,4 +1,6 @@
-"""Where a check runs: this machine, or an SSH device (``ssh://user@host[:port]``) and its options."""
+"""Where a check runs: this machine, an SSH device (``ssh://user@host[:port]``) and its options, or an
+emulated one (``emulate:aarch64``: a Debian root for that instruction set run through qemu, see
+``deploy.emulate``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ from edgecompress.errors import EdgeCompressError
 SSH_DEVICE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*)"
                         r"(:(?P<port>\d{1,5}))?$")
 
+# emulate:<arch>; the arches edgecompress can prepare a device root for (``edgecompress device prepare``),
+# with Debian's name for each.
+EMULATE_DEVICE = re.compile(r"^emulate:(?P<arch>.*)$")
+EMULATED_ARCHES = {"aarch64": "arm64"}
+DEVICE_FORMS = "'local' or 'ssh://user@host[:port]' (or 'emulate:aarch64')"
+
+
+def unknown_arch(arch: str) -> str:
+    """The one-line complaint about an arch edgecompress cannot emulate."""
+    return f"unknown arch {arch!r}; edgecompress can emulate: {', '.join(EMULATED_ARCHES)}"
 
 # Remote work_dir: plain characters only, so the path means the same to the remote shell, scp's
 # SFTP and legacy modes alike (quoting differs between them).
@@ -25,9 +37,10 @@ DEVICE_KEYS = ("url", "key_file", "known_hosts", "python", "work_dir", "timeout"
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    """Where the check runs: ``local`` (this machine) or an SSH host that runs the runner itself."""
+    """Where the check runs: ``local`` (this machine), an SSH host that runs the runner itself, or
+    ``emulate:<arch>`` (this machine, under qemu, in a root prepared by ``edgecompress device prepare``)."""
 
-    url: str = "local"  # "local" or "ssh://user@host[:port]"
+    url: str = "local"  # "local", "ssh://user@host[:port]" or "emulate:<arch>"
     key_file: str | None = None  # private key for ssh -i; None: ssh's own defaults/agent
     known_hosts: str | None = None  # UserKnownHostsFile; None: ~/.ssh/known_hosts
     python: str = "python3"  # interpreter on the device (needs numpy + the runtime)
@@ -36,8 +49,11 @@ class DeviceSpec:
     connect_timeout: int = 10  # ssh ConnectTimeout, seconds
 
     def __post_init__(self) -> None:
-        if not isinstance(self.url, str) or not (self.url == "local" or SSH_DEVICE.match(self.url)):
-            raise FieldError("url", f"{self.url!r} is not 'local' or 'ssh://user@host[:port]'")
+        if not isinstance(self.url, str) or not (self.url == "local" or SSH_DEVICE.match(self.url)
+                                                 or EMULATE_DEVICE.match(self.url)):
+            raise FieldError("url", f"{self.url!r} is not {DEVICE_FORMS}")
+        if self.emulated and self.arch not in EMULATED_ARCHES:
+            raise FieldError("url", f"{self.url!r}: {unknown_arch(str(self.arch))}")
         port = self._match("port")
         if port is not None and not 1 <= int(port) <= 65535:
             raise FieldError("url", f"{self.url!r}: port {port} must be between 1 and 65535")
@@ -62,6 +78,17 @@ class DeviceSpec:
         return self.url == "local"
 
     @property
+    def emulated(self) -> bool:
+        """Runs here, under qemu, in a prepared root of another instruction set: its timings are not the device's."""
+        return self.url.startswith("emulate:")
+
+    @property
+    def arch(self) -> str | None:
+        """The emulated instruction set (``emulate:aarch64`` -> ``aarch64``); None for a real device."""
+        m = EMULATE_DEVICE.match(self.url)
+        return m.group("arch") if m else None
+
+    @property
     def user(self) -> str | None:
         return self._match("user")
 
@@ -80,7 +107,8 @@ class DeviceSpec:
 
 
 def parse_device(value: Any) -> DeviceSpec:
-    """``local`` / ``ssh://...`` or a mapping with DEVICE_KEYS -> DeviceSpec (FieldErrors name device.*)."""
+    """``local`` / ``ssh://...`` / ``emulate:<arch>``, or a mapping with DEVICE_KEYS (or ``{emulate: <arch>}``)
+    -> DeviceSpec (FieldErrors name device.*)."""
     if isinstance(value, DeviceSpec):
         return value
     if isinstance(value, str):
@@ -90,7 +118,11 @@ def parse_device(value: Any) -> DeviceSpec:
             raise FieldError("device", e.detail) from None
     if not isinstance(value, dict):
         raise FieldError("device", f"{value!r} must be 'local', 'ssh://user@host[:port]' or a mapping with "
-                                   f"keys {', '.join(DEVICE_KEYS)}")
+                                   f"keys {', '.join(DEVICE_KEYS)} (or 'emulate:aarch64')")
+    if "emulate" in value:  # {emulate: aarch64}: the short form of url: emulate:aarch64
+        if len(value) != 1:
+            raise FieldError("device.emulate", "stands alone: {emulate: aarch64} takes no other keys")
+        return parse_device(f"emulate:{value['emulate']}")
     for k in value:
         if k not in DEVICE_KEYS:
             raise FieldError(f"device.{k}", f"unknown key; allowed keys: {', '.join(DEVICE_KEYS)}")
@@ -118,7 +150,7 @@ def resolve_device(base: DeviceSpec, override: DeviceSpec | str | Mapping[str, A
     except FieldError as e:
         raise EdgeCompressError(f"device override: {e}") from None
     extra = [k for k in ("key_file", "known_hosts", "python") if fields.get(k) is not None]
-    if dev.is_local and extra:
+    if (dev.is_local or dev.emulated) and extra:
         raise EdgeCompressError(f"device override: {', '.join(extra)} applies only to an ssh device; "
                                 f"also give --device ssh://user@host[:port]")
     return dev

@@ -27,6 +27,8 @@ from edgecompress.log import get_logger
 
 log = get_logger("measure")
 
+Command = Callable[[list[str]], list[str]]  # runner args -> the command line that runs the runner with them
+
 
 @dataclass(frozen=True)
 class Job:
@@ -95,7 +97,7 @@ def priority_of(pid: int) -> dict[str, Any]:
 class _Runner:
     """One runner process in ``--interleave`` mode: send a command, read its one-line answer."""
 
-    def __init__(self, job: Job, plan: Plan, what: str) -> None:
+    def __init__(self, job: Job, plan: Plan, what: str, command: Command = bench.local_command) -> None:
         self.job, self.plan, self.what = job, plan, what
         self.rounds: list[np.ndarray] = []  # per-round sorted samples (ms), as ``more`` sees them
         self.timed_s = 0.0  # timed runs so far, summed from the samples
@@ -106,7 +108,7 @@ class _Runner:
         args = [*job.argv, "--interleave", "--runs", str(plan.runs), "--rounds", str(plan.rounds),
                 "--warmup", str(plan.warmup), "--round-warmup", str(plan.round_warmup),
                 "--max-seconds", str(plan.max_seconds)]  # argparse keeps the last of a repeated flag
-        self.proc = subprocess.Popen(bench.local_command(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(command(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr, env=bench.runner_env(), preexec_fn=_raise_priority)
         self._buf = b""
         log.debug("started %s (pid %d)", job.name, self.proc.pid)
@@ -207,13 +209,14 @@ def _parse(line: bytes) -> dict[str, Any] | None:
 
 def interleave(jobs: Sequence[Job], plan: Plan, what: str,
                more: Callable[[str, list[np.ndarray]], bool] | None = None,
-               extra_rounds: int = 0) -> dict[str, dict[str, Any]]:
+               extra_rounds: int = 0, command: Command = bench.local_command) -> dict[str, dict[str, Any]]:
     """Start one local runner process per job, wait for all to be ready, then for each round send every job its
     slice, in job order (A B C A B C ...). After ``plan.rounds``, while ``more`` says a job is still undecided
     (given its per-round sorted samples so far, ms) and it has run less than ``plan.max_seconds`` of timed runs,
     give those jobs (only those, still interleaved) up to ``extra_rounds`` more rounds of the same size. Then send
     done to all and return {name: final runner result}. Every process is killed on any error (one line naming
-    ``what`` and the model) or interrupt."""
+    ``what`` and the model) or interrupt. ``command`` makes each runner's command line (this Python by default;
+    an emulated device's qemu, ``emulate.Emulator.command``)."""
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise EdgeCompressError(f"{what}: job names must be unique, got {names}")
@@ -221,7 +224,7 @@ def interleave(jobs: Sequence[Job], plan: Plan, what: str,
     procs: list[_Runner] = []
     try:
         for job in jobs:  # all load at once: loading is not timed
-            procs.append(_Runner(job, plan, what))
+            procs.append(_Runner(job, plan, what, command))
         for p in procs:
             ans = p.read()
             if ans.get("event") != "ready":

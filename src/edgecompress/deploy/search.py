@@ -6,7 +6,8 @@ one runner process per candidate, ``deploy.measure``), so drift and background l
 alike. A candidate whose latency interval straddles a budget gets more rounds, up to the profile's
 ``bench.max_seconds``; still undecided, it counts as a miss. The search stops once a feasible candidate
 is known and the next one is not within noise of it. Results are cached by what determines them, so
-changing a budget re-chooses without re-measuring.
+changing a budget re-chooses without re-measuring. On an emulated device latency and peak memory
+decide nothing (``judge(device=False)``): no extension rounds, and only accuracy and sizes rule out.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from edgecompress.deploy.budgets import latency_intervals, undecided
 from edgecompress.deploy.check import extra_rounds, plan_for, run_check
 from edgecompress.deploy.choose import Candidate, allowed, cascades_for, misses, ranked_for_search, tied_with
 from edgecompress.deploy.devices import DeviceSpec
+from edgecompress.deploy.emulate import emulator
 from edgecompress.deploy.measure import PRIORITY, Job, interleave
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
@@ -114,6 +116,9 @@ def _unusable(entry: Any) -> str | None:
 
 def probe_device(profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
     """The device's fingerprint and runtime versions (one short runner call, no model)."""
+    emu = emulator(device)
+    if emu is not None:
+        return emu.mark(run_local(emu.command(["--probe"]), Path("(probe)"), 120, f"target {profile.name}"))
     if device.is_local:
         return run_local(local_command(["--probe"]), Path("(probe)"), 120, f"target {profile.name}")
     return run_remote(profile, device, None, None, None, ["--probe"])
@@ -154,10 +159,10 @@ def _variant(profile: TargetProfile, entry: PoolEntry) -> TargetProfile:
 
 def measure_group(profile: TargetProfile, pool_dir: Path, entries: Sequence[PoolEntry],
                   device: DeviceSpec) -> dict[str, dict[str, Any]]:
-    """Runner results of ``entries`` on ``device``: here, one process each in interleaved rounds; over SSH
-    (one runner call at a time) each candidate's rounds run back to back."""
+    """Runner results of ``entries`` on ``device``: here (or emulated here), one process each in interleaved
+    rounds; over SSH (one runner call at a time) each candidate's rounds run back to back."""
     valset = pool_dir / "valset.npz"
-    if not device.is_local:
+    if not device.is_local and not device.emulated:
         return {e.name: run_check(_variant(profile, e), pool_dir / Path(e.path).parent, valset, device)
                 for e in entries}
     jobs = []
@@ -165,6 +170,10 @@ def measure_group(profile: TargetProfile, pool_dir: Path, entries: Sequence[Pool
         model = (pool_dir / e.path).resolve()
         sidecar = None if e.is_cascade else f"{model}.json"
         jobs.append(Job(e.name, runner_args(_variant(profile, e), str(model), sidecar, str(valset.resolve())), model))
+    emu = emulator(device)
+    if emu is not None:  # its latency decides nothing, so an undecided one gets no more rounds
+        found = interleave(jobs, plan_for(profile, device), f"target {profile.name}", command=emu.command)
+        return {name: emu.mark(result) for name, result in found.items()}
     return interleave(jobs, plan_for(profile), f"target {profile.name}",
                       more=lambda _, rounds: undecided(profile.budgets, rounds), extra_rounds=extra_rounds(profile))
 
@@ -213,7 +222,7 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
             done += 1
             m = measured(c, results[c.name])
             found[c.name], raw[c.name] = m, results[c.name]
-            missed = misses(m, profile.budgets, reference)
+            missed = misses(m, profile.budgets, reference, device=not device.emulated)
             if not missed and (best is None or m.accuracy > best.accuracy):
                 best = m
             ci = m.latency_ci.get("p50")

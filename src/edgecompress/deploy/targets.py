@@ -235,7 +235,7 @@ class TargetProfile:
         if not isinstance(self.description, str):
             raise FieldError("description", f"{self.description!r} must be a string")
         object.__setattr__(self, "device", parse_device(self.device))
-        if not self.device.is_local and self.device.timeout <= self.bench.max_seconds:
+        if self.device.host and self.device.timeout <= self.bench.max_seconds:  # an SSH device
             # The timed runs alone may take max_seconds; the remote timeout would then always fire.
             raise FieldError("device.timeout", f"{self.device.timeout!r} must be larger than bench.max_seconds "
                                                f"({self.bench.max_seconds:g}): the timed runs alone may take that long")
