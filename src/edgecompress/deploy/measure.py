@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
-from edgecompress.deploy import bench, runner
+from edgecompress.deploy import bench, runner, stats
 from edgecompress.errors import EdgeCompressError
 from edgecompress.log import get_logger
 
@@ -157,7 +157,7 @@ class _Runner:
         ans = self.read()
         if ans.get("event") != "round":
             raise self.fail(f"expected a round, got {str(ans)[:200]}")
-        samples = runner.expand(ans["samples_ms"])
+        samples = stats.expand(ans["samples_ms"], f"{self.job.name}: round samples_ms")
         self.rounds.append(samples)
         self.timed_s += float(samples.sum()) / 1000
         self.capped = self.capped or ans.get("stopped_by") == "max_seconds"

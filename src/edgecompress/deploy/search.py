@@ -28,6 +28,7 @@ from edgecompress.deploy.choose import Candidate, allowed, cascades_for, misses,
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.emulate import emulator
 from edgecompress.deploy.measure import PRIORITY, Job, interleave
+from edgecompress.deploy.stats import expand
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
 from edgecompress.errors import EdgeCompressError
@@ -107,9 +108,10 @@ def _unusable(entry: Any) -> str | None:
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf)
            for v in values):
         return "a latency or memory figure is not a number >= 0"
-    try:
-        latency_intervals(entry)
-    except (EdgeCompressError, TypeError, ValueError) as e:
+    try:  # readable samples (their intervals are computed once, when the candidate is judged)
+        expand(entry.get("samples_ms") or [], "samples_ms")
+        expand((entry.get("sustained") or {}).get("tail_samples_ms") or [], "sustained.tail_samples_ms")
+    except (EdgeCompressError, TypeError, ValueError, AttributeError) as e:
         return f"its samples are unreadable ({e})"
     return None
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from edgecompress.deploy import runner
 from edgecompress.errors import EdgeCompressError
 
 CONFIDENCE = 0.95
@@ -92,8 +93,7 @@ def expand(hist: Any, what: str = "samples_ms") -> np.ndarray:
             raise EdgeCompressError(f"{what}[{i}]: count {pair[1]!r} is not an int >= 1")
         if i and pair[0] < hist[i - 1][0]:
             raise EdgeCompressError(f"{what}[{i}]: value {pair[0]!r} after {hist[i - 1][0]!r}: not sorted")
-    values, counts = zip(*hist) if hist else ((), ())
-    return np.repeat(np.asarray(values, np.float64), np.asarray(counts, np.int64))
+    return runner.expand(hist)  # checked above; decoding is the runner's own inverse of its compact()
 
 
 @lru_cache(maxsize=256)
