@@ -328,3 +328,19 @@ def test_cli_build_then_check(pool: Path, tmp_path: Path, capsys: pytest.Capture
           "--out-json", str(tmp_path / "check.json"), "--out-md", str(tmp_path / "check.md")])
     check = json.loads((tmp_path / "check.json").read_text())
     assert check["artifact"]["candidate"] == record["chosen"]["name"] and check["status"] == "pass"
+
+
+def test_a_gpu_profile_built_without_its_gpu_ships_by_accuracy_not_by_cpu_latency(pool: Path, tmp_path: Path) -> None:
+    """#28: a CPU's timings say nothing of a GPU's, so on a machine without the profile's GPU no latency budget
+    decides (a 1 ms GPU budget judged on the CPU flipped the choice between networks from build to build)."""
+    budgets = "{latency_ms: {p50: 0.000001}}"  # no machine meets it
+    cpu = build_target(load_target(_profile(tmp_path, budgets)), pool, tmp_path / "cpu", MeasurementCache(tmp_path / "c"))
+    assert cpu.status == "infeasible"
+    path = _profile(tmp_path, budgets, name="g")
+    path.write_text(path.read_text().replace("hardware: {arch: any}", "hardware: {arch: any, gpu: NVIDIA}"))
+    gpu = build_target(load_target(path), pool, tmp_path / "gpu", MeasurementCache(tmp_path / "c"))
+    best = max(c.accuracy for c in load_index(pool).candidates if c.engine == "onnxruntime")
+    assert gpu.status == "proxy-built" and gpu.chosen.val_accuracy == best
+    assert any("not judged" in r for r in gpu.hardware_reasons)
+    again = build_target(load_target(path), pool, tmp_path / "gpu2", MeasurementCache(tmp_path / "c2"))
+    assert again.chosen.name == gpu.chosen.name  # fresh measurements, same choice

@@ -250,3 +250,31 @@ def test_sustained_budget_judged_on_the_last_intervals(artifacts: Any) -> None:
     assert check_target(tight, d, testset).budgets[0].verdict == "missed"
     with pytest.raises(EdgeCompressError, match="bench.sustained_s"):
         replace(profile, bench=BenchSpec(runs=40))
+
+
+def test_timings_judged_only_on_the_profiles_kind_of_timings() -> None:
+    from edgecompress.deploy.devices import DeviceSpec
+    from edgecompress.deploy.hardware import gpu_inactive, timings_judged
+
+    cpu, gpu = {"active_providers": ["CPUExecutionProvider"]}, {"active_providers": ["CUDAExecutionProvider"]}
+    local = DeviceSpec(url="local")
+    plain, wants_gpu = _profile(BUDGETS), _profile(BUDGETS, Hardware(gpu="NVIDIA"))
+    assert timings_judged(plain, local, [cpu]) and timings_judged(wants_gpu, local, [gpu])
+    assert not timings_judged(wants_gpu, local, [gpu, cpu])  # one candidate on the CPU: none decide
+    assert gpu_inactive(Hardware(gpu="NVIDIA"), None) and not gpu_inactive(Hardware(), None)
+    assert not timings_judged(plain, DeviceSpec(url="emulate:aarch64"), [cpu])
+
+
+def test_a_gpu_profile_checked_without_its_gpu_does_not_judge_the_cpus_latency(artifacts: Any) -> None:
+    d, testset, acc = artifacts
+    # A latency and memory no machine meets: on the CPU they are recorded, not judged; accuracy and size still are.
+    budgets = Budgets(latency_ms={"p50": 1e-6}, peak_memory_mb=1e-6, size_mb=1.0, min_accuracy=0.0)
+    res = check_target(_profile(budgets, Hardware(gpu="NVIDIA")), d, testset)
+    assert res.status == "proxy-pass" and not res.timings_judged and res.latency_ms["p50"] > 1e-6
+    assert [r.budget.name for r in res.budgets] == ["size", "accuracy"]
+    assert any("not judged" in r for r in res.hardware_reasons)
+    assert "GPU was not active: CPU kernels): recorded, not judged" in render_markdown(res)
+    assert CheckResult.from_json(res.to_json()).timings_judged is False
+    # Too small a size still fails it (as a proxy, so only strict fails the run).
+    small = check_target(_profile(replace(budgets, size_mb=1e-6), Hardware(gpu="NVIDIA")), d, testset)
+    assert small.status == "proxy-fail" and fails(small.status, strict=True)

@@ -1,5 +1,5 @@
-"""The emulated aarch64 device: its device kind, the prepared root and its manifest, the runner's command line,
-what an emulated result may decide, the preparation's errors, and (slow) one real run under qemu."""
+"""The emulated aarch64 (and 32-bit armv7) device: its device kind, the prepared root and its manifest, the runner's
+command line, what an emulated result may decide, the preparation's errors, and (slow) real runs under qemu."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pytest
 
 from conftest import tiny_export_dir
@@ -26,7 +27,10 @@ from edgecompress.deploy.targets import ArtifactSpec, BenchSpec, Budgets, Hardwa
 from edgecompress.errors import EdgeCompressError
 
 EMU = DeviceSpec(url="emulate:aarch64")
+EMU7 = DeviceSpec(url="emulate:armv7")
 PINS = dict(emulate.RUNTIMES)
+PINS7 = dict(emulate.ARCH_RUNTIMES["armv7"])
+ARMV7_PREPARE_MIN = 4  # minutes to prepare the armv7 root here: docs/targets-and-devices.md, "32-bit ARM (armv7)"
 
 
 # --------------------------------------------------------------------------- the device kind
@@ -37,10 +41,12 @@ def test_device_kind_parses_both_forms() -> None:
         dev = parse_device(form)
         assert dev.emulated and dev.arch == "aarch64" and not dev.is_local and dev.host is None
     assert not parse_device("local").emulated and parse_device("ssh://pi@h").arch is None
+    assert parse_device({"emulate": "armv7"}).arch == "armv7"  # 32-bit ARM: iot-camera's Cortex-A7
 
 
 @pytest.mark.parametrize("value, match", [
-    ("emulate:riscv64", r"unknown arch 'riscv64'; edgecompress can emulate: aarch64"),
+    ("emulate:riscv64", r"unknown arch 'riscv64'; edgecompress can emulate: aarch64, armv7$"),
+    ("emulate:armv7l", r"unknown arch 'armv7l'"),  # the device is named by the arch, not platform.machine()
     ("emulate:", r"unknown arch ''"),
     ({"emulate": "aarch64", "python": "python3"}, r"device.emulate.*takes no other keys"),
     ("qemu:aarch64", r"is not 'local' or 'ssh://user@host\[:port\]' \(or 'emulate:aarch64'\)"),
@@ -65,9 +71,10 @@ def test_emulated_profile_needs_no_ssh_timeout() -> None:
 # --------------------------------------------------------------------------- the root, its manifest, the command
 
 
-def _fake_root(cache: Path, qemu: Path, runtimes: dict[str, str] = PINS, manifest: bool = True) -> Path:
+def _fake_root(cache: Path, qemu: Path, runtimes: dict[str, str] = PINS, manifest: bool = True,
+               arch: str = "aarch64") -> Path:
     """A root with the files a manifest names (no real binaries), as prepare leaves it."""
-    root = cache / "aarch64"
+    root = cache / arch
     for rel in emulate.BASE_FILES:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x")
@@ -78,8 +85,9 @@ def _fake_root(cache: Path, qemu: Path, runtimes: dict[str, str] = PINS, manifes
         (root / rel).write_text("")
         wheels.append(emulate.Wheel(name, version, f"{name}-{version}.whl", "0" * 64, (rel,)))
     if manifest:
-        m = emulate.Manifest("aarch64", emulate.SUITE, emulate.MIRROR, "3.11.2", "1.24.2", str(qemu), "7.2.22",
-                             "cortex-a76", True, tuple(wheels), emulate.BASE_FILES, {"total": 1.0}, "2026-01-01")
+        m = emulate.Manifest(arch, emulate.SUITE, emulate.MIRROR, "3.11.2", "1.24.2", str(qemu), "7.2.22",
+                             emulate.QEMU_CPU[arch], True, tuple(wheels), emulate.BASE_FILES, {"total": 1.0},
+                             "2026-01-01")
         (root / emulate.MANIFEST).write_text(json.dumps(m.to_json()))
     return root
 
@@ -132,6 +140,40 @@ def test_mark_says_emulated_with_versions(tmp_path: Path, fake_qemu: Path) -> No
     assert fp["runtimes"] == PINS and fp["emulator"] == "qemu-aarch64 7.2.22" and fp["arch"] == "aarch64"
 
 
+def test_armv7_device_runs_qemu_arm_as_a_cortex_a7(tmp_path: Path, fake_qemu: Path) -> None:
+    root = _fake_root(tmp_path / "cache", fake_qemu, PINS7, arch="armv7")
+    emu = emulate.emulator(EMU7, tmp_path / "cache")
+    assert emu is not None and emu.root == root and emu.cpu == "cortex-a7"
+    assert emu.command(["--runs", "5"])[:3] == [str(fake_qemu), "-cpu", "cortex-a7"]
+    fp = emu.mark({"fingerprint": {"arch": "armv7l"}})["fingerprint"]
+    assert fp["emulator"] == "qemu-arm 7.2.22" and fp["runtimes"] == {"tflite-runtime": "2.14.0"}
+    with pytest.raises(EdgeCompressError, match=r"^device emulate:aarch64 is not ready: .*--arch aarch64$"):
+        emulate.emulator(EMU, tmp_path / "cache")  # the armv7 root is not an aarch64 one
+
+
+def test_armv7_refuses_an_onnx_model_in_one_line(tmp_path: Path, fake_qemu: Path) -> None:
+    _fake_root(tmp_path / "cache", fake_qemu, PINS7, arch="armv7")
+    emu = emulate.emulator(EMU7, tmp_path / "cache")
+    with pytest.raises(EdgeCompressError, match=r"^/m/int8.onnx needs onnxruntime, which the emulated armv7 device "
+                                                r"does not have \(it has tflite-runtime\); onnxruntime publishes no "
+                                                r"armv7l wheel, so run it on a real board \(ssh://\) or an aarch64 "
+                                                r"device$"):
+        emu.command(["--model", "/m/int8.onnx", "--runs", "5"])
+    assert emu.command(["--model", "/m/int8.tflite"])[-1] == "/m/int8.tflite"  # LiteRT: tflite-runtime runs it
+    _fake_root(tmp_path / "c2", fake_qemu, {"onnxruntime": "1.32.0"})  # an aarch64 root without LiteRT
+    only_ort = emulate.emulator(EMU, tmp_path / "c2")
+    with pytest.raises(EdgeCompressError, match=r"needs ai-edge-litert or tflite-runtime, .* --runtime NAME==VERSION$"):
+        only_ort.command(["--model", "/m/int8.tflite"])
+
+
+def test_armv7_finds_qemu_arm(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    monkeypatch.setattr(shutil, "which", lambda name: asked.append(name) or None)
+    with pytest.raises(EdgeCompressError, match=r"^qemu-arm-static is not installed, so armv7 cannot be emulated"):
+        emulate.find_qemu("armv7")
+    assert asked == ["qemu-arm-static", "qemu-arm"]
+
+
 @pytest.mark.parametrize("damage, why", [
     (lambda root: (root / emulate.MANIFEST).unlink(), r"has no edgecompress-device.json .*half-way"),
     (lambda root: (root / emulate.ROOT_PYTHON).unlink(), r"usr/bin/python3, which edgecompress-device.json names, "
@@ -155,6 +197,11 @@ def test_cpuinfo_names_the_emulated_cpu() -> None:
     from edgecompress.deploy import runner
 
     assert runner.ARM_PARTS["0xd0b"] == "Cortex-A76"
+    # A 32-bit kernel's cpuinfo for the Cortex-A7: it names the core and its ARMv7 features (NEON, VFPv4).
+    text7 = prepare.cpuinfo_text("armv7")
+    assert "CPU part\t: 0xc07" in text7 and "CPU architecture: 7" in text7 and runner.ARM_PARTS["0xc07"] == "Cortex-A7"
+    assert text7.startswith("processor\t: 0\nmodel name\t: ARMv7 Processor rev 5 (v7l)\n")
+    assert {"neon", "vfpv4", "idiva"} <= set(text7.split("Features\t: ")[1].splitlines()[0].split())
 
 
 def test_relative_links(tmp_path: Path) -> None:
@@ -178,7 +225,7 @@ def test_unknown_arch_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["device", "prepare", "--arch", "riscv64"])
     assert capsys.readouterr().err.strip() == ("edgecompress: error: unknown arch 'riscv64'; edgecompress can "
-                                               "emulate: aarch64")
+                                               "emulate: aarch64, armv7")
 
 
 def test_no_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -216,6 +263,49 @@ def test_missing_wheel_names_the_versions(monkeypatch: pytest.MonkeyPatch, tmp_p
     platforms = [argv[i + 1] for i, a in enumerate(argv) if a == "--platform"]
     assert platforms[0] == "manylinux_2_17_aarch64" and "manylinux_2_36_aarch64" in platforms
     assert "manylinux_2_37_aarch64" not in platforms and "manylinux2014_aarch64" in platforms
+
+
+def test_armv7_wheels_are_asked_for_armv7l(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # tflite-runtime's last release: cp311-cp311-manylinux_2_34_armv7l, which bookworm's glibc 2.36 installs.
+    argv = prepare.pip_download_argv("tflite-runtime", "2.14.0", "armv7", tmp_path)
+    platforms = [argv[i + 1] for i, a in enumerate(argv) if a == "--platform"]
+    assert "manylinux_2_34_armv7l" in platforms and "manylinux2014_armv7l" in platforms
+    assert not [p for p in platforms if not p.endswith("_armv7l")]
+
+    def pip(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        # pip leaves the wheel in -d; an aarch64 one of the same version beside it must not be taken
+        dest = Path(argv[argv.index("-d") + 1])
+        for tag in ("manylinux_2_34_armv7l", "manylinux_2_17_aarch64"):
+            (dest / f"tflite_runtime-2.14.0-cp311-cp311-{tag}.whl").write_text("")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(prepare.subprocess, "run", pip)
+    assert prepare.download_wheel("tflite-runtime", "2.14.0", "armv7", tmp_path).name.endswith("_armv7l.whl")
+
+
+def test_armv7_pins_only_what_has_a_wheel() -> None:
+    assert prepare.runtime_pins(arch="armv7") == {"tflite-runtime": "2.14.0"}
+    assert prepare.runtime_pins(["tflite-runtime==2.13.0"], "armv7") == {"tflite-runtime": "2.13.0"}
+    for name in ("onnxruntime", "ai-edge-litert"):
+        with pytest.raises(EdgeCompressError, match=rf"^--runtime '{name}==1.0': {name} publishes no armv7l wheel "
+                                                    r"for Python 3.11 at any version, so the armv7 device cannot "
+                                                    r"run it \(it has tflite-runtime\); .*ssh://.*--arch aarch64\)$"):
+            prepare.runtime_pins([f"{name}==1.0"], "armv7")
+
+
+def test_armv7_binfmt_entry_is_qemu_arm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(prepare, "BINFMT", tmp_path)
+    (tmp_path / "register").write_text("")
+    ran: list[list[str]] = []
+
+    def update(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(argv)
+        (tmp_path / "qemu-arm").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/arm-binfmt-P\nflags: PF\n")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(prepare.subprocess, "run", update)
+    prepare.ensure_binfmt("armv7")
+    assert ran == [["update-binfmts", "--enable", "qemu-arm"]]
 
 
 @pytest.mark.parametrize("spec", ["onnxruntime", "tensorflow==2.0", "onnxruntime=="])
@@ -264,14 +354,14 @@ class _Steps:
         (root / emulate.PTH).parent.mkdir(parents=True, exist_ok=True)
         return {"debootstrap": 1.0, "second_stage": 2.0}
 
-    def imports(self, qemu: str, root: Path, arch: str) -> dict[str, str]:
+    def imports(self, qemu: str, root: Path, arch: str, runtimes: Sequence[str]) -> dict[str, str]:
         """The versions of the runtimes unpacked into the root, as the import under qemu reports them."""
-        self.ran.append("imports")
+        self.ran.append(f"imports {' '.join(runtimes)}")
         seen = {}
-        for name in emulate.RUNTIMES:
-            info = next((root / emulate.SITE).glob(f"{name.replace('-', '_')}-*.dist-info"))
-            seen[name] = info.name[len(name) + 1:-len(".dist-info")]
-        return {"machine": arch, "python": "3.11.2", "numpy": "1.24.2", **seen}
+        for info in (root / emulate.SITE).glob("*.dist-info"):
+            name, version = info.name[:-len(".dist-info")].split("-")
+            seen[name.replace("_", "-")] = version
+        return {"machine": emulate.MACHINE[arch], "python": "3.11.2", "numpy": "1.24.2", **seen}
 
 
 def test_prepare_builds_then_is_a_no_op_then_repairs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -280,11 +370,13 @@ def test_prepare_builds_then_is_a_no_op_then_repairs(monkeypatch: pytest.MonkeyP
     cache = tmp_path / "cache"
     first = prepare.prepare("aarch64", cache)
     assert first.action == "built" and steps.ran == ["download onnxruntime", "download ai-edge-litert", "binfmt",
-                                                     "base", "imports"]
+                                                     "base", "imports onnxruntime ai-edge-litert"]
     m = json.loads((first.root / emulate.MANIFEST).read_text())
     assert [w["name"] for w in m["wheels"]] == list(PINS) and all(len(w["sha256"]) == 64 for w in m["wheels"])
     assert m["seconds"]["debootstrap"] == 1.0 and "total" in m["seconds"] and m["qemu_version"] == "7.2.22"
-    assert (first.root / emulate.PTH).read_text() == f"/{emulate.SITE}\n"
+    pth = (first.root / emulate.PTH).read_text()  # relative, so it resolves inside the root under qemu -L
+    assert pth == "../../../../opt/edgecompress/site\n"
+    assert (first.root / emulate.PTH).parent.joinpath(pth.strip()).resolve() == (first.root / emulate.SITE).resolve()
     assert not (cache / "aarch64.partial").exists()
 
     steps.ran.clear()
@@ -305,6 +397,17 @@ def test_prepare_builds_then_is_a_no_op_then_repairs(monkeypatch: pytest.MonkeyP
     assert other.action == "runtimes replaced" and other.manifest.runtimes["ai-edge-litert"] == "2.3.0"
     assert other.why == f"ai-edge-litert {PINS['ai-edge-litert']} -> 2.3.0"
     assert "base" not in steps.ran
+
+
+def test_prepare_armv7_holds_only_tflite_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 fake_qemu: Path) -> None:
+    steps = _Steps(monkeypatch, fake_qemu, tmp_path)
+    done = prepare.prepare("armv7", tmp_path / "cache")
+    assert done.action == "built" and done.root == tmp_path / "cache" / "armv7"
+    assert steps.ran == ["download tflite-runtime", "binfmt", "base", "imports tflite-runtime"]
+    assert done.manifest.runtimes == PINS7 and done.manifest.qemu_cpu == "cortex-a7" and done.manifest.arch == "armv7"
+    assert not (tmp_path / "cache" / "aarch64").exists()  # one root per arch
+    assert prepare.prepare("armv7", tmp_path / "cache").action == "ready"
 
 
 # --------------------------------------------------------------------------- what an emulated result decides
@@ -377,22 +480,26 @@ def test_emulated_check_records_latency_and_does_not_judge_it(host_emulator: Non
 # --------------------------------------------------------------------------- slow: a real run under qemu
 
 
-def _ready_emulator() -> emulate.Emulator:
-    """The prepared device, preparing it when this machine can; a skip that says why when it cannot."""
-    root = emulate.device_root("aarch64")
+def _ready_emulator(arch: str = "aarch64", build: bool = True) -> emulate.Emulator:
+    """The prepared device, preparing it when this machine can (and ``build``); a skip that says why when not."""
+    root = emulate.device_root(arch)
     if emulate.read_manifest(root)[1]:
-        if shutil.which("qemu-aarch64-static") is None:
-            pytest.skip("cannot emulate aarch64: qemu-user-static is not installed (apt-get install qemu-user-static)")
+        how = f"edgecompress device prepare --arch {arch}"
+        if not build:
+            pytest.skip(f"the {arch} device is not prepared (CI does not build it: ~{ARMV7_PREPARE_MIN} minutes); "
+                        f"run {how} as root once")
+        if shutil.which(f"qemu-{emulate.QEMU_NAME[arch]}-static") is None:
+            pytest.skip(f"cannot emulate {arch}: qemu-user-static is not installed (apt-get install qemu-user-static)")
         if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-            pytest.skip("the aarch64 device is not prepared and preparing needs root and debootstrap: run "
-                        "edgecompress device prepare --arch aarch64 as root")
+            pytest.skip(f"the {arch} device is not prepared and preparing needs root and debootstrap: run "
+                        f"{how} as root")
         try:
-            prepare.prepare("aarch64")
+            prepare.prepare(arch)
         except EdgeCompressError as e:
             if "binfmt" in str(e):
-                pytest.skip(f"cannot emulate aarch64 here: {e}")
+                pytest.skip(f"cannot emulate {arch} here: {e}")
             raise
-    emu = emulate.emulator(EMU)
+    emu = emulate.emulator(DeviceSpec(url=f"emulate:{arch}"))
     assert emu is not None
     return emu
 
@@ -413,3 +520,35 @@ def test_runner_inside_the_emulated_device(tmp_path: Path) -> None:
     res = check_target(_profile(budgets, device="emulate:aarch64"), d, testset)
     assert res.status == "emulated-pass" and [r.budget.name for r in res.budgets] == ["size", "accuracy"]
     assert res.fingerprint["arch"] == "aarch64" and res.fingerprint["emulated"] is True
+
+
+@pytest.mark.slow
+def test_runner_inside_the_emulated_armv7_device(tmp_path: Path) -> None:
+    # 32-bit ARM runs LiteRT models only (tflite-runtime): a tiny TFLite model, converted here.
+    emu = _ready_emulator("armv7", build=False)
+    torch = pytest.importorskip("torch")
+    litert_torch = pytest.importorskip("litert_torch")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    model = tmp_path / "fp32.tflite"
+    litert_torch.convert(module, (torch.randn(1, 4, 4, 1),)).export(str(model))
+    sidecar = {"format": "tflite", "precision": "fp32", "input_name": "input", "output_name": "logits",
+               "input_shape": [1, 4, 4, 1], "layout": "NHWC", "input_dtype": "float32", "output_dtype": "float32",
+               "input_quant": None, "output_quant": None, "mean": [0.5], "std": [0.25], "num_classes": 3}
+    Path(f"{model}.json").write_text(json.dumps(sidecar))
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (40, 1, 4, 4), dtype=np.uint8)
+    y = rng.integers(0, 3, 40).astype(np.int64)
+    np.savez(tmp_path / "testset.npz", x=x, y=y)
+    lin = module[1]
+    logits = ((x.astype(np.float32) / 255 - 0.5) / 0.25).reshape(40, -1) @ lin.weight.detach().numpy().T \
+        + lin.bias.detach().numpy()
+    args = ["--model", str(model), "--data", str(tmp_path / "testset.npz"), "--runs", "10", "--warmup", "2",
+            "--threads", "1"]
+    proc = subprocess.run(emu.command(args), capture_output=True, text=True, timeout=600)
+    result = emu.mark(json.loads(proc.stdout.strip().splitlines()[-1]))
+    fp = result["fingerprint"]
+    assert fp["arch"] == "armv7l" and fp["emulated"] is True and fp["emulator"].startswith("qemu-arm ")
+    assert fp["runtime"] == "tflite-runtime" and fp["runtime_version"] == PINS7["tflite-runtime"]
+    assert "Cortex-A7" in fp["cpu_model"] and fp["qemu_cpu"] == "cortex-a7"
+    assert result["accuracy"] == pytest.approx(float((logits.argmax(1) == y).mean()))  # armv7 kernels, same answers

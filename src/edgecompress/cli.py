@@ -244,7 +244,7 @@ def _device_prepare(ns: argparse.Namespace) -> None:
     from edgecompress.deploy.prepare import prepare, runtime_pins
 
     check_arch(ns.arch)  # before anything else: an unknown arch is the first thing to say
-    done = prepare(ns.arch, ns.cache, runtime_pins(ns.runtime or ()), ns.mirror)
+    done = prepare(ns.arch, ns.cache, runtime_pins(ns.runtime or (), ns.arch), ns.mirror)
     m = done.manifest
     runtimes = ", ".join(f"{k} {v}" for k, v in m.runtimes.items())
     how = "already prepared" if done.action == "ready" else \
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--teacher", default="models/teacher.pt",
                    help="teacher checkpoint, the reference of budgets.max_drop (default models/teacher.pt)")
     c.add_argument("--device", help="run on this device instead of the profile's: local, ssh://user@host[:port] "
-                                    "or emulate:aarch64 (edgecompress device prepare)")
+                                    "or emulate:aarch64|armv7 (edgecompress device prepare)")
     c.add_argument("--key-file", help="ssh private key for the device (default: the profile's, else ssh's own)")
     c.add_argument("--remote-python", help="python interpreter on the device (default: the profile's, else python3)")
     c.set_defaults(fn=_check)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--exhaustive", action="store_true", help="measure every allowed candidate, not only those that can win")
     b.add_argument("--strict", action="store_true", help="fail when nothing fits even on proxy hardware")
     b.add_argument("--device", help="measure on this device instead of the profile's: local, "
-                                    "ssh://user@host[:port] or emulate:aarch64 (edgecompress device prepare)")
+                                    "ssh://user@host[:port] or emulate:aarch64|armv7 (edgecompress device prepare)")
     b.add_argument("--key-file", help="ssh private key for the device")
     b.add_argument("--remote-python", help="python interpreter on the device (default python3)")
     b.set_defaults(fn=_build)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
                                       "heads.tflite) run by the standalone runner there (entropy, "
                                       "least_confidence, bald)")
     s.add_argument("--target", help="with --artifact: the target profile (runtime, threads, device)")
-    s.add_argument("--device", help="with --artifact: local, ssh://user@host[:port] or emulate:aarch64 "
+    s.add_argument("--device", help="with --artifact: local, ssh://user@host[:port] or emulate:aarch64|armv7 "
                                     "(default: the profile's)")
     s.add_argument("--key-file", help="ssh private key for the device")
     s.add_argument("--remote-python", help="python interpreter on the device (default python3)")
@@ -357,13 +357,15 @@ def main(argv: list[str] | None = None) -> None:
     st.set_defaults(fn=_status)
     from edgecompress.deploy.emulate import MIRROR
 
-    dev = sub.add_parser("device", help="emulated devices: prepare an aarch64 root run through qemu")
+    dev = sub.add_parser("device", help="emulated devices: prepare an aarch64 or armv7 root run through qemu")
     dsub = dev.add_subparsers(dest="device_cmd", required=True)
     dp = dsub.add_parser("prepare", help="build the emulated device once (a no-op when it is ready; rebuilds a "
                                          "half-built one); needs root and qemu-user-static")
-    dp.add_argument("--arch", required=True, help="instruction set to emulate: aarch64")
+    dp.add_argument("--arch", required=True, help="instruction set to emulate: aarch64, or armv7 (32-bit ARM, "
+                                                   "LiteRT only: tflite-runtime)")
     dp.add_argument("--runtime", action="append", metavar="NAME==VERSION",
-                    help="another version of a pinned runtime (onnxruntime, ai-edge-litert); repeatable")
+                    help="another version of a pinned runtime (aarch64: onnxruntime, ai-edge-litert; armv7: "
+                         "tflite-runtime); repeatable")
     dp.add_argument("--mirror", default=MIRROR, help=f"Debian mirror (default {MIRROR})")
     dp.add_argument("--cache", help="where devices live (default $XDG_CACHE_HOME or ~/.cache, /edgecompress/devices)")
     dp.set_defaults(fn=_device_prepare)

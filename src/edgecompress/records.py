@@ -286,14 +286,15 @@ class CandidateRow:
     latency_ci: dict[str, dict[str, Any]] | None = None  # per statistic, 95% {point, lo, hi, n}
     conditions: dict[str, Any] | None = None  # the runner's load, CPU frequency and temperatures at start and end
     rounds: str | None = None  # "" when the rounds agree; the disagreement when the load changed; None: no rounds
+    agreement: dict[str, Any] | None = None  # its outputs on the profile's agreement device vs this host's
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self, optional=("accuracy_ci", "latency_ci", "conditions", "rounds"))  # as read
+        return _fields_json(self, optional=("accuracy_ci", "latency_ci", "conditions", "rounds", "agreement"))
 
     @classmethod
     def from_json(cls, d: Any) -> "CandidateRow":
         return cls(**_take(d, cls, "candidates[]", tuples=("why", "warnings"),
-                           optional=("accuracy_ci", "latency_ci", "conditions", "rounds")))
+                           optional=("accuracy_ci", "latency_ci", "conditions", "rounds", "agreement")))
 
 
 @dataclass(frozen=True)
@@ -319,6 +320,7 @@ class BuildRecord:
     # tied (names within validation noise of the chosen), why (how the tie was broken), val_test_gap_pt
     # (the reference model's validation minus test accuracy) and warning (a floor met inside that gap)
     decision: dict[str, Any] | None = None
+    agreement: str | None = None  # where the candidates' outputs were compared with this host's, or why not
 
     @property
     def failed(self) -> bool:
@@ -327,12 +329,12 @@ class BuildRecord:
 
     def to_json(self) -> dict[str, Any]:
         """Today's build.json object, key for key."""
-        return _fields_json(self, optional=("error", "decision"))
+        return _fields_json(self, optional=("error", "decision", "agreement"))
 
     @classmethod
     def from_json(cls, d: Any) -> "BuildRecord":
         """A build record (ValueError: what is missing, e.g. ``no chosen.file``)."""
-        kwargs = _take(d, cls, "", optional=("error", "decision"), tuples=("hardware_reasons",))
+        kwargs = _take(d, cls, "", optional=("error", "decision", "agreement"), tuples=("hardware_reasons",))
         kwargs["build"] = BuildSpecRecord.from_json(kwargs["build"])
         kwargs["chosen"] = ChosenRecord.from_json(kwargs["chosen"])
         kwargs["reference"] = ReferenceRecord.from_json(kwargs["reference"])

@@ -22,12 +22,14 @@ from edgecompress.deploy.targets import load_target
 from edgecompress.errors import EdgeCompressError
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.early_exit import EarlyExitConfig
+from edgecompress.training.elastic import ElasticConfig, check_distill
 from edgecompress.training.teacher import TeacherConfig
 from edgecompress.usermodel import user_file
 
 SECTIONS: dict[str, type] = {"active_learning": SelectConfig, "candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
-                             "cluster": ClusterConfig, "early_exit": EarlyExitConfig, "check": CheckConfig}
+                             "cluster": ClusterConfig, "early_exit": EarlyExitConfig, "elastic": ElasticConfig,
+                             "check": CheckConfig}
 
 
 def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
@@ -52,6 +54,8 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
         raise EdgeCompressError(f"{path}: prune.source: ensemble needs train_teacher.ensemble_size >= 2; "
                                 f"set prune.source: auto or teacher")
     _check_user_models(path, teacher, distill, prune)
+    if cfg["elastic"].enabled:
+        check_distill(distill)  # our MobileNet only, from the stored soft targets
     levels = {level_name(r) for r in (prune.ratio, *prune.ladder)} if prune.ladder else set()
     unknown = [m for m in cfg["cluster"].models if m.startswith("pruned-") and m not in levels]
     if unknown:

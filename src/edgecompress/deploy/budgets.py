@@ -49,6 +49,8 @@ class Measurement:
     reference_accuracy: float | None = None
     latency_ci: Mapping[str, Interval] = field(default_factory=dict)
     accuracy_n: int | None = None
+    agreement: float | None = None  # top-1 agreement with this host's outputs (an AgreementSpec device's)
+    agreement_n: int | None = None
 
     @classmethod
     def from_runner(cls, raw: Mapping[str, Any], reference_accuracy: float | None = None) -> Measurement:
@@ -65,6 +67,8 @@ class Measurement:
             return self.latency_ci.get(budget.field.partition(".")[2])
         if budget.name == "accuracy" and self.accuracy is not None and self.accuracy_n:
             return wilson(self.accuracy, self.accuracy_n)
+        if budget.name == "agreement" and self.agreement is not None and self.agreement_n:
+            return wilson(self.agreement, self.agreement_n)
         return None
 
     @property
@@ -152,6 +156,9 @@ class Budget:
     judged: Callable[[float], float] = lambda v: v  # what the comparison sees of the measured value
     versus_reference: bool = False  # measured against the teacher: the miss names its accuracy
     overshoot: Callable[[float, float, str], float] = _relative  # how far outside, for "nearest" rankings
+    # Judged only where measured (agreement: only where a second device ran it); elsewhere no row, and the
+    # report says why, instead of a miss on every machine that cannot run that device.
+    optional: bool = False
 
     def limit(self, budgets: Budgets) -> float | None:
         """This budget's limit in ``budgets``; None when the target does not set it."""
@@ -186,6 +193,8 @@ TABLE: tuple[Budget, ...] = (
            "accuracy drop", " pt", 2, judged=_drop, overshoot=_points, versus_reference=True),
     Budget("ece", "max_ece", "ECE", "", CEILING, lambda m: m.ece, "ECE", "", 3),
     Budget("nll", "max_nll", "NLL", "", CEILING, lambda m: m.nll, "NLL", " nats", 3),
+    Budget("agreement", "min_agreement", "top-1 agreement with this host", "", FLOOR, lambda m: m.agreement,
+           "agreement with this host", "%", 2, by_unit=" pt", scale=100, optional=True),
 )
 BY_NAME: dict[str, Budget] = {b.name: b for b in (*LATENCY.values(), *TABLE)}
 
@@ -273,6 +282,8 @@ def judge(m: Measurement, budgets: Budgets, device: bool = True) -> tuple[Budget
         if limit is None or (b.device and not device):
             continue
         v = b.read(m)
+        if v is None and b.optional:
+            continue
         ci = m.interval(b) if v is not None else None
         if ci is not None:
             said = verdict(ci, limit, b.kind)

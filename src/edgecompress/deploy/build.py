@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-from edgecompress.deploy.check import cascade_segments, hardware_matches
+from edgecompress.deploy.agreement import Agreement
+from edgecompress.deploy.check import cascade_segments, hardware_matches, timings_judged
 from edgecompress.deploy.choose import (Candidate, Choice, NoFeasibleCandidate, Rejection, allowed, cascades_for,
                                         choose, misses, nearest_first)
 from edgecompress.deploy.choose import overshoot as budget_overshoot
@@ -124,7 +125,8 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
     # skipped ones cannot win (less accurate than a feasible one) and are reported as such.
     table = [found.measured.get(c.name, c) for c in candidates if c.name not in found.skipped]
     fp = found.probe.get("fingerprint") or {}
-    judged = not dev.emulated  # emulated timings and memory are recorded, never judged
+    # Emulated timings, or a GPU profile's measured without its GPU, are recorded and never judged.
+    judged = timings_judged(profile, dev, list(found.raw.values()))
     try:
         choice = choose(table, profile.budgets, spec, ref, profile.name, judged)
         infeasible = None
@@ -170,14 +172,15 @@ def _nearest(table: list[Candidate], profile: TargetProfile, spec: BuildSpec, re
 
 
 def _row(c: Candidate, fate: str, reasons: tuple[str, ...], raw: Mapping[str, Any] | None,
-         source: str) -> CandidateRow:
+         source: str, agreement: Agreement | None = None) -> CandidateRow:
     return CandidateRow(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
                         download_bytes=c.download_bytes, accuracy=c.accuracy, nll=c.nll, ece=c.ece,
                         latency_ms=dict(c.latency_ms) or None, peak_memory_mb=c.peak_memory_mb, measured=source,
                         fate=fate, why=tuple(reasons), warnings=tuple((raw or {}).get("warnings") or []),
                         accuracy_ci=accuracy_ci(c.accuracy, c.accuracy_n),
                         latency_ci={k: v.to_json() for k, v in c.latency_ci.items()} or None,
-                        conditions=(raw or {}).get("conditions"), rounds=rounds_note(raw))
+                        conditions=(raw or {}).get("conditions"), rounds=rounds_note(raw),
+                        agreement=None if agreement is None else agreement.to_json())
 
 
 def decision(profile: TargetProfile, index: PoolIndex, choice: Choice) -> dict[str, Any]:
@@ -218,7 +221,7 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
         if cand is None:
             cand = candidate_of(entry, scored_images(index))
         source = "device" if name in raw else "not measured"
-        rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source))
+        rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source, found.agreements.get(name)))
     ch = choice.chosen
     chosen_raw = raw.get(ch.name) or {}
     return BuildRecord(
@@ -239,7 +242,8 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
         scored_on=index.scored_on,
         search=SearchRecord(candidates=len(index.candidates), device_runs=found.device_runs,
                             cache_hits=found.cache_hits, skipped=len(skipped), seconds=round(seconds, 2)),
-        infeasible=verdict.infeasible, candidates=tuple(rows), decision=decision(profile, index, choice))
+        infeasible=verdict.infeasible, candidates=tuple(rows), decision=decision(profile, index, choice),
+        agreement=found.agreement_note)
 
 
 def _write_out(pool_dir: Path, chosen: PoolEntry | None, out_dir: Path, record: BuildRecord) -> None:

@@ -130,16 +130,28 @@ def _ci_cell(ci: Interval | None) -> str:
     return f"[{ci.lo:.{d}f}, {ci.hi:.{d}f}]"
 
 
+def agreement_cell(a: dict[str, Any] | None) -> str:
+    """``100.00% (4000), max Δp 0.0021``: top-1 agreement with this host, its images, the largest probability gap."""
+    if not a:
+        return "n/a"
+    return f"{100 * a['top1']:.2f}% ({a['images']}), max Δp {a['max_prob_diff']:.4f}"
+
+
 def _candidate_table(record: BuildRecord, key: str) -> list[str]:
-    """Every candidate, most accurate first: accuracy and p50/``key`` latency each with its 95% interval."""
+    """Every candidate, most accurate first: accuracy and p50/``key`` latency each with its 95% interval (and,
+    when the profile compares outputs with a second device, each one's agreement with this host)."""
+    agree = any(c.agreement for c in record.candidates)
+    head = "| agreement (images), max Δp " if agree else ""
     lines = [f"| candidate | val accuracy [95%] | ECE | size KiB | package KiB | p50 ms | p50 95% | {key} ms | "
-             f"{key} 95% | peak MiB | measured | fate | why |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{key} 95% | peak MiB {head}| measured | fate | why |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if agree else "")]
     for c in sorted(record.candidates, key=lambda c: -c.accuracy):
         lt, mem, aci = c.latency_ms or {}, c.peak_memory_mb, _cand_acc(record, c)
         acc = accuracy_text(aci) if aci is not None else f"{100 * c.accuracy:.2f}%"
+        cell = f" | {agreement_cell(c.agreement)}" if agree else ""
         lines.append(f"| `{c.name}` | {acc} | {_f(c.ece)} | {c.size_bytes / 1024:.1f} | {_kib(c.download_bytes)} | "
                      f"{_ms(lt.get('p50'))} | {_ci_cell(_cand_lat(c, 'p50'))} | {_ms(lt.get(key))} | "
-                     f"{_ci_cell(_cand_lat(c, key))} | {'n/a' if mem is None else f'{mem:.0f}'} | {c.measured} | "
+                     f"{_ci_cell(_cand_lat(c, key))} | {'n/a' if mem is None else f'{mem:.0f}'}{cell} | {c.measured} | "
                      f"{c.fate} | {_why(c, record)} |")
     return lines
 
@@ -183,6 +195,10 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None) -> str:
               f"{s.cache_hits} from the measurement cache, {s.skipped} skipped (a more accurate one fits); "
               f"{s.seconds:.1f} s",
               f"- scored on: {(record.scored_on or {}).get('images')} validation images (never the test set)"]
+    if record.agreement:
+        chosen = next((c.agreement for c in record.candidates if c.fate == "chosen"), None)
+        lines.append(f"- outputs vs this host: {record.agreement}" +
+                     (f"; the chosen: {agreement_cell(chosen)}" if chosen else ""))
     lines += _decision_lines(record)
     if record.infeasible:
         lines += ["", "## No candidate meets every budget", "", "```", record.infeasible, "```"]

@@ -17,13 +17,15 @@ from typing import Any, Mapping
 from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import read_json
+from edgecompress.deploy import agreement as agree
 from edgecompress.deploy.bench import local_command, runner_args
 from edgecompress.deploy.budgets import BudgetRow, Measurement, accuracy_ci, judge, rounds_note, undecided
 from edgecompress.deploy.measure import Job, Plan, interleave
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.devices import DeviceSpec, resolve_device
 from edgecompress.deploy.emulate import SLOWDOWN, emulator
-from edgecompress.deploy.hardware import emulates, fails, hardware_matches, status_of  # noqa: F401 (build, callers)
+from edgecompress.deploy.hardware import (emulates, fails, hardware_matches, local_gpu, status_of,  # noqa: F401
+                                         timings_judged)
 from edgecompress.deploy.targets import ArtifactSpec, TargetProfile, load_target, valid_name
 from edgecompress.records import BUILD_RECORD, BuildRecord, read_build_record
 
@@ -99,9 +101,10 @@ def run_check(profile: TargetProfile, artifacts_dir: Path, testset: Path | None,
     # One candidate, still in rounds: the rounds show drift, and an undecided latency gets more of them
     # (not when emulated: that latency decides nothing).
     emu = emulator(device)
+    judged = emu is None and local_gpu(profile)
     raw = interleave([job], plan_for(profile, device), f"target {profile.name}",
-                     more=None if emu else lambda _, rounds: undecided(profile.budgets, rounds),
-                     extra_rounds=0 if emu else extra_rounds(profile),
+                     more=lambda _, rounds: judged and undecided(profile.budgets, rounds),
+                     extra_rounds=extra_rounds(profile) if judged else 0,
                      command=emu.command if emu else local_command)[job.name]
     return emu.mark(raw) if emu else raw
 
@@ -225,6 +228,8 @@ class CheckResult:
     build_status: str | None = None  # the build record's status; None: checked an export directory
     build_infeasible: bool = False  # its build shipped only the nearest candidate
     failed: bool = False  # the verdict (``fails``); the JSON calls it gate_failed
+    timings_judged: bool = True  # False: latency and peak memory recorded, a proxy (emulated, or no GPU active)
+    agreement: Mapping[str, Any] | None = None  # the artifact's outputs on the agreement device vs this host's
 
     def __post_init__(self) -> None:
         # Lists from JSON or callers become tuples, so the result stays immutable.
@@ -247,6 +252,10 @@ class CheckResult:
             d["build_status"] = self.build_status
         if self.build_infeasible:
             d["build_infeasible"] = True
+        if not self.timings_judged:
+            d["timings_judged"] = False
+        if self.agreement is not None:
+            d["agreement"] = self.agreement
         d["gate_failed"] = self.failed
         return d
 
@@ -265,7 +274,8 @@ class CheckResult:
                        teacher_accuracy=ref, latency_ci=d.get("latency_ci"), accuracy_ci=d.get("accuracy_ci"),
                        conditions=d.get("conditions"), rounds=d.get("rounds"), sustained=d.get("sustained"),
                        build_status=d.get("build_status"),
-                       build_infeasible=bool(d.get("build_infeasible")), failed=d["gate_failed"])
+                       build_infeasible=bool(d.get("build_infeasible")), failed=d["gate_failed"],
+                       timings_judged=d.get("timings_judged", True), agreement=d.get("agreement"))
         except (KeyError, TypeError, AttributeError) as e:
             raise EdgeCompressError(f"{where}: not a check result (no {e}); re-run the check stage") from None
 
@@ -284,12 +294,23 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
     if profile.budgets.download_mb is not None:
         raw["package_bytes"] = package_bytes(Path(artifacts_dir) / profile.artifact.filename, profile.artifact.cascade)
     m = Measurement.from_runner(raw, reference_accuracy)
-    rows = judge(m, profile.budgets, device=not dev.emulated)
+    warnings = list(raw.get("warnings") or [])
+    agreed, why_not = agree.on_test_images(profile, Path(artifacts_dir), testset)
+    if agreed is not None:  # the outputs that ship are the agreement device's: judge those
+        m = replace(m, accuracy=agreed.accuracy, nll=agreed.nll, ece=agreed.ece, accuracy_n=agreed.images,
+                    agreement=agreed.top1, agreement_n=agreed.images)
+    elif why_not:
+        warnings.append(why_not)
+    judged = timings_judged(profile, dev, [raw])
+    rows = judge(m, profile.budgets, device=judged)
     fp = raw.get("fingerprint") or {}
     match, reasons = hardware_matches(profile.hardware, fp, raw.get("active_providers"))
     ok = not any(r.missed for r in rows)
     status = status_of(ok, match, emulates(profile, dev, fp))
-    warnings = list(raw.get("warnings") or [])
+    if agreed is not None and not match:
+        # Outputs judged on the device's own kernels stand as on the device; the host's timings stay a proxy.
+        outputs_ok = not any(r.missed for r in rows if not r.budget.device)
+        status = "emulated-fail" if not outputs_ok else "emulated-pass" if ok else "proxy-fail"
     if status.startswith("emulated"):
         warnings.append("emulated: accuracy and sizes are judged as on the device; latency and peak memory are "
                         "the emulator's (a proxy), recorded and not judged")
@@ -302,12 +323,13 @@ def check_target(profile: TargetProfile, artifacts_dir: Path, testset: Path | No
                        hardware_match=match, hardware_reasons=reasons, fingerprint=fp, runtime=raw.get("runtime"),
                        bench=raw.get("bench"), latency_ms=raw.get("latency_ms"),
                        throughput_per_s=raw.get("throughput_per_s"), memory=raw.get("memory"),
-                       accuracy=raw.get("accuracy"), nll=raw.get("nll"), ece=raw.get("ece"),
+                       accuracy=m.accuracy, nll=m.nll, ece=m.ece,
                        accuracy_samples=raw.get("accuracy_samples"), budgets=rows, warnings=warnings,
                        teacher_accuracy=reference_accuracy, failed=fails(status, strict),
                        latency_ci={k: v.to_json() for k, v in m.latency_ci.items()} or None,
                        accuracy_ci=accuracy_ci(m.accuracy, m.accuracy_n), conditions=raw.get("conditions"),
-                       rounds=rounds_note(raw), sustained=_sustained_summary(raw.get("sustained")))
+                       rounds=rounds_note(raw), sustained=_sustained_summary(raw.get("sustained")),
+                       timings_judged=judged, agreement=None if agreed is None else agreed.to_json())
 
 
 def _sustained_summary(sustained: Mapping[str, Any] | None) -> dict[str, Any] | None:

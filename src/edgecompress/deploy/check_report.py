@@ -235,6 +235,35 @@ def sustained_lines(sustained: Mapping[str, Any], latency_ci: Mapping[str, Any] 
     return lines
 
 
+def _where_outputs(result: CheckResult) -> str:
+    a = result.agreement
+    return f" (the outputs of {a['device']}: its own kernels)" if a else ""
+
+
+def _agreement_lines(result: CheckResult) -> list[str]:
+    """The agreement device's outputs against this host's on the same test images."""
+    a = result.agreement
+    if not a:
+        return []
+    same = round(a["top1"] * a["images"])
+    host = "n/a" if a.get("host_accuracy") is None else f"{100 * a['host_accuracy']:.2f}%"
+    return [f"- outputs on {a['device']} vs this host: top-1 agreement {100 * a['top1']:.2f}% ({same}/{a['images']} "
+            f"images), largest probability difference {a['max_prob_diff']:.4f}; accuracy on this host {host}"]
+
+
+def _timings_line(result: CheckResult) -> list[str]:
+    """Whether the latency and peak memory shown were judged, and as what."""
+    if not result.timings_judged:
+        if result.status.startswith("emulated"):
+            return ["- latency and peak memory: **proxy** (emulated): recorded, not judged against any budget"]
+        return ["- latency and peak memory: **proxy** (the profile's GPU was not active: CPU kernels): recorded, "
+                "not judged against any budget"]
+    if result.agreement and not result.hardware_match:
+        return ["- latency and peak memory: this host's, a **proxy** for the device's (judged as one: a miss fails "
+                "the run only with check.strict)"]
+    return []
+
+
 def render_markdown(result: CheckResult) -> str:
     """A readable per-target report: the artifact, each budget vs measurement with its interval and verdict,
     the conditions it ran under, the sustained run, and where it ran."""
@@ -251,11 +280,11 @@ def render_markdown(result: CheckResult) -> str:
     acc_text = (accuracy_text(acc) + " (95% Wilson)") if acc is not None else _fmt(result.accuracy, "")
     lines += [f"- artifact: `{art.path}` ({art.precision} {art.format}, "
               f"{'n/a' if size is None else f'{size / 1024:.1f} KiB'}{built})",
-              f"- accuracy: {acc_text} on {result.accuracy_samples} test images",
+              f"- accuracy: {acc_text} on {result.accuracy_samples} test images" + _where_outputs(result),
+              *_agreement_lines(result),
               *_latency_lines(result),
               f"- peak memory: {_fmt((result.memory or {}).get('peak_rss_mb'), 'MB')}",
-              *(["- latency and peak memory: **proxy** (emulated): recorded, not judged against any budget"]
-                if result.status.startswith("emulated") else []), "",
+              *_timings_line(result), "",
               "| budget | limit | measured | 95% interval | margin | result |", "|---|---|---|---|---|---|"]
     for r in result.budgets:
         shown, limit = _pair(r)

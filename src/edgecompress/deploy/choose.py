@@ -52,6 +52,9 @@ class Candidate:
     cascade: bool = False  # an early-exit cascade: only targets with a mean-latency budget consider it
     latency_ci: Mapping[str, Interval] = field(default_factory=dict)  # 95% intervals from the runner's samples
     accuracy_n: int | None = None  # validation images behind ``accuracy`` (None: no interval known)
+    agreement: float | None = None  # top-1 agreement with this host on the profile's agreement device
+    agreement_n: int | None = None
+    max_prob_diff: float | None = None
 
     def __post_init__(self) -> None:
         # A candidate table is read from reports; a wrong value here would silently pick the wrong model.
@@ -146,7 +149,8 @@ def measurement(candidate: Candidate, reference_accuracy: float | None = None) -
     c = candidate
     return Measurement(latency_ms=c.latency_ms, size_bytes=c.size_bytes, download_bytes=c.download_bytes,
                        peak_memory_mb=c.peak_memory_mb, accuracy=c.accuracy, ece=c.ece, nll=c.nll,
-                       reference_accuracy=reference_accuracy, latency_ci=c.latency_ci, accuracy_n=c.accuracy_n)
+                       reference_accuracy=reference_accuracy, latency_ci=c.latency_ci, accuracy_n=c.accuracy_n,
+                       agreement=c.agreement, agreement_n=c.agreement_n)
 
 
 def misses(candidate: Candidate, budgets: Budgets, reference_accuracy: float | None,
@@ -197,7 +201,7 @@ def _faster(a: Candidate, b: Candidate, key: str) -> bool:
 def break_tie(tied: list[Candidate], budgets: Budgets, device: bool = True) -> tuple[Candidate, str]:
     """The one to ship among accuracy-tied feasible candidates, and why: clearly faster ones first (their
     intervals apart), then fewer bytes, then the name. Never a single noisy sample. ``device=False``
-    (emulated timings): latency decides nothing, so fewer bytes, then the name."""
+    (emulated timings, or a GPU profile's on the CPU): latency decides nothing, so fewer bytes, then the name."""
     key = decision_key(budgets)
     fast = [c for c in tied if not device or not any(_faster(o, c, key) for o in tied if o is not c)]
     pick = min(fast, key=lambda c: (c.size_bytes, c.name))
@@ -209,7 +213,7 @@ def break_tie(tied: list[Candidate], budgets: Budgets, device: bool = True) -> t
     noise = "" if not n else f" (±{100 * (wilson(best.accuracy, n).hi - wilson(best.accuracy, n).lo) / 2:.2f} pt, {n} images)"
     how = (f"clearly faster on {key} (95% intervals apart by {SEPARATION:g}x), then fewer bytes"
            if len(fast) < len(tied) else f"{key} intervals not apart, so by fewer bytes, then name" if device
-           else "latency emulated (not judged), so by fewer bytes, then name")
+           else "latency a proxy (not judged), so by fewer bytes, then name")
     return pick, f"variants of {pick.model} tied within validation noise{noise} with {others}: {how}"
 
 

@@ -17,9 +17,9 @@ SSH_DEVICE = re.compile(r"^ssh://(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@(?P<host>
                         r"(:(?P<port>\d{1,5}))?$")
 
 # emulate:<arch>; the arches edgecompress can prepare a device root for (``edgecompress device prepare``),
-# with Debian's name for each.
+# with Debian's name for each. armv7 is 32-bit ARM (armhf: Raspberry Pi OS 32-bit, iot-camera's Cortex-A7).
 EMULATE_DEVICE = re.compile(r"^emulate:(?P<arch>.*)$")
-EMULATED_ARCHES = {"aarch64": "arm64"}
+EMULATED_ARCHES = {"aarch64": "arm64", "armv7": "armhf"}
 DEVICE_FORMS = "'local' or 'ssh://user@host[:port]' (or 'emulate:aarch64')"
 
 
@@ -154,3 +154,25 @@ def resolve_device(base: DeviceSpec, override: DeviceSpec | str | Mapping[str, A
         raise EdgeCompressError(f"device override: {', '.join(extra)} applies only to an ssh device; "
                                 f"also give --device ssh://user@host[:port]")
     return dev
+
+
+@dataclass(frozen=True)
+class AgreementSpec:
+    """A second device whose kernels are the ones that ship (``emulate:aarch64``, or a board over SSH): each
+    candidate's class probabilities there are compared with this machine's on the same images (top-1 agreement,
+    largest probability difference), while latency stays with ``device``. ``samples``: the validation images a
+    build compares each candidate that meets every other budget on (None: all the pool's); the check compares
+    the shipped artifact on its own test images."""
+
+    device: DeviceSpec
+    samples: int | None = 1000  # emulated float kernels take 20-700 ms an image: 1000 bound a build's cost
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "device", parse_device(self.device))
+        except FieldError as e:
+            raise FieldError("device", e.detail) from None
+        if self.device.is_local:
+            raise FieldError("device", "'local' compares this machine with itself; give the device whose kernels "
+                                       "ship, e.g. emulate:aarch64 or ssh://pi@10.0.0.7")
+        integer("samples", self.samples, 10, optional=True)

@@ -1,5 +1,5 @@
 """An emulated device: a Debian root of another instruction set whose python3 runs the standalone runner
-through qemu user-mode emulation (``--device emulate:aarch64``).
+through qemu user-mode emulation (``--device emulate:aarch64``, ``emulate:armv7`` for 32-bit ARM).
 
 ``edgecompress device prepare --arch aarch64`` builds the root once (``deploy.prepare``); this module
 finds it, checks it against its manifest and runs the runner inside it. The runner and the files it
@@ -33,13 +33,31 @@ MIRROR = "http://deb.debian.org/debian"
 PYTHON = "3.11"
 GLIBC_MINOR = 36
 RUNTIMES: dict[str, str] = {"onnxruntime": "1.32.0", "ai-edge-litert": "1.4.0"}
+# Each arch's pins. 32-bit ARM: neither onnxruntime nor ai-edge-litert publishes an armv7l wheel at any
+# version on PyPI; tflite-runtime 2.14.0 (its last release) has cp311 manylinux_2_34_armv7l,
+# which bookworm's glibc 2.36 installs. docs/targets-and-devices.md "32-bit ARM (armv7)" has the search.
+ARCH_RUNTIMES: dict[str, dict[str, str]] = {"aarch64": RUNTIMES, "armv7": {"tflite-runtime": "2.14.0"}}
+NO_WHEEL = {"armv7": ("onnxruntime", "ai-edge-litert")}  # no wheel for the arch at any version: never pinnable
+# The runtimes that can run a model file, by its extension (the runner chooses by it the same way).
+MODEL_RUNTIMES = {".onnx": ("onnxruntime",), ".tflite": ("ai-edge-litert", "tflite-runtime")}
+# qemu's name for each arch (qemu-<name>-static, binfmt_misc's qemu-<name>), and what platform.machine()
+# says inside, which is also the arch in the wheels' platform tags.
+QEMU_NAME = {"aarch64": "aarch64", "armv7": "arm"}
+MACHINE = {"aarch64": "aarch64", "armv7": "armv7l"}
 # qemu's CPU model, and what the root's /proc/cpuinfo says about it (see CPUINFO below): a Cortex-A76
-# (ARMv8.2 with dot product and fp16), the big core of the mobile-cpu profile and of the Raspberry Pi 5.
-QEMU_CPU = {"aarch64": "cortex-a76"}
+# (ARMv8.2 with dot product and fp16), the big core of the mobile-cpu profile and of the Raspberry Pi 5; a
+# Cortex-A7 (ARMv7-A, NEON and VFPv4, no fp16 arithmetic), iot-camera's core and the Raspberry Pi 2's.
+QEMU_CPU = {"aarch64": "cortex-a76", "armv7": "cortex-a7"}
 CPUINFO = {"aarch64": {"features": "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
                                    "asimdrdm lrcpc dcpop asimddp ssbs",
                        "implementer": "0x41", "architecture": "8", "variant": "0x4", "part": "0xd0b",
-                       "revision": "1"}}
+                       "revision": "1"},
+           # A 32-bit kernel's lines for a Cortex-A7 (as on an i.MX6ULL or a Raspberry Pi 2): the runtimes' CPU
+           # detection reads NEON/VFPv4/idiv here and in the hwcaps qemu gives for -cpu cortex-a7.
+           "armv7": {"model name": "ARMv7 Processor rev 5 (v7l)",
+                     "features": "half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm",
+                     "implementer": "0x41", "architecture": "7", "variant": "0x0", "part": "0xc07",
+                     "revision": "5"}}
 CPUINFO_ENTRIES = 64  # processors listed; the runtimes use those the host's /sys lists (at most this many)
 MANIFEST = "edgecompress-device.json"
 SITE = "opt/edgecompress/site"  # the wheels, unpacked; a .pth file puts it on python3's path
@@ -67,11 +85,12 @@ def check_arch(arch: str) -> str:
 
 def find_qemu(arch: str) -> str:
     """The qemu user-mode emulator for ``arch`` (the static build first: it also serves a chroot)."""
-    for name in (f"qemu-{arch}-static", f"qemu-{arch}"):
+    qemu = QEMU_NAME[arch]
+    for name in (f"qemu-{qemu}-static", f"qemu-{qemu}"):
         path = shutil.which(name)
         if path:
             return path
-    raise EdgeCompressError(f"qemu-{arch}-static is not installed, so {arch} cannot be emulated; install it: "
+    raise EdgeCompressError(f"qemu-{qemu}-static is not installed, so {arch} cannot be emulated; install it: "
                             f"apt-get install qemu-user-static")
 
 
@@ -181,6 +200,7 @@ class Emulator:
     def command(self, args: Sequence[str], runner: Path = RUNNER) -> list[str]:
         """``qemu -cpu <cpu> -L <root> <root>/usr/bin/python3 -I runner.py <args>``: the same standalone runner,
         by its host path. ``-I`` keeps the host's PYTHONPATH and user site (x86 packages) out of the guest."""
+        self._has_runtime_for(args)
         for arg in (str(runner), *args):
             if arg.startswith("/") and os.path.exists(arg) and os.path.lexists(self.root / arg.lstrip("/")):
                 raise EdgeCompressError(f"{arg} also exists inside the emulated device's root {self.root}, so the "
@@ -188,10 +208,24 @@ class Emulator:
         return [self.qemu, "-cpu", self.cpu, "-L", str(self.root), str(self.root / ROOT_PYTHON), "-I", str(runner),
                 *args]
 
+    def _has_runtime_for(self, args: Sequence[str]) -> None:
+        """One clear line, before any run, when the root has no runtime for ``--model``'s format (an .onnx on
+        armv7, where none can be installed), instead of the runner's 'pip install onnxruntime'."""
+        model = next((b for a, b in zip(args, args[1:]) if a == "--model"), None)
+        need = MODEL_RUNTIMES.get(Path(model).suffix, ()) if model else ()
+        if need and not set(need) & set(self.manifest.runtimes):
+            absent = [n for n in need if n in NO_WHEEL.get(self.arch, ())]
+            verb = "publishes" if len(absent) == 1 else "publish"
+            why = (f"; {' and '.join(absent)} {verb} no {MACHINE[self.arch]} wheel, so run it on a real board "
+                   f"(ssh://) or an aarch64 device" if absent == list(need) else
+                   f"; add one: edgecompress device prepare --arch {self.arch} --runtime NAME==VERSION")
+            raise EdgeCompressError(f"{model} needs {' or '.join(need)}, which the emulated {self.arch} device does "
+                                    f"not have (it has {', '.join(self.manifest.runtimes)}){why}")
+
     def mark(self, result: dict[str, Any]) -> dict[str, Any]:
         """``result`` (a runner's JSON or probe) with its fingerprint saying it was emulated, and by what."""
         fp = result.setdefault("fingerprint", {})
-        fp.update({"emulated": True, "emulator": f"qemu-{self.arch} {self.manifest.qemu_version}",
+        fp.update({"emulated": True, "emulator": f"qemu-{QEMU_NAME[self.arch]} {self.manifest.qemu_version}",
                    "qemu_version": self.manifest.qemu_version, "qemu_cpu": self.cpu,
                    "runtimes": self.manifest.runtimes, "device_root": str(self.root)})
         return result

@@ -1,18 +1,20 @@
-"""Prepare an emulated device once: an arm64 Debian root with python3, numpy and the runtimes' wheels.
+"""Prepare an emulated device once: an arm64 (or armhf) Debian root with python3, numpy and the runtimes' wheels.
 
-``edgecompress device prepare --arch aarch64`` runs ``prepare``. The steps, and why each odd one is there:
+``edgecompress device prepare --arch aarch64`` (or ``--arch armv7``) runs ``prepare``. The steps, and why each
+odd one is there:
 
 1. The runtimes' wheels first (``pip download`` for the root's Python and glibc): a version with no
    wheel for the arch fails in seconds, naming the versions that have one, not after the long build.
 2. ``debootstrap --foreign`` (minbase + python3, python3-numpy), then its second stage in a chroot,
-   which runs arm64 binaries through qemu registered with binfmt_misc (registered here when allowed).
+   which runs the root's binaries through qemu registered with binfmt_misc (registered here when allowed).
 3. Absolute symlinks become relative: runs use ``qemu -L <root>``, which maps a guest path into the root,
    but the host kernel follows an absolute link on the host (numpy's libblas.so.3 -> /etc/alternatives/...).
 4. The root's own ``/proc/cpuinfo``, describing the CPU qemu emulates: through ``-L`` the guest would read
    the host's x86 one, with which onnxruntime's cpuinfo crashes (SIGSEGV) and LiteRT's XNNPACK turns
    itself off in silence (its builtin kernels then run, 20x slower, and they are not the device's).
-5. The wheels unpacked into ``/opt/edgecompress/site`` (a .pth file puts it on python3's path), an import
-   check under qemu, then the manifest, written last: a root without one is half-built and is rebuilt.
+5. The wheels unpacked into ``/opt/edgecompress/site`` (a .pth file puts it on python3's path, by a path
+   relative to the .pth: see ``pth_line``), an import check under qemu, then the manifest, written last: a
+   root without one is half-built and is rebuilt.
 
 The root is built beside its final place (``<arch>.partial``) and moved there whole.
 """
@@ -43,7 +45,8 @@ from edgecompress.log import get_logger
 log = get_logger("device")
 
 # What the import check imports for each runtime (the runner imports the same).
-IMPORTS = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert.interpreter"}
+IMPORTS = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert.interpreter",
+           "tflite-runtime": "tflite_runtime.interpreter"}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 STEP_TIMEOUT = 3600  # seconds for one debootstrap stage on a slow machine or mirror
 
@@ -58,21 +61,28 @@ class Prepared:
     why: str = ""  # why it was rebuilt
 
 
-def runtime_pins(overrides: Sequence[str] = ()) -> dict[str, str]:
-    """The pinned runtimes (``emulate.RUNTIMES``) with ``name==version`` overrides applied."""
-    pins = dict(em.RUNTIMES)
+def runtime_pins(overrides: Sequence[str] = (), arch: str = "aarch64") -> dict[str, str]:
+    """``arch``'s pinned runtimes (``emulate.ARCH_RUNTIMES``) with ``name==version`` overrides applied."""
+    pins = dict(em.ARCH_RUNTIMES[em.check_arch(arch)])
     for spec in overrides:
         name, sep, version = spec.partition("==")
+        if name in em.NO_WHEEL.get(arch, ()):
+            raise EdgeCompressError(f"--runtime {spec!r}: {name} publishes no {em.MACHINE[arch]} wheel for Python "
+                                    f"{em.PYTHON} at any version, so the {arch} device cannot run it (it has "
+                                    f"{', '.join(pins)}); for {name} use a real board (device: ssh://user@host) or "
+                                    f"a 64-bit OS (--arch aarch64)")
         if not sep or not version or name not in pins:
-            raise EdgeCompressError(f"--runtime {spec!r}: give NAME==VERSION with NAME one of {', '.join(pins)}, "
-                                    f"e.g. ai-edge-litert=={em.RUNTIMES['ai-edge-litert']}")
+            example = next(iter(pins.items()))
+            raise EdgeCompressError(f"--runtime {spec!r}: give NAME==VERSION with NAME one of {', '.join(pins)} "
+                                    f"(the {arch} device's runtimes), e.g. {example[0]}=={example[1]}")
         pins[name] = version
     return pins
 
 
 def wheel_platforms(arch: str) -> list[str]:
     """Every manylinux tag a wheel for the root's glibc may carry (pip expands none of them itself)."""
-    return [f"manylinux_2_{minor}_{arch}" for minor in range(17, em.GLIBC_MINOR + 1)] + [f"manylinux2014_{arch}"]
+    tag = em.MACHINE[arch]
+    return [f"manylinux_2_{minor}_{tag}" for minor in range(17, em.GLIBC_MINOR + 1)] + [f"manylinux2014_{tag}"]
 
 
 def pip_download_argv(name: str, version: str, arch: str, dest: Path) -> list[str]:
@@ -107,7 +117,7 @@ def download_wheel(name: str, version: str, arch: str, dest: Path) -> Path:
     if proc.returncode != 0:
         raise EdgeCompressError(missing_wheel(name, version, arch, proc.stderr))
     prefix = name.replace("-", "_") + f"-{version}-"
-    found = sorted(p for p in dest.glob("*.whl") if p.name.startswith(prefix) and f"_{arch}" in p.name)
+    found = sorted(p for p in dest.glob("*.whl") if p.name.startswith(prefix) and f"_{em.MACHINE[arch]}." in p.name)
     if not found:
         raise EdgeCompressError(f"pip reported {name}=={version} downloaded but {dest} holds no {arch} wheel of it")
     return found[-1]
@@ -115,18 +125,19 @@ def download_wheel(name: str, version: str, arch: str, dest: Path) -> Path:
 
 def ensure_binfmt(arch: str) -> None:
     """qemu registered with binfmt_misc (with the F flag, so a chroot finds it), registering it when allowed."""
-    entry = BINFMT / f"qemu-{arch}"
-    fix = (f"as root run: mount -t binfmt_misc binfmt_misc {BINFMT}; update-binfmts --enable qemu-{arch} "
+    qemu = f"qemu-{em.QEMU_NAME[arch]}"
+    entry = BINFMT / qemu
+    fix = (f"as root run: mount -t binfmt_misc binfmt_misc {BINFMT}; update-binfmts --enable {qemu} "
            f"(in a container, start it with --privileged)")
     if not entry.is_file():
         steps = ([] if (BINFMT / "register").exists() else [["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)]])
-        for argv in (*steps, ["update-binfmts", "--enable", f"qemu-{arch}"]):
+        for argv in (*steps, ["update-binfmts", "--enable", qemu]):
             try:
                 proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
             except FileNotFoundError:
                 raise EdgeCompressError(f"{argv[0]} is not installed; apt-get install binfmt-support") from None
             if proc.returncode != 0:
-                raise EdgeCompressError(f"no permission to register qemu-{arch} with binfmt_misc ({' '.join(argv)}: "
+                raise EdgeCompressError(f"no permission to register {qemu} with binfmt_misc ({' '.join(argv)}: "
                                         f"{proc.stderr.strip() or proc.returncode}); {fix}")
     text = entry.read_text() if entry.is_file() else ""
     flags = re.search(r"^flags: *(\S*)", text, re.MULTILINE)
@@ -186,10 +197,21 @@ def relative_links(root: Path) -> int:
 def cpuinfo_text(arch: str) -> str:
     """The root's /proc/cpuinfo: ``CPUINFO_ENTRIES`` processors of the CPU model qemu emulates."""
     c = em.CPUINFO[arch]
-    one = (f"BogoMIPS\t: 50.00\nFeatures\t: {c['features']}\nCPU implementer\t: {c['implementer']}\n"
+    model = f"model name\t: {c['model name']}\n" if "model name" in c else ""  # a 32-bit kernel names the core
+    one = (f"{model}BogoMIPS\t: 50.00\nFeatures\t: {c['features']}\nCPU implementer\t: {c['implementer']}\n"
            f"CPU architecture: {c['architecture']}\nCPU variant\t: {c['variant']}\nCPU part\t: {c['part']}\n"
            f"CPU revision\t: {c['revision']}\n\n")
     return "".join(f"processor\t: {i}\n{one}" for i in range(em.CPUINFO_ENTRIES))
+
+
+def pth_line() -> str:
+    """The .pth line for the site folder, relative to the .pth's own folder (``../../../../opt/...``).
+
+    python3 prepends its sitedir, which under ``qemu -L`` is the host path inside the root, so the entry exists
+    on the host. An absolute ``/opt/...`` works on aarch64 but not on armhf: its glibc stats files with statx,
+    which qemu 7.2 does not map into the root, so site.py thinks ``/opt/edgecompress/site`` is missing.
+    """
+    return os.path.relpath(f"/{em.SITE}", f"/{Path(em.PTH).parent}") + "\n"
 
 
 def install_wheel(root: Path, wheel: Path, name: str, version: str) -> em.Wheel:
@@ -215,10 +237,10 @@ def install_wheel(root: Path, wheel: Path, name: str, version: str) -> em.Wheel:
     return em.Wheel(name, version, wheel.name, digest, tuple(sorted(files)))
 
 
-def import_check(qemu: str, root: Path, arch: str) -> dict[str, str]:
-    """Import numpy and every runtime under qemu in the root; the versions seen (python, numpy, runtimes)."""
+def import_check(qemu: str, root: Path, arch: str, runtimes: Sequence[str]) -> dict[str, str]:
+    """Import numpy and ``runtimes`` under qemu in the root; the versions seen (python, numpy, runtimes)."""
     code = ("import json, platform, importlib\nfrom importlib import metadata\n"
-            f"mods = {json.dumps(IMPORTS)}\n"
+            f"mods = {json.dumps({name: IMPORTS[name] for name in runtimes})}\n"
             "for m in mods.values(): importlib.import_module(m)\n"
             "import numpy\n"
             "print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), "
@@ -231,9 +253,9 @@ def import_check(qemu: str, root: Path, arch: str) -> dict[str, str]:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:]) or f"exit {proc.returncode}"
         raise EdgeCompressError(f"the prepared {arch} root cannot import numpy and the runtimes under qemu "
                                 f"({tail}); prepare again, or report the runtime versions that fail") from None
-    if seen.get("machine") != arch:
-        raise EdgeCompressError(f"python3 in {root} says machine {seen.get('machine')!r}, not {arch}: qemu did not "
-                                f"run it")
+    if seen.get("machine") != em.MACHINE[arch]:
+        raise EdgeCompressError(f"python3 in {root} says machine {seen.get('machine')!r}, not {em.MACHINE[arch]}: "
+                                f"qemu did not run it")
     return seen
 
 
@@ -262,7 +284,7 @@ def prepare(arch: str, cache: str | Path | None = None, runtimes: Mapping[str, s
     """
     t0 = time.monotonic()
     root = em.device_root(arch, cache)
-    pins = dict(runtimes or em.RUNTIMES)
+    pins = dict(runtimes or em.ARCH_RUNTIMES[arch])
     manifest, problem = em.read_manifest(root)
     if manifest is not None and not problem and manifest.runtimes == pins:
         return Prepared(root, manifest, "ready")
@@ -301,10 +323,10 @@ def prepare(arch: str, cache: str | Path | None = None, runtimes: Mapping[str, s
             seconds.update(_base(work, arch, mirror))
         t = time.monotonic()
         installed = tuple(install_wheel(work, wheels[name], name, version) for name, version in pins.items())
-        (work / em.PTH).write_text(f"/{em.SITE}\n")
+        (work / em.PTH).write_text(pth_line())
         seconds["wheels_install"] = time.monotonic() - t
         t = time.monotonic()
-        seen = import_check(qemu, work, arch)
+        seen = import_check(qemu, work, arch, list(pins))
         seconds["import_check"] = time.monotonic() - t
         wrong = {n: seen.get(n) for n, v in pins.items() if seen.get(n) != v}
         if wrong:

@@ -459,10 +459,12 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(-1)
 
 
-def score_pool(session: Session, sidecar: dict[str, Any], x: np.ndarray, batch: int = 1) -> dict[str, Any]:
+def score_pool(session: Session, sidecar: dict[str, Any], x: np.ndarray, batch: int = 1,
+               probs: bool = False) -> dict[str, Any]:
     """Per-image uncertainty of the uint8 NCHW pool ``x``: predictive entropy, the guess and its confidence
     and, for an artifact with per-head (or per-member) probabilities (N, M, C), the mutual information
-    between the prediction and the heads (what active learning's BALD ranks by), all on the device."""
+    between the prediction and the heads (what active learning's BALD ranks by), all on the device.
+    ``probs``: every image's class probabilities too (8 decimals; how two devices' outputs compare)."""
     means, heads = [], []
     probs_out = "head_probs" in (sidecar.get("outputs") or {})  # heads artifacts emit probabilities
     for i in range(0, len(x), batch):
@@ -485,6 +487,8 @@ def score_pool(session: Session, sidecar: dict[str, Any], x: np.ndarray, batch: 
     out: dict[str, Any] = {"images": int(len(p)), "entropy": _entropy(p).round(6).tolist(),
                            "guess": p.argmax(1).tolist(), "confidence": p.max(1).round(6).tolist(),
                            "mutual_information": None}
+    if probs:
+        out["probs"] = p.round(8).tolist()
     if heads:
         h = np.concatenate(heads)  # (N, M, C)
         out["mutual_information"] = np.clip(_entropy(p) - _entropy(h).mean(1), 0.0, None).round(6).tolist()
@@ -829,8 +833,9 @@ def run(model: str | Path, sidecar: str | Path | None = None, data: str | Path |
 
 def score(model: str | Path, pool: str | Path, sidecar: str | Path | None = None, engine: str | None = None,
           threads: int | None = None, providers: list[str] | None = None, xnnpack: bool = True,
-          batch: int = 1) -> dict[str, Any]:
-    """``--score``: the pool's per-image uncertainty with the artifact's own runtime (raises RunnerError)."""
+          batch: int = 1, probs: bool = False) -> dict[str, Any]:
+    """``--score``: the pool's per-image uncertainty with the artifact's own runtime (raises RunnerError);
+    ``probs``: with every image's class probabilities."""
     model = Path(model)
     if not model.is_file():
         raise RunnerError(f"model {model} does not exist")
@@ -845,7 +850,7 @@ def score(model: str | Path, pool: str | Path, sidecar: str | Path | None = None
     _check_shape(preprocess(x[:1], sc), sc)
     session = load_session(model, engine, threads, providers, xnnpack, batch)
     t0 = time.perf_counter()
-    res = score_pool(session, sc, x, batch)
+    res = score_pool(session, sc, x, batch, probs)
     return {"runner_version": RUNNER_VERSION, "model": str(model), "runtime": session.info,
             "seconds": time.perf_counter() - t0, **res, "fingerprint": fingerprint(session.info)}
 
@@ -1082,6 +1087,7 @@ def _parser() -> argparse.ArgumentParser:
                    "rounds the host sends on stdin (one JSON a line: {\"runs\": n, \"warmup\": w} or {\"done\": true})")
     p.add_argument("--score", help="pool.npz (x uint8 NCHW): per-image entropy, guess and (heads artifacts) "
                                    "mutual information instead of a benchmark")
+    p.add_argument("--probs", action="store_true", help="with --score: every image's class probabilities too")
     return p
 
 
@@ -1112,7 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.score:
             with _stdout_to_stderr():
                 result = score(args.model, args.score, args.sidecar, args.engine, args.threads, providers,
-                               not args.no_xnnpack, args.batch)
+                               not args.no_xnnpack, args.batch, args.probs)
             print(json.dumps(result))
             return 0
         rw = default_round_warmup(args.warmup) if args.round_warmup is None else args.round_warmup

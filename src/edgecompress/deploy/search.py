@@ -17,16 +17,21 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from edgecompress.deploy import agreement as agree
+from edgecompress.deploy.agreement import Agreement
 from edgecompress.deploy.bench import local_command, run_local, runner_args
 from edgecompress.deploy.budgets import latency_intervals, undecided
 from edgecompress.deploy.check import extra_rounds, plan_for, run_check
 from edgecompress.deploy.choose import Candidate, allowed, cascades_for, misses, ranked_for_search, tied_with
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.emulate import emulator
+from edgecompress.deploy.hardware import local_gpu, timings_judged
 from edgecompress.deploy.measure import PRIORITY, Job, interleave
 from edgecompress.deploy.stats import expand
 from edgecompress.deploy.remote import run_remote
@@ -87,6 +92,17 @@ class MeasurementCache:
             return entry
         log.warning(f"ignoring the corrupt measurement cache entry {path} ({why}); measuring again")
         return None
+
+    def get_agreement(self, key: str) -> Agreement | None:
+        """A cached agreement record, or None (absent, or corrupt: compared again)."""
+        path = self.dir / f"{key}.json"
+        if not path.exists():
+            return None
+        try:
+            return Agreement.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, EdgeCompressError) as e:
+            log.warning(f"ignoring the corrupt agreement cache entry {path} ({e}); comparing again")
+            return None
 
     def put(self, key: str, result: Mapping[str, Any]) -> None:
         try:
@@ -151,6 +167,42 @@ class SearchResult:
     device_runs: int
     cache_hits: int
     probe: dict[str, Any]
+    agreements: dict[str, Agreement] = field(default_factory=dict)  # per measured candidate (agreement:)
+    agreement_note: str | None = None  # where and on how many images, or why it was not compared
+
+
+class Agreements:
+    """A build's comparisons with the profile's ``agreement`` device: whether it can run here (said once), the
+    validation images, and each candidate's record, cached by what determines it."""
+
+    def __init__(self, profile: TargetProfile, pool_dir: Path, cache: "MeasurementCache") -> None:
+        self.spec, self.cache, self.note = profile.agreement, cache, None
+        self.why_not = None if self.spec is None else agree.unavailable(self.spec)
+        self._xy: tuple[Any, Any] | None = None
+        self.pool_dir = pool_dir
+        if self.spec is not None and self.why_not:
+            self.note = (f"not compared with {self.spec.device.url}: {self.why_not}; the build goes on without it "
+                         f"(budgets.min_agreement is not judged)")
+            log.warning(f"{profile.name}: agreement {self.note}")
+
+    @property
+    def active(self) -> bool:
+        return self.spec is not None and not self.why_not
+
+    def of(self, variant: TargetProfile, entry: PoolEntry) -> Agreement:
+        """``entry``'s agreement (from the cache, or measured on the device and here, then cached)."""
+        assert self.spec is not None
+        if self._xy is None:
+            with np.load(self.pool_dir / "valset.npz", allow_pickle=False) as z:
+                idx = agree.subset(z["y"], self.spec.samples)
+                self._xy = (z["x"][idx], z["y"][idx])
+            self.note = f"compared with {self.spec.device.url} on {len(self._xy[1])} validation images"
+        key = agree.cache_key(entry.sha256, variant, self.spec, len(self._xy[1]))
+        found = self.cache.get_agreement(key)
+        if found is None:
+            found = agree.measure(variant, self.pool_dir / entry.path, *self._xy, self.spec.device)
+            self.cache.put(key, found.to_json())
+        return found
 
 
 def _variant(profile: TargetProfile, entry: PoolEntry) -> TargetProfile:
@@ -176,6 +228,8 @@ def measure_group(profile: TargetProfile, pool_dir: Path, entries: Sequence[Pool
     if emu is not None:  # its latency decides nothing, so an undecided one gets no more rounds
         found = interleave(jobs, plan_for(profile, device), f"target {profile.name}", command=emu.command)
         return {name: emu.mark(result) for name, result in found.items()}
+    if not local_gpu(profile):  # a GPU profile without its GPU: the CPU's latency decides nothing either
+        return interleave(jobs, plan_for(profile), f"target {profile.name}")
     return interleave(jobs, plan_for(profile), f"target {profile.name}",
                       more=lambda _, rounds: undecided(profile.budgets, rounds), extra_rounds=extra_rounds(profile))
 
@@ -198,6 +252,8 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
     runs = hits = 0
     best: Candidate | None = None
     progress = get_logger(f"build {profile.name}")
+    agreements = Agreements(profile, pool_dir, cache)
+    compared: dict[str, Agreement] = {}
     done = 0
     while order:
         head = order[0]
@@ -223,12 +279,19 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
         for c in group:
             done += 1
             m = measured(c, results[c.name])
+            judged = timings_judged(profile, device, [results[c.name]])
+            missed = misses(m, profile.budgets, reference, device=judged)
+            # Only a candidate every other budget lets through is compared: emulated float kernels run 20-500 ms
+            # an image, and a candidate already out cannot ship whatever its outputs.
+            if not missed and agreements.active and not by_name[c.name].is_cascade:
+                a = compared[c.name] = agreements.of(_variant(profile, by_name[c.name]), by_name[c.name])
+                m = replace(m, agreement=a.top1, agreement_n=a.images, max_prob_diff=a.max_prob_diff)
+                missed = misses(m, profile.budgets, reference, device=judged)
             found[c.name], raw[c.name] = m, results[c.name]
-            missed = misses(m, profile.budgets, reference, device=not device.emulated)
             if not missed and (best is None or m.accuracy > best.accuracy):
                 best = m
             ci = m.latency_ci.get("p50")
             p50 = "n/a" if ci is None else f"{ci.point:.4f} [{ci.lo:.4f}, {ci.hi:.4f}] ms"
             progress.info(f"{done}/{done + len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, p50 {p50}, "
                           f"{'fits' if not missed else 'misses'} ({how})")
-    return SearchResult(found, raw, skipped, runs, hits, probe)
+    return SearchResult(found, raw, skipped, runs, hits, probe, compared, agreements.note)

@@ -247,3 +247,21 @@ def rounds_agree(rounds: Sequence[np.ndarray], conf: float = CONFIDENCE) -> Roun
     lo, hi = min(c.point for c in cis), max(c.point for c in cis)
     return RoundsCheck(True, f"rounds disagree: round medians {lo:.3g}-{hi:.3g} ms, beyond their own "
                              f"{conf:.0%} intervals (load changed during the measurement)")
+
+
+def enough_runs(latency_budgets: Mapping[str, float], runs: int, sustained_s: float, sustained_key: str) -> None:
+    """Refuse a profile whose ``runs`` cannot bound a budgeted percentile with a distribution-free 95% interval
+    (p99: several hundred), or whose sustained budget has no sustained run: every verdict on it would be a
+    guess. Raises ``FieldError`` naming the bench key and the fix."""
+    from edgecompress.deploy.fields import FieldError
+
+    for key in latency_budgets:
+        if key == sustained_key:
+            if not sustained_s:
+                raise FieldError("bench.sustained_s", f"budgets.latency_ms.{key} is judged on a sustained run; "
+                                                      f"set bench.sustained_s (e.g. 60)")
+            continue
+        q = PERCENTILE_OF.get(key)
+        if q is not None and runs < min_runs(q / 100):
+            raise FieldError("bench.runs", f"{runs} runs cannot bound latency_ms.{key} with 95% confidence; "
+                                           f"it needs at least {min_runs(q / 100)} runs: raise bench.runs")

@@ -17,7 +17,7 @@ import yaml
 
 from edgecompress.artifacts import BUILD_PRECISIONS, CASCADE_SUFFIX, ENGINE_FOR_FORMAT, FORMATS, PRECISIONS, REGISTRY
 from edgecompress.config import load_yaml
-from edgecompress.deploy.devices import DeviceSpec, parse_device
+from edgecompress.deploy.devices import AgreementSpec, DeviceSpec, parse_device  # noqa: F401 (profiles' types)
 from edgecompress.deploy.fields import FieldError, bounded, build, integer, one_of, opt_str, positive
 from edgecompress.deploy.fleet import DeploySpec, parse_deploy
 from edgecompress.errors import EdgeCompressError
@@ -150,6 +150,7 @@ class Budgets:
     max_drop: float | None = None  # accuracy POINTS below the teacher on the same test images
     max_ece: float | None = None  # expected calibration error, fraction in [0, 1]
     max_nll: float | None = None  # negative log-likelihood per image, nats
+    min_agreement: float | None = None  # top-1 agreement of the device's outputs with this host's (agreement:)
 
     def __post_init__(self) -> None:
         if not isinstance(self.latency_ms, Mapping):
@@ -165,6 +166,7 @@ class Budgets:
         bounded("min_accuracy", self.min_accuracy, 0, 1, "a fraction between 0 and 1 (e.g. 0.88)")
         bounded("max_drop", self.max_drop, 0, 100, "accuracy points between 0 and 100 (e.g. 3.0)")
         bounded("max_ece", self.max_ece, 0, 1, "a fraction between 0 and 1 (e.g. 0.03)")
+        bounded("min_agreement", self.min_agreement, 0, 1, "a fraction between 0 and 1 (e.g. 0.998)")
         if self.max_nll is not None:
             v = self.max_nll
             # NaN and .inf fail the range test too: a budget that can never bind is a typo.
@@ -172,9 +174,10 @@ class Budgets:
                 raise FieldError("max_nll", f"{v!r} must be a finite number of nats > 0 (e.g. 0.35)")
         if (not self.latency_ms and self.size_mb is None and self.download_mb is None and self.peak_memory_mb is None
                 and self.min_accuracy is None and self.max_drop is None and self.max_ece is None
-                and self.max_nll is None):
+                and self.max_nll is None and self.min_agreement is None):
             raise FieldError("(all)", "no budget is set; give at least one of latency_ms, size_mb, "
-                                      "download_mb, peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll")
+                                      "download_mb, peak_memory_mb, min_accuracy, max_drop, max_ece, max_nll, "
+                                      "min_agreement")
 
 
 OBJECTIVES = ("accuracy",)
@@ -228,6 +231,7 @@ class TargetProfile:
     source: str | None = field(default=None, compare=False)  # the YAML file, for error messages
     build: BuildSpec | None = None  # search: the most accurate candidate it allows that meets every budget
     deploy: DeploySpec | None = field(default=None, compare=False)  # where `edgecompress deploy` installs it
+    agreement: AgreementSpec | None = None  # where the shipped kernels' outputs are compared with this host's
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -239,7 +243,12 @@ class TargetProfile:
             # The timed runs alone may take max_seconds; the remote timeout would then always fire.
             raise FieldError("device.timeout", f"{self.device.timeout!r} must be larger than bench.max_seconds "
                                                f"({self.bench.max_seconds:g}): the timed runs alone may take that long")
-        _enough_runs(self.budgets, self.bench)
+        from edgecompress.deploy.stats import enough_runs  # numpy and the runner: only when a profile is built
+
+        enough_runs(self.budgets.latency_ms, self.bench.runs, self.bench.sustained_s, SUSTAINED_KEY)
+        if self.budgets.min_agreement is not None and self.agreement is None:
+            raise FieldError("budgets.min_agreement", "needs an agreement section naming the device to compare with "
+                                                      "this machine, e.g. agreement: {device: emulate:aarch64}")
         if (self.artifact is None) == (self.build is None):
             raise FieldError("artifact/build", "give exactly one: build (search the candidates for the most "
                                                "accurate one within the budgets) or artifact (pin one, no search)")
@@ -279,27 +288,10 @@ class TargetProfile:
         return self.source or f"the target profile {self.name}"
 
 
-def _enough_runs(budgets: Budgets, bench: BenchSpec) -> None:
-    """A budgeted percentile needs enough runs for a distribution-free 95% interval (p99: several hundred),
-    and a sustained budget a sustained run; otherwise every verdict on it would be a guess."""
-    from edgecompress.deploy.stats import PERCENTILE_OF, min_runs
-
-    for key in budgets.latency_ms:
-        if key == SUSTAINED_KEY:
-            if not bench.sustained_s:
-                raise FieldError("bench.sustained_s", f"budgets.latency_ms.{key} is judged on a sustained run; "
-                                                      f"set bench.sustained_s (e.g. 60)")
-            continue
-        q = PERCENTILE_OF.get(key)
-        if q is not None and bench.runs < min_runs(q / 100):
-            raise FieldError("bench.runs", f"{bench.runs} runs cannot bound latency_ms.{key} with 95% confidence; "
-                                           f"it needs at least {min_runs(q / 100)} runs: raise bench.runs")
-
-
 # --- YAML loading -------------------------------------------------------------------------------
 
 _TOP_KEYS = ("name", "description", "hardware", "build", "artifact", "runtime", "device", "bench", "budgets",
-             "deploy")
+             "deploy", "agreement")
 _REQUIRED = ("runtime", "budgets")
 
 
@@ -329,7 +321,7 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
     if isinstance(raw["budgets"], dict) and not any(v not in (None, {}) for v in raw["budgets"].values()):
         # A profile without budgets would always pass: that is a mistake, never an intent.
         raise FieldError("budgets", "no budget is set; give at least one of latency_ms, size_mb, download_mb, "
-                                    "max_drop, peak_memory_mb, min_accuracy, max_ece, max_nll")
+                                    "max_drop, peak_memory_mb, min_accuracy, max_ece, max_nll, min_agreement")
 
     hardware = build(Hardware, "hardware", _section(raw, "hardware", ("arch", "cpu", "gpu", "cores")))
     if raw.get("artifact") is None and raw.get("build") is None:
@@ -357,11 +349,16 @@ def _profile_from_dict(raw: Any, default_name: str, source: str | None = None) -
                                             "rounds", "sustained_s", "sustained_intervals")))
     budgets = build(Budgets, "budgets",
                      _section(raw, "budgets", ("latency_ms", "size_mb", "download_mb", "peak_memory_mb",
-                                               "min_accuracy", "max_drop", "max_ece", "max_nll")))
+                                               "min_accuracy", "max_drop", "max_ece", "max_nll",
+                                               "min_agreement")))
+    agree = _section(raw, "agreement", ("device", "samples"))
+    if agree and "device" not in agree:
+        raise FieldError("agreement.device", "is required, e.g. emulate:aarch64")
+    agreement = build(AgreementSpec, "agreement", agree) if agree else None
     return TargetProfile(name=raw.get("name", default_name), description=raw.get("description") or "",
                          hardware=hardware, artifact=artifact, runtime=runtime,
                          device=parse_device(raw.get("device", "local")), bench=bench, budgets=budgets,
-                         source=source, build=search, deploy=parse_deploy(raw.get("deploy")))
+                         source=source, build=search, deploy=parse_deploy(raw.get("deploy")), agreement=agreement)
 
 
 def valid_name(name: object) -> bool:
