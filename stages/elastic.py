@@ -1,5 +1,7 @@
 """DVC stage: train the once-for-all (elastic) student once and write its slices as ordinary student checkpoints."""
 
+from pathlib import Path
+
 from edgecompress import stage
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.config import read
@@ -21,6 +23,8 @@ def main() -> str | None:
     if not cfg.enabled:
         save_slices(args.out, [], lambda s: {})
         write_json(args.metrics, {"enabled": False})
+        if args.live:  # the stage's declared plots folder, empty: DVC needs every output to exist
+            Path(args.live, "plots", "metrics").mkdir(parents=True, exist_ok=True)
         return "elastic.enabled is false: no slices"
     check_distill(distill)  # before loading anything
     sources = [load_checkpoint(args.teacher)[0]]

@@ -42,7 +42,7 @@ def _build(ns: argparse.Namespace) -> None:
     profile = load_target(ns.target)
     out = ns.out or f"models/targets/{profile.name}"
     record = build_target(profile, ns.candidates, out, MeasurementCache(ns.cache), _device(ns),
-                          ns.strict, ns.exhaustive)
+                          ns.strict, ns.exhaustive, not ns.no_predict)
     md = render_markdown(record, profile.budgets)
     write_text(ns.out_md or f"reports/manual/build-{profile.name}.md", md)
     print(md)
@@ -286,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out-md", help="build report (default reports/manual/build-<name>.md)")
     b.add_argument("--cache", help="measurement cache (default .cache/measurements or $EDGECOMPRESS_CACHE)")
     b.add_argument("--exhaustive", action="store_true", help="measure every allowed candidate, not only those that can win")
+    b.add_argument("--no-predict", action="store_true",
+                   help="measure every candidate that can win; by default the latency model, fitted on this "
+                        "machine's measurement cache, skips those predicted confidently over a latency budget")
     b.add_argument("--strict", action="store_true", help="fail when nothing fits even on proxy hardware")
     b.add_argument("--device", help="measure on this device instead of the profile's: local, "
                                     "ssh://user@host[:port] or emulate:aarch64|armv7 (edgecompress device prepare)")

@@ -247,20 +247,28 @@ class ReferenceRecord:
 
 @dataclass(frozen=True)
 class SearchRecord:
-    """How the search went: candidates in the pool, device runs, cache hits, those skipped, seconds."""
+    """How the search went: candidates in the pool, device runs, cache hits, those skipped, seconds; and the
+    latency model's part (absent from records written before it): whether it was on, how many candidates it
+    kept from being measured, and its held-out error on this device ({mdape, n}: median absolute percentage
+    error of p50 on n artifacts of networks it did not see)."""
 
     candidates: int
     device_runs: int
     cache_hits: int
     skipped: int
     seconds: float
+    prediction: str | None = None  # "on: ..." or why it was off
+    predicted_skips: int | None = None  # predicted confidently over a latency budget, not measured; None: off
+    model_error: dict[str, Any] | None = None  # {mdape (a fraction), n}; None: not computable
+
+    _OPTIONAL = ("prediction", "predicted_skips", "model_error")
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self)
+        return _fields_json(self, optional=self._OPTIONAL)
 
     @classmethod
     def from_json(cls, d: Any) -> "SearchRecord":
-        return cls(**_take(d, cls, "search"))
+        return cls(**_take(d, cls, "search", optional=cls._OPTIONAL))
 
 
 @dataclass(frozen=True)
@@ -287,14 +295,16 @@ class CandidateRow:
     conditions: dict[str, Any] | None = None  # the runner's load, CPU frequency and temperatures at start and end
     rounds: str | None = None  # "" when the rounds agree; the disagreement when the load changed; None: no rounds
     agreement: dict[str, Any] | None = None  # its outputs on the profile's agreement device vs this host's
+    predicted_ms: dict[str, float] | None = None  # the latency model's p50 {p50, lo, hi}; None: not predicted
+
+    _OPTIONAL = ("accuracy_ci", "latency_ci", "conditions", "rounds", "agreement", "predicted_ms")
 
     def to_json(self) -> dict[str, Any]:
-        return _fields_json(self, optional=("accuracy_ci", "latency_ci", "conditions", "rounds", "agreement"))
+        return _fields_json(self, optional=self._OPTIONAL)
 
     @classmethod
     def from_json(cls, d: Any) -> "CandidateRow":
-        return cls(**_take(d, cls, "candidates[]", tuples=("why", "warnings"),
-                           optional=("accuracy_ci", "latency_ci", "conditions", "rounds", "agreement")))
+        return cls(**_take(d, cls, "candidates[]", tuples=("why", "warnings"), optional=cls._OPTIONAL))
 
 
 @dataclass(frozen=True)

@@ -107,11 +107,12 @@ class _Verdict:
 
 def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Path,
                  cache: MeasurementCache | None = None, device: DeviceSpec | str | Mapping[str, Any] | None = None,
-                 strict: bool = False, exhaustive: bool = False) -> BuildRecord:
+                 strict: bool = False, exhaustive: bool = False, predict: bool = True) -> BuildRecord:
     """Choose, copy the chosen artifact into ``out_dir`` (whole or not at all); the build record.
 
     No feasible candidate: on the profile's hardware (or ``strict``) the build fails with the
-    nearest candidates and what each misses; on a proxy machine it ships the nearest, labelled.
+    nearest candidates and what each misses; on a proxy machine it ships the nearest, labelled. ``predict``:
+    the latency model may skip candidates predicted confidently over a latency budget (``deploy.predict``).
     """
     t0 = time.perf_counter()
     pool_dir, cache = Path(pool_dir), cache or MeasurementCache()
@@ -120,10 +121,13 @@ def build_target(profile: TargetProfile, pool_dir: str | Path, out_dir: str | Pa
     spec = resolve_spec(index, profile)
     candidates = pool_candidates(index)
     ref = index.reference_accuracy if profile.budgets.max_drop is not None else None
-    found = search(profile, spec, pool_dir, index.candidates, ref, dev, cache, scored_images(index), exhaustive)
+    found = search(profile, spec, pool_dir, index.candidates, ref, dev, cache, scored_images(index), exhaustive,
+                   predict)
     # What choose() sees: the measured ones and those the spec or a static budget ruled out; the
-    # skipped ones cannot win (less accurate than a feasible one) and are reported as such.
-    table = [found.measured.get(c.name, c) for c in candidates if c.name not in found.skipped]
+    # skipped ones cannot win (less accurate than a feasible one) and are reported as such, and those
+    # predicted over a latency budget were never measured, so they can never be chosen.
+    out = found.prediction.ruled_out
+    table = [found.measured.get(c.name, c) for c in candidates if c.name not in found.skipped and c.name not in out]
     fp = found.probe.get("fingerprint") or {}
     # Emulated timings, or a GPU profile's measured without its GPU, are recorded and never judged.
     judged = timings_judged(profile, dev, list(found.raw.values()))
@@ -205,7 +209,9 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
             verdict: _Verdict, ref: float | None, dev: DeviceSpec, seconds: float) -> BuildRecord:
     measured, raw = found.measured, found.raw
     skipped = [Rejection(n, (f"not measured: {choice.chosen.name} is more accurate and fits",)) for n in found.skipped]
+    pred = found.prediction
     why = {r.name: r.reasons for r in (*choice.rejected, *skipped)}
+    why.update({n: (reason,) for n, reason in pred.ruled_out.items()})
     for c in pool_candidates(index):  # never run on the device: only what ruled them out beforehand counts
         static = misses(c, profile.budgets, ref, device=False)
         if c.name not in raw and static and not any(r.startswith(("model ", "precision ", "engine ", "requires "))
@@ -221,7 +227,8 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
         if cand is None:
             cand = candidate_of(entry, scored_images(index))
         source = "device" if name in raw else "not measured"
-        rows.append(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source, found.agreements.get(name)))
+        rows.append(replace(_row(cand, fate, tuple(why.get(name, ())), raw.get(name), source,
+                                 found.agreements.get(name)), predicted_ms=pred.predicted.get(name)))
     ch = choice.chosen
     chosen_raw = raw.get(ch.name) or {}
     return BuildRecord(
@@ -241,7 +248,10 @@ def _record(profile: TargetProfile, spec: BuildSpec, index: PoolIndex, choice: C
                                   used=ref is not None),
         scored_on=index.scored_on,
         search=SearchRecord(candidates=len(index.candidates), device_runs=found.device_runs,
-                            cache_hits=found.cache_hits, skipped=len(skipped), seconds=round(seconds, 2)),
+                            cache_hits=found.cache_hits, skipped=len(skipped), seconds=round(seconds, 2),
+                            prediction=pred.note, predicted_skips=len(pred.ruled_out) if pred.on else None,
+                            model_error=None if pred.holdout is None else
+                            {"mdape": round(pred.holdout.mdape, 4), "n": pred.holdout.n}),
         infeasible=verdict.infeasible, candidates=tuple(rows), decision=decision(profile, index, choice),
         agreement=found.agreement_note)
 

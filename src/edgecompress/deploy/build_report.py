@@ -11,11 +11,12 @@ from typing import Any
 
 from edgecompress.deploy.check_report import (accuracy_ci, accuracy_text, conditions_text, interval_of,
                                               latency_decimals, latency_text, rounds_text)
+from edgecompress.deploy.frontier import SPEC_WORDS as _SPEC
+from edgecompress.deploy.frontier import frontier_lines
 from edgecompress.deploy.stats import Interval
 from edgecompress.deploy.targets import Budgets
-from edgecompress.records import BuildRecord, CandidateRow
+from edgecompress.records import BuildRecord, CandidateRow, SearchRecord
 
-_SPEC = ("model ", "precision ", "engine ", "requires ")  # how choose.allowed words a build-spec exclusion
 _STATUS = {"built": "BUILT", "proxy-built": "BUILT (proxy)", "infeasible": "NO FEASIBLE CANDIDATE",
            "proxy-infeasible": "NO FEASIBLE CANDIDATE (proxy)"}
 UNDECIDED_WORD = " undecided: "  # how BudgetRow.reason words an interval that straddles its budget
@@ -141,16 +142,20 @@ def _candidate_table(record: BuildRecord, key: str) -> list[str]:
     """Every candidate, most accurate first: accuracy and p50/``key`` latency each with its 95% interval (and,
     when the profile compares outputs with a second device, each one's agreement with this host)."""
     agree = any(c.agreement for c in record.candidates)
+    pred = any(c.predicted_ms for c in record.candidates)  # a record written with the latency model
     head = "| agreement (images), max Δp " if agree else ""
-    lines = [f"| candidate | val accuracy [95%] | ECE | size KiB | package KiB | p50 ms | p50 95% | {key} ms | "
+    lines = [f"| candidate | val accuracy [95%] | ECE | size KiB | package KiB | p50 ms | "
+             f"{'predicted p50 ms [band] | ' if pred else ''}p50 95% | {key} ms | "
              f"{key} 95% | peak MiB {head}| measured | fate | why |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if agree else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * (agree + pred)]
     for c in sorted(record.candidates, key=lambda c: -c.accuracy):
         lt, mem, aci = c.latency_ms or {}, c.peak_memory_mb, _cand_acc(record, c)
         acc = accuracy_text(aci) if aci is not None else f"{100 * c.accuracy:.2f}%"
         cell = f" | {agreement_cell(c.agreement)}" if agree else ""
+        p = c.predicted_ms
+        guess = ("n/a | " if not p else f"{p['p50']:.4f} [{p['lo']:.4f}, {p['hi']:.4f}] | ") if pred else ""
         lines.append(f"| `{c.name}` | {acc} | {_f(c.ece)} | {c.size_bytes / 1024:.1f} | {_kib(c.download_bytes)} | "
-                     f"{_ms(lt.get('p50'))} | {_ci_cell(_cand_lat(c, 'p50'))} | {_ms(lt.get(key))} | "
+                     f"{_ms(lt.get('p50'))} | {guess}{_ci_cell(_cand_lat(c, 'p50'))} | {_ms(lt.get(key))} | "
                      f"{_ci_cell(_cand_lat(c, key))} | {'n/a' if mem is None else f'{mem:.0f}'}{cell} | {c.measured} | "
                      f"{c.fate} | {_why(c, record)} |")
     return lines
@@ -193,7 +198,9 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None) -> str:
               _latency_line(record, budgets),
               f"- search: {s.candidates} candidates; {s.device_runs} measured on the device, "
               f"{s.cache_hits} from the measurement cache, {s.skipped} skipped (a more accurate one fits); "
-              f"{s.seconds:.1f} s",
+              f"{s.seconds:.1f} s" + (f"; {s.predicted_skips} not measured: predicted over a latency budget"
+                                       if s.predicted_skips else ""),
+              *_model_lines(s),
               f"- scored on: {(record.scored_on or {}).get('images')} validation images (never the test set)"]
     if record.agreement:
         chosen = next((c.agreement for c in record.candidates if c.fate == "chosen"), None)
@@ -217,6 +224,7 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None) -> str:
             lines += ["", f"{len(better) - len(by_budget)} more accurate candidate(s) are outside the profile's "
                           f"build spec (its engines, precisions, models or requirements)."]
     key = plot_key(budgets) if budgets is not None else "p90"
+    lines += frontier_lines(record, budgets)
     lines += ["", "## Every candidate", "", *_candidate_table(record, "p90" if key == "p50" else key)]
     fp, rt = record.fingerprint or {}, record.runtime or {}
     lines += ["", "## Where it was measured", "", f"- device: {record.device}",
@@ -226,6 +234,19 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None) -> str:
               f"- runtime of the chosen artifact: {rt.get('name')} {rt.get('version')}, "
               f"threads {rt.get('threads') or 'default'}", *_conditions_lines(record)]
     return "\n".join(lines) + "\n"
+
+
+def _model_lines(s: SearchRecord) -> list[str]:
+    """The latency model's line: on or why off, and its held-out error (absent from records before it)."""
+    if s.prediction is None:
+        return []
+    if s.predicted_skips is None:  # off: nothing was predicted
+        return [f"- latency model: {s.prediction}"]
+    err = s.model_error
+    held = ("n/a (no group of this device has two measured networks to hold one out)" if not err else
+            f"{100 * err['mdape']:.1f}% median absolute error of p50 on {err['n']} held-out artifacts (a third of "
+            f"this device's measured networks, fitted on the rest)")
+    return [f"- latency model: {s.prediction}; held-out error {held}"]
 
 
 def _kib(n: int | None) -> str:

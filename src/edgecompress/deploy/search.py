@@ -8,6 +8,8 @@ alike. A candidate whose latency interval straddles a budget gets more rounds, u
 is known and the next one is not within noise of it. Results are cached by what determines them, so
 changing a budget re-chooses without re-measuring. On an emulated device latency and peak memory
 decide nothing (``judge(device=False)``): no extension rounds, and only accuracy and sizes rule out.
+Before a candidate is measured the latency model predicts it (``deploy.predict``): one confidently over a
+latency budget is not measured and counts as a miss; whatever ships was measured.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.emulate import emulator
 from edgecompress.deploy.hardware import local_gpu, timings_judged
 from edgecompress.deploy.measure import PRIORITY, Job, interleave
+from edgecompress.deploy.predict import PredictionSummary, Predictor, why_not
 from edgecompress.deploy.stats import expand
 from edgecompress.deploy.remote import run_remote
 from edgecompress.deploy.targets import LATENCY_KEYS, BuildSpec, TargetProfile
@@ -169,6 +172,7 @@ class SearchResult:
     probe: dict[str, Any]
     agreements: dict[str, Agreement] = field(default_factory=dict)  # per measured candidate (agreement:)
     agreement_note: str | None = None  # where and on how many images, or why it was not compared
+    prediction: PredictionSummary = field(default_factory=lambda: PredictionSummary("off"))
 
 
 class Agreements:
@@ -236,16 +240,20 @@ def measure_group(profile: TargetProfile, pool_dir: Path, entries: Sequence[Pool
 
 def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Sequence[PoolEntry],
            reference: float | None, device: DeviceSpec, cache: "MeasurementCache", images: int | None = None,
-           exhaustive: bool = False) -> SearchResult:
+           exhaustive: bool = False, predict: bool = True) -> SearchResult:
     """Measure what can win among the pool's ``entries``, in order of accuracy, a tie group at a time.
 
     ``images``: the validation images behind the pool's accuracies (their noise makes the groups);
-    ``exhaustive`` measures every allowed candidate (the benchmark's baseline).
+    ``exhaustive`` measures every allowed candidate (the benchmark's baseline); ``predict`` lets the latency
+    model skip candidates predicted confidently over a latency budget (``deploy.predict``).
     """
     by_name = {e.name: e for e in entries}
     kept, _ = allowed([candidate_of(e, images) for e in entries], spec, cascades_for(profile.budgets))
     order = ranked_for_search(c for c in kept if exhaustive or not misses(c, profile.budgets, reference, device=False))
     probe = probe_device(profile, device)
+    variants = {c.name: _variant(profile, by_name[c.name]) for c in kept}
+    predictor = Predictor(profile, probe, cache.dir, why_not(profile, device, predict), skip=not exhaustive)
+    waiting = {c.name: c for c in order}  # what the loop may still measure (the predicted-over ones included)
     found: dict[str, Candidate] = {}
     raw: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
@@ -255,7 +263,9 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
     agreements = Agreements(profile, pool_dir, cache)
     compared: dict[str, Agreement] = {}
     done = 0
-    while order:
+    while order or (best is None and predictor.ruled_out):
+        if not order:  # nothing measured fits: measure the predicted-over ones after all (never decided by a guess)
+            order = ranked_for_search(waiting[n] for n in predictor.release())
         head = order[0]
         if best is not None and not exhaustive and not tied_with(head, best):
             skipped += [c.name for c in order]  # less accurate than a feasible one, beyond its noise
@@ -265,7 +275,7 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
         keys = {c.name: cache.key(by_name[c.name].sha256, probe, _variant(profile, by_name[c.name])) for c in group}
         results = {c.name: r for c in group if (r := cache.get(keys[c.name])) is not None}
         hits += len(results)
-        todo = [by_name[c.name] for c in group if c.name not in results]
+        todo = predictor.screen(variants, [by_name[c.name] for c in group if c.name not in results], pool_dir)
         t0 = time.perf_counter()
         if todo:
             fresh = measure_group(profile, pool_dir, todo, device)
@@ -276,8 +286,16 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
             results.update(fresh)
             runs += len(todo)
         how = f"measured together in {time.perf_counter() - t0:.1f} s" if todo else "from the cache"
+        for name, result in results.items():  # what this device just gave (or gave before) teaches the model
+            if not by_name[name].is_cascade:
+                predictor.add(result, pool_dir / by_name[name].path, by_name[name].sha256,
+                              str(cache.dir / f"{keys[name]}.json"))
         for c in group:
             done += 1
+            if c.name in predictor.ruled_out:
+                progress.info(f"{done}/{done + len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, "
+                              f"{predictor.ruled_out[c.name]}")
+                continue
             m = measured(c, results[c.name])
             judged = timings_judged(profile, device, [results[c.name]])
             missed = misses(m, profile.budgets, reference, device=judged)
@@ -294,4 +312,5 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
             p50 = "n/a" if ci is None else f"{ci.point:.4f} [{ci.lo:.4f}, {ci.hi:.4f}] ms"
             progress.info(f"{done}/{done + len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, p50 {p50}, "
                           f"{'fits' if not missed else 'misses'} ({how})")
-    return SearchResult(found, raw, skipped, runs, hits, probe, compared, agreements.note)
+    summary = predictor.summary(variants, [by_name[c.name] for c in kept], pool_dir)
+    return SearchResult(found, raw, skipped, runs, hits, probe, compared, agreements.note, summary)
