@@ -10,4 +10,7 @@ mkdir -p .cache
   || echo "the emulated aarch64 device was not prepared: see .cache/prepare-aarch64.log" >&2 ) &
 # The layering (pyproject.toml [tool.importlinter]): wings over the ground, no cycles, a standalone runner.
 .venv/bin/lint-imports
-.venv/bin/python -m pytest -q
+status=0
+.venv/bin/python -m pytest -q || status=$?
+wait  # the device preparation, if still running: nothing outlives the test command
+exit "$status"
