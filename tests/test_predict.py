@@ -23,9 +23,9 @@ from edgecompress.deploy.frontier import pareto
 from edgecompress.deploy.latency_model import fit, load_observations
 from edgecompress.deploy.latency_features import FeatureCache
 from edgecompress.deploy.predict import FEATURES_DIR
-from edgecompress.deploy.targets import load_target
+from edgecompress.deploy.targets import TargetProfile, load_target
 from edgecompress.models import ResNetTeacher
-from edgecompress.records import read_build_record
+from edgecompress.records import BuildRecord, read_build_record
 from tests.test_build import _meta, _trained, pool_inputs  # noqa: F401 (fixture)
 from tests.test_records import build_record_json
 
@@ -62,6 +62,19 @@ def prior(wide_pool: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     return cache, p50["student"], p50["teacher"]
 
 
+def _built_both_ways(cache: Path, budget: float, wide_pool: Path,
+                     tmp_path: Path) -> tuple[dict[bool, BuildRecord], TargetProfile]:
+    """The same build with and without prediction, each from its own copy of the prior ``cache``."""
+    profile = load_target(_profile(tmp_path, "t", 9, f"{{latency_ms: {{p50: {budget}}}, min_accuracy: 0.1}}"))
+    records = {}
+    for predict in (True, False):
+        copy = tmp_path / f"cache-{predict}"
+        shutil.copytree(cache, copy)
+        records[predict] = build_target(profile, wide_pool, tmp_path / f"out-{predict}", MeasurementCache(copy),
+                                        predict=predict)
+    return records, profile
+
+
 def test_a_predicted_over_candidate_is_not_measured_and_the_choice_is_the_same(
         wide_pool: Path, prior: tuple[Path, float, float], tmp_path: Path) -> None:
     cache, student, wide = prior
@@ -72,14 +85,9 @@ def test_a_predicted_over_candidate_is_not_measured_and_the_choice_is_the_same(
     obs, _ = load_observations(cache, FeatureCache(cache / FEATURES_DIR))
     model = fit(obs)
     assert len(obs) == 2 and len(model.groups) == 1
-    records = {}
-    for predict in (True, False):
-        copy = tmp_path / f"cache-{predict}"
-        shutil.copytree(cache, copy)
-        profile = load_target(_profile(tmp_path, "t", 9, f"{{latency_ms: {{p50: {budget}}}, min_accuracy: 0.1}}"))
-        records[predict] = build_target(profile, wide_pool, tmp_path / f"out-{predict}", MeasurementCache(copy),
-                                        predict=predict)
-        (tmp_path / f"out-{predict}.md").write_text(render_markdown(records[predict], profile.budgets))
+    records, profile = _built_both_ways(cache, budget, wide_pool, tmp_path)
+    for predict, record in records.items():
+        (tmp_path / f"out-{predict}.md").write_text(render_markdown(record, profile.budgets))
     on, off = records[True], records[False]
     assert on.chosen.name == off.chosen.name == "student/fp32.onnx" and on.status == off.status == "built"
     assert (on.search.device_runs, on.search.cache_hits, on.search.predicted_skips) == (1, 0, 1)
@@ -119,13 +127,7 @@ def test_when_nothing_measured_fits_the_predicted_over_ones_are_measured_after_a
         wide_pool: Path, prior: tuple[Path, float, float], tmp_path: Path) -> None:
     cache, student, _ = prior
     budget = round(student / 100, 6)  # both predicted far over: nothing would be measured
-    records = {}
-    for predict in (True, False):
-        copy = tmp_path / f"cache-{predict}"
-        shutil.copytree(cache, copy)
-        profile = load_target(_profile(tmp_path, "t", 9, f"{{latency_ms: {{p50: {budget}}}, min_accuracy: 0.1}}"))
-        records[predict] = build_target(profile, wide_pool, tmp_path / f"out-{predict}", MeasurementCache(copy),
-                                        predict=predict)
+    records, _ = _built_both_ways(cache, budget, wide_pool, tmp_path)
     on, off = records[True], records[False]
     assert on.status == off.status == "infeasible" and on.chosen.name == off.chosen.name
     assert on.search.device_runs == off.search.device_runs == 2 and on.search.predicted_skips == 0

@@ -31,9 +31,7 @@ from edgecompress.deploy.outputs import score_on_device
 from edgecompress.deploy.runner import _classification, stratified_subset
 from edgecompress.deploy.targets import TargetProfile
 from edgecompress.errors import EdgeCompressError
-from edgecompress.log import get_logger
 
-log = get_logger("agreement")
 HOST = DeviceSpec()
 SUBSET_SEED = 0  # the images compared: a seeded class-stratified subset, the same for every candidate
 
@@ -142,12 +140,19 @@ def on_test_images(profile: TargetProfile, artifacts_dir: Path,
     return measure(profile, model, x[idx], y[idx], spec.device), ""
 
 
-def cache_key(sha256: str, profile: TargetProfile, spec: AgreementSpec, images: int) -> str:
-    """What determines an agreement: the file, both devices, the runtime settings and the images compared."""
+def device_identity(spec: AgreementSpec) -> dict[str, Any]:
+    """What about ``spec``'s device determines its outputs: its url and, emulated, the qemu, CPU and runtimes
+    (read from the prepared root's manifest once per build, not once per candidate)."""
     emu = emulator(spec.device) if spec.device.emulated else None
+    return {"device": spec.device.url,
+            "emulated": None if emu is None else {"qemu": emu.manifest.qemu_version, "cpu": emu.cpu,
+                                                  "runtimes": emu.manifest.runtimes}}
+
+
+def cache_key(sha256: str, profile: TargetProfile, identity: Mapping[str, Any], images: int) -> str:
+    """What determines an agreement: the file, the device (``device_identity``), the runtime settings and the
+    images compared."""
     rt = profile.runtime
-    parts = {"agreement": sha256, "device": spec.device.url, "images": images, "seed": SUBSET_SEED,
-             "emulated": None if emu is None else {"qemu": emu.manifest.qemu_version, "cpu": emu.cpu,
-                                                   "runtimes": emu.manifest.runtimes},
+    parts = {"agreement": sha256, **identity, "images": images, "seed": SUBSET_SEED,
              "threads": rt.threads, "xnnpack": rt.xnnpack, "providers": list(rt.providers)}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -16,7 +16,6 @@ from typing import Any, Mapping
 
 from edgecompress.data import load_npz_split
 from edgecompress.errors import EdgeCompressError
-from edgecompress.fileio import read_json
 from edgecompress.deploy import agreement as agree
 from edgecompress.deploy.bench import local_command, runner_args
 from edgecompress.deploy.budgets import BudgetRow, Measurement, accuracy_ci, judge, rounds_note, undecided

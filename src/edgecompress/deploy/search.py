@@ -182,6 +182,7 @@ class Agreements:
     def __init__(self, profile: TargetProfile, pool_dir: Path, cache: "MeasurementCache") -> None:
         self.spec, self.cache, self.note = profile.agreement, cache, None
         self.why_not = None if self.spec is None else agree.unavailable(self.spec)
+        self.identity = agree.device_identity(self.spec) if self.spec is not None and not self.why_not else {}
         self._xy: tuple[Any, Any] | None = None
         self.pool_dir = pool_dir
         if self.spec is not None and self.why_not:
@@ -201,7 +202,7 @@ class Agreements:
                 idx = agree.subset(z["y"], self.spec.samples)
                 self._xy = (z["x"][idx], z["y"][idx])
             self.note = f"compared with {self.spec.device.url} on {len(self._xy[1])} validation images"
-        key = agree.cache_key(entry.sha256, variant, self.spec, len(self._xy[1]))
+        key = agree.cache_key(entry.sha256, variant, self.identity, len(self._xy[1]))
         found = self.cache.get_agreement(key)
         if found is None:
             found = agree.measure(variant, self.pool_dir / entry.path, *self._xy, self.spec.device)
