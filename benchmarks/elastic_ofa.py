@@ -4,10 +4,11 @@ In ONE run, on the data of params.yaml's data section, from the teachers' stored
 stage's models/soft_targets.npz; with --limit they are recomputed for the subset from models/teacher.pt and
 the members, distill.views views):
   - the elastic student (params' elastic section, --epochs overriding elastic.train.epochs) trained once,
-    timed, then each of --widths extracted and its BatchNorm statistics recalibrated;
+    timed, then each of --widths extracted and its BatchNorm statistics recalibrated; with progressive
+    shrinking (elastic.largest_epochs > 0) its training is the largest-only phase plus the sandwich phase;
   - each of those widths trained alone, a fresh MobileNet of exactly the slice's arch, by the same
     distillation (ensemble KD from the same stored logits, elastic.temperature/alpha, elastic.train with
-    the same epochs), timed.
+    the same epochs in total: largest_epochs + epochs), timed.
 Every network gets test accuracy on the same images; the slice minus its standalone twin is a paired
 difference with a 95% normal interval over the test images. Cost: the elastic run's training seconds
 against the sum of the standalone runs' (the issue's goal: slices within 0.3 pt, for less than training
@@ -35,10 +36,11 @@ from edgecompress.config import read
 from edgecompress.log import get_logger
 from edgecompress.models import build_model, count_params
 from edgecompress.training.distill import DistillConfig
-from edgecompress.training.elastic import ElasticConfig, elastic_net, extract_slices, train_elastic
+from edgecompress.training.elastic import ElasticConfig, elastic_net, extract_slices, sandwich_loss, train_elastic
 from edgecompress.training.ensemble import ensemble_kd_loss
 from edgecompress.training.loop import crop_fill, predict_logits, tensors
-from edgecompress.training.soft_targets import compute_soft_targets, fit_on_soft_targets, load_soft_targets, response
+from edgecompress.training.soft_targets import (compute_soft_targets, fit_on_soft_targets, load_soft_targets, response,
+                                                view_images)
 from edgecompress.training.teacher import TeacherConfig
 
 
@@ -53,6 +55,43 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"diff": float(d.mean()), "low": float(d.mean() - half), "high": float(d.mean() + half), "n": len(d)}
 
 
+def paired_step_cost(net: Any, cfg: ElasticConfig, alone: list[torch.nn.Module], images: torch.Tensor,
+                     y: torch.Tensor, logits: torch.Tensor, views: int, loss: Any, rounds: int,
+                     steps: int) -> dict[str, Any]:
+    """Training cost side by side, A B A B: each round times ``steps`` optimiser steps of the elastic recipe
+    (its sandwich step) and then ``steps`` steps of each standalone network, on the same real batches (stored
+    views and logits); the ratio per round is elastic / sum of the standalone ones. Step for step, so slow
+    spells of a shared machine hit both sides of a round alike (whole-run seconds drift by 20% here)."""
+    n, bs = len(y), cfg.train.batch_size
+    sandwich = sandwich_loss(net, cfg, ensemble=True, label_smoothing=cfg.train.label_smoothing, seed=cfg.train.seed)
+    alone_loss = response(loss, ensemble=True)
+    opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in [net, *alone]}
+    g = torch.Generator().manual_seed(0)
+
+    def timed(model: torch.nn.Module, fn: Any, step0: int) -> float:
+        model.train()
+        t0 = time.perf_counter()
+        for k in range(steps):
+            ib = torch.randint(0, n, (bs,), generator=g)
+            v = torch.randint(0, views, (bs,), generator=g)
+            xb = images[v * n + ib].contiguous(memory_format=torch.channels_last)
+            value, _ = fn(model, xb, logits[v, :, ib].transpose(0, 1), y[ib], step0 + k, 0)
+            opts[id(model)].zero_grad(set_to_none=True)
+            value.backward()
+            opts[id(model)].step()
+        return time.perf_counter() - t0
+
+    rows = []
+    for r in range(rounds):
+        e = timed(net, sandwich, r * steps)  # the step index drives random_every, as in training
+        a = [timed(m, alone_loss, 0) for m in alone]
+        rows.append({"elastic_s": e, "alone_s": a, "ratio": e / sum(a)})
+        log(f"cost round {r + 1}: elastic {e:.2f} s, alone {sum(a):.2f} s ({e / sum(a):.2f}x)")
+    ratios = sorted(row["ratio"] for row in rows)
+    return {"rounds": rows, "steps": steps, "ratio_median": float(np.median(ratios)),
+            "ratio_min": ratios[0], "ratio_max": ratios[-1]}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = harness.parser(__doc__)
     harness.add_params(ap)
@@ -60,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=None, help="training epochs of every run (default elastic.train.epochs)")
     ap.add_argument("--widths", default="0.5,1.0,2.0", help="the slices compared with standalone training")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cost-rounds", type=int, default=5, help="paired A B rounds of the per-step cost (0: skip)")
+    ap.add_argument("--cost-steps", type=int, default=60, help="optimiser steps a side per round")
+    ap.add_argument("--name", default=None, help="results file stem (default elastic_ofa[_limitN])")
     harness.add_limit(ap, help="subsample the data (a 1/5-size run: --limit 12000); soft targets recomputed")
     harness.add_out(ap, "benchmarks/results")
     args, bench = harness.parse(ap, argv)
@@ -92,13 +134,16 @@ def main(argv: list[str] | None = None) -> None:
     log(f"elastic: {elastic_seconds:.0f} s for {train.epochs} epochs")
 
     loss = ensemble_kd_loss(cfg.temperature, cfg.alpha, train.label_smoothing)
+    alone_models: list[torch.nn.Module] = []
+    alone_train = dataclasses.replace(train, epochs=train.epochs + cfg.largest_epochs)  # as many epochs in all
     rows: list[dict[str, Any]] = []
     x_test, y_test = t["test"]
     for w, s in zip(widths, slices):
         torch.manual_seed(train.seed)
         alone = build_model(s.arch)  # a fresh network of exactly the slice's architecture
+        alone_models.append(alone)
         t0 = time.time()
-        fit_on_soft_targets(alone, x, y, train, logits, st,
+        fit_on_soft_targets(alone, x, y, alone_train, logits, st,
                             response(loss, ensemble=True), crop_fill(ds), name=f"alone-{w}")
         seconds = time.time() - t0
         hit_slice = predict_logits(s.model, x_test).argmax(1) == y_test.numpy()
@@ -108,15 +153,39 @@ def main(argv: list[str] | None = None) -> None:
                      "alone_test": float(hit_alone.mean()), "slice_minus_alone": paired(hit_slice, hit_alone),
                      "alone_seconds": seconds})
         log(f"width {w}: slice {hit_slice.mean():.4f}, alone {hit_alone.mean():.4f} ({seconds:.0f} s)")
-    report = {"data": {"limit": args.limit, "train": len(ds.train), "test": len(ds.test)}, "epochs": train.epochs,
-              "elastic": {"widths": list(cfg.widths), "random_subnets": cfg.random_subnets, "inplace": cfg.inplace,
+    cost = None
+    if args.cost_rounds:
+        images = view_images(x, st.seed, st.views, st.pad, st.flip, crop_fill(ds))
+        cost = paired_step_cost(net, cfg, alone_models, images, y, logits, st.views, loss, args.cost_rounds,
+                                args.cost_steps)
+    report = {"data": {"limit": args.limit, "train": len(ds.train), "test": len(ds.test)},
+              "epochs": alone_train.epochs,
+              "elastic": {"widths": list(cfg.widths), "random_subnets": cfg.random_subnets, "sample": cfg.sample,
+                          "random_every": cfg.random_every,
+                          "inplace": cfg.inplace,
+                          "largest_epochs": cfg.largest_epochs, "sandwich_epochs": train.epochs,
+                          "shrink_lr": cfg.shrink_lr,
                           "seconds": elastic_seconds, "epoch_seconds": [h["seconds"] for h in history]},
               "soft_targets_seconds": targets_seconds, "rows": rows,
-              "alone_seconds_total": sum(r["alone_seconds"] for r in rows)}
+              "alone_seconds_total": sum(r["alone_seconds"] for r in rows), "step_cost": cost}
     out = Path(args.out)
-    name = "elastic_ofa" if not args.limit else f"elastic_ofa_limit{args.limit}"
+    name = args.name or ("elastic_ofa" if not args.limit else f"elastic_ofa_limit{args.limit}")
     harness.write_results(out / f"{name}.json", report, bench, markdown=markdown(report), md_path=out / f"{name}.md")
     print(markdown(report))
+
+
+def _schedule(e: dict[str, Any]) -> str:
+    """Progressive shrinking's phases in words ('' without them: older results files have no such keys)."""
+    if not e.get("largest_epochs"):
+        return ""
+    return (f"progressive shrinking: the largest alone {e['largest_epochs']} epochs, channels sorted by |BN gamma|, "
+            f"then {e['sandwich_epochs']} epochs (peak lr {e['shrink_lr'] or 'train.lr'}) of the ")
+
+
+def _sampling(e: dict[str, Any]) -> str:
+    words = [w for w, on in (("one width for the whole network, between the extremes", e.get("sample") == "uniform"),
+                              (f"every {e.get('random_every')} steps", (e.get("random_every") or 1) > 1)) if on]
+    return f" ({'; '.join(words)})" if words else ""
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -124,8 +193,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [f"# Once-for-all slices vs the same widths trained alone ({r['epochs']} epochs each)", "",
              f"Data: {r['data']['train']} training, {r['data']['test']} test images"
              f"{' (--limit ' + str(r['data']['limit']) + ')' if r['data']['limit'] else ''}. The elastic student "
-             f"(widths {e['widths']}, sandwich rule with {e['random_subnets']} random sub-networks, in-place weight "
-             f"{e['inplace']}) trained once; each slice's BatchNorm statistics recalibrated. Standalone: a fresh "
+             f"(widths {e['widths']}, {_schedule(e)}sandwich rule with {e['random_subnets']} random sub-networks{_sampling(e)}, "
+             f"in-place weight {e['inplace']}) trained once; each slice's BatchNorm statistics recalibrated. Standalone: a fresh "
              f"network of the slice's arch, the same KD from the same stored logits, the same epochs. Δ: slice "
              f"minus standalone on the same test images, 95% paired interval.", "",
              "| width | channels | params | MACs | slice test | standalone test | Δ (pt) [95% CI] | standalone s |",
@@ -139,6 +208,14 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{r['alone_seconds_total']:.0f} s for the {len(r['rows'])} widths alone "
                   f"({e['seconds'] / max(r['alone_seconds_total'], 1e-9):.2f}x); the soft targets "
                   f"({r['soft_targets_seconds']:.0f} s to {'compute' if r['data']['limit'] else 'load'}) serve both."]
+    c = r.get("step_cost")
+    if c:
+        per = [f"{x['ratio']:.2f}" for x in c["rounds"]]
+        lines += ["", f"Cost per step, side by side ({len(c['rounds'])} rounds, A B A B: {c['steps']} steps of the "
+                      f"elastic recipe, then {c['steps']} of each standalone network, the same real batches): "
+                      f"elastic / three alone = **{c['ratio_median']:.2f}x** median ({c['ratio_min']:.2f}-"
+                      f"{c['ratio_max']:.2f}; per round {', '.join(per)}). Whole-run seconds drift between runs "
+                      f"on a shared machine; the paired ratio is the cost figure."]
     return "\n".join(lines) + "\n"
 
 

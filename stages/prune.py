@@ -1,4 +1,4 @@
-"""DVC stage: prune the student, or the teacher itself (prune.source_model), and fine-tune it with KD."""
+"""DVC stage: prune what prune.source_model names (the student, an elastic slice, the teacher), KD fine-tuned."""
 
 from edgecompress import stage
 from edgecompress.checkpoint import arch_after_pruning, save_checkpoint
@@ -19,9 +19,9 @@ def main() -> str | None:
         ("--out", "pruned checkpoint"), ("--metrics", "metrics JSON")],
         optional=[("--members", "directory of ensemble member checkpoints (prune.source: ensemble)"),
                   ("--live", "directory of dvclive training curves"), ("--soft-targets", "the teachers' stored logits"),
-                  ("--ladder", "one checkpoint per pruning level (pruned-30.pt, pruned-50.pt, ...)")])
+                  ("--ladder", "one checkpoint per pruning level"), ("--elastic", "the elastic student's slices")])
     cfg = read(params, "prune", PruneConfig)
-    (student, smeta, parent), teacher = pruning_subject(cfg.source_model, args.student, args.teacher)
+    (student, smeta, parent), teacher = pruning_subject(cfg.source_model, args.student, args.teacher, args.elastic)
     source, multihead = finetune_plan(cfg, student, smeta, parent)
     indices = read(params, "train_teacher", TeacherConfig).members if source == "ensemble" else []
     members = list(stage.load_members(args.members, indices, "prune.source: ensemble").values()) if indices else []
@@ -31,7 +31,8 @@ def main() -> str | None:
     model, report = prune_and_finetune(student, teacher, ds, cfg, members, multihead, targets, on_level=keep)
     if not stage.main_process():  # under torchrun rank 0 alone writes
         return None
-    meta = lambda metrics: stage.meta(ds, params, "prune", parent, metrics)  # noqa: E731
+    # source_model: which network was pruned (student, teacher, elastic-w150, ...); parent is its checkpoint.
+    meta = lambda m: {**stage.meta(ds, params, "prune", parent, m), "source_model": cfg.source_model}  # noqa: E731
     save_checkpoint(args.out, model, arch_after_pruning(model, smeta["arch"]), meta(report["after"]))
     if args.ladder:
         write_ladder(args.ladder, levels, meta, smeta["arch"])

@@ -324,6 +324,8 @@ def test_cli_build_then_check(pool: Path, tmp_path: Path, capsys: pytest.Capture
           "--cache", str(tmp_path / "cache"), "--out-md", str(tmp_path / "build.md")])
     record = json.loads((out / "build.json").read_text())
     assert "# Build `by-hand`: **BUILT**" in capsys.readouterr().out and (tmp_path / "build.md").is_file()
+    assert "![frontier](build.frontier.svg)" in (tmp_path / "build.md").read_text()  # the plot beside it
+    assert (tmp_path / "build.frontier.svg").read_text().startswith("<svg")
     main(["check", "--target", str(target), "--artifacts", str(out), "--testset", str(pool / "testset.npz"),
           "--out-json", str(tmp_path / "check.json"), "--out-md", str(tmp_path / "check.md")])
     check = json.loads((tmp_path / "check.json").read_text())

@@ -16,7 +16,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher, build_model, count_params
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.elastic import ElasticConfig, elastic, elastic_net, sandwich_loss, slice_specs
-from edgecompress.training.elastic_net import ElasticMobileNet, block_stages, extract, recalibrate_bn
+from edgecompress.training.elastic_net import ElasticMobileNet, block_stages, extract, recalibrate_bn, sort_channels
 from edgecompress.training.loop import TrainConfig, crop_fill, tensors
 from edgecompress.training.soft_targets import compute_soft_targets
 
@@ -104,6 +104,65 @@ def test_recalibrating_the_elastic_net_in_place_matches_the_extracted_slice() ->
                                sub.state_dict()["blocks.1.pw.1.running_var"])
 
 
+def test_channel_sorting_keeps_the_largest_exact_and_puts_the_loudest_channels_first() -> None:
+    net = tiny_elastic()
+    x = images()
+    with torch.no_grad():
+        before_big, before_small = net.run(x, net.largest()), net.run(x, net.smallest())
+    perms = sort_channels(net)
+    with torch.no_grad():
+        after_big, after_small = net.run(x, net.largest()), net.run(x, net.smallest())
+    torch.testing.assert_close(after_big, before_big, rtol=1e-5, atol=1e-5)  # the same function, reordered
+    assert not torch.allclose(after_small, before_small, atol=1e-3)  # the narrow slice now keeps other channels
+    producers = [net.net.stem] + [b.pw for b in net.net.blocks]
+    for seq, perm in zip(producers, perms):
+        gamma = seq[1].weight.detach().abs()
+        assert torch.all(gamma[:-1] >= gamma[1:])  # most important first
+        assert sorted(perm) == list(range(len(gamma))) and perm != sorted(perm)
+
+
+def test_progressive_shrinking_trains_the_largest_first_then_the_sandwich() -> None:
+    ds = tiny_dataset()
+    train = TrainConfig(epochs=1, batch_size=16, lr=0.05, crop_pad=1, flip=True, seed=0)
+    torch.manual_seed(0)
+    members = [ResNetTeacher(1, 4, [8, 16], [1, 1], 8).eval() for _ in range(2)]
+    st = compute_soft_targets(members, tensors(ds)["train"][0], crop_fill(ds), 2, train)
+    cfg = ElasticConfig(widths=WIDTHS, largest_epochs=2, shrink_lr=0.01, recalibration_images=32, train=train)
+    _, slices, report = elastic(ds, DistillConfig(**TINY_DISTILL, train=train), cfg, st, members)
+    phases = [h["phase"] for h in report["history"]]
+    assert phases == ["largest", "largest", "sandwich"] and report["largest_epochs"] == 2
+    assert "smallest" not in report["history"][0] and "smallest" in report["history"][2]
+    assert report["history"][2]["lr"] <= 0.01  # the sandwich phase's own one-cycle peak
+    assert [s.name for s in slices] == ["elastic-w050", "elastic-w100", "elastic-w150"]
+
+
+def test_uniform_sampling_draws_one_middle_width_for_the_whole_network() -> None:
+    net = ElasticMobileNet(1, 4, BASE, STRIDES, (0.5, 0.75, 1.0, 1.5))
+    gen = torch.Generator().manual_seed(0)
+    drawn = [net.sample(gen, per_stage=False).widths for _ in range(40)]
+    assert all(len(set(ws)) == 1 for ws in drawn)  # one width everywhere: the networks slices: auto extracts
+    assert {ws[0] for ws in drawn} == {0.75, 1.0}  # the extremes are trained every step anyway
+    mixed = [net.sample(gen).widths for _ in range(40)]
+    assert any(len(set(ws)) > 1 for ws in mixed) and {w for ws in mixed for w in ws} == {0.5, 0.75, 1.0, 1.5}
+    two = ElasticMobileNet(1, 4, BASE, STRIDES, (0.5, 1.5))  # nothing in between: any width
+    assert {two.sample(gen, per_stage=False).widths[0] for _ in range(20)} == {0.5, 1.5}
+
+
+def test_random_subnets_join_every_kth_step_only() -> None:
+    net = tiny_elastic().train()
+    x, y = images(8), torch.randint(0, 4, (8,))
+    t = torch.randn(2, 8, 4)
+    cfg = ElasticConfig(widths=WIDTHS, random_subnets=2, random_every=3)
+    counted = []
+    real_run = net.run
+    net.run = lambda xb, spec: counted.append(spec) or real_run(xb, spec)  # type: ignore[method-assign]
+    loss = sandwich_loss(net, cfg, ensemble=True)
+    for step in range(6):
+        counted.clear()
+        loss(net, x, t, y, step, 6)
+        assert len(counted) == (4 if step % 3 == 0 else 2)  # largest + smallest, and the 2 random ones every 3rd
+
+
 def test_one_sandwich_step_trains_every_width_and_lowers_the_loss() -> None:
     net = tiny_elastic().train()
     cfg = ElasticConfig(widths=WIDTHS, random_subnets=2, inplace=0.5)
@@ -158,6 +217,11 @@ def test_slice_round_trips_through_checkpoint_and_build_model(tmp_path) -> None:
     ({"slices": "all"}, "invalid value slices='all': must be auto or a non-empty list"),
     ({"inplace": 1.5}, r"inplace=1.5: must be within \[0, 1\]"),
     ({"random_subnets": -1}, "random_subnets=-1: must be an integer >= 0"),
+    ({"largest_epochs": -2}, "largest_epochs=-2: must be an integer >= 0"),
+    ({"sample": "random"}, "invalid value sample='random': allowed per_stage .* or uniform"),
+    ({"random_every": 0}, r"random_every=0: must be an integer >= 1 \(1: random sub-networks every step\)"),
+    ({"largest_epochs": 1.5}, "largest_epochs=1.5: must be an integer"),
+    ({"shrink_lr": 0}, r"shrink_lr=0: must be a number > 0, or null \(the sandwich phase uses train.lr\)"),
 ])
 def test_config_errors_name_the_key_and_the_fix(section, match) -> None:
     with pytest.raises(EdgeCompressError, match=match):

@@ -36,6 +36,7 @@ def _device(ns: argparse.Namespace) -> dict[str, str] | None:
 def _build(ns: argparse.Namespace) -> None:
     from edgecompress.deploy.build import MeasurementCache, build_target
     from edgecompress.deploy.build_report import render_markdown
+    from edgecompress.deploy.frontier_plot import frontier_svg
     from edgecompress.deploy.targets import load_target
     from edgecompress.fileio import write_text
 
@@ -43,8 +44,11 @@ def _build(ns: argparse.Namespace) -> None:
     out = ns.out or f"models/targets/{profile.name}"
     record = build_target(profile, ns.candidates, out, MeasurementCache(ns.cache), _device(ns),
                           ns.strict, ns.exhaustive, not ns.no_predict)
-    md = render_markdown(record, profile.budgets)
-    write_text(ns.out_md or f"reports/manual/build-{profile.name}.md", md)
+    md_path = Path(ns.out_md or f"reports/manual/build-{profile.name}.md")
+    svg = md_path.with_suffix(".frontier.svg")  # beside the report, which links it by name
+    write_text(svg, frontier_svg(record, profile.budgets))
+    md = render_markdown(record, profile.budgets, svg.name)
+    write_text(md_path, md)
     print(md)
     if record.error:
         raise EdgeCompressError(record.error)

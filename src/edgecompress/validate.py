@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from edgecompress.active.select import SelectConfig
 from edgecompress.artifacts import ENGINE_FOR_FORMAT
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.cluster import ClusterConfig
 from edgecompress.compression.export import ExportConfig
+from edgecompress.compression.finetune import is_slice_name
 from edgecompress.compression.pool import PoolConfig
 from edgecompress.compression.prune import PruneConfig, level_name
 from edgecompress.config import read
-from edgecompress.data import DataConfig
+from edgecompress.data import DataConfig, Dataset
 from edgecompress.deploy.check import CheckConfig
 from edgecompress.deploy.targets import load_target
 from edgecompress.errors import EdgeCompressError
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.early_exit import EarlyExitConfig
-from edgecompress.training.elastic import ElasticConfig, check_distill
+from edgecompress.training.elastic import ElasticConfig, check_distill, slice_specs
+from edgecompress.training.elastic_net import ElasticMobileNet
 from edgecompress.training.teacher import TeacherConfig
 from edgecompress.usermodel import user_file
 
@@ -56,6 +59,7 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
     _check_user_models(path, teacher, distill, prune)
     if cfg["elastic"].enabled:
         check_distill(distill)  # our MobileNet only, from the stored soft targets
+    _check_pruned_slice(path, prune.source_model, distill, cfg["elastic"])
     levels = {level_name(r) for r in (prune.ratio, *prune.ladder)} if prune.ladder else set()
     unknown = [m for m in cfg["cluster"].models if m.startswith("pruned-") and m not in levels]
     if unknown:
@@ -118,6 +122,33 @@ def _check_user_models(path: str | Path, teacher: Any, distill: Any, prune: Any)
         if bad:
             raise EdgeCompressError(f"{path}: train_teacher.source: {teacher.source} brings {what}, which cannot "
                                     f"serve {why}; bring the teacher as source: module (code + weights) for that")
+
+
+def slice_names(distill: DistillConfig, elastic: ElasticConfig) -> list[str]:
+    """The slices the elastic stage makes with these params (``elastic-w050``, ...), known before any training.
+
+    A name depends on each slice's widths and depths and on the student's stages (distill's channels and
+    strides), never on the data: the network is built with stand-in input channels and classes.
+    """
+    arch = distill.arch(cast(Dataset, SimpleNamespace(channels=1, num_classes=2)))
+    net = ElasticMobileNet(1, 2, arch["channels"], arch["strides"], elastic.widths)
+    return [f"elastic-{net.name(spec)}" for spec in slice_specs(net, elastic)]
+
+
+def _check_pruned_slice(path: str | Path, source_model: str, distill: DistillConfig, elastic: ElasticConfig) -> None:
+    """``prune.source_model: elastic-<name>`` needs the elastic stage on, making that slice."""
+    if not is_slice_name(source_model):
+        return
+    if not elastic.enabled:
+        raise EdgeCompressError(f"{path}: prune.source_model: {source_model} prunes a slice of the elastic student, "
+                                f"but elastic.enabled is false (no slices are made); set elastic.enabled: true, or "
+                                f"prune.source_model: student")
+    made = slice_names(distill, elastic)
+    if source_model not in made:
+        asked = elastic.slices if isinstance(elastic.slices, str) else list(elastic.slices)
+        raise EdgeCompressError(f"{path}: prune.source_model: {source_model} is not a slice the elastic stage makes: "
+                                f"elastic.slices: {asked} makes {', '.join(made)}; name one of those, or add the "
+                                f"slice to elastic.slices")
 
 
 def remove_stale_members(members: tuple[int, ...], directories: list[str | Path]) -> list[Path]:

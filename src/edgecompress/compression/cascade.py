@@ -25,6 +25,7 @@ from edgecompress.artifacts import CASCADE_SUFFIX
 from edgecompress.compression.export import io_details
 from edgecompress.compression.onnx import ort_session, quiet, run_onnx
 from edgecompress.compression.tflite import tflite_interpreter
+from edgecompress.compression.tflite_names import strip_tensor_names
 from edgecompress.deploy.runner import RunnerError, read_cascade
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path, write_json
@@ -96,6 +97,7 @@ def export_segments(net: EarlyExitNet, input_shape: Sequence[int], out_dir: Path
                     edge = litert_torch.convert(seg, (example,))
                     with atomic_path(path) as tmp:
                         edge.export(str(tmp))
+                        strip_tensor_names(tmp, str(path))  # as export_tflite: no debug names in the file
         except Exception as e:
             raise EdgeCompressError(f"exporting cascade segment {k} to {path} failed: {type(e).__name__}: {e}") from e
         names = _output_names(path) if fmt == "tflite" else {"logits": "logits", **({} if last else {"features": "features"})}

@@ -1,9 +1,12 @@
 """What a pruned network keeps learning from while it is pruned (``finetune_plan``, ``finetuner``), and which
-network is pruned at all (``pruning_subject``: the distilled student, or the teacher itself)."""
+network is pruned at all (``pruning_subject``: the distilled student, a slice of the elastic student, or the
+teacher itself)."""
 
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -26,16 +29,47 @@ class _Sourced(Protocol):
     source: str  # PruneConfig.source: teacher | ensemble | auto
 
 
-def pruning_subject(source_model: str, student: str, teacher: str) -> tuple[tuple[nn.Module, dict[str, Any], str],
-                                                                            nn.Module]:
+# A slice of the elastic student, as ElasticMobileNet.name spells it: elastic-w150 (width 1.5 everywhere),
+# elastic-w050-100-150-200 (one width per stage), elastic-w050-100-150-200-d1-2-1 (blocks kept per stage).
+SLICE_NAME = re.compile(r"elastic-w\d{3,}(?:-\d{3,})*(?:-d\d+(?:-\d+)*)?")
+SLICE_EXAMPLE = "elastic-<name>, e.g. elastic-w150: models/elastic/elastic-w150.pt"
+
+
+def is_slice_name(name: object) -> bool:
+    """Whether ``prune.source_model`` names a slice of the elastic student (the form only, not that it exists)."""
+    return isinstance(name, str) and SLICE_NAME.fullmatch(name) is not None
+
+
+def slice_checkpoint(name: str, elastic: str | Path | None) -> str:
+    """The checkpoint of slice ``name`` in the elastic stage's directory ``elastic``; a missing one is refused
+    with the slices that directory holds (the ones the last elastic run made)."""
+    if elastic is None:
+        raise EdgeCompressError(f"prune.source_model: {name} prunes a slice of the elastic student, but the prune "
+                                "stage got no --elastic directory; add `--elastic models/elastic` to its cmd in "
+                                "dvc.yaml (and models/elastic to its deps)")
+    path = Path(elastic) / f"{name}.pt"
+    if not path.is_file():
+        made = sorted(p.stem for p in Path(elastic).glob("elastic-*.pt"))
+        wrote = (f"the elastic stage made {', '.join(made)}; set prune.source_model to one of those, or add the "
+                 "slice to elastic.slices" if made else
+                 "the elastic stage made no slices; set elastic.enabled: true (and the slice in elastic.slices)")
+        raise EdgeCompressError(f"{path} not found: {wrote}, then `dvc repro prune`")
+    return str(path)
+
+
+def pruning_subject(source_model: str, student: str, teacher: str, elastic: str | Path | None = None
+                    ) -> tuple[tuple[nn.Module, dict[str, Any], str], nn.Module]:
     """((the network ``prune.source_model`` names, its metadata, its path), the teacher) from the checkpoints:
-    the student, or a copy of the teacher, which then learns from its unpruned self; a teacher whose layers
-    are out of reach (an exported program, an ONNX graph) is refused."""
+    the student; a slice of the elastic student (``elastic-w150``: an ordinary student checkpoint in the
+    ``elastic`` directory, pruned and fine-tuned exactly as the student is); or a copy of the teacher, which
+    then learns from its unpruned self (a teacher whose layers are out of reach, an exported program or an
+    ONNX graph, is refused)."""
     from edgecompress.checkpoint import load_checkpoint
 
     t_model, t_meta = load_checkpoint(teacher)
     if source_model != "teacher":
-        return (*load_checkpoint(student), student), t_model
+        path = slice_checkpoint(source_model, elastic) if is_slice_name(source_model) else student
+        return (*load_checkpoint(path), path), t_model
     internals(t_model, "prune.source_model: teacher")
     return (copy.deepcopy(t_model), t_meta, teacher), t_model
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from edgecompress.compression.finetune import finetuner
+from edgecompress.compression.finetune import SLICE_EXAMPLE, finetuner, is_slice_name
 from edgecompress.compression.importance import channel_importance, channel_widths, protected_layers, whole_groups
 from edgecompress.compression.onnx import export_onnx
 from edgecompress.compression.sparse import sparse_size
@@ -63,8 +63,9 @@ class PruneConfig:
     # Pruning ladder: after ``ratio`` (the level the stage's main output keeps), one more prune step +
     # KD fine-tune to each of these cumulative removed fractions; every level is a build candidate.
     ladder: tuple[float, ...] = ()
-    # What is pruned: the distilled student, or the teacher itself (the user's module: compressed directly,
-    # fine-tuned by self-distillation from its unpruned self).
+    # What is pruned: the distilled student, a slice of the elastic student (elastic-w150: models/elastic, pruned
+    # as the student is), or the teacher itself (the user's module: compressed directly, fine-tuned by
+    # self-distillation from its unpruned self).
     source_model: str = "student"
     # How far the removed fraction a step or level reaches (channels; weights for magnitude) may be from the
     # one asked before the stage refuses: round_to and GroupNorm groups floor small layers' widths coarsely.
@@ -94,8 +95,9 @@ class PruneConfig:
                   ("latency_runs", self.latency_runs >= 0, "must be >= 0"),
                   ("source", self.source in (*SOURCES, "auto"), f"allowed {[*SOURCES, 'auto']} (what the pruned "
                                                                  "student is fine-tuned from)"),
-                  ("source_model", self.source_model in SOURCE_MODELS, f"allowed {list(SOURCE_MODELS)} (the "
-                                                                         "network that is pruned)"),
+                  ("source_model", self.source_model in SOURCE_MODELS or is_slice_name(self.source_model),
+                   f"allowed {list(SOURCE_MODELS)} or a slice of the elastic student, {SLICE_EXAMPLE} (the "
+                   "network that is pruned)"),
                   ("temperature", self.temperature > 0, "must be > 0 (softmax(z / T))"),
                   ("alpha", 0 <= self.alpha <= 1, "must be within [0, 1]"),
                   ("ratio_tolerance", 0 < self.ratio_tolerance < 1, "must be within (0, 1)")]

@@ -24,6 +24,7 @@ from torch import nn
 
 from edgecompress.compression.onnx import quiet
 from edgecompress.compression.tflite import NHWCWrapper
+from edgecompress.compression.tflite_names import strip_tensor_names
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path
 from edgecompress.log import get_logger
@@ -151,6 +152,7 @@ def export_tflite_qat(model: nn.Module, input_shape: tuple[int, ...], path: Path
                                         quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
             with atomic_path(path) as tmp:
                 edge.export(str(tmp))
+                strip_tensor_names(tmp, str(path))  # as export_tflite: no debug names in the file
     except Exception as e:
         raise EdgeCompressError(f"TFLite conversion of the QAT model to {path} failed: {type(e).__name__}: {e}") from e
     return history

@@ -1,6 +1,8 @@
 """TFLite artifacts through litert-torch: fp32, full-integer int8 (PT2E, calibrated), fp16.
 
 Models take NHWC input (``NHWCWrapper``), the layout TFLite kernels and camera pipelines use.
+Every file written here has short tensor names (``tflite_names``): the converter's debug names are a
+sixth of a small int8 model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.onnx import quiet
+from edgecompress.compression.tflite_names import strip_names, strip_tensor_names
 from edgecompress.errors import EdgeCompressError
 from edgecompress.fileio import atomic_path
 
@@ -85,8 +88,9 @@ def export_tflite_fp16(fp32_tflite: Path, path: Path) -> None:
             result = q.quantize(enable_progress_report=False)
     except Exception as e:
         raise EdgeCompressError(f"fp16 TFLite conversion of {fp32_tflite} failed: {type(e).__name__}: {e}") from e
+    data = strip_names(bytes(result.quantized_model), str(path))
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(bytes(result.quantized_model))
+        Path(tmp).write_bytes(data)
 
 
 def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path,
@@ -110,6 +114,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: Path,
                                             quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
             with atomic_path(path) as tmp:
                 edge.export(str(tmp))
+                strip_tensor_names(tmp, str(path))  # before the rename: ``path`` never holds the long names
     except EdgeCompressError:
         raise
     except Exception as e:

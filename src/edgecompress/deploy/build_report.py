@@ -172,11 +172,11 @@ def _conditions_lines(record: BuildRecord) -> list[str]:
     return ["- conditions (start -> end) of each measured candidate:", *lines] if lines else []
 
 
-def render_markdown(record: BuildRecord, budgets: Budgets | None = None) -> str:
+def render_markdown(record: BuildRecord, budgets: Budgets | None = None, plot: str | None = None) -> str:
     """The build for people: the choice with its intervals, how it was decided, why nothing more accurate
     shipped, every candidate's fate. ``budgets`` (the profile's) adds every budgeted latency statistic to
     the chosen line and picks the table's second latency column; without it, every statistic with an
-    interval and p90."""
+    interval and p90. ``plot``: the frontier SVG's path relative to the report, embedded in its Frontier."""
     ch, s, ref = record.chosen, record.search, record.reference
     lines = [f"# Build `{record.target}`: **{_STATUS.get(record.status, record.status)}**", ""]
     warning = (record.decision or {}).get("warning")
@@ -224,7 +224,7 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None) -> str:
             lines += ["", f"{len(better) - len(by_budget)} more accurate candidate(s) are outside the profile's "
                           f"build spec (its engines, precisions, models or requirements)."]
     key = plot_key(budgets) if budgets is not None else "p90"
-    lines += frontier_lines(record, budgets)
+    lines += frontier_lines(record, budgets, plot)
     lines += ["", "## Every candidate", "", *_candidate_table(record, "p90" if key == "p50" else key)]
     fp, rt = record.fingerprint or {}, record.runtime or {}
     lines += ["", "## Where it was measured", "", f"- device: {record.device}",

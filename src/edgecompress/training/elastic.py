@@ -13,7 +13,7 @@ re-estimated on training images (``elastic_net.recalibrate_bn``) before it is sc
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,7 +27,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.log import get_logger
 from edgecompress.models import MobileNetStudent
 from edgecompress.training.distill import DistillConfig
-from edgecompress.training.elastic_net import ElasticMobileNet, SubnetSpec, extract, recalibrate_bn
+from edgecompress.training.elastic_net import ElasticMobileNet, SubnetSpec, extract, recalibrate_bn, sort_channels
 from edgecompress.training.loop import Tensors, TrainConfig, crop_fill, model_report, tensors
 from edgecompress.training.losses import ensemble_kd, hinton_kd
 from edgecompress.training.soft_targets import SoftTargets, TargetLoss, fit_on_soft_targets
@@ -44,12 +44,21 @@ class ElasticConfig:
     enabled: bool = True  # false: the stage writes no slices (e.g. with your own student, distill.student)
     # Width multipliers every stage can take, relative to today's student (distill.channels x distill.width);
     # the largest is the elastic maximum: the network that is trained and sliced.
-    widths: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
+    widths: tuple[float, ...] = (0.5, 1.0, 1.5)
     elastic_depth: bool = False  # also train sub-networks that skip a stage's trailing stride-1 blocks
     # auto: one slice per width (every stage at that width), a spread along size; or a list of slices, each a
     # width, a list of one width per stage (stem, then the block stages) or {width: ..., depth: [...]}.
     slices: str | tuple[Any, ...] = "auto"
-    random_subnets: int = 2  # random sub-networks per step besides the largest and the smallest
+    random_subnets: int = 1  # random sub-networks per step besides the largest and the smallest
+    # per_stage: each stage's width drawn on its own (once-for-all) | uniform: one width for the whole network,
+    # from those between the smallest and the largest (the networks slices: auto extracts get direct steps)
+    sample: str = "uniform"
+    random_every: int = 2  # the random sub-networks join every k-th step (2: every other one, less compute a step)
+    # Progressive shrinking (once-for-all's schedule): the largest network alone for this many epochs first (the
+    # same KD, its own one-cycle at train.lr), its channels sorted by importance, then the sandwich rule for
+    # train.epochs at peak shrink_lr. 0: the sandwich rule from the start.
+    largest_epochs: int = 0
+    shrink_lr: float | None = None  # peak learning rate of the sandwich phase after a largest-only one (None: train.lr)
     inplace: float = 0.5  # weight of the largest's outputs in the smaller ones' soft target (the rest: the ensemble's)
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the soft targets; 1 - alpha on the labels
@@ -62,8 +71,19 @@ class ElasticConfig:
                                     f"(a multiplier of today's student channels, e.g. {WIDTHS_EXAMPLE})")
         if len(set(self.widths)) != len(self.widths):
             raise EdgeCompressError(f"invalid value widths={list(self.widths)}: list each width once")
-        if not isinstance(self.random_subnets, int) or self.random_subnets < 0:
-            raise EdgeCompressError(f"invalid value random_subnets={self.random_subnets!r}: must be an integer >= 0")
+        if self.sample not in ("per_stage", "uniform"):
+            raise EdgeCompressError(f"invalid value sample={self.sample!r}: allowed per_stage (each stage's width "
+                                    f"drawn on its own) or uniform (one width for the whole network)")
+        if isinstance(self.random_every, bool) or not isinstance(self.random_every, int) or self.random_every < 1:
+            raise EdgeCompressError(f"invalid value random_every={self.random_every!r}: must be an integer >= 1 "
+                                    f"(1: random sub-networks every step)")
+        for name in ("random_subnets", "largest_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise EdgeCompressError(f"invalid value {name}={value!r}: must be an integer >= 0")
+        if self.shrink_lr is not None and not (isinstance(self.shrink_lr, (int, float)) and self.shrink_lr > 0):
+            raise EdgeCompressError(f"invalid value shrink_lr={self.shrink_lr!r}: must be a number > 0, or null "
+                                    f"(the sandwich phase uses train.lr)")
         checks = [("inplace", 0 <= self.inplace <= 1, "within [0, 1]"), ("temperature", self.temperature > 0, "> 0"),
                   ("alpha", 0 <= self.alpha <= 1, "within [0, 1]"),
                   ("recalibration_images", self.recalibration_images >= 1, ">= 1")]
@@ -139,9 +159,10 @@ def slice_specs(net: ElasticMobileNet, cfg: ElasticConfig) -> list[SubnetSpec]:
 
 
 def sandwich_loss(net: ElasticMobileNet, cfg: ElasticConfig, ensemble: bool, label_smoothing: float = 0.0,
-                  seed: int = 0) -> TargetLoss:
+                  seed: int = 0, largest_only: bool = False) -> TargetLoss:
     """The step loss of the sandwich rule with in-place distillation, as ``fit_on_soft_targets`` calls it:
-    ``t`` holds the members' stored logits (M, B, C) for exactly the batch's views."""
+    ``t`` holds the members' stored logits (M, B, C) for exactly the batch's views. ``largest_only``: the
+    largest network's loss alone (progressive shrinking's first phase)."""
     gen = torch.Generator().manual_seed(seed)
     temp, alpha, beta = cfg.temperature, cfg.alpha, cfg.inplace
 
@@ -149,9 +170,11 @@ def sandwich_loss(net: ElasticMobileNet, cfg: ElasticConfig, ensemble: bool, lab
         return ensemble_kd(s, t, temp) if ensemble else hinton_kd(s, t[0], temp)
 
     def loss(model: nn.Module, xb: torch.Tensor, t: torch.Tensor, yb: torch.Tensor,
-             _step: int, _total: int) -> tuple[torch.Tensor, dict[str, float]]:
-        specs = [net.largest(), net.smallest(cfg.elastic_depth),
-                 *(net.sample(gen, cfg.elastic_depth) for _ in range(cfg.random_subnets))]
+             step: int, _total: int) -> tuple[torch.Tensor, dict[str, float]]:
+        randoms = cfg.random_subnets if step % cfg.random_every == 0 else 0
+        specs = [net.largest()] if largest_only else [
+            net.largest(), net.smallest(cfg.elastic_depth),
+            *(net.sample(gen, cfg.elastic_depth, cfg.sample == "per_stage") for _ in range(randoms))]
         big = net.run(xb, specs[0])
         total = alpha * stored(big, t) + (1 - alpha) * F.cross_entropy(big, yb, label_smoothing=label_smoothing)
         parts = {"largest": float(total.detach())}
@@ -176,8 +199,18 @@ def train_elastic(net: ElasticMobileNet, x: torch.Tensor, y: torch.Tensor, cfg: 
         raise EdgeCompressError(f"params.yaml:elastic.train: the stored soft targets were made with crop_pad "
                                 f"{st.pad} and flip {st.flip}; set elastic.train.crop_pad: {st.pad} and "
                                 f"elastic.train.flip: {str(st.flip).lower()} (the views are replayed as stored)")
-    loss = sandwich_loss(net, cfg, ensemble, cfg.train.label_smoothing, cfg.train.seed)
-    history = fit_on_soft_targets(net, x, y, cfg.train, logits, st, loss, fill, name="elastic")
+    smooth, seed = cfg.train.label_smoothing, cfg.train.seed
+    history: list[dict[str, float]] = []
+    sandwich = cfg.train
+    if cfg.largest_epochs:
+        first = replace(cfg.train, epochs=cfg.largest_epochs)
+        history += [{**h, "phase": "largest"} for h in fit_on_soft_targets(
+            net, x, y, first, logits, st, sandwich_loss(net, cfg, ensemble, smooth, seed, largest_only=True), fill,
+            name="elastic-largest")]
+        sort_channels(net)  # the narrower slices start from the largest's most important channels
+        sandwich = replace(cfg.train, lr=cfg.shrink_lr or cfg.train.lr)
+    history += [{**h, "phase": "sandwich"} for h in fit_on_soft_targets(
+        net, x, y, sandwich, logits, st, sandwich_loss(net, cfg, ensemble, smooth, seed), fill, name="elastic")]
     net.active = net.largest()
     return history
 
@@ -228,7 +261,7 @@ def elastic(ds: Dataset, distill: DistillConfig, cfg: ElasticConfig, targets: So
     seconds = time.time() - t0
     slices = extract_slices(net, specs, ds, cfg, t)
     report = {"training_seconds": seconds, "epoch_seconds": [round(h["seconds"], 2) for h in history],
-              "epochs": cfg.train.epochs, "widths": list(net.widths), "max_channels": net.layout(net.largest())[1],
+              "epochs": cfg.train.epochs, "largest_epochs": cfg.largest_epochs, "widths": list(net.widths), "max_channels": net.layout(net.largest())[1],
               "source": distill.source, "history": history,
               "slices": {s.name: {k: s.report[k] for k in ("val", "test", "params", "macs", "widths", "depths")}
                          for s in slices}}

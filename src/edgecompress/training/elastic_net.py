@@ -105,10 +105,16 @@ class ElasticMobileNet(nn.Module):
     def smallest(self, elastic_depth: bool = False) -> SubnetSpec:
         return self.spec(min(self.widths), self.min_depths if elastic_depth else None)
 
-    def sample(self, gen: torch.Generator, elastic_depth: bool = False) -> SubnetSpec:
-        """A random sub-network: each stage's width (and depth) drawn uniformly from its choices."""
+    def sample(self, gen: torch.Generator, elastic_depth: bool = False, per_stage: bool = True) -> SubnetSpec:
+        """A random sub-network: each stage's width (and depth) drawn uniformly from its choices; or, with
+        ``per_stage`` false, one width for every stage drawn from those strictly between the smallest and the
+        largest (the sandwich rule trains those two every step; ``slices: auto`` extracts such uniform nets)."""
         pick = lambda k: int(torch.randint(0, k, (1,), generator=gen))  # noqa: E731
-        ws = [self.widths[pick(len(self.widths))] for _ in range(len(self.stages) + 1)]
+        if per_stage:
+            ws = [self.widths[pick(len(self.widths))] for _ in range(len(self.stages) + 1)]
+        else:
+            middle = self.widths[1:-1] or self.widths
+            ws = [middle[pick(len(middle))]] * (len(self.stages) + 1)
         ds = [lo + pick(len(g) - lo + 1) for lo, g in zip(self.min_depths, self.stages)] if elastic_depth else None
         return self.spec(ws, ds)
 
@@ -161,6 +167,40 @@ def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, cout: int) -> torch.Tenso
     x = F.batch_norm(x, bn.running_mean[:cout], bn.running_var[:cout], bn.weight[:cout], bn.bias[:cout],
                      bn.training, factor or 0.0, bn.eps)
     return F.relu(x)
+
+
+@torch.no_grad()
+def sort_channels(elastic: ElasticMobileNet) -> list[list[int]]:
+    """Reorder every layer's output channels by importance, most important first, so each narrower slice
+    (the first k channels) keeps the channels that matter: once-for-all's channel sorting before elastic
+    width is trained. Exact: the max-width network computes the same function afterwards.
+
+    Importance is the magnitude of the channel's BatchNorm scale |gamma| (network slimming, Liu et al.
+    2017): BN normalises the convolution's output, so gamma alone sets how loudly the channel speaks.
+    A depthwise convolution's channels follow its input's order. Returns the permutation of each layer
+    (stem, then every block's pointwise output).
+    """
+    net = elastic.net
+    producers = [net.stem] + [b.pw for b in net.blocks]
+    perms = []
+    for i, seq in enumerate(producers):
+        conv, bn = seq[0], seq[1]
+        perm = torch.argsort(bn.weight.abs(), descending=True, stable=True)
+        _permute_out(conv, bn, perm)
+        if i < len(net.blocks):  # the next block reads these channels: its depthwise filters, then its pointwise inputs
+            nxt = net.blocks[i]
+            _permute_out(nxt.dw[0], nxt.dw[1], perm)
+            nxt.pw[0].weight.copy_(nxt.pw[0].weight[:, perm])
+        else:
+            net.fc.weight.copy_(net.fc.weight[:, perm])
+        perms.append(perm.tolist())
+    return perms
+
+
+def _permute_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, perm: torch.Tensor) -> None:
+    conv.weight.copy_(conv.weight[perm])
+    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        t.copy_(t[perm])
 
 
 def extract(elastic: ElasticMobileNet, spec: SubnetSpec) -> tuple[MobileNetStudent, dict]:
