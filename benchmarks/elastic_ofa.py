@@ -37,6 +37,7 @@ from edgecompress.log import get_logger
 from edgecompress.models import build_model, count_params
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.elastic import ElasticConfig, elastic_net, extract_slices, sandwich_loss, train_elastic
+from edgecompress.training.elastic_net import extract
 from edgecompress.training.ensemble import ensemble_kd_loss
 from edgecompress.training.loop import crop_fill, predict_logits, tensors
 from edgecompress.training.soft_targets import (compute_soft_targets, fit_on_soft_targets, load_soft_targets, response,
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cost-rounds", type=int, default=5, help="paired A B rounds of the per-step cost (0: skip)")
     ap.add_argument("--cost-steps", type=int, default=60, help="optimiser steps a side per round")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only the paired per-step cost, on freshly initialised networks (no training)")
     ap.add_argument("--name", default=None, help="results file stem (default elastic_ofa[_limitN])")
     harness.add_limit(ap, help="subsample the data (a 1/5-size run: --limit 12000); soft targets recomputed")
     harness.add_out(ap, "benchmarks/results")
@@ -127,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
     ensemble = distill.source == "ensemble"
 
     net = elastic_net(ds, distill, cfg)
+    if args.cost_only:  # the step cost does not depend on the weights: fresh networks, no training
+        cost_only(args, bench, net, cfg, widths, x, y, logits, st, crop_fill(ds))
+        return
     t0 = time.time()
     history = train_elastic(net, x, y, cfg, logits, st, crop_fill(ds), ensemble)
     elastic_seconds = time.time() - t0
@@ -172,6 +178,35 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or ("elastic_ofa" if not args.limit else f"elastic_ofa_limit{args.limit}")
     harness.write_results(out / f"{name}.json", report, bench, markdown=markdown(report), md_path=out / f"{name}.md")
     print(markdown(report))
+
+
+def cost_only(args: Any, bench: Any, net: Any, cfg: ElasticConfig, widths: tuple[float, ...],
+              x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, st: Any, fill: torch.Tensor) -> None:
+    """The paired per-step cost alone: the elastic recipe's step against each width's own step, written to
+    <name>_cost.{json,md}."""
+    torch.manual_seed(cfg.train.seed)
+    alone = [build_model(extract(net, net.spec(w))[1]) for w in widths]
+    loss = ensemble_kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
+    images = view_images(x, st.seed, st.views, st.pad, st.flip, fill)
+    cost = paired_step_cost(net, cfg, alone, images, y, logits, st.views, loss, args.cost_rounds, args.cost_steps)
+    report = {"widths": list(widths), "elastic": {"widths": list(cfg.widths), "random_subnets": cfg.random_subnets,
+                                                 "sample": cfg.sample, "random_every": cfg.random_every},
+              "step_cost": cost, "threads": args.threads}
+    c, per = cost, ", ".join(f"{r['ratio']:.2f}" for r in cost["rounds"])
+    md = (f"# Once-for-all training cost per step, side by side\n\nThe elastic recipe (widths {cfg.widths}, the "
+          f"largest and the smallest every step, {cfg.random_subnets} random sub-network every {cfg.random_every} "
+          f"step(s), sample {cfg.sample}) against widths {list(widths)} each trained alone: {c['steps']} optimiser "
+          f"steps a side per round, A B A B, on the same real batches (stored views and logits), {args.threads} "
+          f"threads, freshly initialised networks (the step cost does not depend on the weights).\n\n"
+          f"| round | elastic s | alone s (per width) | elastic / alone |\n|---|---|---|---|\n"
+          + "".join(f"| {i + 1} | {r['elastic_s']:.2f} | {sum(r['alone_s']):.2f} ("
+                    f"{', '.join(f'{a:.2f}' for a in r['alone_s'])}) | {r['ratio']:.2f} |\n"
+                    for i, r in enumerate(c["rounds"]))
+          + f"\nMedian **{c['ratio_median']:.2f}x** ({c['ratio_min']:.2f}-{c['ratio_max']:.2f}; per round {per}).\n")
+    out = Path(args.out)
+    name = f"{args.name or 'elastic_ofa'}_cost"
+    harness.write_results(out / f"{name}.json", report, bench, markdown=md, md_path=out / f"{name}.md")
+    print(md)
 
 
 def _schedule(e: dict[str, Any]) -> str:

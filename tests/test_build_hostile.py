@@ -117,6 +117,7 @@ def test_a_swapped_candidate_never_ships_its_stale_scores(pool: Path, tmp_path: 
 
 # --- the measurement cache ------------------------------------------------------------------------
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 def test_corrupt_cache_entries_are_measured_again_with_a_warning(pool: Path, tmp_path: Path) -> None:
     target = _profile(tmp_path, "{latency_ms: {p50: 1000}}")
     cache = tmp_path / "cache"

@@ -51,6 +51,7 @@ def test_a_partial_torchrun_environment_is_one_line(tmp_path: Path, env: dict, l
     assert not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 def test_a_rendezvous_nobody_joins_times_out_naming_it(tmp_path: Path) -> None:
     # Before: WORLD_SIZE=2 with no second process waited silently (torch's default: 30 minutes) until killed.
     port = _free_port()
@@ -92,6 +93,7 @@ def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if ".venv" not in p.parts}
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 @pytest.mark.parametrize("name", ["../../../x", "..", "a/b"])
 def test_a_check_target_that_is_no_name_is_one_line_naming_check_targets(tmp_path: Path, name: str) -> None:
     work = _copy_repo(tmp_path, [name])

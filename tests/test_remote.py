@@ -281,6 +281,7 @@ def test_resolve_device_overrides() -> None:
         resolve_device(DeviceSpec(), {"key_file": "/k"})
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 def test_remote_timeout_kills_and_cleans_up(sshd: Server, artifacts: Any, tmp_path: Path) -> None:
     """A run longer than device.timeout: clear error within the bound, runner stopped, dir removed."""
     d, testset, _ = artifacts

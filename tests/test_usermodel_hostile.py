@@ -217,6 +217,7 @@ def _train_teacher(work: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 @pytest.mark.parametrize("kind", ["sample inputs", "pickled weight"])
 def test_train_teacher_stage_refuses_a_hostile_pt2(kind: str, work: Path) -> None:
     marker = work.parent / "MARKER"
@@ -367,6 +368,7 @@ def test_init_reads_only_tensors_from_such_a_checkpoint(tmp_path: Path, monkeypa
     assert not marker.exists()
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 def test_cli_select_refuses_a_checkpoint_that_names_code(tmp_path: Path) -> None:
     import numpy as np
 
@@ -444,6 +446,7 @@ def test_a_pt2_exported_for_batch_two_is_one_line(tmp_path: Path) -> None:
     _one_line(e)
 
 
+@pytest.mark.slow  # seconds of subprocesses or timeouts: CI runs it, the fast lane does not
 @pytest.mark.parametrize("form", ["onnx", "exported"])
 def test_the_stage_names_both_crashes(form: str, work: Path) -> None:
     if form == "onnx":
