@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,12 +122,18 @@ def test_channel_sorting_keeps_the_largest_exact_and_puts_the_loudest_channels_f
         assert sorted(perm) == list(range(len(gamma))) and perm != sorted(perm)
 
 
-def test_progressive_shrinking_trains_the_largest_first_then_the_sandwich() -> None:
+def stored_targets(epochs: int) -> tuple[Dataset, TrainConfig, list[nn.Module], Any]:
+    """A tiny data set, its training config, two tiny teachers and their stored soft targets (2 views)."""
     ds = tiny_dataset()
-    train = TrainConfig(epochs=1, batch_size=16, lr=0.05, crop_pad=1, flip=True, seed=0)
+    train = TrainConfig(epochs=epochs, batch_size=16, lr=0.05, crop_pad=1, flip=True, seed=0)
     torch.manual_seed(0)
     members = [ResNetTeacher(1, 4, [8, 16], [1, 1], 8).eval() for _ in range(2)]
     st = compute_soft_targets(members, tensors(ds)["train"][0], crop_fill(ds), 2, train)
+    return ds, train, members, st
+
+
+def test_progressive_shrinking_trains_the_largest_first_then_the_sandwich() -> None:
+    ds, train, members, st = stored_targets(epochs=1)
     cfg = ElasticConfig(widths=WIDTHS, largest_epochs=2, shrink_lr=0.01, recalibration_images=32, train=train)
     _, slices, report = elastic(ds, DistillConfig(**TINY_DISTILL, train=train), cfg, st, members)
     phases = [h["phase"] for h in report["history"]]
@@ -262,11 +269,7 @@ def test_slice_list_is_checked_against_the_stages() -> None:
 
 
 def test_elastic_trains_from_stored_targets_and_scores_each_slice() -> None:
-    ds = tiny_dataset()
-    train = TrainConfig(epochs=2, batch_size=16, lr=0.05, crop_pad=1, flip=True, seed=0)
-    torch.manual_seed(0)
-    members = [ResNetTeacher(1, 4, [8, 16], [1, 1], 8).eval() for _ in range(2)]
-    st = compute_soft_targets(members, tensors(ds)["train"][0], crop_fill(ds), 2, train)
+    ds, train, members, st = stored_targets(epochs=2)
     distill = DistillConfig(**TINY_DISTILL, train=train)
     cfg = ElasticConfig(widths=WIDTHS, slices=(0.5, [0.5, 1.5, 1.0], 1.5), recalibration_images=32, train=train)
     net, slices, report = elastic(ds, distill, cfg, st, members)
