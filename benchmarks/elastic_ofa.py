@@ -34,7 +34,7 @@ import harness
 from edgecompress.checkpoint import load_checkpoint
 from edgecompress.config import read
 from edgecompress.log import get_logger
-from edgecompress.models import build_model, count_params
+from edgecompress.models import build_model, count_macs, count_params
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.elastic import ElasticConfig, elastic_net, extract_slices, sandwich_loss, train_elastic
 from edgecompress.training.elastic_net import extract
@@ -70,7 +70,7 @@ def paired_step_cost(net: Any, cfg: ElasticConfig, alone: list[torch.nn.Module],
     g = torch.Generator().manual_seed(0)
 
     def timed(model: torch.nn.Module, fn: Any, step0: int) -> float:
-        model.train()
+        model.to(memory_format=torch.channels_last).train()  # as fit() trains it
         t0 = time.perf_counter()
         for k in range(steps):
             ib = torch.randint(0, n, (bs,), generator=g)
@@ -93,6 +93,35 @@ def paired_step_cost(net: Any, cfg: ElasticConfig, alone: list[torch.nn.Module],
             "ratio_min": ratios[0], "ratio_max": ratios[-1]}
 
 
+def arithmetic_cost(net: Any, cfg: ElasticConfig, widths: tuple[float, ...], shape: tuple[int, ...],
+                    draws: int = 256) -> dict[str, Any]:
+    """Forward multiply-accumulates per optimiser step, machine-independent (a backward pass costs about twice
+    its forward on either side, so the ratio carries over): the recipe's largest and smallest every step plus
+    random_subnets / random_every random sub-networks (their mean over ``draws`` seeded draws), against one
+    step of each of ``widths`` trained alone."""
+    cache: dict[Any, int] = {}
+
+    def macs(spec: Any) -> int:
+        if spec not in cache:
+            cache[spec] = int(count_macs(extract(net, spec)[0], shape) or 0)
+        return cache[spec]
+
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    rand = float(np.mean([macs(net.sample(gen, cfg.elastic_depth, cfg.sample == "per_stage"))
+                          for _ in range(draws)])) if cfg.random_subnets else 0.0
+    elastic = macs(net.largest()) + macs(net.smallest(cfg.elastic_depth)) + cfg.random_subnets / cfg.random_every * rand
+    alone = sum(macs(net.spec(w)) for w in widths)
+    return {"elastic_macs": elastic, "alone_macs": alone, "ratio": elastic / alone}
+
+
+def _arithmetic_line(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    return ["", f"Arithmetic per optimiser step (forward MACs, machine-independent): elastic recipe "
+                f"{a['elastic_macs'] / 1e6:.2f} M against {a['alone_macs'] / 1e6:.2f} M for the widths alone: "
+                f"**{a['ratio']:.2f}x**."]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = harness.parser(__doc__)
     harness.add_params(ap)
@@ -104,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cost-steps", type=int, default=60, help="optimiser steps a side per round")
     ap.add_argument("--cost-only", action="store_true",
                     help="only the paired per-step cost, on freshly initialised networks (no training)")
+    ap.add_argument("--random-every", type=int, default=None,
+                    help="override elastic.random_every: the random sub-network joins every Nth step")
     ap.add_argument("--name", default=None, help="results file stem (default elastic_ofa[_limitN])")
     harness.add_limit(ap, help="subsample the data (a 1/5-size run: --limit 12000); soft targets recomputed")
     harness.add_out(ap, "benchmarks/results")
@@ -113,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     distill, cfg = read(params, "distill", DistillConfig), read(params, "elastic", ElasticConfig)
     widths = tuple(float(w) for w in args.widths.split(","))
     train = dataclasses.replace(cfg.train, epochs=args.epochs or cfg.train.epochs)
-    cfg = dataclasses.replace(cfg, enabled=True, train=train, slices=widths)
+    cfg = dataclasses.replace(cfg, enabled=True, train=train, slices=widths,
+                              random_every=args.random_every or cfg.random_every)
     ds = harness.load_data(params, limit=args.limit, where=args.params)
     t = tensors(ds)
     x, y = t["train"]
@@ -130,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     ensemble = distill.source == "ensemble"
 
     net = elastic_net(ds, distill, cfg)
+    arithmetic = arithmetic_cost(net, cfg, widths, tuple(x.shape[1:]))
     if args.cost_only:  # the step cost does not depend on the weights: fresh networks, no training
-        cost_only(args, bench, net, cfg, widths, x, y, logits, st, crop_fill(ds))
+        cost_only(args, bench, net, cfg, widths, x, y, logits, st, crop_fill(ds), arithmetic)
         return
     t0 = time.time()
     history = train_elastic(net, x, y, cfg, logits, st, crop_fill(ds), ensemble)
@@ -173,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                           "shrink_lr": cfg.shrink_lr,
                           "seconds": elastic_seconds, "epoch_seconds": [h["seconds"] for h in history]},
               "soft_targets_seconds": targets_seconds, "rows": rows,
-              "alone_seconds_total": sum(r["alone_seconds"] for r in rows), "step_cost": cost}
+              "alone_seconds_total": sum(r["alone_seconds"] for r in rows), "step_cost": cost,
+              "arithmetic_cost": arithmetic}
     out = Path(args.out)
     name = args.name or ("elastic_ofa" if not args.limit else f"elastic_ofa_limit{args.limit}")
     harness.write_results(out / f"{name}.json", report, bench, markdown=markdown(report), md_path=out / f"{name}.md")
@@ -181,28 +215,34 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def cost_only(args: Any, bench: Any, net: Any, cfg: ElasticConfig, widths: tuple[float, ...],
-              x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, st: Any, fill: torch.Tensor) -> None:
+              x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, st: Any, fill: torch.Tensor,
+              arithmetic: dict[str, Any]) -> None:
     """The paired per-step cost alone: the elastic recipe's step against each width's own step, written to
     <name>_cost.{json,md}."""
     torch.manual_seed(cfg.train.seed)
     alone = [build_model(extract(net, net.spec(w))[1]) for w in widths]
     loss = ensemble_kd_loss(cfg.temperature, cfg.alpha, cfg.train.label_smoothing)
     images = view_images(x, st.seed, st.views, st.pad, st.flip, fill)
-    cost = paired_step_cost(net, cfg, alone, images, y, logits, st.views, loss, args.cost_rounds, args.cost_steps)
+    cost = paired_step_cost(net, cfg, alone, images, y, logits, st.views, loss, args.cost_rounds,
+                            args.cost_steps) if args.cost_rounds else None
     report = {"widths": list(widths), "elastic": {"widths": list(cfg.widths), "random_subnets": cfg.random_subnets,
                                                  "sample": cfg.sample, "random_every": cfg.random_every},
-              "step_cost": cost, "threads": args.threads}
-    c, per = cost, ", ".join(f"{r['ratio']:.2f}" for r in cost["rounds"])
-    md = (f"# Once-for-all training cost per step, side by side\n\nThe elastic recipe (widths {cfg.widths}, the "
-          f"largest and the smallest every step, {cfg.random_subnets} random sub-network every {cfg.random_every} "
-          f"step(s), sample {cfg.sample}) against widths {list(widths)} each trained alone: {c['steps']} optimiser "
-          f"steps a side per round, A B A B, on the same real batches (stored views and logits), {args.threads} "
-          f"threads, freshly initialised networks (the step cost does not depend on the weights).\n\n"
-          f"| round | elastic s | alone s (per width) | elastic / alone |\n|---|---|---|---|\n"
-          + "".join(f"| {i + 1} | {r['elastic_s']:.2f} | {sum(r['alone_s']):.2f} ("
-                    f"{', '.join(f'{a:.2f}' for a in r['alone_s'])}) | {r['ratio']:.2f} |\n"
-                    for i, r in enumerate(c["rounds"]))
-          + f"\nMedian **{c['ratio_median']:.2f}x** ({c['ratio_min']:.2f}-{c['ratio_max']:.2f}; per round {per}).\n")
+              "step_cost": cost, "arithmetic_cost": arithmetic, "threads": args.threads}
+    md = (f"# Once-for-all training cost per step\n\nThe elastic recipe (widths {cfg.widths}, the largest and the "
+          f"smallest every step, {cfg.random_subnets} random sub-network every {cfg.random_every} step(s), sample "
+          f"{cfg.sample}) against widths {list(widths)} each trained alone.\n")
+    if cost:
+        per = ", ".join(f"{r['ratio']:.2f}" for r in cost["rounds"])
+        md += (f"\nSide by side: {cost['steps']} optimiser steps a side per round, A B A B, on the same real batches "
+               f"(stored views and logits), {args.threads} threads, freshly initialised networks in channels-last "
+               f"as training runs them (the step cost does not depend on the weights).\n\n"
+               f"| round | elastic s | alone s (per width) | elastic / alone |\n|---|---|---|---|\n"
+               + "".join(f"| {i + 1} | {r['elastic_s']:.2f} | {sum(r['alone_s']):.2f} ("
+                         f"{', '.join(f'{a:.2f}' for a in r['alone_s'])}) | {r['ratio']:.2f} |\n"
+                         for i, r in enumerate(cost["rounds"]))
+               + f"\nMedian **{cost['ratio_median']:.2f}x** ({cost['ratio_min']:.2f}-{cost['ratio_max']:.2f}; "
+                 f"per round {per}).\n")
+    md += "\n".join(_arithmetic_line(arithmetic)) + "\n"
     out = Path(args.out)
     name = f"{args.name or 'elastic_ofa'}_cost"
     harness.write_results(out / f"{name}.json", report, bench, markdown=md, md_path=out / f"{name}.md")
@@ -251,6 +291,7 @@ def markdown(r: dict[str, Any]) -> str:
                       f"elastic / three alone = **{c['ratio_median']:.2f}x** median ({c['ratio_min']:.2f}-"
                       f"{c['ratio_max']:.2f}; per round {', '.join(per)}). Whole-run seconds drift between runs "
                       f"on a shared machine; the paired ratio is the cost figure."]
+    lines += _arithmetic_line(r.get("arithmetic_cost"))
     return "\n".join(lines) + "\n"
 
 

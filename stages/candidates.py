@@ -21,12 +21,13 @@ def main() -> str:
                   ("--ladder", "directory of the pruning ladder's checkpoints (pruned-<percent>.pt)"),
                   ("--clustered", "directory of the weight-clustered checkpoints (the cluster stage's)"),
                   ("--early-exit", "directory of early-exit checkpoints (the early_exit stage's)"),
-                  ("--elastic", "directory of the elastic student's slices (the elastic stage's)")])
+                  ("--elastic", "directory of the elastic student's slices (the elastic stage's)"),
+                  ("--students", "directory of the students of other widths (the students stage's)")])
     indices = read(params, "train_teacher", TeacherConfig).members
     members = list(stage.load_members(args.members, indices, "the ensemble candidate").values()) if indices else []
     models, aliases = pool_models(args.teacher, members, args.student, args.pruned, args.ladder,
                                   read(params, "prune", PruneConfig).ratio, args.clustered, args.early_exit,
-                                  args.elastic)
+                                  args.elastic, args.students)
     pool = read(params, "candidates", PoolConfig)
     index = build_pool(models, stage.data(params), load_calibration(args.calibration),
                        read(params, "calibrate", CalibrationConfig), read(params, "export", ExportConfig), args.out,

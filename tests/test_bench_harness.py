@@ -38,7 +38,7 @@ def _git(*args: str) -> str:
 
 
 def test_every_benchmark_script_is_found() -> None:
-    assert len(SCRIPTS) == 17 and "user_model.py" not in SCRIPTS and "harness.py" not in SCRIPTS
+    assert len(SCRIPTS) == 18 and "user_model.py" not in SCRIPTS and "harness.py" not in SCRIPTS
 
 
 def test_results_carry_command_commit_and_machine(harness: ModuleType, tmp_path: Path) -> None:

@@ -26,13 +26,15 @@ from edgecompress.training.distill import DistillConfig
 from edgecompress.training.early_exit import EarlyExitConfig
 from edgecompress.training.elastic import ElasticConfig, check_distill, slice_specs
 from edgecompress.training.elastic_net import ElasticMobileNet
+from edgecompress.training.students import StudentsConfig
+from edgecompress.training.students import check_distill as check_students
 from edgecompress.training.teacher import TeacherConfig
 from edgecompress.usermodel import user_file
 
 SECTIONS: dict[str, type] = {"active_learning": SelectConfig, "candidates": PoolConfig, "data": DataConfig, "train_teacher": TeacherConfig, "distill": DistillConfig,
                              "prune": PruneConfig, "calibrate": CalibrationConfig, "export": ExportConfig,
                              "cluster": ClusterConfig, "early_exit": EarlyExitConfig, "elastic": ElasticConfig,
-                             "check": CheckConfig}
+                             "students": StudentsConfig, "check": CheckConfig}
 
 
 def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
@@ -60,6 +62,7 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
     if cfg["elastic"].enabled:
         check_distill(distill)  # our MobileNet only, from the stored soft targets
     _check_pruned_slice(path, prune.source_model, distill, cfg["elastic"])
+    check_students(distill, cfg["students"])
     levels = {level_name(r) for r in (prune.ratio, *prune.ladder)} if prune.ladder else set()
     unknown = [m for m in cfg["cluster"].models if m.startswith("pruned-") and m not in levels]
     if unknown:

@@ -101,14 +101,17 @@ def load_model(name: str, path: str | Path) -> PoolModel:
 def pool_models(teacher: str | Path, members: list[nn.Module], student: str | Path, pruned: str | Path,
                 ladder: str | Path | None, ratio: float, clustered: str | Path | None = None,
                 early_exit: str | Path | None = None,
-                elastic: str | Path | None = None) -> tuple[list[PoolModel], dict[str, str]]:
+                elastic: str | Path | None = None,
+                students: str | Path | None = None) -> tuple[list[PoolModel], dict[str, str]]:
     """(every model of the pool, aliases): teacher, the ensemble (with ``members``), student and each
     pruning-ladder level (``ladder``/pruned-<percent>.pt), or the pruned student alone without a ladder,
     then the weight-clustered copies in ``clustered`` (the cluster stage's, e.g. student-c4.pt), the
     early-exit networks in ``early_exit`` (the early_exit stage's, e.g. teacher-ee.pt: cascades) and the
-    elastic student's slices in ``elastic`` (the elastic stage's, e.g. elastic-w150.pt: ordinary students)."""
+    elastic student's slices in ``elastic`` (the elastic stage's, e.g. elastic-w150.pt: ordinary students) and
+    the students of other widths in ``students`` (the students stage's, e.g. student-w097.pt)."""
     shared = [load_model(p.stem, p) for p in sorted(Path(clustered).glob("*.pt"))] if clustered else []
     shared += [load_model(p.stem, p) for p in sorted(Path(elastic).glob("elastic-*.pt"))] if elastic else []
+    shared += [load_model(p.stem, p) for p in sorted(Path(students).glob("student-w*.pt"))] if students else []
     shared += [PoolModel(p.stem, *load_early_exit(p), str(p)) for p in sorted(Path(early_exit).glob(f"*{EXIT_SUFFIX}.pt"))] \
         if early_exit else []
     t = load_model("teacher", teacher)

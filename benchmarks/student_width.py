@@ -1,0 +1,173 @@
+"""How wide a student fits a target, and how accurate it gets: standalone KD students of several widths and epochs.
+
+In ONE run, on the data of params.yaml's data section, from the teachers' stored soft targets (the distill
+stage's models/soft_targets.npz; with --limit they are recomputed for the subset from models/teacher.pt and
+the members): for every width in --widths (distill.width's meaning: a multiplier of distill.channels) and
+every count in --epochs, a fresh MobileNet student trained exactly as the distill stage trains one (ensemble
+KD from the same stored logits, distill.temperature/alpha, distill.train with those epochs), then
+  - validation and test accuracy, each with its 95% Wilson interval;
+  - its full-integer int8 TFLite file (calibrated on models/calibration.npz as the pool's int8 files are):
+    its bytes, the Huffman-coded package a device downloads, and its own validation and test accuracy run
+    through LiteRT (the figure a target's check would give on the whole test set);
+  - for every --targets profile: whether that file fits the profile's size_mb and the package its
+    download_mb (the budgets the tight targets ship under).
+It answers "what would the target need" with measurements instead of an estimate from parameter counts.
+
+    python benchmarks/student_width.py --widths 1.25,1.875 --epochs 12 [--targets mobile-cpu,iot-camera]
+Smoke: python benchmarks/student_width.py --widths 0.5 --epochs 1 --limit 600 --out /tmp/sw
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import harness
+
+from edgecompress.checkpoint import load_checkpoint
+from edgecompress.checkpoint import save_checkpoint
+from edgecompress.compression.calibrate import CalibrationConfig
+from edgecompress.compression.export import io_details, run_artifact
+from edgecompress.compression.tflite import export_tflite
+from edgecompress.config import read
+from edgecompress.deploy.pack import pack_file
+from edgecompress.deploy.stats import wilson
+from edgecompress.deploy.targets import load_target
+from edgecompress.log import get_logger
+from edgecompress.models import build_model, count_macs, count_params, student_channels
+from edgecompress.training.distill import DistillConfig
+from edgecompress.training.ensemble import ensemble_kd_loss
+from edgecompress.training.loop import crop_fill, predict_logits, tensors
+from edgecompress.training.soft_targets import (compute_soft_targets, fit_on_soft_targets, load_soft_targets,
+                                                response)
+from edgecompress.training.teacher import TeacherConfig
+
+log = get_logger("bench.student_width")
+MIB = 1024 * 1024
+
+
+def accuracy(logits: np.ndarray, y: torch.Tensor) -> dict[str, Any]:
+    """Top-1 accuracy of ``logits`` on labels ``y`` with its 95% Wilson interval."""
+    acc = float((logits.argmax(1) == y.numpy()).mean())
+    ci = wilson(acc, len(y))
+    return {"accuracy": acc, "ci": [ci.lo, ci.hi], "n": len(y)}
+
+
+def fits(target: Any, file_bytes: int, package_bytes: int) -> dict[str, Any]:
+    """Which of the profile's size budgets the int8 file and its package meet (None: the profile sets none)."""
+    b = target.budgets
+    return {"size_mb": None if b.size_mb is None else file_bytes <= b.size_mb * MIB,
+            "download_mb": None if b.download_mb is None else package_bytes <= b.download_mb * MIB}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = harness.parser(__doc__)
+    harness.add_params(ap)
+    ap.add_argument("--models", default="models", help="teacher.pt, members/, soft_targets.npz, calibration.npz")
+    ap.add_argument("--widths", default="1.25,1.875", help="width multipliers of distill.channels")
+    ap.add_argument("--epochs", default="12", help="training epochs, one run per entry (comma-separated)")
+    ap.add_argument("--targets", default="mobile-cpu,iot-camera", help="profiles under targets/ to check against")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep each student's checkpoint and int8 file beside the results")
+    ap.add_argument("--name", default=None, help="results file stem (default student_width[_limitN])")
+    harness.add_limit(ap, help="subsample the data (a quick look); soft targets recomputed")
+    harness.add_out(ap, "benchmarks/results")
+    args, bench = harness.parse(ap, argv)
+    torch.set_num_threads(args.threads)
+    params = harness.load_params(args.params)
+    distill, calib_cfg = read(params, "distill", DistillConfig), read(params, "calibrate", CalibrationConfig)
+    targets = [load_target(harness.ROOT / "targets" / f"{t}.yaml") for t in args.targets.split(",") if t]
+    ds = harness.load_data(params, limit=args.limit, where=args.params)
+    t = tensors(ds)
+    x, y = t["train"]
+    models = Path(args.models)
+    sources = [load_checkpoint(models / "teacher.pt")[0]]
+    if distill.source == "ensemble":
+        sources += [load_checkpoint(models / "members" / f"member-{i}.pt")[0]
+                    for i in read(params, "train_teacher", TeacherConfig).members]
+    st = compute_soft_targets(sources, x, crop_fill(ds), distill.views, distill.train) if args.limit \
+        else load_soft_targets(models / "soft_targets.npz")
+    logits = st.select(sources, x, "student_width")
+    calib = np.load(models / "calibration.npz")["x"] if not args.limit else x[:calib_cfg.samples].numpy()
+    loss = response(ensemble_kd_loss(distill.temperature, distill.alpha, distill.train.label_smoothing),
+                    ensemble=True)
+    out = Path(args.out)
+    name = args.name or ("student_width" if not args.limit else f"student_width_limit{args.limit}")
+    rows: list[dict[str, Any]] = []
+    for width in (float(w) for w in args.widths.split(",")):
+        for epochs in (int(e) for e in args.epochs.split(",")):
+            arch = {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
+                    "channels": student_channels(distill.channels, width), "strides": list(distill.strides),
+                    "dropout": 0.0}
+            torch.manual_seed(distill.train.seed)
+            model = build_model(arch)
+            t0 = time.time()
+            fit_on_soft_targets(model, x, y, dataclasses.replace(distill.train, epochs=epochs), logits, st, loss,
+                                crop_fill(ds), name=f"w{width}-e{epochs}")
+            seconds = time.time() - t0
+            tfl = out / f"{name}_w{width}_e{epochs}.int8.tflite"
+            export_tflite(model, tuple(x.shape[1:]), tfl, calib=calib, cfg=calib_cfg)
+            file_bytes, package_bytes = tfl.stat().st_size, len(pack_file(tfl))
+            side = io_details(tfl)
+            row = {"width": width, "epochs": epochs, "channels": arch["channels"], "params": count_params(model),
+                   "macs": count_macs(model, tuple(x.shape[1:])), "train_seconds": seconds,
+                   **{split: accuracy(predict_logits(model, t[split][0]), t[split][1]) for split in ("val", "test")},
+                   **{f"int8_{split}": accuracy(run_artifact(tfl, side, t[split][0].numpy()), t[split][1])
+                      for split in ("val", "test")},
+                   "int8_bytes": file_bytes, "package_bytes": package_bytes,
+                   "fits": {p.name: fits(p, file_bytes, package_bytes) for p in targets}}
+            if args.keep:
+                save_checkpoint(tfl.with_name(f"{name}_w{width}_e{epochs}.pt"), model, arch,
+                                {"epochs": epochs, "width": width})
+            else:
+                tfl.unlink()  # the numbers are the result; re-running rebuilds the file
+            rows.append(row)
+            log.info("width %s, %d epochs: val %.4f test %.4f (int8 LiteRT %.4f / %.4f), int8 %d B, package %d B "
+                     "(%.0f s)", width, epochs, row["val"]["accuracy"], row["test"]["accuracy"],
+                     row["int8_val"]["accuracy"], row["int8_test"]["accuracy"], file_bytes, package_bytes, seconds)
+    report = {"data": {"limit": args.limit, "train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
+              "targets": {p.name: {"size_mb": p.budgets.size_mb, "download_mb": p.budgets.download_mb}
+                          for p in targets},
+              "rows": rows}
+    md = markdown(report)
+    harness.write_results(out / f"{name}.json", report, bench, markdown=md, md_path=out / f"{name}.md")
+    print(md)
+
+
+def _fit_cell(f: dict[str, Any]) -> str:
+    marks = [f"{k.replace('_mb', '')} {'yes' if v else 'NO'}" for k, v in f.items() if v is not None]
+    return ", ".join(marks) or "-"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    budgets = "; ".join(f"{n}: " + ", ".join(f"{k.replace('_mb', '')} {v * 1024:.0f} KiB" for k, v in b.items()
+                                            if v is not None) for n, b in r["targets"].items())
+    names = list(r["targets"])
+    head = ("| width | epochs | channels | params | val [95%] | test [95%] | int8 LiteRT val [95%] | int8 LiteRT test [95%] | "
+            "int8 B | package B | " + " | ".join(f"fits {n}" for n in names) + " | train s |\n|"
+            + "---|" * (11 + len(names)) + "\n")
+
+    def pct(a: dict[str, Any] | None) -> str:
+        if a is None:
+            return "n/a"
+        return f"{a['accuracy']:.2%} [{a['ci'][0]:.2%}, {a['ci'][1]:.2%}]".replace("%", "") + "%"
+
+    body = "".join(f"| {w['width']} | {w['epochs']} | {w['channels']} | {w['params']:,} | {pct(w['val'])} | "
+                   f"{pct(w['test'])} | {pct(w.get('int8_val'))} | {pct(w.get('int8_test'))} | "
+                   f"{w['int8_bytes']:,} | {w['package_bytes']:,} | "
+                   + " | ".join(_fit_cell(w["fits"][n]) for n in names) + f" | {w['train_seconds']:.0f} |\n"
+                   for w in r["rows"])
+    d = r["data"]
+    return (f"# Standalone students by width: accuracy and the bytes a target holds\n\nData: {d['train']} training, "
+            f"{d['val']} validation, {d['test']} test images. Each student trained as the distill stage trains one "
+            f"(ensemble KD from the stored soft targets); int8: full-integer TFLite (names stripped), package: "
+            f"the Huffman-coded file a device downloads. Budgets: {budgets}.\n\n" + head + body)
+
+
+if __name__ == "__main__":
+    main()

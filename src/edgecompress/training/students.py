@@ -1,0 +1,107 @@
+"""Students of other widths: each a fresh MobileNet trained alone, exactly as the distill stage trains its student.
+
+The distill stage makes one student; a target whose budget sits between that student and its pruned copies
+(a 64 KiB flash slot, a 128 KiB download) is served best by a network sized for it and trained for longer,
+not by pruning. ``students.widths`` names those sizes: each width (distill.width's meaning: a multiplier
+of distill.channels) is distilled with distill's recipe (its scheme, source, temperature, alpha and
+train section, the same stored soft targets: no teacher runs again) for ``students.epochs`` epochs, and
+saved as an ordinary student checkpoint, ``student-w<percent>.pt``, that joins the candidate pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from edgecompress.checkpoint import save_checkpoint
+from edgecompress.data import Dataset
+from edgecompress.errors import EdgeCompressError
+from edgecompress.log import get_logger
+from edgecompress.training.distill import DistillConfig, distill, distill_metrics
+from edgecompress.training.soft_targets import SoftTargets
+
+log = get_logger("students")
+
+PREFIX = "student-w"
+
+
+@dataclass(frozen=True)
+class StudentsConfig:
+    """``students`` in params.yaml: the extra students' widths and how long each trains."""
+
+    widths: tuple[float, ...] = ()  # multipliers of distill.channels (distill.width's meaning); () makes none
+    epochs: int | None = None  # each one's training epochs (None: distill.train.epochs; the rest of distill.train)
+
+    def __post_init__(self) -> None:
+        for w in self.widths:
+            if isinstance(w, bool) or not w > 0:
+                raise EdgeCompressError(f"invalid value students.widths={list(self.widths)}: every width must be a "
+                                        f"number > 0 (a multiplier of distill.channels, e.g. [0.97, 1.75])")
+        names = [student_name(w) for w in self.widths]
+        if len(set(names)) != len(names):
+            raise EdgeCompressError(f"invalid value students.widths={list(self.widths)}: two widths round to the same "
+                                    f"name ({', '.join(sorted(n for n in set(names) if names.count(n) > 1))}); "
+                                    f"keep widths at least 0.01 apart")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
+            raise EdgeCompressError(f"invalid value students.epochs={self.epochs}: give a whole number >= 1, or null "
+                                    f"for distill.train.epochs")
+
+
+def student_name(width: float) -> str:
+    """The candidate name of the student of ``width``: ``student-w097`` for 0.97."""
+    return f"{PREFIX}{round(width * 100):03d}"
+
+
+def check_distill(distill_cfg: DistillConfig, cfg: StudentsConfig) -> None:
+    """Widths apply to our MobileNet only: a user's own student (distill.student) has no width to set."""
+    if cfg.widths and distill_cfg.student:
+        raise EdgeCompressError(f"params.yaml:students.widths: {list(cfg.widths)} sizes our MobileNet student, but "
+                                f"distill.student is your own network ({distill_cfg.student}); set students.widths: [] "
+                                f"(or remove distill.student)")
+
+
+def student_config(distill_cfg: DistillConfig, cfg: StudentsConfig, width: float) -> DistillConfig:
+    """distill's recipe at ``width`` for ``cfg.epochs`` epochs (no labels-only baseline: distill measures that)."""
+    train = replace(distill_cfg.train, epochs=cfg.epochs or distill_cfg.train.epochs)
+    return replace(distill_cfg, width=width, train=train, baseline=False)
+
+
+def train_students(ds: Dataset, distill_cfg: DistillConfig, cfg: StudentsConfig, teacher: nn.Module,
+                   members: Sequence[nn.Module], targets: SoftTargets) -> list[tuple[str, nn.Module, dict[str, Any],
+                                                                                     dict[str, Any]]]:
+    """Each width's student as (name, model, arch, report), trained as the distill stage trains its own."""
+    check_distill(distill_cfg, cfg)
+    out = []
+    for w in cfg.widths:
+        name = student_name(w)
+        log.info(f"{name}: width {w}, {cfg.epochs or distill_cfg.train.epochs} epochs")
+        model, arch, report = distill(teacher, ds, student_config(distill_cfg, cfg, w), members, targets)
+        out.append((name, model, arch, report))
+    return out
+
+
+def students_metrics(students: Sequence[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]],
+                     distill_cfg: DistillConfig, cfg: StudentsConfig, teacher_params: int) -> dict[str, Any]:
+    """Each student's metrics as the distill stage records its own, with its width, epochs and seconds."""
+    return {name: {**distill_metrics(report, distill_cfg, teacher_params), "width": w,
+                   "epochs": cfg.epochs or distill_cfg.train.epochs,
+                   "seconds": sum(h["seconds"] for h in report["kd"]["history"])}
+            for (name, _, _, report), w in zip(students, cfg.widths)}
+
+
+def save_students(out: str | Path, students: Sequence[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]],
+                  meta: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Path]:
+    """Each student as ``out/<name>.pt`` (+ .json, ``meta(its report)``); students of an earlier run that this one did not make are
+    removed, so the directory is this run's."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.pt" for name, *_ in students]
+    for old in out.glob(f"{PREFIX}*.pt*"):
+        if old not in paths and Path(str(old).removesuffix(".json")) not in paths:
+            old.unlink()
+    for (name, model, arch, report), path in zip(students, paths):
+        save_checkpoint(path, model, arch, meta(report))
+    return paths
