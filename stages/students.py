@@ -9,7 +9,8 @@ from edgecompress.errors import friendly_main
 from edgecompress.fileio import write_json
 from edgecompress.training.distill import DistillConfig, distill_metrics
 from edgecompress.training.soft_targets import load_soft_targets
-from edgecompress.training.students import StudentsConfig, save_students, students_metrics, train_students
+from edgecompress.training.students import (StudentsConfig, save_students, students_metrics, train_students,
+                                            widths_for)
 from edgecompress.training.teacher import TeacherConfig
 
 
@@ -21,7 +22,7 @@ def main() -> str | None:
         optional=[("--members", "directory of ensemble member checkpoints"), ("--live", "directory of dvclive curves")])
     cfg, distill = read(params, "students", StudentsConfig), read(params, "distill", DistillConfig)
     students, metrics = [], {}
-    if cfg.widths:  # none: the stage still writes its (empty) outputs, and an earlier run's students go
+    if widths_for(distill, cfg):  # none: the stage still writes its (empty) outputs; an earlier run's students go
         teacher, tmeta = load_checkpoint(args.teacher)
         indices = read(params, "train_teacher", TeacherConfig).members if distill.source == "ensemble" else []
         members = list(stage.load_members(args.members, indices, "distill.source: ensemble").values()) if indices else []
@@ -33,11 +34,11 @@ def main() -> str | None:
     save_students(args.out, students, lambda r: stage.meta(ds, params, "students", args.soft_targets,
                                                            distill_metrics(r, distill, tmeta["metrics"]["params"])))
     write_json(args.metrics, {"students": metrics})
-    stage.log_curves(args.live, {name: report["kd"]["history"] for name, _, _, report in students})
+    stage.log_curves(args.live, {s.name: s.report["kd"]["history"] for s in students})
     if args.live:  # the declared plots folder exists even without students (DVC needs every output)
         Path(args.live, "plots", "metrics").mkdir(parents=True, exist_ok=True)
     return ", ".join(f"{n} test {m['test']['accuracy']:.4f} ({m['params']} params)" for n, m in metrics.items()) \
-        or "students.widths is empty: no extra students"
+        or "no students of other widths"
 
 
 if __name__ == "__main__":

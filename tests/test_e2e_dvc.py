@@ -94,6 +94,7 @@ def _tiny_repo(tmp_path: Path) -> tuple[Path, dict]:
     params["prune"].update(steps=1, ladder=[0.5])
     params["export"]["formats"] = ["fp32.onnx", "int8.onnx", "fp32.tflite", "int8.tflite"]
     params["prune"]["finetune"]["epochs"] = 1
+    params["students"]["epochs"] = 1
     params["calibrate"]["samples"] = 32
     return work, params
 
@@ -146,7 +147,8 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     # Two targets, two choices: their budgets and engines decide, from one pool of every model and level.
     index = json.loads((work / "models/candidates/index.json").read_text())
     assert {c["model"] for c in index["candidates"]} == {"teacher", "ensemble", "student", "pruned-30", "pruned-50",
-                                                         "student-c4", "pruned-30-c4", "pruned-50-c4", "teacher-ee"}
+                                                         "student-c4", "pruned-30-c4", "pruned-50-c4", "teacher-ee",
+                                                         "student-w097"}
     # The teacher with early exits is offered as cascades, which targets on percentiles never consider.
     assert len(json.loads((work / "metrics/early_exit.json").read_text())["teacher-ee"]["cascade"]["thresholds"]) == 2
     # Weight sharing: the clustered copies keep at most 16 values per layer, and ship as smaller packages.

@@ -49,14 +49,13 @@ def test_each_width_is_distilled_from_the_stored_targets_and_scored() -> None:
     ds, train, members, st = stored_targets(epochs=1)
     distill = DistillConfig(**TINY_DISTILL, train=train)
     students = train_students(ds, distill, StudentsConfig(widths=(0.5, 1.5), epochs=2), members[0], members[1:], st)
-    assert [s[0] for s in students] == ["student-w050", "student-w150"]
-    (_, small, small_arch, report), (_, big, big_arch, _) = students
-    assert small_arch["channels"] == [4, 8, 8, 16, 16] and big_arch["channels"] == [12, 24, 24, 48, 48]
-    assert count_params(small) < count_params(big)
-    assert len(report["kd"]["history"]) == 2 and 0 <= report["kd"]["val"]["accuracy"] <= 1
-    with pytest.raises(EdgeCompressError, match=r"distill.student is your own network .* set students.widths: \[\]"):
-        train_students(ds, DistillConfig(**{**TINY_DISTILL, "student": "user/mine.py:build"}, train=train),
-                       StudentsConfig(widths=(0.5,)), members[0], members[1:], st)
+    assert [s.name for s in students] == ["student-w050", "student-w150"]
+    small, big = students
+    assert small.arch["channels"] == [4, 8, 8, 16, 16] and big.arch["channels"] == [12, 24, 24, 48, 48]
+    assert count_params(small.model) < count_params(big.model)
+    assert len(small.report["kd"]["history"]) == 2 and 0 <= small.report["kd"]["val"]["accuracy"] <= 1
+    mine = DistillConfig(**{**TINY_DISTILL, "student": "user/mine.py:build"}, train=train)
+    assert train_students(ds, mine, StudentsConfig(widths=(0.5,)), members[0], members[1:], st) == []
 
 
 def test_saved_students_join_the_candidate_pool(tmp_path) -> None:
@@ -76,12 +75,12 @@ def test_saved_students_join_the_candidate_pool(tmp_path) -> None:
     assert meta["metrics"]["params"] == count_params(model)
     x = torch.from_numpy(ds.test.x[:4].astype("float32"))
     with torch.no_grad():  # the checkpoint is the trained network (memory formats differ: float rounding only)
-        assert torch.allclose(model.eval()(x), students[0][1].eval()(x), atol=1e-5)
+        assert torch.allclose(model.eval()(x), students[0].model.eval()(x), atol=1e-5)
     teacher = ResNetTeacher(1, 4, [8, 16], [1, 1], 8)
     save_checkpoint(tmp_path / "teacher.pt", teacher, {"kind": "resnet", "in_channels": 1, "num_classes": 4,
                                                        "widths": [8, 16], "blocks": [1, 1], "stem": 8}, {})
     for name in ("student", "pruned"):
-        save_checkpoint(tmp_path / f"{name}.pt", students[0][1], students[0][2], {})
+        save_checkpoint(tmp_path / f"{name}.pt", students[0].model, students[0].arch, {})
     models, _ = pool_models(tmp_path / "teacher.pt", [], tmp_path / "student.pt", tmp_path / "pruned.pt", None, 0.3,
                             students=out)
     assert [m.name for m in models] == ["teacher", "student", "pruned", "student-w050"]
@@ -112,6 +111,6 @@ def test_the_stage_without_widths_writes_empty_outputs_and_drops_stale_students(
                            "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--live", str(tmp_path / "live")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "students.widths is empty" in proc.stderr + proc.stdout
+    assert "no students of other widths" in proc.stderr + proc.stdout
     assert list(out.iterdir()) == [] and (tmp_path / "live" / "plots" / "metrics").is_dir()
     assert (tmp_path / "m.json").read_text().strip().replace(" ", "").replace("\n", "") == '{"students":{}}'

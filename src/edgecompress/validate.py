@@ -27,7 +27,6 @@ from edgecompress.training.early_exit import EarlyExitConfig
 from edgecompress.training.elastic import ElasticConfig, check_distill, slice_specs
 from edgecompress.training.elastic_net import ElasticMobileNet
 from edgecompress.training.students import StudentsConfig
-from edgecompress.training.students import check_distill as check_students
 from edgecompress.training.teacher import TeacherConfig
 from edgecompress.usermodel import user_file
 
@@ -62,7 +61,6 @@ def validate_params(params: dict[str, Any], path: str | Path = "params.yaml",
     if cfg["elastic"].enabled:
         check_distill(distill)  # our MobileNet only, from the stored soft targets
     _check_pruned_slice(path, prune.source_model, distill, cfg["elastic"])
-    check_students(distill, cfg["students"])
     levels = {level_name(r) for r in (prune.ratio, *prune.ladder)} if prune.ladder else set()
     unknown = [m for m in cfg["cluster"].models if m.startswith("pruned-") and m not in levels]
     if unknown:

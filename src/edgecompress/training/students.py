@@ -29,6 +29,16 @@ PREFIX = "student-w"
 
 
 @dataclass(frozen=True)
+class TrainedStudent:
+    """One student of another width: its candidate name, the network, its arch dict and distill's report."""
+
+    name: str  # student-w097, ...
+    model: nn.Module
+    arch: dict[str, Any]
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class StudentsConfig:
     """``students`` in params.yaml: the extra students' widths and how long each trains."""
 
@@ -55,12 +65,14 @@ def student_name(width: float) -> str:
     return f"{PREFIX}{round(width * 100):03d}"
 
 
-def check_distill(distill_cfg: DistillConfig, cfg: StudentsConfig) -> None:
-    """Widths apply to our MobileNet only: a user's own student (distill.student) has no width to set."""
+def widths_for(distill_cfg: DistillConfig, cfg: StudentsConfig) -> tuple[float, ...]:
+    """The widths to train: ``cfg.widths``, or none with a user's own student (distill.student has no width to
+    set; the default widths must not stop a user who brings one, so one line says so instead)."""
     if cfg.widths and distill_cfg.student:
-        raise EdgeCompressError(f"params.yaml:students.widths: {list(cfg.widths)} sizes our MobileNet student, but "
-                                f"distill.student is your own network ({distill_cfg.student}); set students.widths: [] "
-                                f"(or remove distill.student)")
+        log.info(f"students.widths {list(cfg.widths)} size our MobileNet, but distill.student is your own network "
+                 f"({distill_cfg.student}): no students of other widths (set students.widths: [] to silence this)")
+        return ()
+    return cfg.widths
 
 
 def student_config(distill_cfg: DistillConfig, cfg: StudentsConfig, width: float) -> DistillConfig:
@@ -70,38 +82,36 @@ def student_config(distill_cfg: DistillConfig, cfg: StudentsConfig, width: float
 
 
 def train_students(ds: Dataset, distill_cfg: DistillConfig, cfg: StudentsConfig, teacher: nn.Module,
-                   members: Sequence[nn.Module], targets: SoftTargets) -> list[tuple[str, nn.Module, dict[str, Any],
-                                                                                     dict[str, Any]]]:
-    """Each width's student as (name, model, arch, report), trained as the distill stage trains its own."""
-    check_distill(distill_cfg, cfg)
+                   members: Sequence[nn.Module], targets: SoftTargets) -> list[TrainedStudent]:
+    """Each width's student (``widths_for``), trained as the distill stage trains its own."""
     out = []
-    for w in cfg.widths:
+    for w in widths_for(distill_cfg, cfg):
         name = student_name(w)
         log.info(f"{name}: width {w}, {cfg.epochs or distill_cfg.train.epochs} epochs")
         model, arch, report = distill(teacher, ds, student_config(distill_cfg, cfg, w), members, targets)
-        out.append((name, model, arch, report))
+        out.append(TrainedStudent(name, model, arch, report))
     return out
 
 
-def students_metrics(students: Sequence[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]],
-                     distill_cfg: DistillConfig, cfg: StudentsConfig, teacher_params: int) -> dict[str, Any]:
+def students_metrics(students: Sequence[TrainedStudent], distill_cfg: DistillConfig, cfg: StudentsConfig,
+                     teacher_params: int) -> dict[str, Any]:
     """Each student's metrics as the distill stage records its own, with its width, epochs and seconds."""
-    return {name: {**distill_metrics(report, distill_cfg, teacher_params), "width": w,
-                   "epochs": cfg.epochs or distill_cfg.train.epochs,
-                   "seconds": sum(h["seconds"] for h in report["kd"]["history"])}
-            for (name, _, _, report), w in zip(students, cfg.widths)}
+    return {s.name: {**distill_metrics(s.report, distill_cfg, teacher_params), "width": w,
+                     "epochs": cfg.epochs or distill_cfg.train.epochs,
+                     "seconds": sum(h["seconds"] for h in s.report["kd"]["history"])}
+            for s, w in zip(students, widths_for(distill_cfg, cfg))}
 
 
-def save_students(out: str | Path, students: Sequence[tuple[str, nn.Module, dict[str, Any], dict[str, Any]]],
+def save_students(out: str | Path, students: Sequence[TrainedStudent],
                   meta: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Path]:
-    """Each student as ``out/<name>.pt`` (+ .json, ``meta(its report)``); students of an earlier run that this one did not make are
-    removed, so the directory is this run's."""
+    """Each student as ``out/<name>.pt`` (+ .json: ``meta`` of its report); students of an earlier run that this
+    one did not make are removed, so the directory is this run's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.pt" for name, *_ in students]
+    paths = [out / f"{s.name}.pt" for s in students]
     for old in out.glob(f"{PREFIX}*.pt*"):
         if old not in paths and Path(str(old).removesuffix(".json")) not in paths:
             old.unlink()
-    for (name, model, arch, report), path in zip(students, paths):
-        save_checkpoint(path, model, arch, meta(report))
+    for s, path in zip(students, paths):
+        save_checkpoint(path, s.model, s.arch, meta(s.report))
     return paths
