@@ -31,7 +31,6 @@ import torch
 
 import harness
 
-from edgecompress.checkpoint import load_checkpoint
 from edgecompress.config import read
 from edgecompress.log import get_logger
 from edgecompress.models import build_model, count_macs, count_params
@@ -40,9 +39,7 @@ from edgecompress.training.elastic import ElasticConfig, elastic_net, extract_sl
 from edgecompress.training.elastic_net import extract
 from edgecompress.training.ensemble import ensemble_kd_loss
 from edgecompress.training.loop import crop_fill, predict_logits, tensors
-from edgecompress.training.soft_targets import (compute_soft_targets, fit_on_soft_targets, load_soft_targets, response,
-                                                view_images)
-from edgecompress.training.teacher import TeacherConfig
+from edgecompress.training.soft_targets import fit_on_soft_targets, response, view_images
 
 
 def log(msg: str) -> None:
@@ -150,13 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     t = tensors(ds)
     x, y = t["train"]
     models = Path(args.models)
-    sources = [load_checkpoint(models / "teacher.pt")[0]]
-    if distill.source == "ensemble":
-        sources += [load_checkpoint(models / "members" / f"member-{i}.pt")[0]
-                    for i in read(params, "train_teacher", TeacherConfig).members]
     t0 = time.time()
-    st = compute_soft_targets(sources, x, crop_fill(ds), distill.views, distill.train) if args.limit \
-        else load_soft_targets(models / "soft_targets.npz")
+    sources, st = harness.teachers_and_targets(params, models, ds, x, args.limit)
     logits = st.select(sources, x, "elastic_ofa")
     targets_seconds = time.time() - t0
     ensemble = distill.source == "ensemble"

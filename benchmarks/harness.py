@@ -208,3 +208,24 @@ def _plain(o: Any) -> Any:
 def write_markdown(path: str | Path, markdown: str, prov: dict[str, Any]) -> None:
     """``markdown`` with the provenance line on top, atomically."""
     write_text(path, provenance_line(prov) + "\n\n" + markdown)
+
+
+def teachers_and_targets(params: dict[str, Any], models: str | Path, ds: Any, x: Any,
+                         limit: int | None) -> tuple[list[Any], Any]:
+    """(the teachers distill learns from: models/teacher.pt, then the members with distill.source ensemble;
+    their soft targets): the distill stage's stored file, or recomputed for ``x`` on a --limit subset."""
+    from edgecompress.checkpoint import load_checkpoint
+    from edgecompress.config import read
+    from edgecompress.training.distill import DistillConfig
+    from edgecompress.training.loop import crop_fill
+    from edgecompress.training.soft_targets import compute_soft_targets, load_soft_targets
+    from edgecompress.training.teacher import TeacherConfig
+
+    distill, models = read(params, "distill", DistillConfig), Path(models)
+    sources = [load_checkpoint(models / "teacher.pt")[0]]
+    if distill.source == "ensemble":
+        sources += [load_checkpoint(models / "members" / f"member-{i}.pt")[0]
+                    for i in read(params, "train_teacher", TeacherConfig).members]
+    st = compute_soft_targets(sources, x, crop_fill(ds), distill.views, distill.train) if limit \
+        else load_soft_targets(models / "soft_targets.npz")
+    return sources, st

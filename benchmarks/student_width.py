@@ -29,7 +29,6 @@ import torch
 
 import harness
 
-from edgecompress.checkpoint import load_checkpoint
 from edgecompress.checkpoint import save_checkpoint
 from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.export import io_details, run_artifact
@@ -43,9 +42,7 @@ from edgecompress.models import build_model, count_macs, count_params, student_c
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.ensemble import ensemble_kd_loss
 from edgecompress.training.loop import crop_fill, predict_logits, tensors
-from edgecompress.training.soft_targets import (compute_soft_targets, fit_on_soft_targets, load_soft_targets,
-                                                response)
-from edgecompress.training.teacher import TeacherConfig
+from edgecompress.training.soft_targets import fit_on_soft_targets, response
 
 log = get_logger("bench.student_width")
 MIB = 1024 * 1024
@@ -86,12 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     t = tensors(ds)
     x, y = t["train"]
     models = Path(args.models)
-    sources = [load_checkpoint(models / "teacher.pt")[0]]
-    if distill.source == "ensemble":
-        sources += [load_checkpoint(models / "members" / f"member-{i}.pt")[0]
-                    for i in read(params, "train_teacher", TeacherConfig).members]
-    st = compute_soft_targets(sources, x, crop_fill(ds), distill.views, distill.train) if args.limit \
-        else load_soft_targets(models / "soft_targets.npz")
+    sources, st = harness.teachers_and_targets(params, models, ds, x, args.limit)
     logits = st.select(sources, x, "student_width")
     calib = np.load(models / "calibration.npz")["x"] if not args.limit else x[:calib_cfg.samples].numpy()
     loss = response(ensemble_kd_loss(distill.temperature, distill.alpha, distill.train.label_smoothing),
