@@ -62,12 +62,26 @@ def fits(target: Any, file_bytes: int, package_bytes: int) -> dict[str, Any]:
             "download_mb": None if b.download_mb is None else package_bytes <= b.download_mb * MIB}
 
 
+def architectures(args: Any, base: list[int]) -> list[tuple[str, list[int]]]:
+    """(label, channels) per run: each --channels list as given, else each --widths multiplier of ``base``."""
+    if args.channels:
+        specs = [spec for spec in args.channels.split(";") if spec]
+        return [(f"arch{i}", [int(c) for c in spec.split(",")]) for i, spec in enumerate(specs)]
+    return [(str(float(w)), student_channels(base, float(w))) for w in args.widths.split(",")]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = harness.parser(__doc__)
     harness.add_params(ap)
     ap.add_argument("--models", default="models", help="teacher.pt, members/, soft_targets.npz, calibration.npz")
     ap.add_argument("--widths", default="1.25,1.875", help="width multipliers of distill.channels")
     ap.add_argument("--epochs", default="12", help="training epochs, one run per entry (comma-separated)")
+    ap.add_argument("--channels", default=None,
+                    help="explicit architectures instead of --widths: channel lists separated by ';', each "
+                         "[stem, block outs...] as comma-separated ints, e.g. '32,64,64,128,128,192,192'")
+    ap.add_argument("--strides", default=None,
+                    help="block strides (comma-separated; default distill.strides); with several --channels, one "
+                         "list per architecture separated by ';', or one list for all")
     ap.add_argument("--targets", default="mobile-cpu,iot-camera", help="profiles under targets/ to check against")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep each student's checkpoint and int8 file beside the results")
@@ -91,11 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     name = args.name or ("student_width" if not args.limit else f"student_width_limit{args.limit}")
     rows: list[dict[str, Any]] = []
-    for width in (float(w) for w in args.widths.split(",")):
+    archs = architectures(args, distill.channels)
+    stride_specs = [s for s in (args.strides or "").split(";") if s]
+    if len(stride_specs) not in (0, 1, len(archs)):
+        raise SystemExit(f"--strides: {len(stride_specs)} lists for {len(archs)} architectures; give one or one each")
+    for i, (width, channels) in enumerate(archs):
+        spec = stride_specs[i if len(stride_specs) > 1 else 0] if stride_specs else None
+        strides = [int(s) for s in spec.split(",")] if spec else list(distill.strides)
         for epochs in (int(e) for e in args.epochs.split(",")):
             arch = {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
-                    "channels": student_channels(distill.channels, width), "strides": list(distill.strides),
-                    "dropout": 0.0}
+                    "channels": channels, "strides": strides, "dropout": 0.0}
             torch.manual_seed(distill.train.seed)
             model = build_model(arch)
             t0 = time.time()
@@ -106,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             export_tflite(model, tuple(x.shape[1:]), tfl, calib=calib, cfg=calib_cfg)
             file_bytes, package_bytes = tfl.stat().st_size, len(pack_file(tfl))
             side = io_details(tfl)
-            row = {"width": width, "epochs": epochs, "channels": arch["channels"], "params": count_params(model),
+            row = {"width": width, "epochs": epochs, "channels": arch["channels"], "strides": strides,
+                   "params": count_params(model),
                    "macs": count_macs(model, tuple(x.shape[1:])), "train_seconds": seconds,
                    **{split: accuracy(predict_logits(model, t[split][0]), t[split][1]) for split in ("val", "test")},
                    **{f"int8_{split}": accuracy(run_artifact(tfl, side, t[split][0].numpy()), t[split][1])
@@ -140,16 +160,16 @@ def markdown(r: dict[str, Any]) -> str:
     budgets = "; ".join(f"{n}: " + ", ".join(f"{k.replace('_mb', '')} {v * 1024:.0f} KiB" for k, v in b.items()
                                             if v is not None) for n, b in r["targets"].items())
     names = list(r["targets"])
-    head = ("| width | epochs | channels | params | val [95%] | test [95%] | int8 LiteRT val [95%] | int8 LiteRT test [95%] | "
+    head = ("| width | epochs | channels | strides | params | val [95%] | test [95%] | int8 LiteRT val [95%] | int8 LiteRT test [95%] | "
             "int8 B | package B | " + " | ".join(f"fits {n}" for n in names) + " | train s |\n|"
-            + "---|" * (11 + len(names)) + "\n")
+            + "---|" * (12 + len(names)) + "\n")
 
     def pct(a: dict[str, Any] | None) -> str:
         if a is None:
             return "n/a"
         return f"{a['accuracy']:.2%} [{a['ci'][0]:.2%}, {a['ci'][1]:.2%}]".replace("%", "") + "%"
 
-    body = "".join(f"| {w['width']} | {w['epochs']} | {w['channels']} | {w['params']:,} | {pct(w['val'])} | "
+    body = "".join(f"| {w['width']} | {w['epochs']} | {w['channels']} | {w.get('strides', '-')} | {w['params']:,} | {pct(w['val'])} | "
                    f"{pct(w['test'])} | {pct(w.get('int8_val'))} | {pct(w.get('int8_test'))} | "
                    f"{w['int8_bytes']:,} | {w['package_bytes']:,} | "
                    + " | ".join(_fit_cell(w["fits"][n]) for n in names) + f" | {w['train_seconds']:.0f} |\n"

@@ -72,7 +72,7 @@ def test_dvc_repro_with_the_users_teacher(tmp_path: Path) -> None:
     assert export["fp32.onnx"]["top1_agreement"] == 1.0 and export["fp32.tflite"]["top1_agreement"] == 1.0
     index = _json(work, "models/candidates/index.json")
     assert {c["model"] for c in index["candidates"]} == {"teacher", "student", "pruned-30", "pruned-50",
-                                                         "student-c4", "pruned-30-c4", "pruned-50-c4", "student-w097"}
+                                                         "student-c4", "pruned-30-c4", "pruned-50-c4", "student-w175"}
     # The pruned user's module, weight-clustered like our students: at most 16 values in every layer.
     assert all(0 < n <= 16 for n in _json(work, "metrics/cluster.json")["pruned-30-c4"]["distinct_values"].values())
     assert _json(work, "metrics/check/tiny-host.json")["status"] == "pass"
@@ -89,7 +89,7 @@ def test_dvc_repro_with_the_users_teacher(tmp_path: Path) -> None:
     assert _json(work, "models/student.pt.json")["arch"]["model"] == "user/my_models.py:tiny_student"
     index = _json(work, "models/candidates/index.json")
     assert "teacher" not in {c["model"] for c in index["candidates"]} and index["reference"]["model"] == "teacher"
-    assert "student-w097" not in {c["model"] for c in index["candidates"]}  # the user's student has no width
+    assert "student-w175" not in {c["model"] for c in index["candidates"]}  # the user's student has no width
     assert _json(work, "metrics/check/tiny-host.json")["status"] == "pass"
 
     # onnx: onnxruntime runs the teacher for response KD; MACs are not countable through it.

@@ -148,7 +148,7 @@ def test_dvc_repro_tiny(tmp_path: Path) -> None:
     index = json.loads((work / "models/candidates/index.json").read_text())
     assert {c["model"] for c in index["candidates"]} == {"teacher", "ensemble", "student", "pruned-30", "pruned-50",
                                                          "student-c4", "pruned-30-c4", "pruned-50-c4", "teacher-ee",
-                                                         "student-w097"}
+                                                         "student-w175"}
     # The teacher with early exits is offered as cascades, which targets on percentiles never consider.
     assert len(json.loads((work / "metrics/early_exit.json").read_text())["teacher-ee"]["cascade"]["thresholds"]) == 2
     # Weight sharing: the clustered copies keep at most 16 values per layer, and ship as smaller packages.
