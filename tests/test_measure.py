@@ -83,7 +83,7 @@ def test_rounds_go_a_b_c_a_b_c(jobs: list[Job], log: list[tuple[str, str, Any]],
     assert set(res) == {"A", "B", "C"}
     for job in jobs:
         r = res[job.name]
-        assert r["runner_version"] == 5 and r["model"] == str(job.model)  # each job's own process and model
+        assert r["runner_version"] == 6 and r["model"] == str(job.model)  # each job's own process and model
         assert [x["n"] for x in r["rounds"]] == [4, 3] and r["bench"]["rounds"] == 2
         assert r["latency_ms"]["n"] == 7 and r["bench"]["warmup"] == 3 and r["bench"]["round_warmup"] == 1
         assert r["accuracy_samples"] == 20 and r["conditions"]["end"] is not None

@@ -162,3 +162,20 @@ def test_an_old_record_renders_without_the_model_line(tmp_path: Path) -> None:
     assert "| **`student/int8.onnx` (chosen)** | 81.25% | 20.1 | 9.6 | 0.1234 | ★ | ★ | chosen |" in front
     assert "| `teacher/fp32.onnx` | 81.25% | 20.1 | n/a | n/a | ★ |  | rejected |" in front
     assert "no candidate the build spec allows reaches 87.00%" in front
+
+
+def test_the_fit_is_the_threads_the_runner_runs(tmp_path: Path) -> None:
+    """A 4-thread profile on a 2-core device is measured with 2 threads (runner.usable_threads), so its predictions
+    come from the 2-thread fit; on a device with the cores, from the profile's own count."""
+    from edgecompress.deploy.predict import Predictor
+
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: p\nhardware: {{arch: any}}\nbuild: {BUILD}\nruntime: {{threads: 4}}\n"
+                    f"bench: {{warmup: 2, runs: 9, batch: 1, max_seconds: 5}}\nbudgets: {{min_accuracy: 0.1}}\n")
+    profile = load_target(path)
+
+    def key(cores: int) -> str:
+        probe = {"fingerprint": {"hostname": "h", "cores": cores}, "runtimes": {"onnxruntime": "onnxruntime 1.0"}}
+        return Predictor(profile, probe, tmp_path / "cache", None, False).group(profile).device
+
+    assert "/t2/" in key(2) and "/t4/" in key(8)

@@ -83,7 +83,7 @@ def test_rounds_rewarm_briefly_before_each_later_round() -> None:
 def test_run_in_rounds_on_a_real_model(export: tuple[Path, Path]) -> None:
     model, testset = export
     res = runner.run(model, data=testset, threads=1, warmup=2, runs=11, rounds=3)
-    assert res["runner_version"] == 5
+    assert res["runner_version"] == runner.RUNNER_VERSION == 6
     assert [r["n"] for r in res["rounds"]] == [4, 4, 3] and res["bench"]["rounds"] == 3
     assert res["bench"]["round_warmup"] == 1 and res["bench"]["stopped_by"] == "runs"
     assert res["latency_ms"]["n"] == 11 and sum(c for _, c in res["samples_ms"]) == 11
@@ -355,7 +355,7 @@ def test_interleave_protocol_ready_rounds_done(export: tuple[Path, Path]) -> Non
     p.send(json.dumps({"done": True}))
     res = p.line()
     assert p.line() is None and p.wait() == 0
-    assert res is not None and res["runner_version"] == 5
+    assert res is not None and res["runner_version"] == runner.RUNNER_VERSION == 6
     assert [r["n"] for r in res["rounds"]] == [5, 4] and res["latency_ms"]["n"] == 9
     assert res["rounds"][0]["samples_ms"] == r1["samples_ms"] and res["rounds"][1]["samples_ms"] == r2["samples_ms"]
     assert res["bench"]["rounds"] == 2 and res["bench"]["warmup"] == 3 and res["bench"]["round_warmup"] == 1
@@ -430,3 +430,26 @@ def test_serve_answers_in_order_and_exits_3_at_eof() -> None:
     out = io.StringIO()
     with pytest.raises(RunnerError, match="nothing was timed"):
         runner.serve(art, out, io.StringIO('{"done": true}\n'))
+
+
+def test_threads_capped_at_the_cores_the_runner_may_use(export: tuple[Path, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """More runtime threads than cores time the scheduler: the runner runs as many as it has cores, says so in a
+    warning and records both counts; within the cores (or the runtime's default) nothing changes."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert runner.usable_threads(2) == (2, None) and runner.usable_threads(None) == (None, None)
+    used, warning = runner.usable_threads(4)
+    assert used == 2 and "runtime.threads 4" in warning and "measured with 2 threads" in warning
+    session = runner.load_session(export[0], threads=4)
+    assert session.info["threads"] == 2 and session.info["threads_requested"] == 4
+    assert any("measured with 2 threads" in w for w in session.warnings)
+    plain = runner.load_session(export[0], threads=1)
+    assert plain.info["threads"] == 1 and plain.info["threads_requested"] == 1 and plain.warnings == []
+
+
+def test_threads_text_names_the_cap() -> None:
+    from edgecompress.deploy.check_report import threads_text
+
+    assert threads_text({"threads": 2, "threads_requested": 4}) == "2 (runtime.threads 4, capped at this machine's cores)"
+    assert threads_text({"threads": 4, "threads_requested": 4}) == "4"
+    assert threads_text({"threads": None}) == "default"  # records from before the cap have no threads_requested

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgecompress.deploy.check_report import (accuracy_ci, accuracy_text, conditions_text, interval_of,
-                                              latency_decimals, latency_text, rounds_text)
+                                              latency_decimals, latency_text, rounds_text, threads_text)
 from edgecompress.deploy.frontier import SPEC_WORDS as _SPEC
 from edgecompress.deploy.frontier import frontier_lines
 from edgecompress.deploy.stats import Interval
@@ -232,7 +232,7 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None, plot: s
     lines += [f"  - {r}" for r in record.hardware_reasons or []]
     lines += [f"- machine: {fp.get('hostname')}, {fp.get('arch')}, {fp.get('cpu_model')}, {fp.get('cores')} cores",
               f"- runtime of the chosen artifact: {rt.get('name')} {rt.get('version')}, "
-              f"threads {rt.get('threads') or 'default'}", *_conditions_lines(record)]
+              f"threads {threads_text(rt)}", *_conditions_lines(record)]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,13 @@ VERDICT_CELL = {MISSED: "**MISSED**", UNDECIDED: "**UNDECIDED (counted as missed
 
 # --- wording shared with the build report ----------------------------------------------------------------
 
+
+def threads_text(rt: Mapping[str, Any]) -> str:
+    """The runtime's threads as measured, with the profile's when the runner capped them at the machine's cores."""
+    used, asked = rt.get("threads"), rt.get("threads_requested")
+    text = str(used or "default")
+    return text + (f" (runtime.threads {asked}, capped at this machine's cores)" if asked and asked != used else "")
+
 def interval_of(d: Mapping[str, Any] | None, what: str) -> Interval | None:
     """An interval as records keep it ({point, lo, hi, n}); None when the record has none (an older one)."""
     return None if not d else Interval.from_json(d, what)
@@ -304,7 +311,7 @@ def render_markdown(result: CheckResult) -> str:
               + (f" ({fp['board']})" if fp.get("board") else "") + f", {fp.get('cores')} cores"
               + (f"; emulated by {fp.get('emulator')} -cpu {fp.get('qemu_cpu')}" if fp.get("emulated") else ""),
               f"- os: {fp.get('os')}; python {fp.get('python')}, numpy {fp.get('numpy')}",
-              f"- runtime: {rt.get('name')} {rt.get('version')}, threads {rt.get('threads') or 'default'}"
+              f"- runtime: {rt.get('name')} {rt.get('version')}, threads {threads_text(rt)}"
               + (f", providers {', '.join(providers)}" if providers else "")
               + (f", delegate {rt['delegate']}" if rt.get("delegate") else "")]
     if result.warnings:

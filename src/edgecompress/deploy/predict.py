@@ -93,8 +93,11 @@ class Predictor:
         """The fit ``variant`` (a profile pinned to one candidate's format and precision) falls in."""
         rt, engine = variant.runtime, variant.runtime.engine or ""
         version = ((self.probe.get("runtimes") or {}).get(engine) or "").split(" ")[-1] or None
-        key = device_key(self.probe.get("fingerprint") or {}, engine, version, rt.threads, rt.xnnpack,
-                         rt.providers, variant.bench.batch)
+        fp = self.probe.get("fingerprint") or {}
+        # The threads the runner will run: the profile's, capped at the device's cores (runner.usable_threads),
+        # as each measurement records them; measurements of other thread counts are another fit.
+        threads = min(rt.threads, fp["cores"]) if rt.threads and isinstance(fp.get("cores"), int) else rt.threads
+        key = device_key(fp, engine, version, threads, rt.xnnpack, rt.providers, variant.bench.batch)
         return Group(key, engine, variant.artifact.precision if variant.artifact else "")
 
     def add(self, raw: Mapping[str, Any], path: Path, sha256: str, where: str) -> None:
