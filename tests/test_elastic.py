@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,21 @@ def test_channel_sorting_keeps_the_largest_exact_and_puts_the_loudest_channels_f
         gamma = seq[1].weight.detach().abs()
         assert torch.all(gamma[:-1] >= gamma[1:])  # most important first
         assert sorted(perm) == list(range(len(gamma))) and perm != sorted(perm)
+
+
+def pool_around(tmp_path: Path, model: nn.Module, arch: dict[str, Any], **dirs: Path) -> list[str]:
+    """The pool's model names with a tiny teacher and ``model`` as the student and the pruned student, plus the
+    extra checkpoint directories ``dirs`` (pool_models' keywords: elastic=..., students=...)."""
+    from edgecompress.compression.pool import pool_models
+
+    teacher = ResNetTeacher(1, 4, [8, 16], [1, 1], 8)
+    save_checkpoint(tmp_path / "teacher.pt", teacher, {"kind": "resnet", "in_channels": 1, "num_classes": 4,
+                                                       "widths": [8, 16], "blocks": [1, 1], "stem": 8}, {})
+    for name in ("student", "pruned"):
+        save_checkpoint(tmp_path / f"{name}.pt", model, arch, {})
+    models, _ = pool_models(tmp_path / "teacher.pt", [], tmp_path / "student.pt", tmp_path / "pruned.pt", None, 0.3,
+                            **dirs)
+    return models
 
 
 def stored_targets(epochs: int) -> tuple[Dataset, TrainConfig, list[nn.Module], Any]:
@@ -302,7 +318,6 @@ def test_validate_checks_the_elastic_section_with_distill() -> None:
 
 
 def test_saved_slices_join_the_candidate_pool(tmp_path) -> None:
-    from edgecompress.compression.pool import pool_models
     from edgecompress.training.elastic import Slice, save_slices
 
     net = tiny_elastic()
@@ -316,13 +331,7 @@ def test_saved_slices_join_the_candidate_pool(tmp_path) -> None:
     paths = save_slices(out, slices, lambda s: {"stage": "elastic", "metrics": {"params": count_params(s.model)}})
     assert sorted(p.name for p in out.iterdir()) == ["elastic-w050.pt", "elastic-w050.pt.json",
                                                      "elastic-w150.pt", "elastic-w150.pt.json"]
-    teacher = ResNetTeacher(1, 4, [8, 16], [1, 1], 8)
-    save_checkpoint(tmp_path / "teacher.pt", teacher, {"kind": "resnet", "in_channels": 1, "num_classes": 4,
-                                                       "widths": [8, 16], "blocks": [1, 1], "stem": 8}, {})
-    for name in ("student", "pruned"):
-        save_checkpoint(tmp_path / f"{name}.pt", slices[0].model, slices[0].arch, {})
-    models, _ = pool_models(tmp_path / "teacher.pt", [], tmp_path / "student.pt", tmp_path / "pruned.pt", None, 0.3,
-                            elastic=out)
+    models = pool_around(tmp_path, slices[0].model, slices[0].arch, elastic=out)
     names = [m.name for m in models]
     assert names == ["teacher", "student", "pruned", "elastic-w050", "elastic-w150"]
     assert count_params(models[-1].model) == count_params(slices[1].model) and paths[1].exists()

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.checkpoint import load_checkpoint, save_checkpoint
+from edgecompress.checkpoint import load_checkpoint
 from edgecompress.config import from_dict, load_params
 from edgecompress.errors import EdgeCompressError
-from edgecompress.models import ResNetTeacher, count_params
+from edgecompress.models import count_params
 from edgecompress.training.distill import DistillConfig
 from edgecompress.training.students import (StudentsConfig, save_students, student_config, student_name,
                                             students_metrics, train_students)
 from edgecompress.validate import validate_params
-from test_elastic import TINY_DISTILL, stored_targets
+from test_elastic import TINY_DISTILL, pool_around, stored_targets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,8 +59,6 @@ def test_each_width_is_distilled_from_the_stored_targets_and_scored() -> None:
 
 
 def test_saved_students_join_the_candidate_pool(tmp_path) -> None:
-    from edgecompress.compression.pool import pool_models
-
     ds, train, members, st = stored_targets(epochs=1)
     distill = DistillConfig(**TINY_DISTILL, train=train)
     students = train_students(ds, distill, StudentsConfig(widths=(0.5,), epochs=1), members[0], members[1:], st)
@@ -76,13 +74,7 @@ def test_saved_students_join_the_candidate_pool(tmp_path) -> None:
     x = torch.from_numpy(ds.test.x[:4].astype("float32"))
     with torch.no_grad():  # the checkpoint is the trained network (memory formats differ: float rounding only)
         assert torch.allclose(model.eval()(x), students[0].model.eval()(x), atol=1e-5)
-    teacher = ResNetTeacher(1, 4, [8, 16], [1, 1], 8)
-    save_checkpoint(tmp_path / "teacher.pt", teacher, {"kind": "resnet", "in_channels": 1, "num_classes": 4,
-                                                       "widths": [8, 16], "blocks": [1, 1], "stem": 8}, {})
-    for name in ("student", "pruned"):
-        save_checkpoint(tmp_path / f"{name}.pt", students[0].model, students[0].arch, {})
-    models, _ = pool_models(tmp_path / "teacher.pt", [], tmp_path / "student.pt", tmp_path / "pruned.pt", None, 0.3,
-                            students=out)
+    models = pool_around(tmp_path, students[0].model, students[0].arch, students=out)
     assert [m.name for m in models] == ["teacher", "student", "pruned", "student-w050"]
 
 

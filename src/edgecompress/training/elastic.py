@@ -23,6 +23,7 @@ from torch import nn
 
 from edgecompress.checkpoint import save_checkpoint
 from edgecompress.data import Dataset
+from edgecompress.dirs import whole_dir
 from edgecompress.errors import EdgeCompressError
 from edgecompress.log import get_logger
 from edgecompress.models import MobileNetStudent
@@ -266,13 +267,8 @@ def elastic(ds: Dataset, distill: DistillConfig, cfg: ElasticConfig, targets: So
 
 def save_slices(out: str | Path, slices: Sequence[Slice], meta: Callable[[Slice], dict[str, Any]]) -> list[Path]:
     """Each slice as an ordinary checkpoint ``out/<name>.pt`` (+ .json: arch, params, val and test metrics);
-    slices of an earlier run that this one did not make are removed, so the directory is this run's."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{s.name}.pt" for s in slices]
-    for old in out.glob("elastic-*.pt*"):
-        if old not in paths and Path(str(old).removesuffix(".json")) not in paths:
-            old.unlink()
-    for s, path in zip(slices, paths):
-        save_checkpoint(path, s.model, s.arch, meta(s))
-    return paths
+    the directory appears whole, so it holds this run's slices only."""
+    with whole_dir(out) as scratch:
+        for s in slices:
+            save_checkpoint(scratch / f"{s.name}.pt", s.model, s.arch, meta(s))
+    return [Path(out) / f"{s.name}.pt" for s in slices]

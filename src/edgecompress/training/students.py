@@ -18,6 +18,7 @@ from torch import nn
 
 from edgecompress.checkpoint import save_checkpoint
 from edgecompress.data import Dataset
+from edgecompress.dirs import whole_dir
 from edgecompress.errors import EdgeCompressError
 from edgecompress.log import get_logger
 from edgecompress.training.distill import DistillConfig, distill, distill_metrics
@@ -104,14 +105,9 @@ def students_metrics(students: Sequence[TrainedStudent], distill_cfg: DistillCon
 
 def save_students(out: str | Path, students: Sequence[TrainedStudent],
                   meta: Callable[[dict[str, Any]], dict[str, Any]]) -> list[Path]:
-    """Each student as ``out/<name>.pt`` (+ .json: ``meta`` of its report); students of an earlier run that this
-    one did not make are removed, so the directory is this run's."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{s.name}.pt" for s in students]
-    for old in out.glob(f"{PREFIX}*.pt*"):
-        if old not in paths and Path(str(old).removesuffix(".json")) not in paths:
-            old.unlink()
-    for s, path in zip(students, paths):
-        save_checkpoint(path, s.model, s.arch, meta(s.report))
-    return paths
+    """Each student as ``out/<name>.pt`` (+ .json: ``meta`` of its report); the directory appears whole, so it
+    holds this run's students only."""
+    with whole_dir(out) as scratch:
+        for s in students:
+            save_checkpoint(scratch / f"{s.name}.pt", s.model, s.arch, meta(s.report))
+    return [Path(out) / f"{s.name}.pt" for s in students]
