@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", default="0.5,1.0,2.0", help="the slices compared with standalone training")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cost-rounds", type=int, default=5, help="paired A B rounds of the per-step cost (0: skip)")
+    ap.add_argument("--whole-rounds", type=int, default=1,
+                    help="train both sides this many times, alternating which goes first (whole-run seconds, A B B A)")
     ap.add_argument("--cost-steps", type=int, default=60, help="optimiser steps a side per round")
     ap.add_argument("--cost-only", action="store_true",
                     help="only the paired per-step cost, on freshly initialised networks (no training)")
@@ -158,32 +160,60 @@ def main(argv: list[str] | None = None) -> None:
     if args.cost_only:  # the step cost does not depend on the weights: fresh networks, no training
         cost_only(args, bench, net, cfg, widths, x, y, logits, st, crop_fill(ds), arithmetic)
         return
-    t0 = time.time()
-    history = train_elastic(net, x, y, cfg, logits, st, crop_fill(ds), ensemble)
-    elastic_seconds = time.time() - t0
-    slices = extract_slices(net, [net.spec(w) for w in widths], ds, cfg, t)
-    log(f"elastic: {elastic_seconds:.0f} s for {train.epochs} epochs")
-
     loss = ensemble_kd_loss(cfg.temperature, cfg.alpha, train.label_smoothing)
-    alone_models: list[torch.nn.Module] = []
     alone_train = dataclasses.replace(train, epochs=train.epochs + cfg.largest_epochs)  # as many epochs in all
-    rows: list[dict[str, Any]] = []
     x_test, y_test = t["test"]
-    for w, s in zip(widths, slices):
-        torch.manual_seed(train.seed)
-        alone = build_model(s.arch)  # a fresh network of exactly the slice's architecture
-        alone_models.append(alone)
+
+    def run_elastic() -> tuple[Any, list[Any], list[dict[str, float]], float]:
+        net = elastic_net(ds, distill, cfg)  # fresh, seeded: every round trains the same network
         t0 = time.time()
-        fit_on_soft_targets(alone, x, y, alone_train, logits, st,
-                            response(loss, ensemble=True), crop_fill(ds), name=f"alone-{w}")
+        history = train_elastic(net, x, y, cfg, logits, st, crop_fill(ds), ensemble)
         seconds = time.time() - t0
-        hit_slice = predict_logits(s.model, x_test).argmax(1) == y_test.numpy()
-        hit_alone = predict_logits(alone, x_test).argmax(1) == y_test.numpy()
+        log(f"elastic: {seconds:.0f} s for {train.epochs} epochs")
+        return net, extract_slices(net, [net.spec(w) for w in widths], ds, cfg, t), history, seconds
+
+    def run_alone(archs: list[dict[str, Any]]) -> tuple[list[torch.nn.Module], list[float]]:
+        models, seconds = [], []
+        for w, arch in zip(widths, archs):
+            torch.manual_seed(train.seed)
+            alone = build_model(arch)  # a fresh network of exactly the slice's architecture
+            t0 = time.time()
+            fit_on_soft_targets(alone, x, y, alone_train, logits, st,
+                                response(loss, ensemble=True), crop_fill(ds), name=f"alone-{w}")
+            models.append(alone)
+            seconds.append(time.time() - t0)
+            log(f"width {w} alone: {seconds[-1]:.0f} s")
+        return models, seconds
+
+    # Whole-run seconds, A B B A ...: the first round trains the elastic student first, the next the widths
+    # alone first, so a slow spell of a shared machine does not land on one side only.
+    archs = [extract(net, net.spec(w))[1] for w in widths]
+    whole: list[dict[str, Any]] = []
+
+    def test_hits(model: torch.nn.Module) -> np.ndarray:
+        return predict_logits(model, x_test).argmax(1) == y_test.numpy()
+
+    for r in range(args.whole_rounds):
+        if r % 2 == 0:
+            net, slices, history, e_s = run_elastic()
+            alone_models, a_s = run_alone(archs)
+        else:
+            alone_models, a_s = run_alone(archs)
+            net, slices, history, e_s = run_elastic()
+        whole.append({"order": "elastic first" if r % 2 == 0 else "alone first", "elastic_s": e_s, "alone_s": a_s,
+                      "ratio": e_s / sum(a_s), "epoch_seconds": [h["seconds"] for h in history],
+                      "slice_test": [float(test_hits(s.model).mean()) for s in slices],
+                      "alone_test": [float(test_hits(m).mean()) for m in alone_models]})
+        log(f"whole-run round {r + 1}: elastic {e_s:.0f} s, alone {sum(a_s):.0f} s ({e_s / sum(a_s):.2f}x)")
+    rows: list[dict[str, Any]] = []
+    for w, s, alone, seconds in zip(widths, slices, alone_models, whole[-1]["alone_s"]):
+        hit_slice, hit_alone = test_hits(s.model), test_hits(alone)
         rows.append({"width": w, "name": s.name, "channels": s.arch["channels"], "params": count_params(s.model),
                      "macs": s.report["macs"], "slice_test": float(hit_slice.mean()),
                      "alone_test": float(hit_alone.mean()), "slice_minus_alone": paired(hit_slice, hit_alone),
                      "alone_seconds": seconds})
-        log(f"width {w}: slice {hit_slice.mean():.4f}, alone {hit_alone.mean():.4f} ({seconds:.0f} s)")
+        log(f"width {w}: slice {hit_slice.mean():.4f}, alone {hit_alone.mean():.4f}")
+    elastic_seconds = whole[-1]["elastic_s"]
     cost = None
     if args.cost_rounds:
         images = view_images(x, st.seed, st.views, st.pad, st.flip, crop_fill(ds))
@@ -199,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
                           "seconds": elastic_seconds, "epoch_seconds": [h["seconds"] for h in history]},
               "soft_targets_seconds": targets_seconds, "rows": rows,
               "alone_seconds_total": sum(r["alone_seconds"] for r in rows), "step_cost": cost,
+              "whole_runs": whole,
               "arithmetic_cost": arithmetic}
     out = Path(args.out)
     name = args.name or ("elastic_ofa" if not args.limit else f"elastic_ofa_limit{args.limit}")
@@ -255,6 +286,21 @@ def _sampling(e: dict[str, Any]) -> str:
     return f" ({'; '.join(words)})" if words else ""
 
 
+def _whole_lines(whole: list[dict[str, Any]]) -> list[str]:
+    """Whole-run rounds (A B B A) as a table, with the median ratio; nothing for a single round."""
+    if len(whole) < 2:
+        return []
+    ratios = sorted(w["ratio"] for w in whole)
+    same = all(w["slice_test"] == whole[0]["slice_test"] and w["alone_test"] == whole[0]["alone_test"] for w in whole)
+    return ["", "Whole-run training seconds, side by side (each round trains both sides from scratch; the order "
+                "alternates, A B B A):", "", "| round | order | elastic s | alone s (per width) | elastic / alone |",
+            "|---|---|---|---|---|"] + [
+        f"| {i + 1} | {w['order']} | {w['elastic_s']:.0f} | {sum(w['alone_s']):.0f} "
+        f"({', '.join(f'{a:.0f}' for a in w['alone_s'])}) | {w['ratio']:.2f} |" for i, w in enumerate(whole)] + [
+        "", f"Median **{float(np.median(ratios)):.2f}x** ({ratios[0]:.2f}-{ratios[-1]:.2f}). Every round's test "
+            f"accuracies {'are the same to the digit (seeded)' if same else 'DIFFER between rounds'}."]
+
+
 def markdown(r: dict[str, Any]) -> str:
     e = r["elastic"]
     lines = [f"# Once-for-all slices vs the same widths trained alone ({r['epochs']} epochs each)", "",
@@ -275,6 +321,7 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{r['alone_seconds_total']:.0f} s for the {len(r['rows'])} widths alone "
                   f"({e['seconds'] / max(r['alone_seconds_total'], 1e-9):.2f}x); the soft targets "
                   f"({r['soft_targets_seconds']:.0f} s to {'compute' if r['data']['limit'] else 'load'}) serve both."]
+    lines += _whole_lines(r.get("whole_runs") or [])
     c = r.get("step_cost")
     if c:
         per = [f"{x['ratio']:.2f}" for x in c["rounds"]]
