@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cost-rounds", type=int, default=5, help="paired A B rounds of the per-step cost (0: skip)")
     ap.add_argument("--whole-rounds", type=int, default=1,
                     help="train both sides this many times, alternating which goes first (whole-run seconds, A B B A)")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated training seeds, one round each (overrides --whole-rounds): slice minus "
+                         "alone over seeds, with training noise")
     ap.add_argument("--cost-steps", type=int, default=60, help="optimiser steps a side per round")
     ap.add_argument("--cost-only", action="store_true",
                     help="only the paired per-step cost, on freshly initialised networks (no training)")
@@ -164,55 +167,62 @@ def main(argv: list[str] | None = None) -> None:
     alone_train = dataclasses.replace(train, epochs=train.epochs + cfg.largest_epochs)  # as many epochs in all
     x_test, y_test = t["test"]
 
-    def run_elastic() -> tuple[Any, list[Any], list[dict[str, float]], float]:
-        net = elastic_net(ds, distill, cfg)  # fresh, seeded: every round trains the same network
+    def run_elastic(seed: int) -> tuple[Any, list[Any], list[dict[str, float]], float]:
+        c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+        net = elastic_net(ds, distill, c)  # fresh, seeded: a round with the same seed trains the same network
         t0 = time.time()
-        history = train_elastic(net, x, y, cfg, logits, st, crop_fill(ds), ensemble)
+        history = train_elastic(net, x, y, c, logits, st, crop_fill(ds), ensemble)
         seconds = time.time() - t0
-        log(f"elastic: {seconds:.0f} s for {train.epochs} epochs")
-        return net, extract_slices(net, [net.spec(w) for w in widths], ds, cfg, t), history, seconds
+        log(f"elastic (seed {seed}): {seconds:.0f} s for {train.epochs} epochs")
+        return net, extract_slices(net, [net.spec(w) for w in widths], ds, c, t), history, seconds
 
-    def run_alone(archs: list[dict[str, Any]]) -> tuple[list[torch.nn.Module], list[float]]:
+    def run_alone(archs: list[dict[str, Any]], seed: int) -> tuple[list[torch.nn.Module], list[float]]:
         models, seconds = [], []
         for w, arch in zip(widths, archs):
-            torch.manual_seed(train.seed)
+            torch.manual_seed(seed)
             alone = build_model(arch)  # a fresh network of exactly the slice's architecture
             t0 = time.time()
-            fit_on_soft_targets(alone, x, y, alone_train, logits, st,
+            fit_on_soft_targets(alone, x, y, dataclasses.replace(alone_train, seed=seed), logits, st,
                                 response(loss, ensemble=True), crop_fill(ds), name=f"alone-{w}")
             models.append(alone)
             seconds.append(time.time() - t0)
-            log(f"width {w} alone: {seconds[-1]:.0f} s")
+            log(f"width {w} alone (seed {seed}): {seconds[-1]:.0f} s")
         return models, seconds
 
     # Whole-run seconds, A B B A ...: the first round trains the elastic student first, the next the widths
-    # alone first, so a slow spell of a shared machine does not land on one side only.
+    # alone first, so a slow spell of a shared machine does not land on one side only. Each round has its
+    # seed (--seeds): training noise (init, batch order, views) is then measured, not only test-image noise.
     archs = [extract(net, net.spec(w))[1] for w in widths]
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [train.seed] * args.whole_rounds
     whole: list[dict[str, Any]] = []
 
     def test_hits(model: torch.nn.Module) -> np.ndarray:
         return predict_logits(model, x_test).argmax(1) == y_test.numpy()
 
-    for r in range(args.whole_rounds):
+    for r, seed in enumerate(seeds):
         if r % 2 == 0:
-            net, slices, history, e_s = run_elastic()
-            alone_models, a_s = run_alone(archs)
+            net, slices, history, e_s = run_elastic(seed)
+            alone_models, a_s = run_alone(archs, seed)
         else:
-            alone_models, a_s = run_alone(archs)
-            net, slices, history, e_s = run_elastic()
-        whole.append({"order": "elastic first" if r % 2 == 0 else "alone first", "elastic_s": e_s, "alone_s": a_s,
-                      "ratio": e_s / sum(a_s), "epoch_seconds": [h["seconds"] for h in history],
-                      "slice_test": [float(test_hits(s.model).mean()) for s in slices],
-                      "alone_test": [float(test_hits(m).mean()) for m in alone_models]})
-        log(f"whole-run round {r + 1}: elastic {e_s:.0f} s, alone {sum(a_s):.0f} s ({e_s / sum(a_s):.2f}x)")
+            alone_models, a_s = run_alone(archs, seed)
+            net, slices, history, e_s = run_elastic(seed)
+        hits = [(test_hits(s.model), test_hits(m)) for s, m in zip(slices, alone_models)]
+        whole.append({"seed": seed, "order": "elastic first" if r % 2 == 0 else "alone first", "elastic_s": e_s,
+                      "alone_s": a_s, "ratio": e_s / sum(a_s), "epoch_seconds": [h["seconds"] for h in history],
+                      "slice_test": [float(a.mean()) for a, _ in hits], "alone_test": [float(b.mean()) for _, b in hits],
+                      "slice_minus_alone": [paired(a, b) for a, b in hits]})
+        log(f"round {r + 1} (seed {seed}): elastic {e_s:.0f} s, alone {sum(a_s):.0f} s ({e_s / sum(a_s):.2f}x); "
+            "slice - alone " + ", ".join(f"{100 * d['diff']:+.2f}" for d in whole[-1]["slice_minus_alone"]) + " pt")
     rows: list[dict[str, Any]] = []
-    for w, s, alone, seconds in zip(widths, slices, alone_models, whole[-1]["alone_s"]):
-        hit_slice, hit_alone = test_hits(s.model), test_hits(alone)
+    for i, (w, s) in enumerate(zip(widths, slices)):
+        diffs = [rnd["slice_minus_alone"][i]["diff"] for rnd in whole]
         rows.append({"width": w, "name": s.name, "channels": s.arch["channels"], "params": count_params(s.model),
-                     "macs": s.report["macs"], "slice_test": float(hit_slice.mean()),
-                     "alone_test": float(hit_alone.mean()), "slice_minus_alone": paired(hit_slice, hit_alone),
-                     "alone_seconds": seconds})
-        log(f"width {w}: slice {hit_slice.mean():.4f}, alone {hit_alone.mean():.4f}")
+                     "macs": s.report["macs"], "slice_test": whole[-1]["slice_test"][i],
+                     "alone_test": whole[-1]["alone_test"][i], "slice_minus_alone": whole[-1]["slice_minus_alone"][i],
+                     "alone_seconds": whole[-1]["alone_s"][i],
+                     "over_seeds": {"seeds": seeds, "diffs": diffs, "mean": float(np.mean(diffs)),
+                                    "min": float(min(diffs)), "max": float(max(diffs))}})
+        log(f"width {w}: slice - alone over rounds {', '.join(f'{100 * d:+.2f}' for d in diffs)} pt")
     elastic_seconds = whole[-1]["elastic_s"]
     cost = None
     if args.cost_rounds:
@@ -286,19 +296,32 @@ def _sampling(e: dict[str, Any]) -> str:
     return f" ({'; '.join(words)})" if words else ""
 
 
-def _whole_lines(whole: list[dict[str, Any]]) -> list[str]:
-    """Whole-run rounds (A B B A) as a table, with the median ratio; nothing for a single round."""
+def _whole_lines(whole: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """Whole-run rounds (A B B A) as a table, with the median ratio, and slice minus alone per seed; nothing for a
+    single round."""
     if len(whole) < 2:
         return []
     ratios = sorted(w["ratio"] for w in whole)
-    same = all(w["slice_test"] == whole[0]["slice_test"] and w["alone_test"] == whole[0]["alone_test"] for w in whole)
-    return ["", "Whole-run training seconds, side by side (each round trains both sides from scratch; the order "
-                "alternates, A B B A):", "", "| round | order | elastic s | alone s (per width) | elastic / alone |",
-            "|---|---|---|---|---|"] + [
-        f"| {i + 1} | {w['order']} | {w['elastic_s']:.0f} | {sum(w['alone_s']):.0f} "
+    seeds = [w.get("seed") for w in whole]
+    lines = ["", "Whole-run training seconds, side by side (each round trains both sides from scratch; the order "
+                 "alternates, A B B A):", "", "| round | seed | order | elastic s | alone s (per width) | elastic / alone |",
+             "|---|---|---|---|---|---|"] + [
+        f"| {i + 1} | {w.get('seed', '')} | {w['order']} | {w['elastic_s']:.0f} | {sum(w['alone_s']):.0f} "
         f"({', '.join(f'{a:.0f}' for a in w['alone_s'])}) | {w['ratio']:.2f} |" for i, w in enumerate(whole)] + [
-        "", f"Median **{float(np.median(ratios)):.2f}x** ({ratios[0]:.2f}-{ratios[-1]:.2f}). Every round's test "
-            f"accuracies {'are the same to the digit (seeded)' if same else 'DIFFER between rounds'}."]
+        "", f"Median **{float(np.median(ratios)):.2f}x** ({ratios[0]:.2f}-{ratios[-1]:.2f})."]
+    if len(set(seeds)) == 1:
+        same = all(w["slice_test"] == whole[0]["slice_test"] and w["alone_test"] == whole[0]["alone_test"]
+                   for w in whole)
+        return lines + [f"Every round's test accuracies {'are the same to the digit (one seed)' if same else 'DIFFER'}."]
+    lines += ["", "Slice minus standalone on the test images, per training seed (the first table shows the last "
+                  "seed's); the spread over seeds is training noise, which one paired interval does not hold:", "",
+              "| width | " + " | ".join(f"seed {sd}" for sd in seeds) + " | mean Δ (pt) | range |",
+              "|---|" + "---|" * (len(seeds) + 2)]
+    for row in rows:
+        o = row["over_seeds"]
+        lines.append(f"| {row['width']} | " + " | ".join(f"{100 * d:+.2f}" for d in o["diffs"])
+                     + f" | **{100 * o['mean']:+.2f}** | {100 * o['min']:+.2f} to {100 * o['max']:+.2f} |")
+    return lines
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -321,7 +344,7 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{r['alone_seconds_total']:.0f} s for the {len(r['rows'])} widths alone "
                   f"({e['seconds'] / max(r['alone_seconds_total'], 1e-9):.2f}x); the soft targets "
                   f"({r['soft_targets_seconds']:.0f} s to {'compute' if r['data']['limit'] else 'load'}) serve both."]
-    lines += _whole_lines(r.get("whole_runs") or [])
+    lines += _whole_lines(r.get("whole_runs") or [], r["rows"])
     c = r.get("step_cost")
     if c:
         per = [f"{x['ratio']:.2f}" for x in c["rounds"]]

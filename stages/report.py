@@ -22,7 +22,8 @@ def main() -> str:
         ("--distill-metrics", "distill stage metrics (the labels-only baseline)"),
         ("--checks", "directory of check results"), ("--out-md", "summary markdown"),
         ("--out-plot", "latency-vs-accuracy plot data (JSON)"),
-        ("--out-reliability", "reliability diagrams of all artifacts (one JSON, one chart)")])
+        ("--out-reliability", "reliability diagrams of all artifacts (one JSON, one chart)")],
+        optional=[("--students-metrics", "students stage metrics (the students of other widths)")])
     checks = load_checks(args.checks, read(params, "check", CheckConfig).targets)
     models = read_json(args.uncertainty_metrics, "uncertainty metrics")
     # The export stage verifies every artifact on the whole test split, the one the uncertainty stage counts.
@@ -32,7 +33,8 @@ def main() -> str:
     diagrams = reliability(Path(args.artifacts), Path(args.artifacts) / "testset.npz")
     write_json(args.out_reliability, plot_rows(diagrams, "artifact"))
     distill = read_json(args.distill_metrics, "distill metrics")
-    summary = summary_markdown(checks, points, fingerprint(), models, distill)
+    students = read_json(args.students_metrics, "students metrics") if args.students_metrics else None
+    summary = summary_markdown(checks, points, fingerprint(), models, distill, students)
 
     def write() -> None:
         write_text(args.out_md, summary)

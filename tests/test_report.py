@@ -92,6 +92,19 @@ def test_models_table_without_baseline_or_ensemble() -> None:
     assert "| student, KD | 92.50% |" in text and "10,000" in text
 
 
+def test_models_table_lists_the_students_of_other_widths() -> None:
+    students = {"students": {"student-w175": {"test": {"accuracy": 0.9267, "nll": 0.2025, "ece": 0.0147},
+                                              "params": 109378, "width": 1.75, "epochs": 12}}}
+    lines = models_table(_uncertainty(10000), DISTILL, students)
+    rows = {_cells(ln)[0]: _cells(ln) for ln in lines if ln.startswith("| ") and not ln.startswith("| model")}
+    row = rows["student-w175 (students stage: width 1.75, 12 epochs)"]
+    lo, hi = accuracy_interval(0.9267, 10000)
+    assert row[1:5] == ["92.67%", f"{100 * lo:.2f}–{100 * hi:.2f}%", "10,000", "0.0147"]
+    assert row[6] == "109,378"
+    order = [_cells(ln)[0] for ln in lines if ln.startswith("| student")]
+    assert order.index("student, ensemble KD") < order.index(row[0]) < order.index("student, pruned")
+
+
 def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
     check = CheckResult(target="host", artifact=CheckedArtifact("int8.onnx", "onnx", "int8", 62233, None,
                                                                 "student/int8.onnx"), ece=0.021,
@@ -110,8 +123,9 @@ def test_summary_puts_intervals_and_counts_on_every_accuracy() -> None:
     host = _cells(next(ln for ln in lines if ln.startswith("| host ")))
     assert host[5:8] == ["91.16%", "{:.2f}–{:.2f}%".format(*(100 * v for v in accuracy_interval(0.9116, 360))),
                          "360"]
-    assert host[1] == "`student/int8.onnx`" and host[8] == "0.0210"
-    assert host[10] == "p50 -0.45 ms, accuracy -0.16 pt **missed**"
+    assert host[1] == "`student/int8.onnx`" and host[9] == "0.0210"
+    assert host[8] == "-2.17 pt"  # 91.16% shipped against the teacher's 93.33%
+    assert host[11] == "p50 -0.45 ms, accuracy -0.16 pt **missed**"
     art = _cells(next(ln for ln in lines if ln.startswith("| int8.tflite ")))
     assert art[3:6] == ["91.11%", f"{100 * lo:.2f}–{100 * hi:.2f}%", "360"]
     # Without the models' metrics (an older caller) the summary still renders, without that table.
@@ -136,7 +150,8 @@ def test_summary_shows_latency_intervals_and_undecided_budgets() -> None:
     md = summary_markdown([check], [point], {})
     row = _cells(next(ln for ln in md.splitlines() if ln.startswith("| pi ")))
     assert row[3:5] == ["0.412 [0.398, 0.431]", "0.490 [0.470, 0.530]"]
-    assert row[10] == "p90 -0.01 ms **undecided (counted as missed)**"
+    assert row[11] == "p90 -0.01 ms **undecided (counted as missed)**"
+    assert row[8] == "n/a"  # no models' metrics: nothing to compare with
     art = _cells(next(ln for ln in md.splitlines() if ln.startswith("| int8.tflite ")))
     assert art[1:3] == ["0.0141 [0.0138, 0.0143]", "0.0152"]  # sub-0.1 ms: four decimals; no p90 ends, no interval
 

@@ -150,11 +150,13 @@ def _student_label(distill: dict[str, Any]) -> str:
     return f"student, {how}" + ("" if scheme == "offline" else f" ({scheme})")
 
 
-def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = None) -> list[str]:
+def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = None,
+                 students: dict[str, Any] | None = None) -> list[str]:
     """Markdown lines: every PyTorch model's test accuracy with its 95% interval, and the KD gain.
 
     ``uncertainty`` is metrics/uncertainty.json (all models, one evaluation, with the test-set size);
-    ``distill`` is metrics/distill.json, read for the labels-only baseline (``distill.baseline``).
+    ``distill`` is metrics/distill.json, read for the labels-only baseline (``distill.baseline``);
+    ``students`` is metrics/students.json (the students of other widths, each on the same test split).
     """
     n = uncertainty.get("samples")
     models = uncertainty.get("models", {})
@@ -172,6 +174,9 @@ def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = N
         rows.append(("student, labels only (baseline)", {**baseline, "params": distill.get("params")}))
     if "student" in models:
         rows.append((_student_label(distill), models["student"]))
+    for name, m in sorted((students or {}).get("students", {}).items()):
+        rows.append((f"{name} (students stage: width {m.get('width')}, {m.get('epochs')} epochs)",
+                     {**m.get("test", {}), "params": m.get("params")}))
     if "pruned" in models:
         rows.append(("student, pruned", models["pruned"]))
     lines = ["| model | test accuracy | 95% CI | test images | ECE | NLL | params |", "|---|---|---|---|---|---|---|"]
@@ -199,6 +204,11 @@ def models_table(uncertainty: dict[str, Any], distill: dict[str, Any] | None = N
                     "not an effect."]
 
 
+def _versus(accuracy: float | None, reference: float | None) -> str:
+    """``accuracy`` minus ``reference`` in points, or n/a when either is unknown."""
+    return "n/a" if accuracy is None or reference is None else f"{100 * (accuracy - reference):+.2f} pt"
+
+
 def _margins(rows: tuple[BudgetRow, ...] | list[BudgetRow]) -> str:
     """Each budget's margin in its unit, e.g. 'p50 -0.21 ms, size -0.06 MB, accuracy +3.10 pt'."""
     short = {"accuracy_drop": "drop", "peak_memory": "memory"}
@@ -214,26 +224,30 @@ def _margins(rows: tuple[BudgetRow, ...] | list[BudgetRow]) -> str:
 
 
 def summary_markdown(checks: list[CheckResult], points: list[dict[str, Any]], fingerprint: dict[str, Any],
-                     uncertainty: dict[str, Any] | None = None, distill: dict[str, Any] | None = None) -> str:
+                     uncertainty: dict[str, Any] | None = None, distill: dict[str, Any] | None = None,
+                     students: dict[str, Any] | None = None) -> str:
     """One table per concern: models (accuracy with 95% intervals, KD gain), targets (pass/fail/proxy)
-    and all artifacts (latency vs accuracy); ``uncertainty``/``distill`` are those stages' metrics."""
+    and all artifacts (latency vs accuracy); ``uncertainty``/``distill``/``students`` are those stages' metrics."""
     lines = ["# edgecompress report", ""]
     if uncertainty:
-        lines += ["## Models (PyTorch, test set)", "", *models_table(uncertainty, distill), ""]
+        lines += ["## Models (PyTorch, test set)", "", *models_table(uncertainty, distill, students), ""]
+    teacher = ((uncertainty or {}).get("models", {}).get("teacher") or {}).get("accuracy")
     lines += ["## Targets (what each build chose, checked on the test set on the device)", "",
-              "| target | shipped | device | p50 ms | p90 ms | accuracy | 95% CI | test images | ECE | "
+              "| target | shipped | device | p50 ms | p90 ms | accuracy | 95% CI | test images | vs teacher | ECE | "
               "size KiB | margin to each budget | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in checks:
         art = r.artifact
         acc = " | ".join(_accuracy_cells(r.accuracy, r.accuracy_samples))
         shipped = art.candidate or f"{art.precision}.{art.format}"
         ece = r.ece
         lines.append(f"| {r.target} | `{shipped}` | {r.device} | {_check_latency(r, 'p50')} | "
-                     f"{_check_latency(r, 'p90')} | {acc} | "
+                     f"{_check_latency(r, 'p90')} | {acc} | {_versus(r.accuracy, teacher)} | "
                      f"{'n/a' if ece is None else f'{ece:.4f}'} | {(art.size_bytes or 0) / 1024:.1f} | "
                      f"{_margins(r.budgets)} | {r.status} |")
     lines += ["", "`proxy-*`: measured on hardware that does not match the profile (see each target's report). "
+              "vs teacher: the shipped artifact's test accuracy minus the teacher's (PyTorch, the models table), "
+              "in points; a check on fewer test images carries its own interval. "
               "Margins: measured minus budget (negative is inside a ceiling, positive above a floor); why each target "
               "shipped what it did: reports/build/<target>.md.",
               "", "## All artifacts on this machine (batch 1, 1 thread)", "",
