@@ -32,6 +32,7 @@ import torch
 import harness
 
 from edgecompress.config import read
+from edgecompress.fileio import read_json
 from edgecompress.log import get_logger
 from edgecompress.models import build_model, count_macs, count_params
 from edgecompress.training.distill import DistillConfig
@@ -40,6 +41,9 @@ from edgecompress.training.elastic_net import extract
 from edgecompress.training.ensemble import ensemble_kd_loss
 from edgecompress.training.loop import crop_fill, predict_logits, tensors
 from edgecompress.training.soft_targets import fit_on_soft_targets, response, view_images
+
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t, 95% two-sided, by df
 
 
 def log(msg: str) -> None:
@@ -132,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default=None,
                     help="comma-separated training seeds, one round each (overrides --whole-rounds): slice minus "
                          "alone over seeds, with training noise")
+    ap.add_argument("--combine", default=None,
+                    help="comma-separated results JSON files of one recipe to merge (their rounds, over all seeds); "
+                         "no training")
     ap.add_argument("--cost-steps", type=int, default=60, help="optimiser steps a side per round")
     ap.add_argument("--cost-only", action="store_true",
                     help="only the paired per-step cost, on freshly initialised networks (no training)")
@@ -141,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     harness.add_limit(ap, help="subsample the data (a 1/5-size run: --limit 12000); soft targets recomputed")
     harness.add_out(ap, "benchmarks/results")
     args, bench = harness.parse(ap, argv)
+    if args.combine:
+        combine(args.combine.split(","), bench, Path(args.out), args.name or "elastic_ofa_combined")
+        return
     torch.set_num_threads(args.threads)
     params = harness.load_params(args.params)
     distill, cfg = read(params, "distill", DistillConfig), read(params, "elastic", ElasticConfig)
@@ -215,13 +225,12 @@ def main(argv: list[str] | None = None) -> None:
             "slice - alone " + ", ".join(f"{100 * d['diff']:+.2f}" for d in whole[-1]["slice_minus_alone"]) + " pt")
     rows: list[dict[str, Any]] = []
     for i, (w, s) in enumerate(zip(widths, slices)):
-        diffs = [rnd["slice_minus_alone"][i]["diff"] for rnd in whole]
+        diffs = over_seeds(whole, i)["diffs"]
         rows.append({"width": w, "name": s.name, "channels": s.arch["channels"], "params": count_params(s.model),
                      "macs": s.report["macs"], "slice_test": whole[-1]["slice_test"][i],
                      "alone_test": whole[-1]["alone_test"][i], "slice_minus_alone": whole[-1]["slice_minus_alone"][i],
                      "alone_seconds": whole[-1]["alone_s"][i],
-                     "over_seeds": {"seeds": seeds, "diffs": diffs, "mean": float(np.mean(diffs)),
-                                    "min": float(min(diffs)), "max": float(max(diffs))}})
+                     "over_seeds": over_seeds(whole, i)})
         log(f"width {w}: slice - alone over rounds {', '.join(f'{100 * d:+.2f}' for d in diffs)} pt")
     elastic_seconds = whole[-1]["elastic_s"]
     cost = None
@@ -315,13 +324,39 @@ def _whole_lines(whole: list[dict[str, Any]], rows: list[dict[str, Any]]) -> lis
         return lines + [f"Every round's test accuracies {'are the same to the digit (one seed)' if same else 'DIFFER'}."]
     lines += ["", "Slice minus standalone on the test images, per training seed (the first table shows the last "
                   "seed's); the spread over seeds is training noise, which one paired interval does not hold:", "",
-              "| width | " + " | ".join(f"seed {sd}" for sd in seeds) + " | mean Δ (pt) | range |",
-              "|---|" + "---|" * (len(seeds) + 2)]
+              "| width | " + " | ".join(f"seed {sd}" for sd in seeds) + " | mean Δ (pt) | range | 95% t-interval |",
+              "|---|" + "---|" * (len(seeds) + 3)]
     for row in rows:
         o = row["over_seeds"]
+        half = T95.get(len(o["diffs"]) - 1, 1.96) * float(np.std(o["diffs"], ddof=1)) / math.sqrt(len(o["diffs"]))
         lines.append(f"| {row['width']} | " + " | ".join(f"{100 * d:+.2f}" for d in o["diffs"])
-                     + f" | **{100 * o['mean']:+.2f}** | {100 * o['min']:+.2f} to {100 * o['max']:+.2f} |")
+                     + f" | **{100 * o['mean']:+.2f}** | {100 * o['min']:+.2f} to {100 * o['max']:+.2f} | "
+                       f"[{100 * (o['mean'] - half):+.2f}, {100 * (o['mean'] + half):+.2f}] |")
     return lines
+
+
+def over_seeds(whole: list[dict[str, Any]], i: int) -> dict[str, Any]:
+    """Slice minus alone of width ``i`` in every round: the per-round differences, their mean and range."""
+    diffs = [rnd["slice_minus_alone"][i]["diff"] for rnd in whole]
+    return {"seeds": [rnd.get("seed") for rnd in whole], "diffs": diffs, "mean": float(np.mean(diffs)),
+            "min": float(min(diffs)), "max": float(max(diffs))}
+
+
+def combine(paths: list[str], bench: Any, out: Path, name: str) -> None:
+    """Several results files of the same recipe (e.g. seeds run as separate invocations) as one: their rounds
+    together, each width's slice minus alone over all of them; written to <name>.{json,md}."""
+    runs = [read_json(p, "elastic_ofa results") for p in paths]
+    first = runs[0]
+    whole = [rnd for r in runs for rnd in r["whole_runs"]]
+    last = whole[-1]  # the first table shows the last round, as a run's own report does
+    rows = [{**row, "slice_test": last["slice_test"][i], "alone_test": last["alone_test"][i],
+             "slice_minus_alone": last["slice_minus_alone"][i], "alone_seconds": last["alone_s"][i],
+             "over_seeds": over_seeds(whole, i)} for i, row in enumerate(first["rows"])]
+    report = {**first, "rows": rows, "whole_runs": whole, "combined_from": paths, "step_cost": None,
+              "alone_seconds_total": sum(last["alone_s"]),
+              "elastic": {**first["elastic"], "seconds": last["elastic_s"], "epoch_seconds": last["epoch_seconds"]}}
+    harness.write_results(out / f"{name}.json", report, bench, markdown=markdown(report), md_path=out / f"{name}.md")
+    print(markdown(report))
 
 
 def markdown(r: dict[str, Any]) -> str:

@@ -23,12 +23,12 @@ VERDICT_CELL = {MISSED: "**MISSED**", UNDECIDED: "**UNDECIDED (counted as missed
 
 # --- wording shared with the build report ----------------------------------------------------------------
 
-
 def threads_text(rt: Mapping[str, Any]) -> str:
     """The runtime's threads as measured, with the profile's when the runner capped them at the machine's cores."""
     used, asked = rt.get("threads"), rt.get("threads_requested")
     text = str(used or "default")
     return text + (f" (runtime.threads {asked}, capped at this machine's cores)" if asked and asked != used else "")
+
 
 def interval_of(d: Mapping[str, Any] | None, what: str) -> Interval | None:
     """An interval as records keep it ({point, lo, hi, n}); None when the record has none (an older one)."""

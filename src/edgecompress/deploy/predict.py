@@ -24,6 +24,7 @@ from edgecompress.deploy.latency_features import FeatureCache
 from edgecompress.deploy.latency_model import (Group, HoldoutResult, LatencyModel, Observation, Prediction,
                                                device_key, fit, holdout_error, load_observations, observation,
                                                should_measure)
+from edgecompress.deploy.runner import capped_threads
 from edgecompress.deploy.targets import TargetProfile
 from edgecompress.errors import EdgeCompressError
 from edgecompress.log import get_logger
@@ -94,9 +95,10 @@ class Predictor:
         rt, engine = variant.runtime, variant.runtime.engine or ""
         version = ((self.probe.get("runtimes") or {}).get(engine) or "").split(" ")[-1] or None
         fp = self.probe.get("fingerprint") or {}
-        # The threads the runner will run: the profile's, capped at the device's cores (runner.usable_threads),
-        # as each measurement records them; measurements of other thread counts are another fit.
-        threads = min(rt.threads, fp["cores"]) if rt.threads and isinstance(fp.get("cores"), int) else rt.threads
+        # The threads the runner will run on that device (its cores cap them), as each measurement records
+        # them; measurements of other thread counts are another fit.
+        cores = fp.get("cores")
+        threads = capped_threads(rt.threads, cores if isinstance(cores, int) else None)
         key = device_key(fp, engine, version, threads, rt.xnnpack, rt.providers, variant.bench.batch)
         return Group(key, engine, variant.artifact.precision if variant.artifact else "")
 

@@ -177,6 +177,11 @@ def _litert_session(model_path: str, threads: int | None, xnnpack: bool, batch: 
     return Session(run, info, np.dtype(i_d["dtype"]).name, [], run_all)
 
 
+def capped_threads(threads: int | None, cores: int | None) -> int | None:
+    """The threads a runner with ``cores`` cores runs when asked for ``threads`` (None: the runtime's default)."""
+    return min(threads, cores) if threads and cores else threads
+
+
 def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
     """``threads`` capped at the cores this process may run on, and the warning when it was capped.
 
@@ -189,9 +194,10 @@ def usable_threads(threads: int | None) -> tuple[int | None, str | None]:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux: the machine's count
         cores = os.cpu_count() or threads
-    if threads <= cores:
+    used = capped_threads(threads, cores)
+    if used == threads:
         return threads, None
-    return cores, (f"runtime.threads {threads} but this machine gives the runner {cores} cores: measured with "
+    return used, (f"runtime.threads {threads} but this machine gives the runner {cores} cores: measured with "
                    f"{cores} threads (oversubscribed threads time the scheduler, not the model)")
 
 
