@@ -27,9 +27,9 @@ STRIDES = [2, 1, 2, 1]
 WIDTHS = (0.5, 1.0, 1.5)
 
 
-def tiny_elastic(seed: int = 0) -> ElasticMobileNet:
+def tiny_elastic(seed: int = 0, private_bn: bool = False) -> ElasticMobileNet:
     torch.manual_seed(seed)
-    net = ElasticMobileNet(1, 4, BASE, STRIDES, WIDTHS)
+    net = ElasticMobileNet(1, 4, BASE, STRIDES, WIDTHS, private_bn=private_bn)
     g = torch.Generator().manual_seed(seed)
     for m in net.modules():  # BN statistics and affine terms away from their defaults: slicing must carry them
         if isinstance(m, nn.BatchNorm2d):
@@ -55,10 +55,11 @@ def test_stages_and_channels_follow_the_strides() -> None:
     assert net.name(net.spec([0.5, 1.0, 1.5], depths=[1, 2])) == "w050-100-150-d1-2"
 
 
+@pytest.mark.parametrize("private_bn", [False, True])
 @pytest.mark.parametrize("widths, depths", [(0.5, None), (1.0, None), (1.5, None), ([1.5, 0.5, 1.0], None),
                                             ([0.5, 1.5, 1.5], [1, 1]), (0.75, [2, 1])])
-def test_extracted_slice_gives_the_elastic_nets_logits(widths, depths) -> None:
-    net = tiny_elastic()
+def test_extracted_slice_gives_the_elastic_nets_logits(widths, depths, private_bn) -> None:
+    net = tiny_elastic(private_bn=private_bn)
     spec = net.spec(widths, depths)
     sub, arch = extract(net, spec)
     x = images()
@@ -171,6 +172,48 @@ def test_uniform_sampling_draws_one_middle_width_for_the_whole_network() -> None
     assert {two.sample(gen, per_stage=False).widths[0] for _ in range(20)} == {0.5, 1.5}
 
 
+def test_private_bn_gives_each_narrower_width_its_own_batchnorm() -> None:
+    """Switchable BatchNorm: a layer keeps one BN per narrower channel count it runs at; a slice carries its
+    width's (not the shared corner), the largest runs on the network's own, and sorting restarts them."""
+    shared, net = tiny_elastic(private_bn=False), tiny_elastic(private_bn=True)
+    assert len(shared.private_bn) == 0
+    assert sorted(net.private_bn) == sorted(["stem:4", "stem:8"] + [f"b{i}{p}:{c}" for i, p, cs in [
+        (0, "dw", (4, 8)), (0, "pw", (8, 16)), (1, "dw", (8, 16)), (1, "pw", (8, 16)),
+        (2, "dw", (8, 16)), (2, "pw", (16, 32)), (3, "dw", (16, 32)), (3, "pw", (16, 32))] for c in cs])
+    sub, _ = extract(net, net.spec(0.5))
+    assert torch.equal(sub.blocks[3].pw[1].weight, net.private_bn["b3pw:16"].weight)
+    assert not torch.equal(sub.blocks[3].pw[1].weight, net.net.blocks[3].pw[1].weight[:16])
+    big, _ = extract(net, net.largest())
+    assert torch.equal(big.blocks[3].pw[1].weight, net.net.blocks[3].pw[1].weight)
+    x = images()
+    with torch.no_grad():
+        before = net.run(x, net.largest())
+        sort_channels(net)
+        torch.testing.assert_close(net.run(x, net.largest()), before, rtol=1e-5, atol=1e-5)
+    assert torch.equal(net.private_bn["b3pw:16"].weight, net.net.blocks[3].pw[1].weight[:16])
+    # Training: the shared BN's scale learns from the largest only, each private one from its own width.
+    net.train()
+    x, t, y = images(8), torch.randn(2, 8, 4), torch.zeros(8, dtype=torch.long)
+    cfg = ElasticConfig(widths=WIDTHS, random_subnets=0)
+    sandwich_loss(net, cfg, ensemble=True)(net, x, t, y, 0, 1)[0].backward()
+    assert net.private_bn["b3pw:16"].weight.grad.abs().sum() > 0  # the smallest (0.5) ran at 16 channels
+    assert net.private_bn["b3pw:32"].weight.grad is None  # width 1.0 did not run this step
+    shared_grad = net.net.blocks[3].pw[1].weight.grad.clone()
+    net.zero_grad()
+    sandwich_loss(net, cfg, ensemble=True, largest_only=True)(net, x, t, y, 0, 1)[0].backward()
+    torch.testing.assert_close(net.net.blocks[3].pw[1].weight.grad, shared_grad)
+
+
+def test_random_weight_scales_only_the_random_subnets_loss() -> None:
+    net = tiny_elastic()  # eval: every pass sees the same BN statistics, so the parts are comparable
+    x, y, t = images(8), torch.zeros(8, dtype=torch.long), torch.randn(2, 8, 4)
+    one, parts = sandwich_loss(net, ElasticConfig(widths=WIDTHS, random_weight=1.0), ensemble=True)(net, x, t, y, 0, 2)
+    two, _ = sandwich_loss(net, ElasticConfig(widths=WIDTHS, random_weight=2.0), ensemble=True)(net, x, t, y, 0, 2)
+    middle = float(one.detach()) - parts["largest"] - parts["smallest"]  # the one random width (1.0)
+    assert middle > 0.01
+    assert float(two.detach()) == pytest.approx(parts["largest"] + parts["smallest"] + 2 * middle, rel=1e-5)
+
+
 def test_random_subnets_join_every_kth_step_only() -> None:
     net = tiny_elastic().train()
     x, y = images(8), torch.randint(0, 4, (8,))
@@ -242,6 +285,7 @@ def test_slice_round_trips_through_checkpoint_and_build_model(tmp_path) -> None:
     ({"random_subnets": -1}, "random_subnets=-1: must be an integer >= 0"),
     ({"largest_epochs": -2}, "largest_epochs=-2: must be an integer >= 0"),
     ({"sample": "random"}, "invalid value sample='random': allowed per_stage .* or uniform"),
+    ({"random_weight": 0}, r"random_weight=0: must be a number > 0"),
     ({"random_every": 0}, r"random_every=0: must be an integer >= 1 \(1: random sub-networks every step\)"),
     ({"largest_epochs": 1.5}, "largest_epochs=1.5: must be an integer"),
     ({"shrink_lr": 0}, r"shrink_lr=0: must be a number > 0, or null \(the sandwich phase uses train.lr\)"),

@@ -66,9 +66,12 @@ def test_replay_trains_the_same_student_as_online_kd(ds, members) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_targets_precision_runs_the_stored_pass_in_bf16(ds, members) -> None:
+def test_targets_precision_runs_the_stored_pass_in_bf16(ds, members, monkeypatch) -> None:
     """targets_precision: bf16 autocasts only the pass that stores the logits: they stay close to fp32's
     (bf16 keeps 8 bits of mantissa), and the student's own training precision is untouched."""
+    from edgecompress.training import loop
+
+    monkeypatch.setattr(loop, "_native_cpu_bf16", lambda: True)  # as on a bf16 CPU, whatever this one is
     cfg = dataclasses.replace(STUDENT, source="ensemble", baseline=False, views=1)
     fp32, cost32 = teacher_targets(members[0], ds, cfg, members[1:])
     bf16, cost16 = teacher_targets(members[0], ds, dataclasses.replace(cfg, targets_precision="bf16"), members[1:])
@@ -77,6 +80,9 @@ def test_targets_precision_runs_the_stored_pass_in_bf16(ds, members) -> None:
     scale = fp32.logits.abs().max()
     assert (fp32.logits - bf16.logits).abs().max() <= 0.05 * scale
     assert (fp32.logits.argmax(-1) == bf16.logits.argmax(-1)).float().mean() >= 0.95
+    monkeypatch.setattr(loop, "_native_cpu_bf16", lambda: False)  # a CPU without: the record says what ran
+    assert teacher_targets(members[0], ds, dataclasses.replace(cfg, targets_precision="bf16"), members[1:])[1][
+        "precision"] == "fp32"
     with pytest.raises(EdgeCompressError, match="targets_precision='fp16'"):
         DistillConfig(targets_precision="fp16")
 

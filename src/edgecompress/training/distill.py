@@ -16,7 +16,8 @@ from edgecompress.data import Dataset
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, MultiHeadStudent, student_channels
 from edgecompress.training.ensemble import EnsembleTeacher, ensemble_kd_loss, fit_multihead, multihead_report
-from edgecompress.training.loop import Tensors, TrainConfig, crop_fill, fit, model_report, tensors
+from edgecompress.training.loop import (Tensors, TrainConfig, crop_fill, fit, model_report, precision_that_runs,
+                                       tensors, train_device)
 from edgecompress.training.losses import CombinedKDLoss, kd_loss, kd_loss_config
 from edgecompress.training.multihead import MultiHeadKDConfig
 from edgecompress.usermodel import build_module, module_arch, user_file
@@ -220,7 +221,7 @@ def teacher_targets(teacher: nn.Module, ds: Dataset, cfg: DistillConfig,
     run = cfg.train if cfg.targets_precision == "auto" else dataclasses.replace(cfg.train, precision=cfg.targets_precision)
     st = compute_soft_targets(sources, x, crop_fill(ds), cfg.views, run)
     return st, {"views": cfg.views, "members": len(sources), "forward_passes": cfg.views * len(sources) * len(x),
-                "precision": run.precision, "seconds": time.time() - t0}
+                "precision": precision_that_runs(train_device(run.device), run.precision), "seconds": time.time() - t0}
 
 
 def distill(teacher: nn.Module, ds: Dataset, cfg: DistillConfig, members: Sequence[nn.Module] = (),

@@ -55,6 +55,10 @@ class ElasticConfig:
     # from those between the smallest and the largest (the networks slices: auto extracts get direct steps)
     sample: str = "uniform"
     random_every: int = 2  # the random sub-networks join every k-th step (2: every other one, less compute a step)
+    random_weight: float = 1.0  # weight of a random sub-network's loss (random_every: as if it ran every step)
+    # Switchable BatchNorm (slimmable networks): each width its own BatchNorm scale, shift and statistics
+    # while training; a slice takes its width's. false: one BatchNorm shared by all widths (once-for-all).
+    private_bn: bool = False
     # Progressive shrinking (once-for-all's schedule): the largest network alone for this many epochs first (the
     # same KD, its own one-cycle at train.lr), its channels sorted by importance, then the sandwich rule for
     # train.epochs at peak shrink_lr. 0: the sandwich rule from the start.
@@ -78,6 +82,7 @@ class ElasticConfig:
         # The types are from_dict's to check (params.yaml); these are the ranges.
         checks = [("random_subnets", self.random_subnets >= 0, "an integer >= 0"),
                   ("random_every", self.random_every >= 1, "an integer >= 1 (1: random sub-networks every step)"),
+                  ("random_weight", self.random_weight > 0, "a number > 0"),
                   ("largest_epochs", self.largest_epochs >= 0, "an integer >= 0"),
                   ("shrink_lr", self.shrink_lr is None or self.shrink_lr > 0,
                    "a number > 0, or null (the sandwich phase uses train.lr)"),
@@ -136,7 +141,7 @@ def elastic_net(ds: Dataset, distill: DistillConfig, cfg: ElasticConfig) -> Elas
     arch = distill.arch(ds)
     torch.manual_seed(cfg.train.seed)
     return ElasticMobileNet(arch["in_channels"], arch["num_classes"], arch["channels"], arch["strides"],
-                            cfg.widths, arch["dropout"])
+                            cfg.widths, arch["dropout"], private_bn=cfg.private_bn)
 
 
 def slice_specs(net: ElasticMobileNet, cfg: ElasticConfig) -> list[SubnetSpec]:
@@ -182,7 +187,7 @@ def sandwich_loss(net: ElasticMobileNet, cfg: ElasticConfig, ensemble: bool, lab
             part = alpha * soft + (1 - alpha) * F.cross_entropy(s, yb, label_smoothing=label_smoothing)
             if k == 0:
                 parts["smallest"] = float(part.detach())
-            total = total + part
+            total = total + (part if k == 0 else cfg.random_weight * part)
         return total, parts
 
     return loss

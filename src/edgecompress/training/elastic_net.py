@@ -52,13 +52,16 @@ def scaled(c: int, width: float) -> int:
 class ElasticMobileNet(nn.Module):
     """A ``MobileNetStudent`` at the widest width (``net``) run as any of its sub-networks.
 
-    ``forward`` runs the sub-network ``active`` (set it, or use ``run(x, spec)``); BatchNorm shares one
-    set of parameters and running statistics across widths, so a slice's statistics are recalibrated
-    after extraction (``recalibrate_bn``) as once-for-all and universally slimmable networks do.
+    ``forward`` runs the sub-network ``active`` (set it, or use ``run(x, spec)``). BatchNorm shares one
+    set of parameters and running statistics across widths (``private_bn`` false), so a slice's
+    statistics are recalibrated after extraction (``recalibrate_bn``) as once-for-all and universally
+    slimmable networks do; with ``private_bn`` every layer keeps its own BatchNorm (scale, shift and
+    statistics) per channel count it runs at: switchable BatchNorm (Yu et al. 2019, slimmable networks),
+    a few hundred parameters per width that let each width normalise its features its own way.
     """
 
     def __init__(self, in_channels: int, num_classes: int, base: Sequence[int], strides: Sequence[int],
-                 widths: Sequence[float], dropout: float = 0.0) -> None:
+                 widths: Sequence[float], dropout: float = 0.0, private_bn: bool = False) -> None:
         super().__init__()
         if len(base) != len(strides) + 1:
             raise EdgeCompressError(f"base channels has {len(base)} entries, expected len(strides)+1 = {len(strides) + 1}")
@@ -70,7 +73,45 @@ class ElasticMobileNet(nn.Module):
         self.min_depths = tuple(self._min_depth(g) for g in self.stages)
         top = max(self.widths)
         self.net = MobileNetStudent(in_channels, num_classes, [scaled(c, top) for c in self.base], self.strides, dropout)
+        # Private BatchNorms, keyed "<layer>:<channels>" for every narrower channel count a layer can run at
+        # (the widest runs on the network's own BatchNorm, so the largest slice is the plain network).
+        self.private_bn = nn.ModuleDict()
+        if private_bn:
+            for layer, seq in self.bn_layers().items():
+                full = seq[1].num_features
+                for c in sorted({scaled(self._layer_base(layer), w) for w in self.widths} - {full}):
+                    self.private_bn[f"{layer}:{c}"] = nn.BatchNorm2d(c)
+            self.reset_private_bn()
         self.active = self.largest()
+
+    def bn_layers(self) -> dict[str, nn.Sequential]:
+        """Every (conv, BN, ReLU) of the max-width network by name: ``stem``, ``b<i>dw``, ``b<i>pw``."""
+        net = self.net
+        layers = {"stem": net.stem}
+        for i, b in enumerate(net.blocks):
+            layers[f"b{i}dw"], layers[f"b{i}pw"] = b.dw, b.pw
+        return layers
+
+    def _layer_base(self, layer: str) -> int:
+        """Today's student's channel count of ``layer`` (a depthwise layer runs at its input's channels)."""
+        if layer == "stem":
+            return self.base[0]
+        i = int(layer[1:-2])
+        return self.base[i + 1] if layer.endswith("pw") else self.base[i]
+
+    @torch.no_grad()
+    def reset_private_bn(self) -> None:
+        """Every private BatchNorm becomes the leading corner of its layer's shared one (scale, shift, statistics)."""
+        layers = self.bn_layers()
+        for key, bn in self.private_bn.items():
+            shared = layers[key.split(":")[0]][1]
+            for mine, theirs in ((bn.weight, shared.weight), (bn.bias, shared.bias),
+                                 (bn.running_mean, shared.running_mean), (bn.running_var, shared.running_var)):
+                mine.copy_(theirs[:len(mine)])
+
+    def bn_for(self, layer: str, seq: nn.Sequential, channels: int) -> nn.modules.batchnorm._BatchNorm:
+        """The BatchNorm ``layer`` runs at ``channels``: its private one if it has one, else the shared one."""
+        return self.private_bn[f"{layer}:{channels}"] if f"{layer}:{channels}" in self.private_bn else seq[1]
 
     def _min_depth(self, group: list[int]) -> int:
         # A block can be skipped only when it keeps shape (stride 1, as many channels in as out); the
@@ -143,18 +184,20 @@ class ElasticMobileNet(nn.Module):
         """Logits of sub-network ``spec`` (the first channels of every layer of ``net``)."""
         net = self.net
         blocks, channels, _ = self.layout(spec)
-        x = _conv_bn_relu(net.stem, x, channels[0])
+        x = _conv_bn_relu(net.stem, x, channels[0], self.bn_for("stem", net.stem, channels[0]))
         for b, cout in zip(blocks, channels[1:]):
             block = net.blocks[b]
-            x = _conv_bn_relu(block.dw, x, x.shape[1])
-            x = _conv_bn_relu(block.pw, x, cout)
+            x = _conv_bn_relu(block.dw, x, x.shape[1], self.bn_for(f"b{b}dw", block.dw, x.shape[1]))
+            x = _conv_bn_relu(block.pw, x, cout, self.bn_for(f"b{b}pw", block.pw, cout))
         x = net.dropout(torch.flatten(net.pool(x), 1))
         return F.linear(x, net.fc.weight[:, :x.shape[1]], net.fc.bias)
 
 
-def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, cout: int) -> torch.Tensor:
-    """``seq`` (Conv2d, BatchNorm2d, ReLU) on the first ``x.shape[1]`` inputs and ``cout`` outputs."""
-    conv, bn = seq[0], seq[1]
+def _conv_bn_relu(seq: nn.Sequential, x: torch.Tensor, cout: int,
+                  bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """``seq`` (Conv2d, BatchNorm2d, ReLU) on the first ``x.shape[1]`` inputs and ``cout`` outputs, normalised
+    by ``bn`` (the layer's own, or a private one of ``cout`` channels)."""
+    conv = seq[0]
     cin = x.shape[1]
     groups = cin if conv.groups > 1 else 1  # depthwise: one filter per channel that runs
     weight = conv.weight[:cout] if groups > 1 else conv.weight[:cout, :cin]
@@ -194,6 +237,7 @@ def sort_channels(elastic: ElasticMobileNet) -> list[list[int]]:
         else:
             net.fc.weight.copy_(net.fc.weight[:, perm])
         perms.append(perm.tolist())
+    elastic.reset_private_bn()
     return perms
 
 
@@ -205,7 +249,7 @@ def _permute_out(conv: nn.Conv2d, bn: nn.BatchNorm2d, perm: torch.Tensor) -> Non
 
 def extract(elastic: ElasticMobileNet, spec: SubnetSpec) -> tuple[MobileNetStudent, dict]:
     """Sub-network ``spec`` as an ordinary ``MobileNetStudent`` with copied weights, and its arch dict
-    (``build_model(arch)`` rebuilds it; the BN statistics are the shared ones: recalibrate them)."""
+    (``build_model(arch)`` rebuilds it; the BN statistics are the shared or private ones: recalibrate them)."""
     net = elastic.net
     blocks, channels, strides = elastic.layout(spec)
     sub = MobileNetStudent(net.stem[0].in_channels, net.fc.out_features, channels, strides, net.dropout.p)
@@ -218,6 +262,14 @@ def extract(elastic: ElasticMobileNet, spec: SubnetSpec) -> tuple[MobileNetStude
             src = f"blocks.{blocks[int(j)]}.{rest}"
         # Every tensor is the leading corner of its max-width one: first outputs, first inputs.
         state[key] = full[src][tuple(slice(0, s) for s in t.shape)].clone()
+    # A layer that runs at a narrower channel count with a private BatchNorm takes that one's tensors.
+    bn_of = {"stem.1": "stem"} | {f"blocks.{j}.{part}.1": f"b{b}{part}" for j, b in enumerate(blocks)
+                                  for part in ("dw", "pw")}
+    for module, layer in bn_of.items():
+        private = f"{layer}:{state[module + '.weight'].shape[0]}"
+        if private in elastic.private_bn:
+            for leaf, v in elastic.private_bn[private].state_dict().items():
+                state[f"{module}.{leaf}"] = v.clone()
     sub.load_state_dict(state)
     return sub.eval(), arch_of(sub)
 
