@@ -2,8 +2,9 @@
 # Install everything edgecompress needs on a Debian/Ubuntu machine:
 #  - Debian's dataset-fashion-mnist (the real Fashion-MNIST IDX files, MIT licence)
 #  - openssh-server/client (SSH device checks and their tests)
-#  - qemu-user-static and debootstrap: the emulated aarch64 device that mobile-cpu and raspberry-pi compare their
-#    candidates' outputs on (edgecompress device prepare --arch aarch64 builds it once, as root)
+#  - qemu-user-static, binfmt-support (update-binfmts registers qemu; apt may leave this recommended package out)
+#    and debootstrap: the emulated aarch64 device that mobile-cpu and raspberry-pi compare their candidates'
+#    outputs on (edgecompress device prepare --arch aarch64 builds it once, as root)
 #  - a virtual environment .venv with the package and its pinned dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist openssh-server openssh-client \
-    qemu-user-static debootstrap >/dev/null
+    qemu-user-static binfmt-support debootstrap >/dev/null
 else
   echo "no apt-get: put the four Fashion-MNIST IDX files in a folder and set data.path in params.yaml" >&2
 fi
