@@ -77,10 +77,14 @@ class ElasticMobileNet(nn.Module):
         # (the widest runs on the network's own BatchNorm, so the largest slice is the plain network).
         self.private_bn = nn.ModuleDict()
         if private_bn:
-            for layer, seq in self.bn_layers().items():
-                full = seq[1].num_features
-                for c in sorted({scaled(self._layer_base(layer), w) for w in self.widths} - {full}):
-                    self.private_bn[f"{layer}:{c}"] = nn.BatchNorm2d(c)
+            layers = self.bn_layers()
+            for w in self.widths[:-1]:  # a layer's channel counts: those of every width (a depthwise: its input's)
+                ch = self.layout(self.spec(w))[1]
+                counts = {"stem": ch[0]} | {f"b{i}{part}": ch[i + (part == "pw")] for i in range(len(self.strides))
+                                            for part in ("dw", "pw")}
+                for layer, c in counts.items():
+                    if c != layers[layer][1].num_features and f"{layer}:{c}" not in self.private_bn:
+                        self.private_bn[f"{layer}:{c}"] = nn.BatchNorm2d(c)
             self.reset_private_bn()
         self.active = self.largest()
 
@@ -91,13 +95,6 @@ class ElasticMobileNet(nn.Module):
         for i, b in enumerate(net.blocks):
             layers[f"b{i}dw"], layers[f"b{i}pw"] = b.dw, b.pw
         return layers
-
-    def _layer_base(self, layer: str) -> int:
-        """Today's student's channel count of ``layer`` (a depthwise layer runs at its input's channels)."""
-        if layer == "stem":
-            return self.base[0]
-        i = int(layer[1:-2])
-        return self.base[i + 1] if layer.endswith("pw") else self.base[i]
 
     @torch.no_grad()
     def reset_private_bn(self) -> None:
