@@ -12,8 +12,10 @@ KD from the same stored logits, distill.temperature/alpha, distill.train with th
   - for every --targets profile: whether that file fits the profile's size_mb and the package its
     download_mb (the budgets the tight targets ship under).
 It answers "what would the target need" with measurements instead of an estimate from parameter counts.
+``--channels``/``--strides`` try other MobileNet shapes; ``--resnet`` tries ResNets of the teacher's kind.
 
     python benchmarks/student_width.py --widths 1.25,1.875 --epochs 12 [--targets mobile-cpu,iot-camera]
+    python benchmarks/student_width.py --resnet '16,20,40,80' --epochs 12   # the teacher's kind, narrow
 Smoke: python benchmarks/student_width.py --widths 0.5 --epochs 1 --limit 600 --out /tmp/sw
 """
 
@@ -63,7 +65,11 @@ def fits(target: Any, file_bytes: int, package_bytes: int) -> dict[str, Any]:
 
 
 def architectures(args: Any, base: list[int]) -> list[tuple[str, list[int]]]:
-    """(label, channels) per run: each --channels list as given, else each --widths multiplier of ``base``."""
+    """(label, channels) per run: each --resnet or --channels list as given, else each --widths multiplier of
+    ``base``."""
+    if args.resnet:
+        specs = [spec for spec in args.resnet.split(";") if spec]
+        return [(f"resnet{i}", [int(c) for c in spec.split(",")]) for i, spec in enumerate(specs)]
     if args.channels:
         specs = [spec for spec in args.channels.split(";") if spec]
         return [(f"arch{i}", [int(c) for c in spec.split(",")]) for i, spec in enumerate(specs)]
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--strides", default=None,
                     help="block strides (comma-separated; default distill.strides); with several --channels, one "
                          "list per architecture separated by ';', or one list for all")
+    ap.add_argument("--resnet", default=None,
+                    help="ResNet students (the teacher's kind, one basic block per stride-2 stage) instead of "
+                         "MobileNets: channel lists separated by ';', each [stem, stage outs...], e.g. '16,20,40,80'")
     ap.add_argument("--targets", default="mobile-cpu,iot-camera", help="profiles under targets/ to check against")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep each student's checkpoint and int8 file beside the results")
@@ -113,8 +122,13 @@ def main(argv: list[str] | None = None) -> None:
         spec = stride_specs[i if len(stride_specs) > 1 else 0] if stride_specs else None
         strides = [int(s) for s in spec.split(",")] if spec else list(distill.strides)
         for epochs in (int(e) for e in args.epochs.split(",")):
-            arch = {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
-                    "channels": channels, "strides": strides, "dropout": 0.0}
+            arch = ({"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
+                     "stem": channels[0], "widths": channels[1:], "blocks": [1] * (len(channels) - 1),
+                     "dropout": 0.0} if args.resnet else
+                    {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
+                     "channels": channels, "strides": strides, "dropout": 0.0})
+            if args.resnet:
+                strides = [2] * (len(channels) - 1)
             torch.manual_seed(distill.train.seed)
             model = build_model(arch)
             t0 = time.time()
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             export_tflite(model, tuple(x.shape[1:]), tfl, calib=calib, cfg=calib_cfg)
             file_bytes, package_bytes = tfl.stat().st_size, len(pack_file(tfl))
             side = io_details(tfl)
-            row = {"width": width, "epochs": epochs, "channels": arch["channels"], "strides": strides,
+            row = {"width": width, "epochs": epochs, "channels": channels, "strides": strides,
                    "params": count_params(model),
                    "macs": count_macs(model, tuple(x.shape[1:])), "train_seconds": seconds,
                    **{split: accuracy(predict_logits(model, t[split][0]), t[split][1]) for split in ("val", "test")},

@@ -229,6 +229,25 @@ def test_random_subnets_join_every_kth_step_only() -> None:
         assert len(counted) == (4 if step % 3 == 0 else 2)  # largest + smallest, and the 2 random ones every 3rd
 
 
+def test_smallest_every_k_takes_turns_with_the_random_subnets() -> None:
+    net = tiny_elastic().train()
+    x, y, t = images(8), torch.randint(0, 4, (8,)), torch.randn(2, 8, 4)
+    cfg = ElasticConfig(widths=WIDTHS, random_every=2, smallest_every=2)
+    ran: list[list[float]] = []
+    real_run = net.run
+    net.run = lambda xb, spec: ran[-1].append(spec) or real_run(xb, spec)  # type: ignore[method-assign]
+    loss = sandwich_loss(net, cfg, ensemble=True)
+    for step in range(4):
+        ran.append([])
+        _, parts = loss(net, x, t, y, step, 4)
+        assert ran[-1][0] == net.largest() and len(ran[-1]) == 2  # the largest, then one other
+        if step % 2:
+            assert ran[-1][1] == net.smallest()
+        else:
+            assert ran[-1][1] not in (net.largest(), net.smallest())  # a random width between them
+        assert ("smallest" in parts) == bool(step % 2)  # the smallest on the random ones' off steps
+
+
 def test_one_sandwich_step_trains_every_width_and_lowers_the_loss() -> None:
     net = tiny_elastic().train()
     cfg = ElasticConfig(widths=WIDTHS, random_subnets=2, inplace=0.5)
@@ -287,6 +306,7 @@ def test_slice_round_trips_through_checkpoint_and_build_model(tmp_path) -> None:
     ({"sample": "random"}, "invalid value sample='random': allowed per_stage .* or uniform"),
     ({"random_weight": 0}, r"random_weight=0: must be a number > 0"),
     ({"random_every": 0}, r"random_every=0: must be an integer >= 1 \(1: random sub-networks every step\)"),
+    ({"smallest_every": 0}, r"smallest_every=0: must be an integer >= 1 \(1: the smallest every step\)"),
     ({"largest_epochs": 1.5}, "largest_epochs=1.5: must be an integer"),
     ({"shrink_lr": 0}, r"shrink_lr=0: must be a number > 0, or null \(the sandwich phase uses train.lr\)"),
 ])

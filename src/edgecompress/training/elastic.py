@@ -56,6 +56,9 @@ class ElasticConfig:
     sample: str = "uniform"
     random_every: int = 2  # the random sub-networks join every k-th step (2: every other one, less compute a step)
     random_weight: float = 1.0  # weight of a random sub-network's loss (random_every: as if it ran every step)
+    # The smallest network joins every k-th step, on the steps between the random ones' (random_every 2 and
+    # smallest_every 2: the middle and the smallest take turns); 1: every step (the sandwich rule)
+    smallest_every: int = 1
     # Switchable BatchNorm (slimmable networks): each width its own BatchNorm scale, shift and statistics
     # while training; a slice takes its width's. false: one BatchNorm shared by all widths (once-for-all).
     private_bn: bool = False
@@ -83,6 +86,7 @@ class ElasticConfig:
         checks = [("random_subnets", self.random_subnets >= 0, "an integer >= 0"),
                   ("random_every", self.random_every >= 1, "an integer >= 1 (1: random sub-networks every step)"),
                   ("random_weight", self.random_weight > 0, "a number > 0"),
+                  ("smallest_every", self.smallest_every >= 1, "an integer >= 1 (1: the smallest every step)"),
                   ("largest_epochs", self.largest_epochs >= 0, "an integer >= 0"),
                   ("shrink_lr", self.shrink_lr is None or self.shrink_lr > 0,
                    "a number > 0, or null (the sandwich phase uses train.lr)"),
@@ -174,20 +178,22 @@ def sandwich_loss(net: ElasticMobileNet, cfg: ElasticConfig, ensemble: bool, lab
     def loss(model: nn.Module, xb: torch.Tensor, t: torch.Tensor, yb: torch.Tensor,
              step: int, _total: int) -> tuple[torch.Tensor, dict[str, float]]:
         randoms = cfg.random_subnets if step % cfg.random_every == 0 else 0
-        specs = [net.largest()] if largest_only else [
-            net.largest(), net.smallest(cfg.elastic_depth),
-            *(net.sample(gen, cfg.elastic_depth, cfg.sample == "per_stage") for _ in range(randoms))]
-        big = net.run(xb, specs[0])
+        smallest = (step + 1) % cfg.smallest_every == 0  # offset by one from the random ones' steps
+        others = [] if largest_only else [
+            *([("smallest", net.smallest(cfg.elastic_depth), 1.0)] if smallest else []),
+            *(("random", net.sample(gen, cfg.elastic_depth, cfg.sample == "per_stage"), cfg.random_weight)
+              for _ in range(randoms))]
+        big = net.run(xb, net.largest())
         total = alpha * stored(big, t) + (1 - alpha) * F.cross_entropy(big, yb, label_smoothing=label_smoothing)
         parts = {"largest": float(total.detach())}
         teacher = big.detach()  # in-place distillation: the largest teaches, it does not learn from them
-        for k, spec in enumerate(specs[1:]):
+        for role, spec, weight in others:
             s = net.run(xb, spec)
             soft = (1 - beta) * stored(s, t) + beta * hinton_kd(s, teacher, temp)
             part = alpha * soft + (1 - alpha) * F.cross_entropy(s, yb, label_smoothing=label_smoothing)
-            if k == 0:
+            if role == "smallest":
                 parts["smallest"] = float(part.detach())
-            total = total + (part if k == 0 else cfg.random_weight * part)
+            total = total + weight * part
         return total, parts
 
     return loss

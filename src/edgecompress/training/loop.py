@@ -140,6 +140,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
         perm = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a part some steps leave out (elastic.smallest_every) averages over its own
         bar = progress(steps_per_epoch, f"[{name}] epoch {epoch + 1}/{cfg.epochs}", quiet=rank > 0)
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -151,6 +152,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
                 loss, parts = step_loss(xb, yb, step, total_steps)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
+                counts[k] = counts.get(k, 0) + len(idx)
             if not torch.isfinite(loss):
                 raise EdgeCompressError(f"{name}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -171,7 +173,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             distributed.average_buffers(model)
             total, seen = distributed.sum_over_processes(total, seen)
         row = {"epoch": epoch + 1, "loss": total / seen, "lr": opt.param_groups[0]["lr"],
-               **{k: v / seen for k, v in sums.items()}, "seconds": time.time() - t0}
+               **{k: v / counts[k] for k, v in sums.items()}, "seconds": time.time() - t0}
         if val is not None and len(val[0]):
             row["val_accuracy"] = evaluate(model, val[0].to(device), val[1])["accuracy"]
         history.append(row)
