@@ -120,15 +120,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--strides: {len(stride_specs)} lists for {len(archs)} architectures; give one or one each")
     for i, (width, channels) in enumerate(archs):
         spec = stride_specs[i if len(stride_specs) > 1 else 0] if stride_specs else None
-        strides = [int(s) for s in spec.split(",")] if spec else list(distill.strides)
+        if args.resnet:  # one stride-2 basic block per stage (the teacher's kind); --strides do not apply
+            strides = [2] * (len(channels) - 1)
+            arch = {"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
+                    "stem": channels[0], "widths": channels[1:], "blocks": [1] * len(strides), "dropout": 0.0}
+        else:
+            strides = [int(s) for s in spec.split(",")] if spec else list(distill.strides)
+            arch = {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
+                    "channels": channels, "strides": strides, "dropout": 0.0}
         for epochs in (int(e) for e in args.epochs.split(",")):
-            arch = ({"kind": "resnet", "in_channels": ds.channels, "num_classes": ds.num_classes,
-                     "stem": channels[0], "widths": channels[1:], "blocks": [1] * (len(channels) - 1),
-                     "dropout": 0.0} if args.resnet else
-                    {"kind": "mobilenet", "in_channels": ds.channels, "num_classes": ds.num_classes,
-                     "channels": channels, "strides": strides, "dropout": 0.0})
-            if args.resnet:
-                strides = [2] * (len(channels) - 1)
             torch.manual_seed(distill.train.seed)
             model = build_model(arch)
             t0 = time.time()
