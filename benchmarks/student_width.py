@@ -169,12 +169,13 @@ def main(argv: list[str] | None = None) -> None:
             if args.keep:
                 save_checkpoint(out / f"{stem}.pt", model, arch, {"epochs": epochs, "width": width, "seed": seed})
             rows.append(row)
-            trained.append((f"w{width}-e{epochs}-s{seed}", model.eval(), row))
+            if args.pairs:  # kept in memory only when they are to be averaged
+                trained.append((f"w{width}-e{epochs}-s{seed}", model, row))
             log.info("width %s, %d epochs, seed %d: val %.4f test %.4f (int8 LiteRT %.4f / %.4f), int8 %d B, "
                      "package %d B (%.0f s)", width, epochs, seed, row["val"]["accuracy"], row["test"]["accuracy"],
                      row["int8_val"]["accuracy"], row["int8_test"]["accuracy"], row["int8_bytes"],
                      row["package_bytes"], seconds)
-    for (na, a, ra), (nb, b, rb) in (itertools.combinations(trained, 2) if args.pairs else ()):
+    for (na, a, ra), (nb, b, rb) in itertools.combinations(trained, 2):
         pair = {"pair": [na, nb], "params": ra["params"] + rb["params"],
                 "train_seconds": ra["train_seconds"] + rb["train_seconds"],
                 **measure(EnsembleGraph([a, b]).eval(), out / f"{name}_pair_{na}_{nb}.int8.tflite")}
