@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from edgecompress.compression.calibrate import CalibrationConfig
-from edgecompress.compression.export import ExportConfig
+from edgecompress.compression.export import ExportConfig, run_artifact
 from edgecompress.compression.pool import PoolConfig, PoolModel, build_pool, ensemble_model, in_processes
 from edgecompress.data import Dataset, Split
 from edgecompress.deploy.build import MeasurementCache, build_target, load_index, overshoot, pool_candidates
 from edgecompress.deploy.build_report import plot_rows, render_markdown, summary
 from edgecompress.deploy.check import run_target_check
 from edgecompress.deploy.package import unpack
+from edgecompress.deploy.search import candidate_of
 from edgecompress.deploy.targets import Budgets, load_target
 from edgecompress.errors import EdgeCompressError
 from edgecompress.models import MobileNetStudent, ResNetTeacher
@@ -145,6 +146,34 @@ def test_pool_index_scores_every_candidate_on_validation(pool: Path) -> None:
         assert fitted["before"]["accuracy"] == fitted["after"]["accuracy"]
     # The exported ensemble scores what the PyTorch ensemble scores.
     assert by["ensemble/fp32.onnx"].accuracy == pytest.approx(index.pytorch["ensemble"]["accuracy"])
+
+
+def test_each_file_is_scored_on_every_validation_image_its_export_decided_nothing_on(
+        pool: Path, pool_inputs: tuple[list[PoolModel], Dataset, np.ndarray], tmp_path: Path) -> None:
+    """No accuracy check here (max_drop null): every file's accuracy is on all 64 validation images, the
+    decision images included, and it is the file's own accuracy there; NLL and ECE stay on the 48. With the
+    accuracy check, the int8 ONNX chose its float layers on the first 16, so only the other 48 score it."""
+    models, ds, calib = pool_inputs
+    index = load_index(pool)
+    assert index.scored_on["accuracy_images"] == 64
+    x, y = ds.normalize(ds.val.x), ds.val.y
+    for c in index.candidates:
+        assert c.accuracy_images == 64, c.name
+        sidecar = json.loads((pool / f"{c.path}.json").read_text())
+        right = run_artifact(pool / c.path, sidecar, x).argmax(1) == y
+        assert c.accuracy == pytest.approx(right.mean()), c.name
+    student = next(c for c in pool_candidates(index) if c.name == "student/fp32.onnx")
+    assert student.accuracy_n == 64  # what the build's intervals and ties count
+    checked = build_pool([models[2]], ds, calib, CalibrationConfig(val_samples=16, max_drop=1.0),
+                         ExportConfig(formats=FORMATS), tmp_path / "checked", reference="student")
+    by = {c.name: c for c in checked.candidates}
+    assert by["student/fp32.onnx"].accuracy_images == 64 and by["student/int8.onnx"].accuracy_images == 48
+    right = run_artifact(tmp_path / "checked/student/int8.onnx",
+                         json.loads((tmp_path / "checked/student/int8.onnx.json").read_text()), x[16:]).argmax(1)
+    assert by["student/int8.onnx"].accuracy == pytest.approx((right == y[16:]).mean())
+    # An index from before the field: its accuracies rest on scored_on's images.
+    old = replace(by["student/fp32.onnx"], accuracy_images=None)
+    assert "accuracy_images" not in old.to_json() and candidate_of(old, 48).accuracy_n == 48
 
 
 def test_pool_index_refuses_a_changed_artifact(pool: Path, tmp_path: Path) -> None:

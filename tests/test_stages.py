@@ -44,7 +44,9 @@ def test_train_teacher_rejects_bad_params(tmp_path: Path, edit, message: str) ->
 
 def test_a_warm_started_member_names_the_missing_teacher(tmp_path: Path) -> None:
     out = tmp_path / "models" / "members" / "member-1.pt"
-    proc = subprocess.run([sys.executable, str(REPO / "stages/train_teacher.py"), "--params", str(REPO / "params.yaml"),
+    # The default teaches alone; an ensemble of 3 has members 1 and 2, warm-started from the teacher.
+    params = _params(tmp_path, lambda p: p["train_teacher"].update(ensemble_size=3, members=[1, 2]))
+    proc = subprocess.run([sys.executable, str(REPO / "stages/train_teacher.py"), "--params", str(params),
                            "--member", "1", "--teacher", str(tmp_path / "teacher.pt"), "--out", str(out),
                            "--metrics", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -89,7 +91,9 @@ def _prune_stage(tmp_path: Path, params: Path, members: Path | None, student=Non
 ])
 def test_prune_stage_names_a_bad_source_or_missing_members(tmp_path: Path, source: str, members: str | None,
                                                            message: str) -> None:
-    params = _params(tmp_path, lambda p: p["prune"].update(source=source))
+    # An ensemble of 3 (the default teaches alone, which validation refuses prune.source: ensemble for).
+    params = _params(tmp_path, lambda p: (p["prune"].update(source=source),
+                                          p["train_teacher"].update(ensemble_size=3, members=[1, 2])))
     (tmp_path / "members").mkdir()
     proc = _prune_stage(tmp_path, params, tmp_path / members if members else None)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -55,8 +55,9 @@ BAD_PARAMS = [
     (lambda p: p["export"].update(formats=["fp32.onnx"]),
      r"mobile-cpu\.yaml: its build may use int8\.tflite, fp16\.tflite, fp32\.tflite, none of which the candidates "
      r"stage writes .*add one of them to export\.formats"),
-    (lambda p: p["distill"].update(heads=2), r"distill\.heads=2 but the ensemble has 3 members"),
-    (lambda p: p["train_teacher"].update(ensemble_size=1, members=[]),
+    (lambda p: (p["train_teacher"].update(ensemble_size=3, members=[1, 2]),
+                p["distill"].update(source="ensemble", heads=2)), r"distill\.heads=2 but the ensemble has 3 members"),
+    (lambda p: p["distill"].update(source="ensemble"),  # the default teaches alone: ensemble_size 1
      r"distill\.source: ensemble needs train_teacher\.ensemble_size >= 2"),
     (lambda p: p["distill"]["train"].update(lr=float("nan")), r"distill\.train\.lr=nan: must be a finite number"),
     (lambda p: p["prune"].update(temperature=float("inf")), r"prune\.temperature=inf: must be a finite number"),

@@ -77,6 +77,9 @@ class PoolEntry:
     ece: float
     top1_agreement: float
     uncertainty: bool  # members or heads: it can say how unsure it is
+    # The validation images ``accuracy`` rests on: every one no decision of this file's own export saw (None:
+    # an older index, whose accuracies rest on scored_on's images). NLL, ECE and agreement: scored_on's images.
+    accuracy_images: int | None = None
     float_layers: tuple[str, ...] | None = None  # an int8 ONNX: the layers the accuracy check kept in float
     # A cascade (early exits): its segment files beside the manifest, thresholds, where images leave.
     segments: tuple[str, ...] | None = None
@@ -102,6 +105,8 @@ class PoolEntry:
             out["segments"] = list(self.segments)
         out.update({k: getattr(self, k) for k in ("size_bytes", "package_bytes", "sha256", "accuracy", "nll", "ece",
                                                   "top1_agreement", "uncertainty")})
+        if self.accuracy_images is not None:
+            out["accuracy_images"] = self.accuracy_images
         if self.float_layers is not None:
             out["float_layers"] = list(self.float_layers)
         if self.segments is not None:
@@ -111,7 +116,7 @@ class PoolEntry:
     @classmethod
     def from_json(cls, d: Any, where: str = "candidate") -> "PoolEntry":
         """An index entry (ValueError: what is missing)."""
-        kwargs = _take(d, cls, where, optional=("float_layers", "segments", *cls._CASCADE),
+        kwargs = _take(d, cls, where, optional=("accuracy_images", "float_layers", "segments", *cls._CASCADE),
                        tuples=("float_layers", "segments", "thresholds", "exit_fractions", "macs_to_exit"))
         if not isinstance(kwargs["name"], str) or not isinstance(kwargs["path"], str):
             raise ValueError(f"{where}: name and path must be strings")

@@ -1,9 +1,12 @@
 """The candidate pool: every model the chain made, exported once per precision and engine, each verified.
 
 A target's build (``deploy.build``) chooses among these files; it never exports. Every candidate is
-scored with its own runtime on validation images that no export decision saw (the first
-``calibrate.val_samples`` validation images drive the accuracy-aware int8 ONNX; the rest score),
-so choosing on these figures never touches the test split, which only the final check uses.
+scored with its own runtime on validation images that no decision of its own export saw. The first
+``calibrate.val_samples`` validation images decide: they drive the accuracy-aware int8 ONNX, the cascades'
+thresholds and the temperature fits. Every file's accuracy counts every validation image its own export made
+no decision on: all of them for most files (a temperature cannot move top-1), the rest only for the int8 ONNX
+and the cascades. NLL, ECE and agreement use the rest only (temperatures are fitted on the first images).
+Choosing on these figures never touches the test split, which only the final check uses.
 
 Layout of the pool directory::
 
@@ -33,7 +36,7 @@ from edgecompress.compression.calibrate import CalibrationConfig
 from edgecompress.compression.cascade import ARTIFACTS as CASCADE_ARTIFACTS
 from edgecompress.compression.cascade import export_cascade, run_segments
 from edgecompress.compression.ensemble_graph import EnsembleGraph
-from edgecompress.compression.export import ExportConfig, export_all, swap_in
+from edgecompress.compression.export import ExportConfig, export_all, run_artifact, swap_in
 from edgecompress.compression.ladder import ladder_levels
 from edgecompress.compression.processes import in_processes
 from edgecompress.compression.temperature import can_fold, fit_temperature, fold_temperature
@@ -41,6 +44,7 @@ from edgecompress.data import Dataset, Split, save_npz_split
 from edgecompress.deploy.pack import pack_file
 from edgecompress.dirs import file_sha256
 from edgecompress.errors import EdgeCompressError
+from edgecompress.fileio import read_json
 from edgecompress.log import get_logger
 from edgecompress.metrics import classification_metrics, softmax
 from edgecompress.models import MultiHeadStudent, batched
@@ -144,6 +148,22 @@ def _eval_split(ds: Dataset, selection: int) -> tuple[int, Split]:
     return keep, Split(ds.val.x[keep:], ds.val.y[keep:])
 
 
+def _decided(artifact: str, cfg: CalibrationConfig) -> bool:
+    """Whether an export of ``artifact`` made a decision on the decision images (so they cannot score it):
+    the int8 ONNX whose accuracy check (calibrate.max_drop) chose which layers stay float."""
+    return artifact == "int8.onnx" and cfg.max_drop is not None
+
+
+def _pooled(accuracy: float, n: int, correct: int, extra: int) -> float:
+    """The accuracy over ``n`` scored images (at ``accuracy``) and ``extra`` more, ``correct`` of them right."""
+    return (accuracy * n + correct) / (n + extra)
+
+
+def _right(model: nn.Module, x: np.ndarray, y: np.ndarray) -> int:
+    """How many of normalized ``x`` the PyTorch ``model`` labels right."""
+    return int((batched(model.eval(), torch.from_numpy(x), 1000, channels_last=False).numpy().argmax(1) == y).sum())
+
+
 def _scores(model: nn.Module, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """NLL, ECE and accuracy of the PyTorch ``model`` on normalized ``x``."""
     logits = batched(model, torch.from_numpy(x), 1000, channels_last=False).numpy()
@@ -205,6 +225,7 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
         for pm in models:
             if not pm.exportable:  # the user's exported program or ONNX graph: the reference, scored in PyTorch
                 score = _scores(pm.model.eval(), x_eval, scoring.y)
+                score["accuracy"] = _pooled(score["accuracy"], len(scoring.y), _right(pm.model, x_sel, y_sel), keep)
                 pytorch[pm.name] = {k: score[k] for k in ("accuracy", "nll", "ece")}
                 continue
             pytorch[pm.name], fit, found = done[pm.name]
@@ -219,7 +240,11 @@ def build_pool(models: list[PoolModel], ds: Dataset, calib: np.ndarray, cfg: Cal
         save_npz_split(scratch / "testset.npz", ds.test, ds.class_names)
         index = PoolIndex(
             scored_on={"split": "validation", "images": int(len(scoring.y)), "skipped_first": keep,
-                       "why": "the first images drive the accuracy-aware int8 ONNX; these never did"},
+                       "accuracy_images": int(len(ds.val.y)),
+                       "why": "the first images drive the accuracy-aware int8 ONNX, the cascades' thresholds and the "
+                              "temperatures; these never did. A file whose export decided nothing on them (all but "
+                              "the int8 ONNX and the cascades) has its accuracy on every validation image "
+                              "(accuracy_images); NLL, ECE and agreement are on these"},
             reference={"model": reference, **pytorch[reference], "test_accuracy": test_accuracy},
             aliases=dict(aliases or {}), pytorch=pytorch,
             temperature=tempered, candidates=tuple(candidates))
@@ -251,19 +276,27 @@ def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[
     results = export_all(pm.model.eval(), pm.meta, scratch / pm.name, calib, cfg, *score, pm.parent,
                          pm.meta.get("params_hash", ""), export_cfg=pool_cfg, x_val=select[0], y_val=select[1],
                          train=train)
+    # The decision images score every file whose export decided nothing on them, and the PyTorch model.
+    n, extra = len(score[1]), len(select[1])
+    pytorch = {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}
+    pytorch["accuracy"] = _pooled(pytorch["accuracy"], n, _right(pm.model, *select), extra)
     found = []
     for art in formats:
         r = results[art]
         path = scratch / pm.name / art
+        accuracy, images = r["accuracy"], n
+        if not _decided(art, cfg) and extra:
+            hits = run_artifact(path, read_json(f"{path}.json", "sidecar"), select[0]).argmax(1) == select[1]
+            accuracy, images = _pooled(r["accuracy"], n, int(hits.sum()), extra), n + extra
         found.append(PoolEntry(
             **_identity(pm.name, art), path=f"{pm.name}/{art}", size_bytes=r["size_bytes"],
             # What a device downloads (budgets.download_mb): the Huffman-coded package of the file.
             package_bytes=len(pack_file(path)),
-            sha256=file_sha256(path), accuracy=r["accuracy"], nll=r["nll"], ece=r["ece"],
+            sha256=file_sha256(path), accuracy=accuracy, accuracy_images=images, nll=r["nll"], ece=r["ece"],
             top1_agreement=r["top1_agreement"], uncertainty=pm.uncertainty,
             float_layers=tuple(r["float_layers"]) if "float_layers" in r else None))
     log.info(f"{pm.name}: done in {time.perf_counter() - t0:.0f} s")
-    return pm.name, {k: results["pytorch"][k] for k in ("accuracy", "nll", "ece")}, fit, found
+    return pm.name, pytorch, fit, found
 
 
 def _identity(model: str, art: str) -> dict[str, str]:
@@ -304,7 +337,8 @@ def cascade_candidates(pm: PoolModel, out: Path, formats: tuple[str, ...], decid
             **_identity(pm.name, art), path=f"{pm.name}/{manifest.name}", segments=tuple(f.name for f in segments),
             size_bytes=sum(f.stat().st_size for f in segments),
             package_bytes=manifest.stat().st_size + sum(len(pack_file(f)) for f in segments),
-            sha256=entry_digest(manifest, segments), accuracy=got["accuracy"], nll=got["nll"], ece=got["ece"],
+            sha256=entry_digest(manifest, segments), accuracy=got["accuracy"], accuracy_images=len(y),
+            nll=got["nll"], ece=got["ece"],
             top1_agreement=float((got["pred"] == reference["pred"]).mean()), uncertainty=False,
             thresholds=tuple(choice.as_dict()["thresholds"]), exit_fractions=tuple(got["exit_fractions"]),
             macs_to_exit=(pm.meta.get("metrics") or {}).get("macs_to_exit")))

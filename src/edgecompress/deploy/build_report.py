@@ -37,6 +37,16 @@ def _images(record: BuildRecord) -> int | None:
     return n if isinstance(n, int) and n > 0 else None
 
 
+def _scored_line(scored_on: dict[str, Any]) -> str:
+    """Which validation images the pool's figures rest on (never the test set)."""
+    n, every = scored_on.get("images"), scored_on.get("accuracy_images")
+    if not every or every == n:
+        return f"- scored on: {n} validation images (never the test set)"
+    return (f"- scored on: validation images only (never the test set): accuracy on every one of the {every} a file's "
+            f"own export decided nothing on ({every} for most, {n} for the int8 ONNX and cascades, whose "
+            f"decisions took the first {every - n}); NLL and ECE on those {n}")
+
+
 def _cand_acc(record: BuildRecord, c: CandidateRow) -> Interval | None:
     return accuracy_ci(c.accuracy_ci, c.accuracy, _images(record), f"candidates[{c.name}].accuracy_ci")
 
@@ -201,7 +211,7 @@ def render_markdown(record: BuildRecord, budgets: Budgets | None = None, plot: s
               f"{s.seconds:.1f} s" + (f"; {s.predicted_skips} not measured: predicted over a latency budget"
                                        if s.predicted_skips else ""),
               *_model_lines(s),
-              f"- scored on: {(record.scored_on or {}).get('images')} validation images (never the test set)"]
+              _scored_line(record.scored_on or {})]
     if record.agreement:
         chosen = next((c.agreement for c in record.candidates if c.fate == "chosen"), None)
         lines.append(f"- outputs vs this host: {record.agreement}" +

@@ -146,10 +146,12 @@ def probe_device(profile: TargetProfile, device: DeviceSpec) -> dict[str, Any]:
 
 
 def candidate_of(c: PoolEntry, images: int | None) -> Candidate:
-    """A pool entry as a candidate, not yet measured on any device (``images``: validation images scored)."""
+    """A pool entry as a candidate, not yet measured on any device (``images``: the validation images the
+    pool scored every candidate on; an entry scored on more, ``accuracy_images``, counts those)."""
     return Candidate(name=c.name, model=c.model, precision=c.precision, engine=c.engine, size_bytes=c.size_bytes,
                      accuracy=c.accuracy, ece=c.ece, nll=c.nll, latency_ms={}, uncertainty=bool(c.uncertainty),
-                     download_bytes=c.package_bytes, cascade=c.is_cascade, accuracy_n=images)
+                     download_bytes=c.package_bytes, cascade=c.is_cascade,
+                     accuracy_n=c.accuracy_images or images)
 
 
 def measured(c: Candidate, raw: Mapping[str, Any]) -> Candidate:
