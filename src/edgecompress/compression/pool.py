@@ -148,10 +148,10 @@ def _eval_split(ds: Dataset, selection: int) -> tuple[int, Split]:
     return keep, Split(ds.val.x[keep:], ds.val.y[keep:])
 
 
-def _decided(artifact: str, cfg: CalibrationConfig) -> bool:
-    """Whether an export of ``artifact`` made a decision on the decision images (so they cannot score it):
-    the int8 ONNX whose accuracy check (calibrate.max_drop) chose which layers stay float."""
-    return artifact == "int8.onnx" and cfg.max_drop is not None
+def _decided(result: dict[str, Any]) -> bool:
+    """Whether an export made a decision on the decision images (so they cannot score it), as its own report
+    says: the int8 ONNX whose accuracy check (calibrate.max_drop) ran on them to choose its float layers."""
+    return bool((result.get("accuracy_aware") or {}).get("checked"))
 
 
 def _pooled(accuracy: float, n: int, correct: int, extra: int) -> float:
@@ -285,7 +285,7 @@ def _model_candidates(job: tuple[int, PoolModel], scratch: Path, formats: tuple[
         r = results[art]
         path = scratch / pm.name / art
         accuracy, images = r["accuracy"], n
-        if not _decided(art, cfg) and extra:
+        if not _decided(r) and extra:
             hits = run_artifact(path, read_json(f"{path}.json", "sidecar"), select[0]).argmax(1) == select[1]
             accuracy, images = _pooled(r["accuracy"], n, int(hits.sum()), extra), n + extra
         found.append(PoolEntry(
