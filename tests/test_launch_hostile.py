@@ -36,15 +36,34 @@ def _stage_under(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedPro
                           timeout=120, env={**base, "PYTHONPATH": str(REPO / "src"), **env})
 
 
-@pytest.mark.parametrize("env, line", [
+CASES = [
     ({"WORLD_SIZE": "2"}, f"RANK is not set but WORLD_SIZE=2 asks for several processes: {LAUNCH}"),
     ({"WORLD_SIZE": "two"}, f"WORLD_SIZE='two' is not a number: {LAUNCH}"),
     ({"WORLD_SIZE": "2", "RANK": "first"}, f"RANK='first' is not a number: {LAUNCH}"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, f"MASTER_ADDR is not set but WORLD_SIZE=2 asks for several processes: {LAUNCH}"),
     ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
       "EDGECOMPRESS_RENDEZVOUS_TIMEOUT": "soon"}, f"EDGECOMPRESS_RENDEZVOUS_TIMEOUT='soon' is not a number: {LAUNCH}"),
-])
-def test_a_partial_torchrun_environment_is_one_line(tmp_path: Path, env: dict, line: str) -> None:
+]
+
+
+@pytest.mark.parametrize("env, line", CASES)
+def test_a_partial_torchrun_environment_is_one_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict,
+                                                                          line: str) -> None:
+    from edgecompress.errors import EdgeCompressError
+    from edgecompress.training.distributed import init_from_env
+
+    for k in DIST_VARS:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(EdgeCompressError) as e:
+        init_from_env()
+    assert str(e.value) == line
+
+
+def test_a_stage_started_in_a_partial_torchrun_environment_says_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    # The stage process once (each start costs seconds of torch import); the messages are checked above.
+    env, line = CASES[0]
     proc = _stage_under(tmp_path, env)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.strip() == f"edgecompress: error: {line}"

@@ -21,12 +21,17 @@ def _params(tmp_path: Path, edit) -> Path:
     return path
 
 
+# Each case starts the stage (seconds of torch import): the fast lane leaves out the two whose config errors are
+# also checked in-process (test_data.py, test_models_train.py); CI runs all five.
+_IN_CI = pytest.mark.slow
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["train_teacher"]["train"].update(epochz=3), r"train_teacher.train: unknown key 'epochz' \(did you mean 'epochs'\?\)"),
     (lambda p: p["train_teacher"].update(widths=[32, 64], blocks=[1]), "equal length"),
-    (lambda p: p["data"].update(format="tfrecord"), "tfrecord"),
+    pytest.param(lambda p: p["data"].update(format="tfrecord"), "tfrecord", marks=_IN_CI),
     (lambda p: p["data"].update(path="/nonexistent/fmnist"), "/nonexistent/fmnist"),
-    (lambda p: p["train_teacher"]["train"].update(lr=-0.1), "lr"),
+    pytest.param(lambda p: p["train_teacher"]["train"].update(lr=-0.1), "lr", marks=_IN_CI),
 ])
 def test_train_teacher_rejects_bad_params(tmp_path: Path, edit, message: str) -> None:
     params = _params(tmp_path, edit)
