@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 from edgecompress.models import MobileNetStudent, ResNetTeacher
+
+# Under pytest-xdist (-n N) the workers share the cores: each worker's torch takes its share, not all of them
+# (two workers with a thread per core each would contend for the cores).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture
