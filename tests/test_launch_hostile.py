@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from edgecompress.errors import EdgeCompressError
+from edgecompress.training.distributed import init_from_env
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = ("launch with `torchrun --nproc_per_node N stages/<stage>.py ...` (it sets WORLD_SIZE, RANK, LOCAL_RANK, "
           "MASTER_ADDR, MASTER_PORT), or unset WORLD_SIZE for one process")
@@ -49,9 +52,6 @@ CASES = [
 @pytest.mark.parametrize("env, line", CASES)
 def test_a_partial_torchrun_environment_is_one_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict,
                                                                           line: str) -> None:
-    from edgecompress.errors import EdgeCompressError
-    from edgecompress.training.distributed import init_from_env
-
     for k in DIST_VARS:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():

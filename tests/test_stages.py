@@ -21,17 +21,14 @@ def _params(tmp_path: Path, edit) -> Path:
     return path
 
 
-# Each case starts the stage (seconds of torch import): the fast lane leaves out the two whose config errors are
-# also checked in-process (test_data.py, test_models_train.py); CI runs all five.
-_IN_CI = pytest.mark.slow
-
-
+# Each case starts the stage (seconds of torch import): the fast lane leaves out (slow) the two whose config
+# errors are also checked in-process (test_data.py, test_models_train.py); CI runs all five.
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["train_teacher"]["train"].update(epochz=3), r"train_teacher.train: unknown key 'epochz' \(did you mean 'epochs'\?\)"),
     (lambda p: p["train_teacher"].update(widths=[32, 64], blocks=[1]), "equal length"),
-    pytest.param(lambda p: p["data"].update(format="tfrecord"), "tfrecord", marks=_IN_CI),
+    pytest.param(lambda p: p["data"].update(format="tfrecord"), "tfrecord", marks=pytest.mark.slow),
     (lambda p: p["data"].update(path="/nonexistent/fmnist"), "/nonexistent/fmnist"),
-    pytest.param(lambda p: p["train_teacher"]["train"].update(lr=-0.1), "lr", marks=_IN_CI),
+    pytest.param(lambda p: p["train_teacher"]["train"].update(lr=-0.1), "lr", marks=pytest.mark.slow),
 ])
 def test_train_teacher_rejects_bad_params(tmp_path: Path, edit, message: str) -> None:
     params = _params(tmp_path, edit)
