@@ -167,3 +167,16 @@ def test_build_and_check_on_the_real_emulated_device(pool: Path, tmp_path: Path)
     assert res.status == "emulated-pass" and res.fingerprint["arch"] == "aarch64" and res.fingerprint["emulated"]
     assert [r.budget.name for r in res.budgets] == ["accuracy", "agreement"]  # latency recorded, not judged
     assert res.latency_ms["p50"] > 0.000001 and res.agreement["top1"] >= 0.85
+
+
+def test_a_candidate_that_cannot_change_the_choice_is_not_compared(
+        pool: Path, tmp_path: Path, host_device: dict[str, Any]) -> None:  # noqa: F811
+    record = build_target(load_target(_agreeing(tmp_path, "lazy", 0.5)), pool, tmp_path / "lazy",
+                          MeasurementCache(tmp_path / "c"))
+    rows = {c.name: c for c in record.candidates}
+    assert rows[record.chosen.name].agreement is not None  # what ships was compared
+    fit = [c for c in record.candidates if c.fate in ("chosen", "feasible, less accurate")]
+    uncompared = sorted(c.name for c in fit if c.agreement is None)
+    assert host_device["device_runs"] == len(fit) - len(uncompared)
+    assert uncompared  # the tiny pool's tied variants: only the one that ships is compared
+    assert f"not ({', '.join(uncompared)}): neither outcome of theirs could change the choice" in record.agreement

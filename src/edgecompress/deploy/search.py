@@ -9,7 +9,9 @@ is known and the next one is not within noise of it. Results are cached by what 
 changing a budget re-chooses without re-measuring. On an emulated device latency and peak memory
 decide nothing (``judge(device=False)``): no extension rounds, and only accuracy and sizes rule out.
 Before a candidate is measured the latency model predicts it (``deploy.predict``): one confidently over a
-latency budget is not measured and counts as a miss; whatever ships was measured.
+latency budget is not measured and counts as a miss; whatever ships was measured. With an ``agreement``
+device, a candidate that fits is compared there only where the outcome can change the choice (``settle``):
+the one chosen always is.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import math
 import os
 import time
 from dataclasses import dataclass, field, replace
+from itertools import combinations
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,7 +33,8 @@ from edgecompress.deploy.agreement import Agreement
 from edgecompress.deploy.bench import local_command, run_local, runner_args
 from edgecompress.deploy.budgets import latency_intervals, undecided
 from edgecompress.deploy.check import extra_rounds, plan_for, run_check
-from edgecompress.deploy.choose import Candidate, allowed, cascades_for, misses, ranked_for_search, tied_with
+from edgecompress.deploy.choose import (Candidate, NoFeasibleCandidate, allowed, cascades_for, choose, misses,
+                                        ranked_for_search, tied_with)
 from edgecompress.deploy.devices import DeviceSpec
 from edgecompress.deploy.emulate import emulator
 from edgecompress.deploy.hardware import local_gpu, timings_judged
@@ -241,6 +245,40 @@ def measure_group(profile: TargetProfile, pool_dir: Path, entries: Sequence[Pool
                       more=lambda _, rounds: undecided(profile.budgets, rounds), extra_rounds=extra_rounds(profile))
 
 
+SETTLE_LIMIT = 8  # more uncompared candidates than this: compare them all (2**8 re-choices at most)
+
+
+def settle(found: Mapping[str, Candidate], pending: set[str], choice_of: Callable[[dict[str, Candidate]], str | None],
+           compare: Callable[[str], None], limit: int = SETTLE_LIMIT) -> None:
+    """Compare ``pending`` candidates (they fit, their agreement not yet known) until the choice is compared
+    and no outcome of the others could change it.
+
+    A comparison can only rule a candidate out. So the choice is made as if every pending one passed; the
+    chosen one is compared (and the choice made again if it failed); then every set of the others is taken
+    out as if it failed, and if any set changes the choice, that set is compared too. What is left uncompared
+    cannot change what ships, whichever way its comparison would go: the choice equals the one made with
+    every candidate compared. ``compare`` updates ``found`` and removes the name from ``pending``.
+    """
+    while pending:
+        chosen = choice_of(dict(found))
+        if chosen is None:
+            return
+        if chosen in pending:
+            compare(chosen)
+            continue
+        names = sorted(pending)
+        if len(names) > limit:
+            for name in names:
+                compare(name)
+            return
+        changing = next((out for k in range(1, len(names) + 1) for out in combinations(names, k)
+                         if choice_of({n: c for n, c in found.items() if n not in out}) != chosen), None)
+        if changing is None:
+            return
+        for name in changing:
+            compare(name)
+
+
 def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Sequence[PoolEntry],
            reference: float | None, device: DeviceSpec, cache: "MeasurementCache", images: int | None = None,
            exhaustive: bool = False, predict: bool = True) -> SearchResult:
@@ -265,7 +303,24 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
     progress = get_logger(f"build {profile.name}")
     agreements = Agreements(profile, pool_dir, cache)
     compared: dict[str, Agreement] = {}
+    pending: set[str] = set()  # fit everything else; compared with the agreement device only where it can matter
     done = 0
+
+    def fits(name: str) -> bool:
+        return not misses(found[name], profile.budgets, reference, device=timings_judged(profile, device, [raw[name]]))
+
+    def compare(name: str) -> None:
+        a = compared[name] = agreements.of(variants[name], by_name[name])
+        found[name] = replace(found[name], agreement=a.top1, agreement_n=a.images, max_prob_diff=a.max_prob_diff)
+        pending.discard(name)
+        progress.info(f"{name}: agreement {a.text}, {'fits' if fits(name) else 'misses'}")
+
+    def choice_of(table: dict[str, Candidate]) -> str | None:
+        try:  # as build_target chooses (its judged: over every measurement)
+            return choose(table.values(), profile.budgets, spec, reference, profile.name,
+                          timings_judged(profile, device, list(raw.values()))).chosen.name
+        except NoFeasibleCandidate:
+            return None
     while order or (best is None and predictor.ruled_out):
         if not order:  # nothing measured fits: measure the predicted-over ones after all (never decided by a guess)
             order = ranked_for_search(waiting[n] for n in predictor.release())
@@ -302,18 +357,26 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
             m = measured(c, results[c.name])
             judged = timings_judged(profile, device, [results[c.name]])
             missed = misses(m, profile.budgets, reference, device=judged)
-            # Only a candidate every other budget lets through is compared: emulated float kernels run 20-500 ms
-            # an image, and a candidate already out cannot ship whatever its outputs.
-            if not missed and agreements.active and not by_name[c.name].is_cascade:
-                a = compared[c.name] = agreements.of(_variant(profile, by_name[c.name]), by_name[c.name])
-                m = replace(m, agreement=a.top1, agreement_n=a.images, max_prob_diff=a.max_prob_diff)
-                missed = misses(m, profile.budgets, reference, device=judged)
             found[c.name], raw[c.name] = m, results[c.name]
-            if not missed and (best is None or m.accuracy > best.accuracy):
-                best = m
+            # Only a candidate every other budget lets through is compared (emulated float kernels run 20-500 ms
+            # an image, and one already out cannot ship whatever its outputs), and only where it can matter.
+            wait = not missed and agreements.active and not by_name[c.name].is_cascade
+            if wait:
+                pending.add(c.name)
             ci = m.latency_ci.get("p50")
             p50 = "n/a" if ci is None else f"{ci.point:.4f} [{ci.lo:.4f}, {ci.hi:.4f}] ms"
             progress.info(f"{done}/{done + len(order)} {c.name}: accuracy {100 * c.accuracy:.2f}%, p50 {p50}, "
-                          f"{'fits' if not missed else 'misses'} ({how})")
+                          f"{'misses' if missed else 'fits (agreement to come)' if wait else 'fits'} ({how})")
+        if exhaustive:  # the benchmark's baseline compares everything
+            for name in sorted(pending):
+                compare(name)
+        settle(found, pending, choice_of, compare)
+        # The stop rule's reference: the most accurate one known to fit (an uncompared one might not).
+        sure = [found[n] for n in found if n not in pending and fits(n)]
+        best = max(sure, key=lambda m: m.accuracy, default=None)
     summary = predictor.summary(variants, [by_name[c.name] for c in kept], pool_dir)
-    return SearchResult(found, raw, skipped, runs, hits, probe, compared, agreements.note, summary)
+    note = agreements.note
+    if pending and note:
+        note += (f"; {len(compared)} compared, {len(pending)} not ({', '.join(sorted(pending))}): neither outcome "
+                 f"of theirs could change the choice")
+    return SearchResult(found, raw, skipped, runs, hits, probe, compared, note, summary)
