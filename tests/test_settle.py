@@ -7,8 +7,6 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-import pytest
-
 from edgecompress.deploy.choose import Candidate, NoFeasibleCandidate, choose
 from edgecompress.deploy.search import settle
 from edgecompress.deploy.stats import Interval
