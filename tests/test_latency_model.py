@@ -144,13 +144,45 @@ def test_groups_are_fitted_apart() -> None:
 
 # ------------------------------------------------------------------------------------ too few points
 
-def test_one_point_scales_by_macs_with_a_wide_band() -> None:
+def test_one_network_alone_gives_the_laws_interval_and_its_middle() -> None:
+    """Through one point (M0, y0) the law with both terms >= 0 puts r x M0 between y0 and r x y0."""
     only = synthetic(1)[0]
-    p = fit([only]).predict(G, Features(2 * only.features.macs, 0, 5, only.features.bytes))
-    assert p.method == "MACs ratio to 1 point" and p.points == 1
-    assert p.p50 == pytest.approx(2 * only.latency_ms["p50"])
+    y0, noise = only.latency_ms["p50"], math.exp(2.0 * LatencyModelConfig().min_spread)
+    for r in (4.0, 0.25):
+        p = fit([only]).predict(G, Features(int(r * only.features.macs), 0, 5, only.features.bytes))
+        assert p.method == "1 point, between constant and MACs-proportional" and p.points == 1
+        assert p.p50 == pytest.approx(y0 * math.sqrt(r), rel=1e-6)
+        _, lo, hi = p.ms["p50"]
+        assert lo == pytest.approx(y0 * min(1, r) / noise, rel=1e-6)
+        assert hi == pytest.approx(y0 * max(1, r) * noise, rel=1e-6)
+        assert p.ms["p90"][0] == pytest.approx(1.5 * p.p50)
+
+
+def test_one_network_borrows_the_shape_of_a_fitted_group() -> None:
+    """On a fresh machine a precision has one measured network; another precision's fit lends its overhead
+    share (same engine and precision on another device first), scaled through the measured point."""
+    other_dev = Group("vm/t2/b1/#y", "litert", "int8")
+    fp16 = Group(G.device, "litert", "fp16")
+    # the other device: 0.05 ms overhead + 1e-9 ms/MAC (overhead-dominated, like this pool's networks)
+    donor = obs_at([(10 ** 6, 0.051), (2 * 10 ** 7, 0.07)], group=other_dev)
+    decoy = obs_at([(10 ** 6, 0.01), (2 * 10 ** 7, 0.2)], group=fp16)  # same device, other precision: second
+    one = obs_at([(10 ** 6, 0.102)])  # this device, int8: one network, twice the other device's speed
+    model = fit(donor + decoy + one)
+    p = model.predict(G, Features(2 * 10 ** 7, 0, 5, 1000))
+    assert p.method == "1 point, the shape of litert int8" and model.fits[G].donor == other_dev
+    assert p.p50 == pytest.approx(0.14, rel=1e-6)  # 2 x 0.07: the donor's law scaled to 0.102 at 1e6 MACs
     _, lo, hi = p.ms["p50"]
-    assert math.log(hi / lo) == pytest.approx(2 * 2.0 * LatencyModelConfig().fallback_spread)
+    assert lo < 0.102 < p.p50 < 20 * 0.102 < hi  # the point inside the law's interval
+    # the same device's other precision lends its shape when no same-precision group exists
+    assert fit(decoy + one).fits[G].donor == fp16
+
+
+def test_copies_of_one_network_are_one_point() -> None:
+    """A clustered copy has the network's MACs: two artifacts, still one network to the law."""
+    o = obs_at([(10 ** 6, 0.10), (10 ** 6, 0.12)])
+    f = fit(o).fits[G]
+    assert f.anchor == (10 ** 6, pytest.approx(0.11))
+    assert fit(o).predict(G, Features(10 ** 6, 0, 5, 10)).p50 == pytest.approx(0.11)
 
 
 def test_two_points_fit_the_line_with_the_wide_band() -> None:
@@ -228,6 +260,17 @@ def test_holdout_keeps_a_networks_copies_together() -> None:
     r = holdout_error(obs + copies, frac=1 / 3, seed=0)
     held = {a for _, a, _, _ in r.cases}
     assert r.n == 6 and all((a + "-c4" in held) for a in held if not a.endswith("-c4"))
+
+
+def test_holdout_fits_other_devices_but_never_holds_them_out() -> None:
+    """A build's fit has every device's measurements; so has its held-out error, which judges only its own."""
+    other = Group("vm/t2/b1/#y", "litert", "int8")
+    mine = obs_at([(10 ** 6, 0.102), (2 * 10 ** 7, 0.14)])
+    extra = obs_at([(10 ** 6, 0.051), (2 * 10 ** 7, 0.07)], group=other)
+    alone, lent = holdout_error(mine), holdout_error(mine, extra=extra)
+    assert alone.n == lent.n == 1 and {c[0] for c in lent.cases} == {G}
+    assert lent.mdape == pytest.approx(0.0, abs=1e-6)  # the other device's shape is this one's
+    assert alone.mdape > 0.1
 
 
 def test_holdout_needs_two_artifacts_somewhere_and_a_sane_fraction() -> None:

@@ -20,9 +20,10 @@ from edgecompress.errors import EdgeCompressError
 
 NEAREST = 5  # rows of the "nearest candidates" table in the infeasible error
 # Among accuracy-tied candidates a latency difference decides only when the 95% intervals stay apart even
-# after stretching the faster one's upper end by this factor: a real 10% gap, which load and drift
-# (interleaved rounds hit every candidate alike) do not reverse; anything closer is a tie.
-SEPARATION = 1.10
+# after stretching the faster one's upper end by this factor: a real 25% gap, which load and drift between
+# builds do not reverse; anything closer is a tie. At 1.10 the host's teacher fp16 against int8 ONNX (p50
+# 0.42 against 0.48 ms, 1.14x) went to fp16 in 9 of 10 builds from an empty cache and to int8 in 1.
+SEPARATION = 1.25
 
 
 class NoFeasibleCandidate(EdgeCompressError):

@@ -10,9 +10,14 @@ and bytes), this law by 13.5%; a third term (bytes, params or layers) changed no
 Other percentiles (p90, p99, mean) are the predicted p50 times the group's measured ratios to p50: the
 median for the point, the smallest and largest for the band. A tail is not a fixed ratio: with 4 threads on
 2 cores LiteRT's fp32 p90 was 11-14x p50 for a 0.035 ms network, 1.3-2.1x for the 1-2.4 ms ensemble.
-With one measured network a group scales it by MACs; below ``min_points`` the band is wide. The search may
-use a prediction only to skip candidates confidently over a budget (``should_measure``): it never decides
-a ship. Features come from the artifact itself (``latency_features``), cached by the file's sha256.
+With one measured network (one MACs count) a group knows only that the law passes through that point, so a
+network of r times its MACs lies between 1x and r x its latency (both terms >= 0): that interval, widened by
+``min_spread``, is the band. The point borrows the shape (overhead against per-MAC cost) of a group with two
+or more networks, the same engine and precision first (on a fresh machine the first builds measure one
+network per precision); with none, the interval's geometric middle. Scaling by MACs alone missed by 431-1082%
+there: these networks' latency is mostly overhead. Below ``min_points`` the band is wide. The search may use
+a prediction only to skip candidates confidently over a budget (``should_measure``): it never decides a
+ship. Features come from the artifact itself (``latency_features``), cached by the file's sha256.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -170,6 +175,8 @@ class _Fit:
     cov: np.ndarray | None  # (A_w' A_w)^-1 over the terms in use, weights 1/y
     used: tuple[int, ...]
     sigma: float | None
+    anchor: tuple[float, float] | None = None  # one network measured: (its MACs, its p50)
+    donor: Group | None = None  # whose shape ``beta`` scales, for an anchored fit
 
 
 @dataclass(frozen=True)
@@ -221,8 +228,9 @@ def _nonnegative_fit(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, tuple[in
 
 def _fit_group(obs: Sequence[Observation], cfg: LatencyModelConfig) -> _Fit:
     a, y, ratios = _per_artifact(obs)
-    if len(y) == 1:  # one point: latency proportional to MACs through it
-        return _Fit(a, y, ratios, np.array([0.0, y[0] / max(a[0, 1], 1.0)]), None, (1,), None)
+    if len(set(a[:, 1])) == 1:  # one network (copies differ only in bytes): anchored, shaped in _borrow
+        anchor = (max(float(a[0, 1]), 1.0), float(np.median(y)))
+        return _Fit(a, y, ratios, np.zeros(2), None, (), None, anchor)
     beta, used = _nonnegative_fit(a, y)
     aw = a[:, used] / y[:, None]
     cov = np.linalg.pinv(aw.T @ aw)
@@ -250,19 +258,45 @@ class LatencyModel:
         if f is None:
             return None
         x0 = _row(features)
-        p50 = max(float(x0 @ f.beta), 1e-9)
-        if f.sigma is None:
-            spread = self.cfg.fallback_spread
-            method = "MACs ratio to 1 point" if len(f.y) == 1 else f"overhead + per-MAC, {len(f.y)} points"
-        else:  # one observation's noise plus the fit's own uncertainty at x0 (both relative)
-            sigma = max(f.sigma, self.cfg.min_spread)
-            x0w = x0[list(f.used)] / p50
-            spread = sigma * math.sqrt(1.0 + float(x0w @ f.cov @ x0w))
+        if f.anchor is not None:
+            p50, lo, hi, method = self._anchored(f, x0)
+        else:
+            p50 = max(float(x0 @ f.beta), 1e-9)
             method = f"overhead + per-MAC, {len(f.y)} points"
-        lo, hi = p50 * math.exp(-self.cfg.z * spread), p50 * math.exp(self.cfg.z * spread)
+            spread = self.cfg.fallback_spread
+            if f.sigma is not None:  # one observation's noise plus the fit's own uncertainty at x0 (both relative)
+                x0w = x0[list(f.used)] / p50
+                spread = max(f.sigma, self.cfg.min_spread) * math.sqrt(1.0 + float(x0w @ f.cov @ x0w))
+            lo, hi = p50 * math.exp(-self.cfg.z * spread), p50 * math.exp(self.cfg.z * spread)
         ms = {"p50": (p50, lo, hi)}
         ms.update({k: (p50 * mid, lo * low, hi * high) for k, (mid, low, high) in f.ratios.items()})
         return Prediction(group, method, len(f.y), ms)
+
+    def _anchored(self, f: _Fit, x0: np.ndarray) -> tuple[float, float, float, str]:
+        """One network measured: the law's feasible interval through it, widened by the noise floor, and the
+        point on the donor's shape (or the interval's geometric middle)."""
+        assert f.anchor is not None
+        (m0, y0), r = f.anchor, max(float(x0[1]), 1.0) / f.anchor[0]
+        noise = math.exp(self.cfg.z * self.cfg.min_spread)
+        lo, hi = y0 * min(1.0, r) / noise, y0 * max(1.0, r) * noise
+        if f.donor is None:
+            return y0 * math.sqrt(r), lo, hi, "1 point, between constant and MACs-proportional"
+        return max(float(x0 @ f.beta), 1e-9), lo, hi, f"1 point, the shape of {f.donor.engine} {f.donor.precision}"
+
+
+def _borrow(fits: dict[Group, _Fit]) -> dict[Group, _Fit]:
+    """Give each anchored fit a donor's shape: a group with two or more networks, the same engine and precision
+    first, then the same engine, then any; more networks first, then by name (deterministic)."""
+    donors = sorted((g for g, f in fits.items() if f.anchor is None), key=lambda g: (-len(fits[g].y), str(g)))
+    out = dict(fits)
+    for g, f in fits.items():
+        if f.anchor is None or not donors:
+            continue
+        d = min(donors, key=lambda c: (c.engine != g.engine or c.precision != g.precision, c.engine != g.engine))
+        shape = fits[d].beta
+        scale = f.anchor[1] / max(float(shape @ np.array([1.0, f.anchor[0]])), 1e-12)
+        out[g] = replace(f, beta=shape * scale, donor=d)
+    return out
 
 
 def fit(observations: Iterable[Observation], cfg: LatencyModelConfig | None = None) -> LatencyModel:
@@ -274,7 +308,7 @@ def fit(observations: Iterable[Observation], cfg: LatencyModelConfig | None = No
             raise EdgeCompressError(f"latency model: fit takes Observations (see observation()), "
                                     f"got {type(o).__name__}")
         groups.setdefault(o.group, []).append(o)
-    return LatencyModel({g: _fit_group(v, cfg) for g, v in groups.items()}, cfg)
+    return LatencyModel(_borrow({g: _fit_group(v, cfg) for g, v in groups.items()}), cfg)
 
 
 def should_measure(prediction: Prediction | None, budgets: Mapping[str, float]) -> bool:
@@ -306,12 +340,13 @@ def _network(f: Features) -> tuple[int, int, int]:
 
 
 def holdout_error(observations: Sequence[Observation], frac: float = 1 / 3, seed: int = 0,
-                  cfg: LatencyModelConfig | None = None) -> HoldoutResult:
+                  cfg: LatencyModelConfig | None = None, extra: Sequence[Observation] = ()) -> HoldoutResult:
     """Hold out ``frac`` of each group's networks (at least one, where a group has two or more), fit on the
     rest, and compare predicted with measured p50 (the median of an artifact's repeated measurements).
 
     A network's artifacts go together (the clustered copy of a held-out network is not in the fit): a
     twin with the same MACs would make the error look like the measurement noise, not the model's.
+    ``extra`` (other devices' measurements, as a build's fit has them) is always in the fit, never held out.
     """
     if not 0 < frac < 1:
         raise EdgeCompressError(f"holdout_error: frac {frac!r} must be strictly between 0 and 1")
@@ -327,7 +362,7 @@ def holdout_error(observations: Sequence[Observation], frac: float = 1 / 3, seed
         held = {keys[i] for i in rng.choice(len(keys), size=k, replace=False)} if k else set()
         for key in keys:
             (test if key in held else train).extend(nets[key])
-    model = fit(train, cfg)
+    model = fit([*train, *extra], cfg)
     arts: dict[tuple[Group, str], list[Observation]] = {}
     for o in test:
         arts.setdefault((o.group, o.artifact), []).append(o)

@@ -155,8 +155,9 @@ class Predictor:
                 self.predict(variants[e.name], e, pool_dir)
         devices = {self.group(v).device for v in variants.values()}
         mine = [o for o in self.obs.values() if o.group.device in devices]
-        try:
-            held = holdout_error(mine)
+        others = [o for o in self.obs.values() if o.group.device not in devices]
+        try:  # the other devices stay in the fit, as they are in the build's: they lend one-network groups a shape
+            held = holdout_error(mine, extra=others)
         except EdgeCompressError:  # fewer than two measured networks in every group: nothing to hold out
             held = None
         groups = {o.group for o in mine}
