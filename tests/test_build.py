@@ -19,6 +19,9 @@ from edgecompress.data import Dataset, Split
 from edgecompress.deploy.build import MeasurementCache, build_target, load_index, overshoot, pool_candidates
 from edgecompress.deploy.build_report import plot_rows, render_markdown, summary
 from edgecompress.deploy.check import run_target_check
+from edgecompress.deploy.latency_features import FeatureCache
+from edgecompress.deploy.latency_model import load_observations
+from edgecompress.deploy.predict import FEATURES_DIR
 from edgecompress.deploy.package import unpack
 from edgecompress.deploy.search import candidate_of
 from edgecompress.deploy.targets import Budgets, load_target
@@ -337,6 +340,14 @@ def test_build_over_ssh(sshd: Server, pool: Path, tmp_path: Path) -> None:
     assert work.is_dir() and not any(work.iterdir())  # every remote run dir removed
     again = build_target(profile, pool, tmp_path / "ssh", cache)
     assert again.search.device_runs == 0 and again.chosen == first.chosen
+    # The latency model fits the device's own entries: they name their artifacts by sha256 (the device ran
+    # its copy, removed since) under the device's fingerprint.
+    assert first.search.prediction.startswith("on: fitted on")
+    obs, _ = load_observations(cache.dir, FeatureCache(cache.dir / FEATURES_DIR))
+    shas = {e.sha256 for e in load_index(pool).candidates}
+    assert len(obs) == first.search.device_runs and {o.artifact for o in obs} <= shas
+    assert {o.features.macs for o in obs} and all(o.features.macs > 0 for o in obs)
+    assert all(c.predicted_ms for c in again.candidates if c.measured == "device")  # the probe's group: the same
     # The same artifacts measured here are other measurements: the device is part of the key.
     local = build_target(replace(profile, device=load_target(_profile(tmp_path, "{size_mb: 1}")).device), pool,
                          tmp_path / "local", cache)

@@ -416,6 +416,24 @@ def test_load_observations_reads_a_cache_and_says_what_it_left(tiny_onnx: Path, 
         load_observations(cache, FeatureCache())
 
 
+def test_an_entry_named_by_sha256_needs_no_file_here(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A device over SSH ran its own copy: the entry names the artifact by sha256, whose features were counted
+    from the pool's file when the build predicted it; the device's path means nothing on this machine."""
+    from edgecompress.dirs import file_sha256
+
+    cache, sha = tmp_path / "cache", file_sha256(tiny_onnx)
+    cache.mkdir()
+    remote = entry(model="/tmp/edgecompress-run-x/model.onnx", model_size_bytes=tiny_onnx.stat().st_size,
+                   runtime={"name": "onnxruntime", "version": "1.32.0", "threads": 1}, precision="fp32",
+                   artifact_sha256=sha)
+    (cache / "r.json").write_text(json.dumps(remote))
+    obs, left = load_observations(cache, FeatureCache(cache / "features"))
+    assert obs == [] and "gone or changed" in left[0]  # its features never counted here: nothing to fit on
+    counted = FeatureCache(cache / "features").get(tiny_onnx, sha)  # what the build's prediction does
+    obs, left = load_observations(cache, FeatureCache(cache / "features"))
+    assert left == [] and [(o.artifact, o.features) for o in obs] == [(sha, counted)]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"fallback_spread": -1}, "latency_model.fallback_spread"),
     ({"z": float("nan")}, "latency_model.z"),

@@ -133,23 +133,32 @@ class FeatureCache:
         self.dir = Path(directory) if directory else None
         self._mem: dict[str, Features] = {}
 
+    def known(self, sha256: str) -> Features | None:
+        """The features counted before for the file with this sha256 (None: never counted here), without the
+        file: a measurement made on another machine (over SSH) names its artifact by sha256 only."""
+        if sha256 in self._mem:
+            return self._mem[sha256]
+        disk = self.dir / f"{sha256}.json" if self.dir else None
+        if disk is None or not disk.exists():
+            return None
+        try:
+            d = json.loads(disk.read_text())
+            if d.pop("version", None) != FEATURES_VERSION:
+                return None
+            feats = Features(**{k: int(d[k]) for k in ("macs", "params", "layers", "bytes")})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning(f"ignoring the unreadable feature cache entry {disk} ({type(e).__name__}); recounting")
+            return None
+        self._mem[sha256] = feats
+        return feats
+
     def get(self, path: str | Path, sha256: str | None = None) -> Features:
         sha = sha256 or file_sha256(path)
-        if sha in self._mem:
-            return self._mem[sha]
-        disk = self.dir / f"{sha}.json" if self.dir else None
-        feats = None
-        if disk is not None and disk.exists():
-            try:
-                d = json.loads(disk.read_text())
-                if d.pop("version", None) == FEATURES_VERSION:
-                    feats = Features(**{k: int(d[k]) for k in ("macs", "params", "layers", "bytes")})
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning(f"ignoring the unreadable feature cache entry {disk} ({type(e).__name__}); recounting")
+        feats = self.known(sha)
         if feats is None:
             feats = artifact_features(path)
-            if disk is not None:
-                disk.parent.mkdir(parents=True, exist_ok=True)
-                disk.write_text(json.dumps({"version": FEATURES_VERSION, **asdict(feats)}))
-        self._mem[sha] = feats
+            if self.dir is not None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                (self.dir / f"{sha}.json").write_text(json.dumps({"version": FEATURES_VERSION, **asdict(feats)}))
+            self._mem[sha] = feats
         return feats

@@ -113,9 +113,9 @@ def load_observations(cache_dir: str | Path, features: FeatureCache) -> tuple[li
     """Every entry of a measurement cache whose artifact is still on disk as it was measured; and why each
     other one was left out (a cascade, a moved or re-exported file). A corrupt entry is an error.
 
-    For reports on a cache as found: "as measured" is judged by the file's path and size (the entry does
-    not record its sha256). A build knows better: its pool index has each file's sha256, and the cache key
-    (``MeasurementCache.key``) of a pool entry on this device finds exactly that file's measurement.
+    An entry names its artifact by sha256 (builds since the latency model went over SSH write it): its features
+    counted before (the feature cache, by sha256) are used without the file, which a remote device ran from
+    its own copy. An older entry is judged by the file's path and size, and needs the file on this machine.
     """
     out, left = [], []
     for path in sorted(Path(cache_dir).glob("*.json")):
@@ -128,6 +128,11 @@ def load_observations(cache_dir: str | Path, features: FeatureCache) -> tuple[li
         model = Path(str(entry.get("model")))
         if entry.get("segments") or model.suffix not in COUNTERS:
             left.append(f"{path.name}: not a single .onnx/.tflite file (a cascade or no model path)")
+            continue
+        sha = entry.get("artifact_sha256")
+        known = features.known(sha) if isinstance(sha, str) else None
+        if known is not None:
+            out.append(observation(entry, known, sha, str(path)))
             continue
         if not model.is_file() or model.stat().st_size != entry.get("model_size_bytes"):
             left.append(f"{path.name}: {model} is gone or changed since it was measured")

@@ -2,14 +2,15 @@
 confidently over a latency budget.
 
 The model (``latency_model``) is fitted on the measurement cache's entries of this device (every entry whose
-artifact is still on disk, whatever target measured it: another profile's bench settings change the cache key,
-not the device key) and refitted after each group the search measures. A candidate whose predicted band lies
+artifact is known by its sha256 or still on disk, whatever target measured it: another profile's bench settings
+change the cache key, not the device key) and refitted after each group the search measures. A candidate whose predicted band lies
 wholly above a latency budget (``should_measure``) is not measured and counts as a miss, with its prediction as
 the reason; it can never be chosen, so every shipped artifact is measured. When nothing measured fits, the
 search measures the predicted-over ones after all, so a failed or proxy build is the one it was without the
-model. No prediction on an emulated device or over SSH (their timings are not this machine's), on a GPU
-profile without its GPU (its timings decide nothing), for a cascade (its latency depends on where images
-exit), or with ``edgecompress build --no-predict``; ``--exhaustive`` predicts but measures everything.
+model. A device over SSH is fitted on its own entries (their fingerprint is the device's, and each names its
+artifact by sha256: the file it ran was the device's copy). No prediction on an emulated device (its timings
+decide nothing), on a GPU profile without its GPU (likewise), for a cascade (its latency depends on where
+images exit), or with ``edgecompress build --no-predict``; ``--exhaustive`` predicts but measures everything.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ def why_not(profile: TargetProfile, device: DeviceSpec, enabled: bool) -> str | 
         return "off (--no-predict): every candidate that can win is measured"
     if device.emulated:
         return f"off: {device.url} is emulated (its timings decide nothing)"
-    if not device.is_local:
-        return f"off: {device.url} is measured over SSH (the cache holds this machine's timings, not the device's)"
     if not local_gpu(profile):
         return "off: a GPU profile measured without its GPU (its timings decide nothing)"
     return None

@@ -340,6 +340,7 @@ def search(profile: TargetProfile, spec: BuildSpec, pool_dir: Path, entries: Seq
             for name, result in fresh.items():
                 for score in ("accuracy", "nll", "ece"):  # of the one input image: the pool's scores count
                     result.pop(score, None)
+                result["artifact_sha256"] = by_name[name].sha256  # the latency model's key, wherever it ran
                 cache.put(keys[name], result)
             results.update(fresh)
             runs += len(todo)
