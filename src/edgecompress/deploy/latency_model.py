@@ -110,8 +110,8 @@ def observation(entry: Any, features: Features, artifact: str, where: str = "(en
 
 
 def load_observations(cache_dir: str | Path, features: FeatureCache) -> tuple[list[Observation], list[str]]:
-    """Every entry of a measurement cache whose artifact is still on disk as it was measured; and why each
-    other one was left out (a cascade, a moved or re-exported file). A corrupt entry is an error.
+    """Every entry of a measurement cache whose artifact is known (by sha256, or on disk as it was measured);
+    and why each other one was left out (a cascade, a moved or re-exported file). A corrupt entry is an error.
 
     An entry names its artifact by sha256 (builds since the latency model went over SSH write it): its features
     counted before (the feature cache, by sha256) are used without the file, which a remote device ran from
@@ -281,7 +281,8 @@ class LatencyModel:
         """One network measured: the law's feasible interval through it, widened by the noise floor, and the
         point on the donor's shape (or the interval's geometric middle)."""
         assert f.anchor is not None
-        (m0, y0), r = f.anchor, max(float(x0[1]), 1.0) / f.anchor[0]
+        m0, y0 = f.anchor
+        r = max(float(x0[1]), 1.0) / m0
         noise = math.exp(self.cfg.z * self.cfg.min_spread)
         lo, hi = y0 * min(1.0, r) / noise, y0 * max(1.0, r) * noise
         if f.donor is None:

@@ -2,15 +2,16 @@
 confidently over a latency budget.
 
 The model (``latency_model``) is fitted on the measurement cache's entries of this device (every entry whose
-artifact is known by its sha256 or still on disk, whatever target measured it: another profile's bench settings
-change the cache key, not the device key) and refitted after each group the search measures. A candidate whose predicted band lies
-wholly above a latency budget (``should_measure``) is not measured and counts as a miss, with its prediction as
-the reason; it can never be chosen, so every shipped artifact is measured. When nothing measured fits, the
-search measures the predicted-over ones after all, so a failed or proxy build is the one it was without the
-model. A device over SSH is fitted on its own entries (their fingerprint is the device's, and each names its
-artifact by sha256: the file it ran was the device's copy). No prediction on an emulated device (its timings
-decide nothing), on a GPU profile without its GPU (likewise), for a cascade (its latency depends on where
-images exit), or with ``edgecompress build --no-predict``; ``--exhaustive`` predicts but measures everything.
+artifact is known by its sha256 or still on disk, whatever target measured it: another profile's bench
+settings change the cache key, not the device key) and refitted after each group the search measures. A
+candidate whose predicted band lies wholly above a latency budget (``should_measure``) is not measured and
+counts as a miss, with its prediction as the reason; it can never be chosen, so every shipped artifact is
+measured. When nothing measured fits, the search measures the predicted-over ones after all, so a failed or
+proxy build is the one it was without the model. A device over SSH is fitted on its own entries (their
+fingerprint is the device's, and each names its artifact by sha256: the file it ran was the device's copy).
+No prediction on an emulated device (its timings decide nothing), on a GPU profile without its GPU
+(likewise), for a cascade (its latency depends on where images exit), or with ``edgecompress build
+--no-predict``; ``--exhaustive`` predicts but measures everything.
 """
 
 from __future__ import annotations
