@@ -1,4 +1,5 @@
-"""One-off experiment (not kept): slices of the elastic student briefly fine-tuned alone after extraction.
+"""One-off experiment: slices of the elastic student briefly fine-tuned alone after extraction (or, with "-",
+the slices as extracted, optionally at another elastic weight decay).
 
 For each seed: the elastic student trained as elastic_ofa.py trains it, each width extracted and recalibrated,
 then each slice fine-tuned on a fraction of one epoch by the standalone students' distillation (the same stored
@@ -54,13 +55,16 @@ def finetune(model, x, y, logits, st, fill, loss_fn, frac, lr, seed, cfg):
 
 def main() -> None:
     seeds = [int(s) for s in sys.argv[1].split(",")]
-    variants = [tuple(float(v) for v in p.split(":")) for p in sys.argv[2].split(",")]  # frac:lr
+    # frac:lr pairs, or "-" for none (the slices as extracted); argv[4]: elastic.train.weight_decay instead of params'
+    variants = [tuple(float(v) for v in p.split(":")) for p in sys.argv[2].split(",")] if sys.argv[2] != "-" else []
     out = sys.argv[3]
     torch.set_num_threads(2)
     params = harness.load_params()
     distill, cfg = read(params, "distill", DistillConfig), read(params, "elastic", ElasticConfig)
     widths = (0.5, 1.0, 1.5)
     cfg = dataclasses.replace(cfg, enabled=True, slices=widths)
+    if len(sys.argv) > 4:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, weight_decay=float(sys.argv[4])))
     ds = harness.load_data(params)
     t = tensors(ds)
     x, y = t["train"]
