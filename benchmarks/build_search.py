@@ -41,6 +41,7 @@ from edgecompress.deploy.latency_model import holdout_error, load_observations
 from edgecompress.deploy.predict import FEATURES_DIR
 from edgecompress.deploy.runner import fingerprint
 from edgecompress.deploy.targets import TargetProfile, load_target
+from edgecompress.errors import EdgeCompressError
 
 
 def one(profile: Any, pool: Path, exhaustive: bool) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def held_out(cache_dir: Path, seeds: int) -> dict[str, Any]:
             for kind, extra in (("with other devices", others), ("this device alone", [])):
                 try:
                     r = holdout_error(mine, seed=s, extra=extra)
-                except Exception:  # no group of this device has two networks: nothing to hold out
+                except EdgeCompressError:  # no group of this device has two networks: nothing to hold out
                     continue
                 ape = [abs(p - m) / m for _, _, p, m in r.cases]
                 cases[kind] += ape
